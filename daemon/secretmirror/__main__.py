@@ -1,0 +1,3 @@
+from secretmirror.cli import main
+
+main()

@@ -1,0 +1,73 @@
+"""``/admin/v1``: status and dead letters (admin only)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from secretmirror import deliveries
+from secretmirror.api.keys import RUNTIME
+from secretmirror.api.routes import principal_of
+from secretmirror.errors import Forbidden, Unavailable
+from secretmirror.model import Principal
+from secretmirror.runtime import Runtime
+from secretmirror.stores.sql import DB_DOWN
+
+#: Refreshes the gauges read from PostgreSQL before a scrape (set by the daemon).
+SHARED_GAUGES: web.AppKey[Callable[[], Awaitable[None]]] = web.AppKey("shared_gauges")
+#: Extra status fields (``last_verify``) provided by the reconcile module.
+LAST_VERIFY: web.AppKey[Callable[[], Awaitable[Any]]] = web.AppKey("last_verify")
+
+
+async def admin_of(request: web.Request) -> Principal:
+    principal = await principal_of(request)
+    if not principal.is_admin:
+        raise Forbidden("only an admin can do this")
+    return principal
+
+
+async def status_json(rt: Runtime, last_verify: Any = None) -> dict[str, Any]:
+    stores: dict[str, Any] = {}
+    for role in (rt.primary, rt.backup):
+        if role is not None:
+            stores[role.role] = {
+                "type": role.type,
+                "location": role.location,
+                "up": role.up,
+                "last_error": role.last_error,
+            }
+    try:
+        per_target = await deliveries.status(rt.pool, rt.targets)
+    except DB_DOWN:
+        raise Unavailable("the database is unavailable") from None
+    return {
+        "deployment_id": rt.deployment_id,
+        "stores": stores,
+        "replication": {t: s.to_json() for t, s in per_target.items()},
+        "last_verify": last_verify,
+    }
+
+
+async def status(request: web.Request) -> web.Response:
+    await admin_of(request)
+    last_verify_fn = request.app.get(LAST_VERIFY)
+    last_verify = await last_verify_fn() if last_verify_fn is not None else None
+    return web.json_response(await status_json(request.app[RUNTIME], last_verify))
+
+
+async def retry_dead_letters(request: web.Request) -> web.Response:
+    await admin_of(request)
+    rt = request.app[RUNTIME]
+    try:
+        count = await deliveries.retry_dead(rt.pool)
+    except DB_DOWN:
+        raise Unavailable("the database is unavailable") from None
+    rt.wake.set()
+    return web.json_response({"requeued": count})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/v1/status", status)
+    app.router.add_post("/admin/v1/dead-letters/retry", retry_dead_letters)

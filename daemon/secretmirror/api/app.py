@@ -1,0 +1,113 @@
+"""The aiohttp application: middlewares (errors, metrics, request ids) and wiring."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from secretmirror import metrics
+from secretmirror.api import admin, routes
+from secretmirror.api.keys import ACCOUNTS, HEALTH, RUNTIME, SERVICE
+from secretmirror.api.openapi import openapi_document
+from secretmirror.auth import Accounts
+from secretmirror.errors import SecretMirrorError, TooLarge
+from secretmirror.runtime import Runtime
+from secretmirror.service import SecretService
+
+log = structlog.get_logger("secretmirror.api")
+
+MAX_BODY = 1024 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes the documented error JSON; a 5xx never carries a traceback."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    route = _route_template(request)
+    try:
+        response = await handler(request)
+    except SecretMirrorError as exc:
+        if exc.status >= 500:
+            log.warning("http.unavailable", route=route, code=exc.code, message=exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        exc_large = TooLarge("the request body exceeds 1 MiB")
+        response = error_response(413, exc_large.code, exc_large.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        response = error_response(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("http.internal_error", route=route)
+        response = error_response(500, "internal", "an internal error occurred")
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    response.headers["X-Request-Id"] = request_id
+    metrics.http_requests.labels(route, request.method, str(response.status)).inc()
+    metrics.http_request_duration.labels(route, request.method).observe(
+        time.perf_counter() - started
+    )
+    return response
+
+
+def _route_template(request: web.Request) -> str:
+    info = request.match_info
+    if info.http_exception is not None or info.route.resource is None:
+        return "unmatched"
+    return info.route.resource.canonical
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    reasons = await request.app[HEALTH]()
+    if reasons:
+        return web.json_response({"status": "unavailable", "reasons": reasons}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    collect = request.app.get(admin.SHARED_GAUGES)
+    if collect is not None:
+        await collect()
+    body = generate_latest(metrics.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def build_app(
+    runtime: Runtime,
+    service: SecretService,
+    accounts: Accounts,
+    health: Callable[[], Awaitable[list[str]]],
+) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[RUNTIME] = runtime
+    app[SERVICE] = service
+    app[ACCOUNTS] = accounts
+    app[HEALTH] = health
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/api/v1/openapi.json", openapi)
+    routes.add_routes(app)
+    admin.add_routes(app)
+    return app

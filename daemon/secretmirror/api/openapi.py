@@ -1,0 +1,357 @@
+"""The OpenAPI 3 document served at ``/api/v1/openapi.json``.
+
+Kept beside the handlers and checked by ``tests/test_fuzz.py`` (schemathesis):
+every response the server gives must match it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"}
+_TS = {"type": "string", "format": "date-time"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    texts = {
+        400: "Malformed request",
+        401: "Missing or invalid token",
+        403: "Role not allowed",
+        404: "Not found",
+        409: "Conflict",
+        410: "Version no longer kept",
+        412: "If-Match is stale",
+        413: "Too large",
+        422: "Invalid field",
+        503: "A dependency is unavailable",
+    }
+    return {str(c): {"description": texts[c], **_json(_ref("Error"))} for c in codes}
+
+
+_ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": '^"[0-9]{1,9}"$'},
+}
+_SECRET_HEADERS = {
+    "X-Secret-Source": {"schema": {"type": "string", "enum": ["primary", "backup", "log"]}},
+    "ETag": {"schema": {"type": "string"}},
+}
+
+
+def _secret_response(description: str) -> dict[str, Any]:
+    return {"description": description, "headers": _SECRET_HEADERS, **_json(_ref("Secret"))}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    common = (400, 401, 503)
+    values_in = {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": {"type": "string"},
+        "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,255}$"},
+    }
+    patch_values = {
+        "type": "object",
+        "additionalProperties": {"type": ["string", "null"]},
+        "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,255}$"},
+    }
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                }
+            },
+        },
+        "SecretMeta": {
+            "type": "object",
+            "required": ["id", "name", "private", "owner", "version", "created", "updated"],
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "name": _NAME,
+                "private": {"type": "boolean"},
+                "owner": {"type": "string"},
+                "version": {"type": "integer", "minimum": 1},
+                "created": _TS,
+                "updated": _TS,
+            },
+        },
+        "Secret": {
+            "allOf": [
+                _ref("SecretMeta"),
+                {
+                    "type": "object",
+                    "required": ["values"],
+                    "properties": {
+                        "values": {"type": "object", "additionalProperties": {"type": "string"}}
+                    },
+                },
+            ],
+        },
+        "SecretList": {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": {"type": "array", "items": _ref("SecretMeta")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
+        "Event": {
+            "type": "object",
+            "required": ["version", "kind", "actor", "recorded_at"],
+            "properties": {
+                "version": {"type": "integer"},
+                "kind": {"type": "string", "enum": ["create", "update", "rename", "delete"]},
+                "actor": {"type": "string"},
+                "recorded_at": _TS,
+            },
+        },
+        "User": {
+            "type": "object",
+            "required": ["id", "name", "role", "created"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": _NAME,
+                "role": {"type": "string", "enum": ["admin", "writer", "reader"]},
+                "created": _TS,
+            },
+        },
+        "Token": {
+            "type": "object",
+            "required": ["id", "name", "user", "created", "expires"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "user": {"type": "string"},
+                "created": _TS,
+                "expires": {"type": ["string", "null"], "format": "date-time"},
+                "token": {"type": "string"},
+            },
+        },
+        "CreateSecret": {
+            "type": "object",
+            "required": ["name", "values"],
+            "additionalProperties": False,
+            "properties": {"name": _NAME, "values": values_in, "private": {"type": "boolean"}},
+        },
+        "PatchSecret": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"name": _NAME, "values": patch_values, "private": {"type": "boolean"}},
+        },
+        "PutSecret": {
+            "type": "object",
+            "required": ["name", "values"],
+            "additionalProperties": False,
+            "properties": {"name": _NAME, "values": values_in, "private": {"type": "boolean"}},
+        },
+    }
+    secret_item = {
+        "get": {
+            "summary": "Read a secret with its values",
+            "parameters": [
+                _ID_PARAM,
+                {
+                    "name": "version",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+            ],
+            "responses": {"200": _secret_response("The secret"), **_errors(*common, 404, 410)},
+        },
+        "patch": {
+            "summary": "Merge changes; a key set to null is removed",
+            "parameters": [_ID_PARAM, _IF_MATCH],
+            "requestBody": {"required": True, **_json(_ref("PatchSecret"))},
+            "responses": {
+                "200": _secret_response("The changed secret"),
+                **_errors(*common, 403, 404, 409, 412, 413, 422),
+            },
+        },
+        "put": {
+            "summary": "Replace the name and all values",
+            "parameters": [_ID_PARAM, _IF_MATCH],
+            "requestBody": {"required": True, **_json(_ref("PutSecret"))},
+            "responses": {
+                "200": _secret_response("The replaced secret"),
+                **_errors(*common, 403, 404, 409, 412, 413, 422),
+            },
+        },
+        "delete": {
+            "summary": "Delete a secret",
+            "parameters": [_ID_PARAM, _IF_MATCH],
+            "responses": {"204": {"description": "Deleted"}, **_errors(*common, 403, 404, 412)},
+        },
+    }
+    paths: dict[str, Any] = {
+        "/api/v1/secrets": {
+            "post": {
+                "summary": "Create a secret",
+                "requestBody": {"required": True, **_json(_ref("CreateSecret"))},
+                "responses": {
+                    "201": _secret_response("Created"),
+                    **_errors(*common, 403, 409, 413, 422),
+                },
+            },
+            "get": {
+                "summary": "List secrets (metadata only)",
+                "parameters": [
+                    {"name": "name", "in": "query", "schema": {"type": "string"}},
+                    {"name": "name_prefix", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "private",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "A page", **_json(_ref("SecretList"))},
+                    **_errors(*common),
+                },
+            },
+        },
+        "/api/v1/secrets/{id}": secret_item,
+        "/api/v1/secrets/{id}/history": {
+            "get": {
+                "summary": "The secret's events (never values)",
+                "parameters": [_ID_PARAM],
+                "responses": {
+                    "200": {
+                        "description": "Events",
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {"items": {"type": "array", "items": _ref("Event")}},
+                            }
+                        ),
+                    },
+                    **_errors(*common, 404),
+                },
+            },
+        },
+        "/api/v1/users": {
+            "post": {
+                "summary": "Create a user (admin)",
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["name", "role"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "name": _NAME,
+                                "role": {"type": "string", "enum": ["admin", "writer", "reader"]},
+                            },
+                        }
+                    ),
+                },
+                "responses": {
+                    "201": {"description": "Created", **_json(_ref("User"))},
+                    **_errors(*common, 403, 409, 422),
+                },
+            },
+            "get": {
+                "summary": "List users (admin)",
+                "responses": {
+                    "200": {
+                        "description": "Users",
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {"items": {"type": "array", "items": _ref("User")}},
+                            }
+                        ),
+                    },
+                    **_errors(*common, 403),
+                },
+            },
+        },
+        "/api/v1/tokens": {
+            "post": {
+                "summary": "Create a token; its secret string is shown once",
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["name"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "user": {"type": "string"},
+                                "name": _NAME,
+                                "expires_in_s": {
+                                    "type": "integer",
+                                    "minimum": 1,
+                                    "maximum": 315360000,
+                                },
+                            },
+                        }
+                    ),
+                },
+                "responses": {
+                    "201": {"description": "Created", **_json(_ref("Token"))},
+                    **_errors(*common, 403, 404, 422),
+                },
+            },
+            "get": {
+                "summary": "List tokens (your own; an admin sees all)",
+                "responses": {
+                    "200": {
+                        "description": "Tokens",
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {"items": {"type": "array", "items": _ref("Token")}},
+                            }
+                        ),
+                    },
+                    **_errors(*common),
+                },
+            },
+        },
+        "/api/v1/tokens/{id}": {
+            "delete": {
+                "summary": "Revoke a token",
+                "parameters": [_ID_PARAM],
+                "responses": {"204": {"description": "Revoked"}, **_errors(*common, 404)},
+            },
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "secretmirror", "version": "1"},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }

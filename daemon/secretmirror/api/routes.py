@@ -1,0 +1,242 @@
+"""``/api/v1``: secrets, users and tokens."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from aiohttp import web
+
+from secretmirror.api.keys import ACCOUNTS, RUNTIME, SERVICE
+from secretmirror.auth import authenticate
+from secretmirror.errors import BadRequest, Forbidden, Invalid
+from secretmirror.model import Principal
+from secretmirror.service import ReadResult
+
+_MAX_LIMIT = 1000
+
+
+async def principal_of(request: web.Request) -> Principal:
+    return await authenticate(request.app[RUNTIME].pool, request.headers.get("Authorization"))
+
+
+async def writer_of(request: web.Request) -> Principal:
+    principal = await principal_of(request)
+    if not principal.can_write:
+        raise Forbidden("readers cannot change secrets")
+    return principal
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=_loads)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text)
+
+
+def _allowed(body: dict[str, Any], fields: set[str]) -> None:
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise Invalid(f"unknown field {unknown[0]!r}")
+
+
+def if_match(request: web.Request) -> int | None:
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    text = header.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise BadRequest('If-Match must be a version in quotes, like "3"')
+    return int(text)
+
+
+def secret_response(result: ReadResult, status: int = 200, values: bool = True) -> web.Response:
+    body = result.meta.to_json(result.values if values else None)
+    response = web.json_response(body, status=status)
+    response.headers["ETag"] = f'"{result.meta.version}"'
+    if values:
+        response.headers["X-Secret-Source"] = result.source
+    return response
+
+
+async def create_secret(request: web.Request) -> web.Response:
+    principal = await writer_of(request)
+    body = await json_body(request)
+    _allowed(body, {"name", "values", "private"})
+    result = await request.app[SERVICE].create(
+        principal, body.get("name"), body.get("values"), body.get("private", False)
+    )
+    return secret_response(result, status=201)
+
+
+async def list_secrets(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    query = request.query
+    limit = _int_param(query.get("limit"), "limit", 100, 1, _MAX_LIMIT)
+    private = _bool_param(query.get("private"), "private")
+    after = _decode_cursor(query.get("cursor"))
+    items = await request.app[SERVICE].list_secrets(
+        principal,
+        name=query.get("name") or None,
+        name_prefix=query.get("name_prefix") or None,
+        private=private,
+        limit=limit + 1,
+        after=after,
+    )
+    next_cursor = None
+    if len(items) > limit:
+        items = items[:limit]
+        next_cursor = _encode_cursor(items[-1].name, items[-1].id)
+    return web.json_response({"items": [m.to_json() for m in items], "next_cursor": next_cursor})
+
+
+async def get_secret(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    service = request.app[SERVICE]
+    secret_id = request.match_info["id"]
+    version = request.query.get("version")
+    if version is not None:
+        number = _int_param(version, "version", 0, 1, 2**31 - 1)
+        return secret_response(await service.read_version(principal, secret_id, number))
+    return secret_response(await service.read(principal, secret_id))
+
+
+async def patch_secret(request: web.Request) -> web.Response:
+    return await _update(request, merge=True)
+
+
+async def put_secret(request: web.Request) -> web.Response:
+    return await _update(request, merge=False)
+
+
+async def _update(request: web.Request, *, merge: bool) -> web.Response:
+    principal = await writer_of(request)
+    expected = if_match(request)
+    body = await json_body(request)
+    _allowed(body, {"name", "values", "private"})
+    if not merge:
+        if "name" not in body or "values" not in body:
+            raise Invalid("PUT needs name and values")
+    elif isinstance(body.get("values"), dict) is False and "values" in body:
+        raise Invalid("values must be an object")
+    if merge and "values" in body and body["values"] is None:
+        raise Invalid("values must be an object")
+    result = await request.app[SERVICE].update(
+        principal,
+        request.match_info["id"],
+        name=body.get("name"),
+        private=body.get("private", None if merge else False),
+        values=body.get("values"),
+        merge=merge,
+        if_match=expected,
+    )
+    return secret_response(result)
+
+
+async def delete_secret(request: web.Request) -> web.Response:
+    principal = await writer_of(request)
+    expected = if_match(request)
+    await request.app[SERVICE].delete(principal, request.match_info["id"], expected)
+    return web.Response(status=204)
+
+
+async def secret_history(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    events = await request.app[SERVICE].history(principal, request.match_info["id"])
+    return web.json_response({"items": events})
+
+
+async def create_user(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    body = await json_body(request)
+    _allowed(body, {"name", "role"})
+    user = await request.app[ACCOUNTS].create_user(principal, body.get("name"), body.get("role"))
+    return web.json_response(user, status=201)
+
+
+async def list_users(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    return web.json_response({"items": await request.app[ACCOUNTS].list_users(principal)})
+
+
+async def create_token(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    body = await json_body(request)
+    _allowed(body, {"user", "name", "expires_in_s"})
+    token = await request.app[ACCOUNTS].create_token(
+        principal, body.get("user"), body.get("name"), body.get("expires_in_s")
+    )
+    return web.json_response(token, status=201)
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    return web.json_response({"items": await request.app[ACCOUNTS].list_tokens(principal)})
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    await request.app[ACCOUNTS].revoke_token(principal, request.match_info["id"])
+    return web.Response(status=204)
+
+
+def _int_param(text: str | None, name: str, default: int, low: int, high: int) -> int:
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}")
+    return int(text)
+
+
+def _bool_param(text: str | None, name: str) -> bool | None:
+    if text is None or text == "":
+        return None
+    if text not in ("true", "false"):
+        raise BadRequest(f"{name} must be true or false")
+    return text == "true"
+
+
+def _encode_cursor(name: str, secret_id: str) -> str:
+    raw = json.dumps([name, secret_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(text: str | None) -> tuple[str, str] | None:
+    if not text:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        name, secret_id = json.loads(raw)
+        import uuid
+
+        uuid.UUID(secret_id)
+    except (binascii.Error, ValueError, TypeError):
+        raise BadRequest("cursor is not valid") from None
+    if not isinstance(name, str):
+        raise BadRequest("cursor is not valid")
+    return name, secret_id
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/api/v1/secrets", create_secret)
+    r.add_get("/api/v1/secrets", list_secrets)
+    r.add_get("/api/v1/secrets/{id}", get_secret)
+    r.add_patch("/api/v1/secrets/{id}", patch_secret)
+    r.add_put("/api/v1/secrets/{id}", put_secret)
+    r.add_delete("/api/v1/secrets/{id}", delete_secret)
+    r.add_get("/api/v1/secrets/{id}/history", secret_history)
+    r.add_post("/api/v1/users", create_user)
+    r.add_get("/api/v1/users", list_users)
+    r.add_post("/api/v1/tokens", create_token)
+    r.add_get("/api/v1/tokens", list_tokens)
+    r.add_delete("/api/v1/tokens/{id}", revoke_token)

@@ -1,0 +1,184 @@
+"""``secretmirror serve``: the API, the replication worker and the scheduler in one process.
+
+Start-up: the embedded PostgreSQL when no ``database_url`` is set, migrations
+under the advisory lock, the keyring, the deployment id, the admin token and
+the stores. SIGTERM stops claiming work, finishes or releases what is in
+flight and exits within 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from secretmirror import db
+from secretmirror.api.app import build_app
+from secretmirror.auth import Accounts
+from secretmirror.errors import SchemaMismatch, StoreError
+from secretmirror.runtime import (
+    Runtime,
+    build_stores,
+    init_admin,
+    init_deployment,
+    load_admin_token,
+    load_keyring,
+)
+from secretmirror.service import SecretService
+from secretmirror.settings import Settings
+from secretmirror.stores.base import StoreContext
+from secretmirror.stores.sql import DB_DOWN
+from secretmirror.supervisor import Supervisor
+
+log = structlog.get_logger("secretmirror.daemon")
+
+SHUTDOWN_BUDGET_S = 8.0
+
+
+async def _connect_with_retry(dsn: str, attempts: int = 30) -> asyncpg.Pool:
+    delay = 0.2
+    for attempt in range(attempts):
+        try:
+            return await db.create_pool(dsn)
+        except DB_DOWN as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("db.unreachable", error=type(exc).__name__, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
+    raise AssertionError("unreachable")
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    settings: Settings, dsn: str, *, migrate: bool = True
+) -> AsyncIterator[Runtime]:
+    """Everything the API and the worker need, opened and closed in order."""
+    keyring = load_keyring(settings)
+    admin_token = load_admin_token(settings)
+    pool = await _connect_with_retry(dsn)
+    try:
+        async with pool.acquire() as conn:
+            if migrate:
+                await db.upgrade(conn)
+            await db.check_schema(conn)
+            deployment_id, hash_key = await init_deployment(conn, keyring)
+            await init_admin(conn, admin_token)
+        ctx = StoreContext(deployment_id, keyring, pool, str(settings.data_dir))
+        timeout = max(settings.replication.lease_s / 3, 1.0)
+        primary, backup = build_stores(settings, ctx, dsn, timeout)
+        rt = Runtime(settings, pool, dsn, keyring, deployment_id, hash_key, primary, backup)
+        for role in (primary, backup):
+            if role is None:
+                continue
+            try:
+                await role.open()
+            except StoreError as exc:
+                # A store that is down at start-up is retried by the worker and
+                # shown in /admin/v1/status; it must not keep the API from serving.
+                role.up, role.last_error = False, exc.message
+                log.warning("store.open_failed", store=role.role, reason=exc.message)
+        try:
+            yield rt
+        finally:
+            for role in (backup, primary):
+                if role is not None:
+                    with contextlib.suppress(Exception):
+                        await role.close()
+    finally:
+        await pool.close()
+
+
+def make_readiness(rt: Runtime) -> Callable[[], Awaitable[list[str]]]:
+    checked: dict[str, float] = {"schema_ok_at": 0.0}
+
+    async def reasons() -> list[str]:
+        found: list[str] = []
+        try:
+            async with rt.pool.acquire(timeout=2) as conn:
+                if time.monotonic() - checked["schema_ok_at"] > 30:
+                    await db.check_schema(conn)
+                    checked["schema_ok_at"] = time.monotonic()
+                else:
+                    await conn.fetchval("SELECT 1")
+        except SchemaMismatch as exc:
+            found.append(exc.message)
+        except (*DB_DOWN, asyncpg.PostgresError):
+            found.append("postgresql is unavailable")
+        return found
+
+    return reasons
+
+
+def make_app(rt: Runtime) -> web.Application:
+    service = SecretService(rt)
+    accounts = Accounts(rt.pool)
+    app = build_app(rt, service, accounts, make_readiness(rt))
+    return app
+
+
+def start_background(rt: Runtime, supervisor: Supervisor, app: web.Application) -> None:
+    """The side tasks of a serving daemon (replication, retention, scheduler)."""
+    from secretmirror import background
+
+    background.start(rt, supervisor, app)
+
+
+async def serve(settings: Settings) -> None:
+    embedded = None
+    dsn = settings.database_url.get_secret_value() if settings.database_url else None
+    if dsn is None:
+        embedded = db.EmbeddedPostgres(settings.data_dir)
+        dsn = await embedded.astart()
+        log.info("db.embedded_started", pgdata=str(embedded.pgdata))
+    try:
+        async with open_runtime(settings, dsn) as rt:
+            await _serve_runtime(rt, settings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _serve_runtime(rt: Runtime, settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    app = make_app(rt)
+    supervisor = Supervisor()
+    start_background(rt, supervisor, app)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
+    await runner.setup()
+    ssl_context = None
+    if settings.tls_cert_file and settings.tls_key_file:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    site = web.TCPSite(
+        runner,
+        settings.listen_host,
+        settings.listen_port,
+        ssl_context=ssl_context,
+        reuse_address=True,
+    )
+    await site.start()
+    scheme = "https" if ssl_context else "http"
+    log.info(
+        "daemon.serving",
+        url=f"{scheme}://{settings.listen}",
+        deployment_id=rt.deployment_id,
+        primary=rt.primary.type,
+        backup=rt.backup.type if rt.backup else None,
+    )
+    await stop.wait()
+    log.info("daemon.stopping")
+    started = time.monotonic()
+    await supervisor.shutdown(SHUTDOWN_BUDGET_S - 3)
+    await runner.cleanup()
+    log.info("daemon.stopped", seconds=round(time.monotonic() - started, 3))

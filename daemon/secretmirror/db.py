@@ -1,0 +1,176 @@
+"""PostgreSQL: the connection pool, the migration runner and the embedded server.
+
+Migrations are the numbered plain-SQL files in ``migrations/`` (``0001_initial.sql``),
+applied in order inside one transaction under an advisory lock, each recorded
+in ``schema_migrations``. ``serve`` applies pending ones at start and refuses a
+schema newer than it knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from secretmirror.errors import ConfigError, SchemaMismatch
+from secretmirror.queries import Q
+
+log = structlog.get_logger("secretmirror.db")
+
+_MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    def sql(self) -> str:
+        return self.path.read_text()
+
+
+def migrations_dir() -> Path:
+    env = os.environ.get("SECRETMIRROR_MIGRATIONS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def known_migrations(directory: Path | None = None) -> list[Migration]:
+    directory = directory or migrations_dir()
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION.match(path.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), path))
+    return found
+
+
+def head_version() -> int:
+    migrations = known_migrations()
+    return migrations[-1].version if migrations else 0
+
+
+async def upgrade(conn: asyncpg.Connection) -> list[int]:
+    """Apply every pending migration; safe to run from several processes at once."""
+    applied_now: list[int] = []
+    async with conn.transaction():
+        await conn.execute(Q.migrations_lock)
+        await conn.execute(Q.migrations_table)
+        applied = {r["version"] for r in await conn.fetch(Q.migrations_applied)}
+        known = known_migrations()
+        _refuse_newer(applied, known)
+        for migration in known:
+            if migration.version in applied:
+                continue
+            await conn.execute(migration.sql())
+            await conn.execute(Q.migrations_record, migration.version, migration.name)
+            applied_now.append(migration.version)
+    if applied_now:
+        log.info("db.migrated", versions=applied_now)
+    return applied_now
+
+
+async def check_schema(conn: asyncpg.Connection) -> None:
+    """Raise ``SchemaMismatch`` naming the fix unless the schema is exactly current."""
+    if not await conn.fetchval(Q.migrations_table_exists):
+        raise SchemaMismatch("the database has no schema: run `secretmirror db upgrade`")
+    applied = {r["version"] for r in await conn.fetch(Q.migrations_applied)}
+    known = known_migrations()
+    _refuse_newer(applied, known)
+    missing = [m.version for m in known if m.version not in applied]
+    if missing:
+        raise SchemaMismatch(
+            f"the database schema is behind (missing {missing}): run `secretmirror db upgrade`"
+        )
+
+
+def _refuse_newer(applied: set[int], known: list[Migration]) -> None:
+    newer = sorted(applied - {m.version for m in known})
+    if newer:
+        raise SchemaMismatch(
+            f"the database schema has migrations {newer} this secretmirror does not know: "
+            "upgrade secretmirror to the version that wrote them"
+        )
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog"
+    )
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _json_loads(text: str) -> Any:
+    return json.loads(text)
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    """An asyncpg pool; the DSN goes to the driver untouched."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
+        max_inactive_connection_lifetime=60,
+    )
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    try:
+        await _init_connection(conn)
+        yield conn
+    finally:
+        await conn.close()
+
+
+# -- the embedded server ------------------------------------------------------
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the ``pgserver`` package under ``data_dir/postgres``.
+
+    Reused across restarts (pgserver finds a running server on the same data
+    directory) and stopped on exit when this process started it.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = data_dir / "postgres"
+        self._server: Any = None
+
+    def start(self) -> str:
+        try:
+            import pgserver
+        except ImportError:  # pragma: no cover - a dependency of the package
+            raise ConfigError("the embedded database needs the `pgserver` package") from None
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        get_server = pgserver.get_server  # type: ignore[attr-defined]
+        self._server = get_server(self.pgdata, cleanup_mode="stop")
+        dsn: str = self._server.get_uri()
+        return dsn
+
+    async def astart(self) -> str:
+        return await asyncio.to_thread(self.start)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                self._server.cleanup()
+            self._server = None

@@ -1,0 +1,170 @@
+"""One exception root. Each class's docstring is its default message.
+
+The API turns a ``SecretMirrorError`` into ``{"error": {"code", "message"}}`` with
+its ``status``; store back-ends wrap provider errors into the ``Store*`` classes
+so the replicator decides retry, fallback or dead letter without knowing any
+provider. Messages never carry secret values, tokens or keys.
+"""
+
+from __future__ import annotations
+
+
+class SecretMirrorError(Exception):
+    """Something went wrong."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(SecretMirrorError):
+    """The configuration is invalid."""
+
+    code = "invalid_configuration"
+
+
+class BadRequest(SecretMirrorError):
+    """The request is malformed."""
+
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(SecretMirrorError):
+    """A valid bearer token is required."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(SecretMirrorError):
+    """Your role does not allow this."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(SecretMirrorError):
+    """No such resource."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(SecretMirrorError):
+    """The resource conflicts with an existing one."""
+
+    status = 409
+    code = "conflict"
+
+
+class NameTaken(Conflict):
+    """A secret with this name already exists."""
+
+    code = "name_taken"
+
+
+class JobRunning(Conflict):
+    """A job of this mode is already running."""
+
+    code = "job_running"
+
+
+class Gone(SecretMirrorError):
+    """That version is no longer kept."""
+
+    status = 410
+    code = "gone"
+
+
+class PreconditionFailed(SecretMirrorError):
+    """The secret changed since the version given in If-Match."""
+
+    status = 412
+    code = "precondition_failed"
+
+
+class TooLarge(SecretMirrorError):
+    """The secret's values exceed the size cap."""
+
+    status = 413
+    code = "too_large"
+
+
+class Invalid(SecretMirrorError):
+    """A field is invalid."""
+
+    status = 422
+    code = "invalid_field"
+
+
+class Unavailable(SecretMirrorError):
+    """A dependency is unavailable; try again shortly."""
+
+    status = 503
+    code = "unavailable"
+
+
+class SchemaMismatch(SecretMirrorError):
+    """The database schema does not match this version of secretmirror."""
+
+    status = 503
+    code = "schema_mismatch"
+
+
+class DecryptionError(SecretMirrorError):
+    """A ciphertext could not be decrypted with any configured key."""
+
+    code = "decryption_failed"
+
+
+# -- store errors: the small set every back-end maps its provider errors to --
+
+
+class StoreError(SecretMirrorError):
+    """The secrets store failed."""
+
+    status = 503
+    code = "store_error"
+    reason = "error"
+
+
+class StoreUnavailable(StoreError):
+    """The secrets store cannot be reached."""
+
+    reason = "unavailable"
+
+
+class StoreThrottled(StoreError):
+    """The secrets store is throttling requests."""
+
+    reason = "throttled"
+
+    def __init__(self, message: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class StoreRejected(StoreError):
+    """The secrets store rejected the request permanently."""
+
+    reason = "rejected"
+
+
+class StoreConflict(StoreError):
+    """The store holds an entry this deployment does not own, or a concurrent change won."""
+
+    reason = "conflict"
+
+
+class StoreNotFound(StoreError):
+    """The store has no such entry."""
+
+    status = 404
+    reason = "not_found"

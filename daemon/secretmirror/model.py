@@ -1,0 +1,105 @@
+"""The secret model's rules (spec section 4): names, keys, values and the size cap."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from secretmirror.errors import Invalid, TooLarge
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+_KEY = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+ROLES = ("admin", "writer", "reader")
+
+
+def check_name(name: Any, field: str = "name") -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise Invalid(
+            f"{field} must be 1-255 characters of A-Z a-z 0-9 _ . - starting with a letter or digit"
+        )
+    return name
+
+
+def check_values(values: Any, cap: int) -> tuple[dict[str, str], bytes]:
+    """Validate a values object; return it with its canonical JSON (sorted keys, no spaces)."""
+    if not isinstance(values, dict) or not values:
+        raise Invalid("values must be an object with at least one key")
+    for key, value in values.items():
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise Invalid("every key in values must be 1-255 characters of A-Z a-z 0-9 _ . -")
+        if not isinstance(value, str):
+            raise Invalid("every value in values must be a string")
+    blob = canonical(values)
+    if len(blob) > cap:
+        raise TooLarge(f"the secret's values are {len(blob)} bytes; the limit is {cap}")
+    return dict(values), blob
+
+
+def canonical(values: dict[str, str]) -> bytes:
+    return json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def check_role(role: Any) -> str:
+    if role not in ROLES:
+        raise Invalid("role must be one of admin, writer, reader")
+    return str(role)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller."""
+
+    user_id: str
+    name: str
+    role: str
+
+    @property
+    def can_write(self) -> bool:
+        return self.role in ("admin", "writer")
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretMeta:
+    id: str
+    name: str
+    owner: str
+    private: bool
+    version: int
+    created: datetime
+    updated: datetime
+
+    def to_json(self, values: dict[str, str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "private": self.private,
+            "owner": self.owner,
+            "version": self.version,
+            "created": self.created.isoformat(),
+            "updated": self.updated.isoformat(),
+        }
+        if values is not None:
+            body["values"] = values
+        return body
+
+    def visible_to(self, principal: Principal) -> bool:
+        return not self.private or self.owner == principal.user_id
+
+    @classmethod
+    def from_row(cls, row: Any) -> SecretMeta:
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            owner=row["owner"],
+            private=row["private"],
+            version=row["version"],
+            created=row["created"],
+            updated=row["updated"],
+        )

@@ -1,0 +1,252 @@
+"""The replication worker: delivers committed events to the target stores.
+
+It claims due deliveries with leases (``FOR UPDATE SKIP LOCKED``, so any
+number of processes share the work), applies each to its store with a fenced,
+idempotent write, and records the outcome. It waits on ``LISTEN`` wake-ups,
+the in-process wake event, the poll timer or the stop event, so a lost
+notification costs latency, never work. A store that is down gets one probe
+delivery per poll instead of a storm of failing attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import time
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from secretmirror import deliveries, metrics
+from secretmirror.crypto import secret_aad
+from secretmirror.deliveries import Claim, Event
+from secretmirror.errors import DecryptionError, StoreError, StoreRejected
+from secretmirror.retry import RetryPolicy
+from secretmirror.runtime import Runtime
+from secretmirror.stores.sql import DB_DOWN
+
+log = structlog.get_logger("secretmirror.replication")
+
+CHANNEL = "secretmirror_deliveries"
+
+
+class Replicator:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        cfg = rt.settings.replication
+        self.cfg = cfg
+        self.policy = RetryPolicy(cfg.backoff_initial_s, cfg.backoff_max_s, cfg.max_attempts)
+        self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._done: list[tuple[str, str, int, datetime]] = []
+        self._slot_freed = asyncio.Event()
+
+    # -- main loop ----------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self.rt.targets:
+            await stop.wait()
+            return
+        listener = asyncio.create_task(self._listen(stop), name="replication.listen")
+        try:
+            while not stop.is_set():
+                await self._flush_done()
+                claimed = await self._claim_and_start()
+                if claimed and len(self._in_flight) < self.cfg.concurrency:
+                    continue
+                await self._wait(stop)
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+            await self._drain()
+
+    async def _wait(self, stop: asyncio.Event) -> None:
+        self.rt.wake.clear()
+        self._slot_freed.clear()
+        waiters = [
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(self.rt.wake.wait()),
+            asyncio.create_task(self._slot_freed.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                waiters, timeout=self.cfg.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _claim_and_start(self) -> int:
+        free = self.cfg.concurrency - len(self._in_flight)
+        if free <= 0:
+            return 0
+        up = [t for t in self.rt.targets if self.rt.store_for(t).up]
+        down = [t for t in self.rt.targets if not self.rt.store_for(t).up]
+        claims: list[Claim] = []
+        try:
+            if up:
+                claims += await deliveries.claim(
+                    self.rt.pool,
+                    self.rt.node,
+                    min(free, self.cfg.batch_size),
+                    up,
+                    self.cfg.lease_s,
+                )
+            for target in down:
+                if not any(key[0] == target for key in self._in_flight):
+                    claims += await deliveries.claim(
+                        self.rt.pool, self.rt.node, 1, [target], self.cfg.lease_s
+                    )
+            if not claims:
+                return 0
+            events = await deliveries.events_for(self.rt.pool, claims)
+        except DB_DOWN as exc:
+            log.warning("replication.db_unavailable", error=type(exc).__name__)
+            await asyncio.sleep(min(self.cfg.poll_interval_s, 1.0))
+            return 0
+        for claim in claims:
+            key = (claim.target, claim.secret_id)
+            task = asyncio.create_task(
+                self._deliver(claim, events.get((claim.secret_id, claim.version)))
+            )
+            self._in_flight[key] = task
+            task.add_done_callback(functools.partial(self._finished, key))
+        return len(claims)
+
+    def _finished(self, key: tuple[str, str], _task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(key, None)
+        self._slot_freed.set()
+
+    # -- one delivery -------------------------------------------------------
+
+    async def _deliver(self, claim: Claim, event: Event | None) -> None:
+        store = self.rt.store_for(claim.target)
+        bound = log.bind(secret_id=claim.secret_id, target=claim.target, version=claim.version)
+        try:
+            if event is None:
+                raise StoreRejected("the event for this version is missing from the log")
+            if event.kind == "delete":
+                await store.delete(claim.secret_id, claim.version)
+            else:
+                if event.snapshot is None or event.hash is None:
+                    raise StoreRejected("the event's snapshot was purged before delivery")
+                values = json.loads(
+                    self.rt.keyring.decrypt(
+                        event.snapshot, secret_aad(claim.secret_id, claim.version)
+                    )
+                )
+                await store.put(claim.secret_id, claim.version, values, event.hash)
+        except (StoreError, DecryptionError) as exc:
+            await self._failed(claim, exc, bound)
+            return
+        except Exception as exc:
+            bound.error("replication.unexpected_error", error=type(exc).__name__, exc_info=True)
+            await self._failed(claim, StoreError(f"unexpected {type(exc).__name__}"), bound)
+            return
+        self._done.append((claim.target, claim.secret_id, claim.version, event.recorded_at))
+        self.rt.wake.set()
+
+    async def _failed(self, claim: Claim, exc: Exception, bound: structlog.BoundLogger) -> None:
+        reason = exc.reason if isinstance(exc, StoreError) else "decryption"
+        metrics.replication_errors.labels(claim.target, reason).inc()
+        decision = self.policy.decide(claim.attempts, exc)
+        message = (
+            exc.message if isinstance(exc, StoreError | DecryptionError) else type(exc).__name__
+        )
+        if decision.dead:
+            bound.error(
+                "replication.dead_lettered", reason=reason, attempts=claim.attempts, message=message
+            )
+        else:
+            bound.warning(
+                "replication.retry",
+                reason=reason,
+                attempts=claim.attempts,
+                retry_in_s=round(decision.retry_in_s, 3),
+            )
+        for attempt in range(5):
+            try:
+                await deliveries.fail(
+                    self.rt.pool,
+                    claim,
+                    f"{reason}: {message}"[:500],
+                    decision.retry_in_s,
+                    decision.dead,
+                )
+                return
+            except DB_DOWN:
+                # The lease expires by itself; retrying the bookkeeping is a courtesy.
+                await asyncio.sleep(0.2 * (attempt + 1))
+
+    async def _flush_done(self) -> None:
+        if not self._done:
+            return
+        batch, self._done = self._done, []
+        try:
+            await deliveries.complete(self.rt.pool, [(t, s, v) for t, s, v, _ in batch])
+        except DB_DOWN:
+            # Not recorded: the lease expires and the fenced store write repeats as a no-op.
+            log.warning("replication.complete_failed", count=len(batch))
+            return
+        now = datetime.now(UTC)
+        for target, _, _, recorded_at in batch:
+            metrics.replication_applied.labels(target).inc()
+            metrics.replication_latency.labels(target).observe(
+                max((now - recorded_at).total_seconds(), 0.0)
+            )
+
+    async def _drain(self) -> None:
+        """At shutdown: let in-flight writes finish briefly, record them, release the rest."""
+        if self._in_flight:
+            _, pending = await asyncio.wait(list(self._in_flight.values()), timeout=3.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(*DB_DOWN):
+            await self._flush_done()
+            await deliveries.release_all(self.rt.pool, self.rt.node)
+
+    # -- wake-ups -------------------------------------------------------------
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """Hold a LISTEN connection; reconnect after failures. Polling covers the gaps."""
+        while not stop.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.rt.dsn)
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _c, closed=closed: closed.set())
+                await conn.add_listener(CHANNEL, lambda *_a: self.rt.wake.set())
+                self.rt.wake.set()
+                await closed.wait()
+            except asyncio.CancelledError:
+                raise
+            except (*DB_DOWN, asyncpg.PostgresError) as exc:
+                log.debug("replication.listen_failed", error=type(exc).__name__)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def probe_stores(rt: Runtime, stop: asyncio.Event) -> None:
+    """Health-check each store periodically so ``store_up`` recovers without traffic."""
+    while not stop.is_set():
+        for role in (rt.primary, rt.backup):
+            if role is None:
+                continue
+            started = time.monotonic()
+            with contextlib.suppress(StoreError):
+                await role.health()
+            if not role.up:
+                log.debug(
+                    "store.probe_failed",
+                    store=role.role,
+                    seconds=round(time.monotonic() - started, 3),
+                )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 5.0)

@@ -1,0 +1,143 @@
+"""What a running daemon holds: the pool, the keyring, the stores and the deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets as pysecrets
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from secretmirror import crypto
+from secretmirror.errors import ConfigError
+from secretmirror.queries import Q
+from secretmirror.settings import Settings
+from secretmirror.stores import build_store
+from secretmirror.stores.base import StoreContext
+from secretmirror.stores.instrumented import RoleStore
+from secretmirror.stores.sql import SqlStore
+
+log = structlog.get_logger("secretmirror.runtime")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pool: asyncpg.Pool
+    dsn: str
+    keyring: crypto.Keyring
+    deployment_id: str
+    hash_key: bytes
+    primary: RoleStore
+    backup: RoleStore | None
+    node: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    #: Set on every committed write so the local worker wakes without a round trip.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def primary_in_db(self) -> bool:
+        """True when the primary is the ``sql`` store in the main database."""
+        store = self.primary.store
+        return isinstance(store, SqlStore) and store.in_main_database
+
+    @property
+    def targets(self) -> list[str]:
+        """The stores every event is delivered to by the worker."""
+        found = [] if self.primary_in_db else ["primary"]
+        if self.backup is not None:
+            found.append("backup")
+        return found
+
+    def store_for(self, target: str) -> RoleStore:
+        if target == "primary":
+            return self.primary
+        assert self.backup is not None
+        return self.backup
+
+    @property
+    def size_cap(self) -> int:
+        """The effective cap: the smallest of ``max_secret_bytes`` and the stores' limits."""
+        caps = [self.settings.max_secret_bytes]
+        for role in (self.primary, self.backup):
+            if role is not None and role.store.max_value_bytes is not None:
+                caps.append(role.store.max_value_bytes)
+        return min(caps)
+
+    def content_hash(self, secret_id: str, canonical: bytes) -> str:
+        return crypto.content_hash(self.hash_key, secret_id, canonical)
+
+
+def load_keyring(settings: Settings) -> crypto.Keyring:
+    """The configured keys, or a key generated once into ``data_dir`` with a warning."""
+    if settings.encryption_keys is not None:
+        return crypto.Keyring(crypto.parse_keys(settings.encryption_keys.get_secret_value()))
+    path = settings.data_dir / "encryption-key"
+    if not path.exists():
+        write_private(path, crypto.generate_key() + "\n")
+        log.warning(
+            "crypto.key_generated",
+            path=str(path),
+            hint="back this file up, or set SECRETMIRROR_ENCRYPTION_KEYS",
+        )
+    return crypto.Keyring(crypto.parse_keys(path.read_text().strip()))
+
+
+def load_admin_token(settings: Settings) -> str:
+    """The configured admin token, or one generated once into ``data_dir/admin-token``."""
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    path = settings.data_dir / "admin-token"
+    if not path.exists():
+        write_private(path, crypto.new_token() + "\n")
+        log.info("auth.admin_token_generated", path=str(path))
+    return path.read_text().strip()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Create ``path`` with mode 0600 (never readable by others, even for a moment)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+async def init_deployment(conn: asyncpg.Connection, keyring: crypto.Keyring) -> tuple[str, bytes]:
+    """The deployment id and content-hash key, created once and kept in the database."""
+    wrapped = keyring.encrypt(pysecrets.token_bytes(32), b"deployment-hash-key")
+    await conn.execute(Q.deployment_init, uuid.uuid4(), wrapped)
+    row = await conn.fetchrow(Q.deployment_get)
+    hash_key = keyring.decrypt(row["hash_key"], b"deployment-hash-key")
+    if keyring.needs_reencryption(row["hash_key"]):
+        await conn.execute(
+            Q.deployment_set_hash_key, keyring.encrypt(hash_key, b"deployment-hash-key")
+        )
+    return row["id"], hash_key
+
+
+async def init_admin(conn: asyncpg.Connection, token: str) -> None:
+    """Make sure the ``admin`` user exists and the configured admin token opens it."""
+    async with conn.transaction():
+        admin_id = await conn.fetchval(Q.user_upsert_admin, uuid.uuid4())
+        digest = crypto.token_hash(token)
+        await conn.execute(Q.token_upsert_bootstrap, uuid.uuid4(), admin_id, digest)
+        await conn.execute(Q.token_revoke_old_bootstrap, admin_id, digest)
+
+
+def build_stores(
+    settings: Settings, ctx: StoreContext, dsn: str, timeout_s: float
+) -> tuple[RoleStore, RoleStore | None]:
+    primary = RoleStore("primary", build_store(settings.primary, ctx, dsn), timeout_s)
+    backup = None
+    if settings.backup is not None:
+        backup = RoleStore("backup", build_store(settings.backup, ctx, dsn), timeout_s)
+        if backup.location == primary.location:
+            raise ConfigError(
+                "backup: its location is the primary's "
+                f"({primary.location}); a backup must live somewhere else"
+            )
+    return primary, backup

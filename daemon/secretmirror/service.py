@@ -1,0 +1,397 @@
+"""Secrets: the write path through the outbox and the read path with fallbacks.
+
+Every write is one SQL statement (``secret_create``/``secret_change``) that
+commits the metadata, the event with its encrypted snapshot, the value for a
+``sql`` primary in the main database, and the delivery rows, then NOTIFYs.
+Nothing is acknowledged before that commit. An external primary is then
+written inline (bounded by ``replication.inline_timeout_s``), the backup
+inline if that fails; whatever is still missing the worker delivers.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+
+from secretmirror import deliveries, metrics
+from secretmirror.crypto import secret_aad
+from secretmirror.errors import (
+    Gone,
+    Invalid,
+    NameTaken,
+    NotFound,
+    PreconditionFailed,
+    StoreError,
+    Unavailable,
+)
+from secretmirror.model import Principal, SecretMeta, check_name, check_values
+from secretmirror.queries import Q
+from secretmirror.runtime import Runtime
+from secretmirror.stores.sql import DB_DOWN
+
+log = structlog.get_logger("secretmirror.service")
+
+#: Optimistic-concurrency retries for a PATCH without If-Match racing another write.
+_MERGE_RETRIES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    meta: SecretMeta
+    values: dict[str, str]
+    source: str
+
+
+class SecretService:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    # -- writes -----------------------------------------------------------
+
+    async def create(
+        self, principal: Principal, name: Any, values: Any, private: Any = False
+    ) -> ReadResult:
+        name = check_name(name)
+        private = _check_private(private)
+        values, blob = check_values(values, self.rt.size_cap)
+        secret_id = str(uuid.uuid4())
+        snapshot, content_hash = self._seal(secret_id, 1, blob)
+        inline = self._inline_targets()
+        try:
+            row = await self._db(
+                Q.secret_create,
+                secret_id,
+                name,
+                principal.user_id,
+                private,
+                content_hash,
+                principal.name,
+                snapshot,
+                self.rt.deployment_id,
+                snapshot if self.rt.primary_in_db else None,
+                self.rt.targets,
+                inline,
+                self.rt.node,
+                self.rt.settings.replication.inline_timeout_s * 3,
+            )
+        except asyncpg.UniqueViolationError:
+            raise NameTaken() from None
+        meta = SecretMeta.from_row(row)
+        self.rt.wake.set()
+        await self._write_inline(meta, values, content_hash, inline)
+        log.info("secret.created", secret_id=secret_id, version=1)
+        return ReadResult(meta, values, "primary")
+
+    async def update(
+        self,
+        principal: Principal,
+        secret_id: str,
+        *,
+        name: Any = None,
+        private: Any = None,
+        values: Any = None,
+        merge: bool,
+        if_match: int | None,
+    ) -> ReadResult:
+        """PATCH (``merge``: a key set to None is removed) or PUT (replace all values)."""
+        new_name = check_name(name) if name is not None else None
+        new_private = _check_private(private) if private is not None else None
+        if values is not None and not isinstance(values, dict):
+            check_values(values, self.rt.size_cap)  # raises the field error
+        for _ in range(_MERGE_RETRIES):
+            current = await self.read(principal, secret_id)
+            meta = current.meta
+            if if_match is not None and if_match != meta.version:
+                raise PreconditionFailed()
+            merged = dict(current.values)
+            if values is not None and merge:
+                for key, value in values.items():
+                    if value is None:
+                        merged.pop(key, None)
+                    else:
+                        merged[key] = value
+            elif values is not None:
+                merged = values
+            target_name = new_name if new_name is not None else meta.name
+            target_private = new_private if new_private is not None else meta.private
+            merged, blob = check_values(merged, self.rt.size_cap)
+            kind = "update"
+            if merged == current.values and (target_name, target_private) != (
+                meta.name,
+                meta.private,
+            ):
+                kind = "rename"
+            result = await self._change(
+                principal, meta, kind, target_name, target_private, merged, blob
+            )
+            if result is not None:
+                return result
+            if if_match is not None:
+                raise PreconditionFailed()
+        raise Unavailable("the secret is being changed too often; try again")
+
+    async def delete(self, principal: Principal, secret_id: str, if_match: int | None) -> None:
+        meta = await self.meta(principal, secret_id)
+        if if_match is not None and if_match != meta.version:
+            raise PreconditionFailed()
+        while True:
+            done = await self._change(
+                principal, meta, "delete", meta.name, meta.private, None, None
+            )
+            if done is not None:
+                return
+            if if_match is not None:
+                raise PreconditionFailed()
+            meta = await self.meta(principal, secret_id)
+
+    async def _change(
+        self,
+        principal: Principal,
+        meta: SecretMeta,
+        kind: str,
+        name: str,
+        private: bool,
+        values: dict[str, str] | None,
+        blob: bytes | None,
+    ) -> ReadResult | None:
+        """Commit one change at ``meta.version + 1``; None when another write won the race."""
+        version = meta.version + 1
+        snapshot = content_hash = None
+        if blob is not None:
+            snapshot, content_hash = self._seal(meta.id, version, blob)
+        inline = self._inline_targets()
+        try:
+            row = await self._db(
+                Q.secret_change,
+                meta.id,
+                meta.version,
+                name,
+                private,
+                content_hash,
+                kind,
+                principal.name,
+                snapshot,
+                self.rt.deployment_id,
+                snapshot if self.rt.primary_in_db else None,
+                self.rt.primary_in_db,
+                self.rt.targets,
+                inline,
+                self.rt.node,
+                self.rt.settings.replication.inline_timeout_s * 3,
+            )
+        except asyncpg.UniqueViolationError:
+            raise NameTaken() from None
+        if row is None:
+            return None
+        new_meta = SecretMeta.from_row(row)
+        self.rt.wake.set()
+        await self._write_inline(new_meta, values, content_hash, inline)
+        log.info(f"secret.{kind}d", secret_id=meta.id, version=version)
+        return ReadResult(new_meta, values or {}, "primary")
+
+    def _seal(self, secret_id: str, version: int, blob: bytes) -> tuple[bytes, str]:
+        snapshot = self.rt.keyring.encrypt(blob, secret_aad(secret_id, version))
+        return snapshot, self.rt.content_hash(secret_id, blob)
+
+    def _inline_targets(self) -> list[str]:
+        return [] if self.rt.primary_in_db else self.rt.targets
+
+    async def _write_inline(
+        self,
+        meta: SecretMeta,
+        values: dict[str, str] | None,
+        content_hash: str | None,
+        inline: list[str],
+    ) -> None:
+        """Write an external primary now, or the backup if the primary fails.
+
+        The write is already committed: failures here only leave the delivery
+        to the worker (the leases taken in the commit are released).
+        """
+        if not inline:
+            return
+        timeout = self.rt.settings.replication.inline_timeout_s
+        done: list[str] = []
+        for target in inline:
+            store = self.rt.store_for(target)
+            try:
+                if values is None:
+                    await store.delete(meta.id, meta.version, timeout_s=timeout)
+                else:
+                    assert content_hash is not None
+                    await store.put(meta.id, meta.version, values, content_hash, timeout_s=timeout)
+            except StoreError as exc:
+                log.warning(
+                    "secret.inline_write_failed",
+                    secret_id=meta.id,
+                    target=target,
+                    reason=exc.reason,
+                )
+                metrics.replication_errors.labels(target, exc.reason).inc()
+                continue
+            done.append(target)
+            break
+        try:
+            await deliveries.finish_inline(self.rt, meta.id, meta.version, inline, done)
+        except DB_DOWN:
+            log.warning("secret.inline_release_failed", secret_id=meta.id)
+        if "primary" not in done and "backup" in done:
+            metrics.fallback.labels("write", "backup").inc()
+
+    # -- reads ------------------------------------------------------------
+
+    async def meta(self, principal: Principal, secret_id: str) -> SecretMeta:
+        row = await self._db_row(Q.secret_get, _uuid(secret_id))
+        if row is None:
+            raise NotFound("no such secret")
+        meta = SecretMeta.from_row(row)
+        if not meta.visible_to(principal):
+            raise NotFound("no such secret")
+        return meta
+
+    async def read(self, principal: Principal, secret_id: str) -> ReadResult:
+        """The current values: primary, then backup, then the event log snapshot."""
+        sid = _uuid(secret_id)
+        if self.rt.primary_in_db:
+            row = await self._db_row(Q.secret_get_with_value, sid, self.rt.deployment_id)
+            if row is None:
+                raise NotFound("no such secret")
+            meta = SecretMeta.from_row(row)
+            if not meta.visible_to(principal):
+                raise NotFound("no such secret")
+            if row["stored_version"] == meta.version and row["ciphertext"] is not None:
+                values = self._open(meta.id, meta.version, row["ciphertext"])
+                return ReadResult(meta, values, "primary")
+            return await self._read_fallback(meta, skip_primary=True)
+        meta = await self.meta(principal, secret_id)
+        return await self._read_fallback(meta, skip_primary=False)
+
+    async def _read_fallback(self, meta: SecretMeta, *, skip_primary: bool) -> ReadResult:
+        sources = [] if skip_primary else [self.rt.primary]
+        if self.rt.backup is not None:
+            sources.append(self.rt.backup)
+        timeout = self.rt.settings.replication.inline_timeout_s
+        for store in sources:
+            try:
+                stored = await store.get(meta.id, timeout_s=timeout)
+            except StoreError:
+                continue
+            if stored is not None and stored.version >= meta.version:
+                if store.role != "primary":
+                    metrics.fallback.labels("read", store.role).inc()
+                return ReadResult(meta, stored.values, store.role)
+        values = await self._from_log(meta.id, meta.version)
+        if values is None:
+            raise Unavailable("no store can serve this secret right now")
+        metrics.fallback.labels("read", "log").inc()
+        return ReadResult(meta, values, "log")
+
+    async def read_version(self, principal: Principal, secret_id: str, version: int) -> ReadResult:
+        meta = await self.meta(principal, secret_id)
+        if version == meta.version:
+            return await self.read(principal, secret_id)
+        if version < 1 or version > meta.version:
+            raise NotFound("no such version")
+        row = await self._db_row(Q.event_snapshot, _uuid(secret_id), version)
+        if row is None or row["snapshot"] is None:
+            raise Gone()
+        values = self._open(meta.id, version, row["snapshot"])
+        return ReadResult(meta, values, "log")
+
+    async def _from_log(self, secret_id: str, version: int) -> dict[str, str] | None:
+        row = await self._db_row(Q.event_snapshot, _uuid(secret_id), version)
+        if row is None or row["snapshot"] is None:
+            return None
+        return self._open(secret_id, version, row["snapshot"])
+
+    def _open(self, secret_id: str, version: int, blob: bytes) -> dict[str, str]:
+        values: dict[str, str] = json.loads(
+            self.rt.keyring.decrypt(blob, secret_aad(secret_id, version))
+        )
+        return values
+
+    async def resolve(self, principal: Principal, name_or_id: str) -> str:
+        """An id from a name (the CLI addresses secrets by name) or an id."""
+        try:
+            return str(uuid.UUID(name_or_id))
+        except ValueError:
+            pass
+        found = await self._db_val(Q.secret_by_name, name_or_id, principal.user_id)
+        if found is None:
+            raise NotFound("no such secret")
+        return str(found)
+
+    async def list_secrets(
+        self,
+        principal: Principal,
+        *,
+        name: str | None,
+        name_prefix: str | None,
+        private: bool | None,
+        limit: int,
+        after: tuple[str, str] | None,
+    ) -> list[SecretMeta]:
+        rows = await self._db_fetch(
+            Q.secret_list,
+            principal.user_id,
+            name,
+            name_prefix,
+            private,
+            after[0] if after else None,
+            after[1] if after else None,
+            limit,
+        )
+        return [SecretMeta.from_row(r) for r in rows]
+
+    async def history(self, principal: Principal, secret_id: str) -> list[dict[str, Any]]:
+        await self.meta(principal, secret_id)
+        rows = await self._db_fetch(Q.event_history, _uuid(secret_id))
+        return [
+            {
+                "version": r["version"],
+                "kind": r["kind"],
+                "actor": r["actor"],
+                "recorded_at": r["recorded_at"].isoformat(),
+            }
+            for r in rows
+        ]
+
+    # -- database access with outage mapping ------------------------------
+
+    async def _db(self, query: str, *args: Any) -> Any:
+        try:
+            return await self.rt.pool.fetchrow(query, *args)
+        except DB_DOWN:
+            raise Unavailable("the database is unavailable") from None
+
+    _db_row = _db
+
+    async def _db_val(self, query: str, *args: Any) -> Any:
+        try:
+            return await self.rt.pool.fetchval(query, *args)
+        except DB_DOWN:
+            raise Unavailable("the database is unavailable") from None
+
+    async def _db_fetch(self, query: str, *args: Any) -> list[Any]:
+        try:
+            return list(await self.rt.pool.fetch(query, *args))
+        except DB_DOWN:
+            raise Unavailable("the database is unavailable") from None
+
+
+def _uuid(secret_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(secret_id)
+    except ValueError:
+        raise NotFound("no such secret") from None
+
+
+def _check_private(private: Any) -> bool:
+    if not isinstance(private, bool):
+        raise Invalid("private must be true or false")
+    return private

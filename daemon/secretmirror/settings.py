@@ -1,0 +1,273 @@
+"""One settings object: defaults, then a TOML file, then ``SECRETMIRROR_*`` variables.
+
+Secrets in the configuration (tokens, keys, passwords) are ``SecretStr`` so they
+are never echoed by ``repr``, by a validation error or by a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from secretmirror.errors import ConfigError
+
+CONFIG_ENV = "SECRETMIRROR_CONFIG"
+
+
+class _Store(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SqlStoreSettings(_Store):
+    type: Literal["sql"] = "sql"
+    database_url: SecretStr | None = None
+
+
+class FileStoreSettings(_Store):
+    type: Literal["file"] = "file"
+    path: Path | None = None
+
+
+class AwsStoreSettings(_Store):
+    type: Literal["aws"] = "aws"
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    auth_method: Literal["implicit", "secret-key", "sts-token", "iam-role"] = "implicit"
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    role_arn: str | None = None
+    kms_key_id: str | None = None
+    name_prefix: str = "secretmirror/"
+    recovery_window_days: int = Field(default=7, ge=0, le=30)
+    max_writes_per_s: float = Field(default=40, gt=0)
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _aws_prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9/_+=.@-]{0,200}", v):
+            raise ValueError("may hold only letters, digits and / _ + = . @ -")
+        return v
+
+
+class HashicorpStoreSettings(_Store):
+    type: Literal["hashicorp"] = "hashicorp"
+    url: str = "http://127.0.0.1:8200"
+    auth_method: Literal["token", "approle"] = "token"
+    token: SecretStr | None = None
+    role_id: str | None = None
+    secret_id: SecretStr | None = None
+    mount: str = "secret"
+    path_prefix: str = "secretmirror/"
+    namespace: str | None = None
+    ca_cert: Path | None = None
+
+
+class GcpStoreSettings(_Store):
+    type: Literal["gcp"] = "gcp"
+    project_id: str = ""
+    auth_method: Literal["implicit", "service-account"] = "implicit"
+    service_account_file: Path | None = None
+    endpoint_url: str | None = None
+    name_prefix: str = "secretmirror-"
+    max_writes_per_s: float = Field(default=8, gt=0)
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _gcp_prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{0,200}", v):
+            raise ValueError("may hold only letters, digits, _ and -")
+        return v
+
+
+class AzureStoreSettings(_Store):
+    type: Literal["azure"] = "azure"
+    vault_url: str = ""
+    auth_method: Literal["implicit", "service-principal"] = "implicit"
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    name_prefix: str = "secretmirror-"
+    max_writes_per_s: float = Field(default=25, gt=0)
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _azure_prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9-]{0,80}", v):
+            raise ValueError("may hold only letters, digits and -")
+        return v
+
+
+class CustomStoreSettings(_Store):
+    type: Literal["custom"] = "custom"
+    class_path: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+StoreSettings = Annotated[
+    SqlStoreSettings
+    | FileStoreSettings
+    | AwsStoreSettings
+    | HashicorpStoreSettings
+    | GcpStoreSettings
+    | AzureStoreSettings
+    | CustomStoreSettings,
+    Field(discriminator="type"),
+]
+
+
+class ReplicationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    max_attempts: int = Field(default=20, ge=1)
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=300, gt=0)
+    poll_interval_s: float = Field(default=1, gt=0)
+    lease_s: float = Field(default=30, gt=0)
+    inline_timeout_s: float = Field(default=2, gt=0)
+
+
+class ReconcileSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    verify_interval_s: float = Field(default=600, ge=0)
+    auto_repair: bool = False
+    concurrency: int = Field(default=16, ge=1, le=1024)
+
+
+class HistorySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    keep_versions: int = Field(default=10, ge=1)
+
+
+def _default_data_dir() -> Path:
+    return Path("~/.local/share/secretmirror").expanduser()
+
+
+class Settings(BaseSettings):
+    """Everything the daemon and the CLI can be configured with (spec section 3)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SECRETMIRROR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    database_url: SecretStr | None = None
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    listen: str = "127.0.0.1:8750"
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    encryption_keys: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    max_secret_bytes: int = Field(default=65536, ge=64, le=1024 * 1024)
+    primary: StoreSettings = Field(default_factory=SqlStoreSettings)
+    backup: StoreSettings | None = None
+    replication: ReplicationSettings = Field(default_factory=ReplicationSettings)
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("must be HOST:PORT, for example 127.0.0.1:8750")
+        return v
+
+    @property
+    def embedded(self) -> bool:
+        """True when no database is configured and PostgreSQL runs from ``pgserver``."""
+        return self.database_url is None
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_path.get() or os.environ.get(CONFIG_ENV)
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+
+class _ConfigPath:
+    """The ``--config`` file chosen on the command line (wins over the env variable)."""
+
+    def __init__(self) -> None:
+        self._value: str | None = None
+
+    def get(self) -> str | None:
+        return self._value
+
+    def set(self, value: str | None) -> None:
+        self._value = value
+
+
+_config_path = _ConfigPath()
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings or raise ``ConfigError`` with one line naming the bad field.
+
+    Input values are never part of the message: a bad token must not be echoed.
+    """
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"configuration file {path} does not exist")
+        _config_path.set(str(path))
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except (OSError, ValueError) as exc:  # a TOML file that does not parse
+        raise ConfigError(f"configuration could not be read: {type(exc).__name__}") from None
+    finally:
+        _config_path.set(None)
+    if settings.embedded and settings.backup is None and "backup" not in overrides:
+        settings = settings.model_copy(update={"backup": FileStoreSettings()})
+    return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors(include_input=False, include_url=False)[0]
+    field = ".".join(str(p) for p in first["loc"] if not _is_union_tag(p))
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid configuration: {field or 'settings'}: {first['msg']}{extra}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and part in {
+        "sql",
+        "file",
+        "aws",
+        "hashicorp",
+        "gcp",
+        "azure",
+        "custom",
+    }

@@ -1,0 +1,325 @@
+-- Every SQL statement secretmirror runs, as named blocks parsed once at import
+-- (see secretmirror/queries.py). Parameters are $n; no value is ever formatted in.
+
+-- migrations_table --
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+
+-- migrations_applied --
+SELECT version, name FROM schema_migrations ORDER BY version
+
+-- migrations_record --
+INSERT INTO schema_migrations (version, name) VALUES ($1, $2)
+
+-- migrations_lock --
+SELECT pg_advisory_xact_lock(7262846001)
+
+-- migrations_table_exists --
+SELECT to_regclass('schema_migrations') IS NOT NULL
+
+-- deployment_get --
+SELECT id::text, hash_key FROM deployment
+
+-- deployment_init --
+INSERT INTO deployment (id, hash_key) VALUES ($1, $2) ON CONFLICT DO NOTHING
+
+-- deployment_set_hash_key --
+UPDATE deployment SET hash_key = $1
+
+-- user_upsert_admin --
+INSERT INTO users (id, name, role) VALUES ($1, 'admin', 'admin')
+ON CONFLICT (name) DO UPDATE SET role = 'admin'
+RETURNING id
+
+-- token_upsert_bootstrap --
+-- The bootstrap token row always holds the hash of the configured admin token.
+INSERT INTO tokens (id, user_id, name, hash) VALUES ($1, $2, 'bootstrap', $3)
+ON CONFLICT (hash) DO UPDATE SET revoked = NULL, expires = NULL
+
+-- token_revoke_old_bootstrap --
+UPDATE tokens SET revoked = now()
+WHERE user_id = $1 AND name = 'bootstrap' AND hash <> $2 AND revoked IS NULL
+
+-- authenticate --
+SELECT u.id::text AS user_id, u.name, u.role
+FROM tokens t JOIN users u ON u.id = t.user_id
+WHERE t.hash = $1 AND t.revoked IS NULL AND (t.expires IS NULL OR t.expires > now())
+
+-- user_create --
+INSERT INTO users (id, name, role) VALUES ($1, $2, $3)
+RETURNING id::text, name, role, created
+
+-- user_list --
+SELECT id::text, name, role, created FROM users ORDER BY name
+
+-- user_by_name --
+SELECT id::text, name, role, created FROM users WHERE name = $1
+
+-- token_create --
+INSERT INTO tokens (id, user_id, name, hash, expires)
+VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
+RETURNING id::text, name, created, expires
+
+-- token_list --
+SELECT t.id::text, t.name, u.name AS "user", t.created, t.expires
+FROM tokens t JOIN users u ON u.id = t.user_id
+WHERE t.revoked IS NULL AND ($1::uuid IS NULL OR t.user_id = $1)
+ORDER BY t.created, t.id
+
+-- token_revoke --
+UPDATE tokens SET revoked = now()
+WHERE id = $1 AND revoked IS NULL AND ($2::uuid IS NULL OR user_id = $2)
+RETURNING id
+
+-- secret_create --
+-- One statement: metadata, event, sql-store value and deliveries commit together.
+-- $9 is the sql store ciphertext (NULL when the primary is not the main database).
+-- $11 names the targets whose delivery the caller writes inline: their rows are
+-- leased to $12 for $13 seconds so the worker does not write them twice.
+WITH s AS (
+    INSERT INTO secrets (id, name, owner, private, version, hash)
+    VALUES ($1, $2, $3, $4, 1, $5)
+    RETURNING id, name, owner, private, version, created, updated
+), e AS (
+    INSERT INTO events (secret_id, version, kind, actor, hash, snapshot)
+    SELECT s.id, s.version, 'create', $6, $5, $7 FROM s
+    RETURNING seq, recorded_at
+), v AS (
+    INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext)
+    SELECT $8, s.id, s.version, $5, $9 FROM s WHERE $9::bytea IS NOT NULL
+    ON CONFLICT (deployment_id, secret_id) DO UPDATE
+        SET version = excluded.version, hash = excluded.hash, ciphertext = excluded.ciphertext,
+            deleted = false, updated = now()
+)
+, d AS (
+    INSERT INTO deliveries (target, secret_id, version, pending_since, leased_until, leased_by)
+    SELECT t, s.id, s.version, e.recorded_at,
+           CASE WHEN t = ANY($11::text[]) THEN now() + make_interval(secs => $13) END,
+           CASE WHEN t = ANY($11::text[]) THEN $12 END
+    FROM s, e, unnest($10::text[]) AS t
+)
+SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated,
+       e.seq, pg_notify('secretmirror_deliveries', '') AS notified
+FROM s, e
+
+-- secret_change --
+-- Update, rename or delete under optimistic concurrency ($2 = the version read).
+-- $6 is the kind; a delete removes the metadata row and leaves a tombstone.
+WITH upd AS (
+    UPDATE secrets SET name = $3, private = $4, version = version + 1, hash = $5, updated = now()
+    WHERE id = $1 AND version = $2 AND $6 <> 'delete'
+    RETURNING id, name, owner, private, version, created, updated
+), del AS (
+    DELETE FROM secrets WHERE id = $1 AND version = $2 AND $6 = 'delete'
+    RETURNING id, name, owner, private, version + 1 AS version, created, now() AS updated
+), s AS (
+    SELECT * FROM upd UNION ALL SELECT * FROM del
+), e AS (
+    INSERT INTO events (secret_id, version, kind, actor, hash, snapshot)
+    SELECT s.id, s.version, $6, $7, CASE WHEN $6 <> 'delete' THEN $5 END, $8 FROM s
+    RETURNING seq, recorded_at
+), v AS (
+    INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext, deleted)
+    SELECT $9, s.id, s.version, CASE WHEN $6 <> 'delete' THEN $5 END, $10, $6 = 'delete'
+    FROM s WHERE $11
+    ON CONFLICT (deployment_id, secret_id) DO UPDATE
+        SET version = excluded.version, hash = excluded.hash, ciphertext = excluded.ciphertext,
+            deleted = excluded.deleted, updated = now()
+        WHERE secretmirror_values.version < excluded.version
+), d AS (
+    INSERT INTO deliveries AS dl (target, secret_id, version, pending_since, leased_until, leased_by)
+    SELECT t, s.id, s.version, e.recorded_at,
+           CASE WHEN t = ANY($13::text[]) THEN now() + make_interval(secs => $15) END,
+           CASE WHEN t = ANY($13::text[]) THEN $14 END
+    FROM s, e, unnest($12::text[]) AS t
+    ON CONFLICT (target, secret_id) DO UPDATE SET
+        version = GREATEST(dl.version, excluded.version),
+        pending_since = CASE WHEN dl.version > dl.applied_version AND NOT dl.dead
+                             THEN dl.pending_since ELSE excluded.pending_since END,
+        dead = false, attempts = 0, next_attempt_at = now(), last_error = NULL,
+        leased_until = CASE WHEN excluded.leased_by IS NOT NULL THEN excluded.leased_until
+                            ELSE dl.leased_until END,
+        leased_by = COALESCE(excluded.leased_by, dl.leased_by)
+)
+SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated,
+       e.seq, pg_notify('secretmirror_deliveries', '') AS notified
+FROM s, e
+
+-- secret_get --
+SELECT id::text, name, owner::text, private, version, hash, created, updated
+FROM secrets WHERE id = $1
+
+-- secret_get_with_value --
+-- The fast read for the sql primary in the main database: metadata and value at once.
+SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.hash, s.created, s.updated,
+       v.version AS stored_version, v.ciphertext
+FROM secrets s
+LEFT JOIN secretmirror_values v ON v.deployment_id = $2 AND v.secret_id = s.id AND NOT v.deleted
+WHERE s.id = $1
+
+-- secret_by_name --
+-- A private secret of the caller wins over a shared one of the same name.
+SELECT id::text FROM secrets
+WHERE name = $1 AND (NOT private OR owner = $2)
+ORDER BY private DESC LIMIT 1
+
+-- secret_list --
+SELECT id::text, name, owner::text, private, version, created, updated
+FROM secrets
+WHERE (NOT private OR owner = $1)
+  AND ($2::text IS NULL OR name = $2)
+  AND ($3::text IS NULL OR starts_with(name, $3))
+  AND ($4::boolean IS NULL OR private = $4)
+  AND ($5::text IS NULL OR (name, id) > ($5, $6::uuid))
+ORDER BY name, id
+LIMIT $7
+
+-- secret_count --
+SELECT count(*) FROM secrets
+
+-- event_snapshot --
+SELECT kind, hash, snapshot FROM events WHERE secret_id = $1 AND version = $2
+
+-- event_history --
+SELECT version, kind, actor, recorded_at FROM events WHERE secret_id = $1 ORDER BY version
+
+-- events_purge_snapshots --
+-- Drop snapshots every target has applied, keeping the newest $1 versions per secret.
+UPDATE events e SET snapshot = NULL
+FROM (
+    SELECT seq FROM (
+        SELECT ev.seq, ev.secret_id, ev.version,
+               row_number() OVER (PARTITION BY ev.secret_id ORDER BY ev.version DESC) AS rank
+        FROM events ev WHERE ev.snapshot IS NOT NULL
+    ) ranked
+    WHERE ranked.rank > $1
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries d
+          WHERE d.secret_id = ranked.secret_id AND d.applied_version < ranked.version
+      )
+    LIMIT $2
+) old
+WHERE e.seq = old.seq
+
+-- sql_store_schema --
+CREATE TABLE IF NOT EXISTS secretmirror_values (
+    deployment_id  uuid NOT NULL,
+    secret_id      uuid NOT NULL,
+    version        integer NOT NULL,
+    hash           text,
+    ciphertext     bytea,
+    deleted        boolean NOT NULL DEFAULT false,
+    updated        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (deployment_id, secret_id)
+)
+
+-- sql_store_put --
+-- Fenced: a row holding this version or a newer one is left alone.
+INSERT INTO secretmirror_values AS v (deployment_id, secret_id, version, hash, ciphertext, deleted)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (deployment_id, secret_id) DO UPDATE
+    SET version = excluded.version, hash = excluded.hash, ciphertext = excluded.ciphertext,
+        deleted = excluded.deleted, updated = now()
+    WHERE v.version < excluded.version
+RETURNING version
+
+-- sql_store_get --
+SELECT version, hash, ciphertext FROM secretmirror_values
+WHERE deployment_id = $1 AND secret_id = $2 AND NOT deleted
+
+-- sql_store_list --
+SELECT secret_id::text, version, hash, deleted FROM secretmirror_values
+WHERE deployment_id = $1 AND ($2::uuid IS NULL OR secret_id > $2)
+ORDER BY secret_id
+LIMIT $3
+
+-- sql_store_health --
+SELECT 1
+
+-- delivery_claim --
+-- Lease up to $2 due deliveries of the targets $3 to worker $1 for $4 seconds.
+WITH due AS (
+    SELECT target, secret_id FROM deliveries
+    WHERE version > applied_version AND NOT dead AND next_attempt_at <= now()
+      AND (leased_until IS NULL OR leased_until < now())
+      AND target = ANY($3::text[])
+    ORDER BY next_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries d
+SET leased_until = now() + make_interval(secs => $4), leased_by = $1, attempts = d.attempts + 1
+FROM due
+WHERE d.target = due.target AND d.secret_id = due.secret_id
+RETURNING d.target, d.secret_id::text, d.version, d.attempts, d.pending_since
+
+-- delivery_events --
+-- The events to apply for claimed deliveries ($1 secret ids, $2 versions).
+SELECT e.secret_id::text, e.version, e.kind, e.hash, e.snapshot, e.recorded_at
+FROM events e
+JOIN unnest($1::uuid[], $2::int[]) AS c(secret_id, version)
+  ON e.secret_id = c.secret_id AND e.version = c.version
+
+-- delivery_complete --
+-- Mark applied (never moving applied_version back) and release the lease.
+WITH done AS (
+    UPDATE deliveries d
+    SET applied_version = GREATEST(d.applied_version, c.version),
+        attempts = CASE WHEN d.version > c.version THEN 0 ELSE d.attempts END,
+        leased_until = NULL, leased_by = NULL, last_error = NULL,
+        pending_since = CASE WHEN d.version > GREATEST(d.applied_version, c.version)
+            THEN (SELECT min(e.recorded_at) FROM events e
+                  WHERE e.secret_id = d.secret_id AND e.version > c.version)
+            END
+    FROM unnest($1::text[], $2::uuid[], $3::int[]) AS c(target, secret_id, version)
+    WHERE d.target = c.target AND d.secret_id = c.secret_id
+    RETURNING d.target
+), counted AS (
+    INSERT INTO delivery_stats AS s (target, applied)
+    SELECT target, count(*) FROM done GROUP BY target
+    ON CONFLICT (target) DO UPDATE SET applied = s.applied + excluded.applied
+)
+SELECT count(*) FROM done
+
+-- delivery_fail --
+-- Release after a failed attempt: retry at $4 seconds from now, or dead-letter
+-- when $5 and no newer version arrived meanwhile.
+UPDATE deliveries
+SET leased_until = NULL, leased_by = NULL, last_error = $3,
+    next_attempt_at = now() + make_interval(secs => $4),
+    dead = ($5 AND version = $6)
+WHERE target = $1 AND secret_id = $2
+
+-- delivery_release --
+-- Give back leases without counting an attempt (shutdown, inline write not needed).
+UPDATE deliveries d
+SET leased_until = NULL, leased_by = NULL, attempts = GREATEST(d.attempts - $4, 0)
+FROM unnest($1::text[], $2::uuid[]) AS c(target, secret_id)
+WHERE d.target = c.target AND d.secret_id = c.secret_id AND d.leased_by = $3
+
+-- delivery_release_all --
+UPDATE deliveries SET leased_until = NULL, leased_by = NULL, attempts = GREATEST(attempts - 1, 0)
+WHERE leased_by = $1
+
+-- delivery_status --
+SELECT t.target,
+       count(d.*) FILTER (WHERE d.version > d.applied_version AND NOT d.dead) AS pending,
+       count(d.*) FILTER (WHERE d.dead) AS dead,
+       COALESCE(EXTRACT(EPOCH FROM now() - min(d.pending_since)
+                FILTER (WHERE d.version > d.applied_version AND NOT d.dead)), 0)::float8 AS lag_s,
+       COALESCE((SELECT applied FROM delivery_stats s WHERE s.target = t.target), 0) AS applied
+FROM unnest($1::text[]) AS t(target)
+LEFT JOIN deliveries d ON d.target = t.target
+GROUP BY t.target
+
+-- delivery_retry_dead --
+UPDATE deliveries SET dead = false, attempts = 0, next_attempt_at = now(), last_error = NULL
+WHERE dead
+RETURNING target
+
+-- delivery_next_due --
+SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8 FROM deliveries
+WHERE version > applied_version AND NOT dead AND target = ANY($1::text[])

@@ -1,0 +1,117 @@
+"""The value-store port: what every back-end (sql, file, aws, hashicorp, ...) implements.
+
+A store holds, per secret id, the newest *secretmirror version* it was given,
+with the values and a keyed content hash, or a versioned tombstone after a
+delete. Every write is fenced: applying version ``v`` where the store already
+holds ``v`` or newer is a no-op, so redelivery is harmless and a store never
+goes back to an older version.
+
+Back-ends translate provider errors into ``secretmirror.errors.Store*``:
+``StoreUnavailable`` (retry, fall back), ``StoreThrottled`` (retry after the
+hint), ``StoreRejected`` (permanent: dead-letter), ``StoreConflict`` (an entry
+this deployment does not own). ``tests/test_store_contract.py`` runs one suite
+against every back-end.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class StoreContext:
+    """What every store is given besides its own settings."""
+
+    deployment_id: str
+    #: Encrypts values where secretmirror itself keeps them (sql and file stores).
+    keyring: object
+    #: The main database pool, for the ``sql`` store without its own ``database_url``.
+    pool: object | None = None
+    #: Where a store may keep files (the ``file`` store's default path).
+    data_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One listed entry of this deployment: what verify compares, without the values.
+
+    ``hash`` is None where the provider's listing does not carry it;
+    ``foreign_write`` is True where the provider shows the current value was
+    not written by secretmirror (for AWS, an ``AWSCURRENT`` VersionId that is
+    not one of secretmirror's request tokens).
+    """
+
+    secret_id: str
+    version: int
+    hash: str | None
+    deleted: bool = False
+    foreign_write: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredValue:
+    """A read entry with its values."""
+
+    secret_id: str
+    version: int
+    hash: str
+    values: dict[str, str]
+
+
+class PutOutcome(enum.Enum):
+    WRITTEN = "written"
+    #: The store already held this version or a newer one.
+    UNCHANGED = "unchanged"
+
+
+@runtime_checkable
+class SecretStore(Protocol):
+    """An async value store. Methods raise ``secretmirror.errors.Store*`` on failure."""
+
+    #: ``sql``, ``file``, ``aws``, ``hashicorp``, ``gcp``, ``azure`` or ``custom``.
+    type: str
+
+    @property
+    def location(self) -> str:
+        """Where the entries live; the backup's location must differ from the primary's."""
+        ...
+
+    @property
+    def max_value_bytes(self) -> int | None:
+        """The largest canonical JSON the store accepts, or None for no limit of its own."""
+        ...
+
+    async def open(self) -> None:
+        """Connect, authenticate and create what the store needs; called once at start."""
+
+    async def close(self) -> None:
+        """Release connections; called once at shutdown."""
+
+    async def health(self) -> None:
+        """Return when the store answers; raise ``StoreUnavailable`` otherwise."""
+
+    async def put(
+        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
+    ) -> PutOutcome:
+        """Store ``values`` as ``version``; a no-op when the store holds ``version`` or newer.
+
+        Writing over a tombstone older than ``version`` brings the entry back.
+        """
+        ...
+
+    async def get(self, secret_id: str) -> StoredValue | None:
+        """The newest stored version, or None when missing or deleted."""
+        ...
+
+    async def delete(self, secret_id: str, version: int) -> None:
+        """Leave a tombstone at ``version``; a no-op when the store holds a newer version."""
+
+    def list(self) -> AsyncIterator[Entry]:
+        """Every entry of this deployment (tombstones too where kept), paged and streamed.
+
+        Reads listing metadata only where the provider has it, never every value.
+        """
+        ...

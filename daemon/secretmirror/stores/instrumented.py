@@ -1,0 +1,120 @@
+"""A store in its role (primary or backup): timeouts, metrics and health around any back-end.
+
+Everything above the stores (API, worker, reconcile) talks to ``RoleStore``;
+back-ends stay free of metrics and timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import structlog
+
+from secretmirror import metrics
+from secretmirror.errors import StoreError, StoreNotFound, StoreUnavailable
+from secretmirror.stores.base import Entry, PutOutcome, SecretStore, StoredValue
+
+T = TypeVar("T")
+log = structlog.get_logger("secretmirror.stores")
+
+
+class RoleStore:
+    """``store`` acting as ``role`` ("primary" or "backup")."""
+
+    def __init__(self, role: str, store: SecretStore, timeout_s: float = 10.0) -> None:
+        self.role = role
+        self.store = store
+        self.timeout_s = timeout_s
+        self.up = True
+        self.last_error: str | None = None
+        metrics.store_up.labels(role).set(1)
+
+    @property
+    def type(self) -> str:
+        return self.store.type
+
+    @property
+    def location(self) -> str:
+        return self.store.location
+
+    async def _call(self, operation: str, call: Awaitable[T], timeout_s: float | None) -> T:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await asyncio.wait_for(call, timeout_s or self.timeout_s)
+        except TimeoutError:
+            outcome = "unavailable"
+            self._down("the store did not answer in time")
+            raise StoreUnavailable(f"the {self.role} store did not answer in time") from None
+        except StoreNotFound:
+            outcome = "not_found"
+            self._up()
+            raise
+        except StoreError as exc:
+            outcome = exc.reason
+            if isinstance(exc, StoreUnavailable):
+                self._down(exc.message)
+            else:
+                self._up()
+            raise
+        else:
+            self._up()
+        finally:
+            metrics.store_requests.labels(self.role, operation, outcome).inc()
+            metrics.store_request_duration.labels(self.role, operation).observe(
+                time.perf_counter() - started
+            )
+
+    def _up(self) -> None:
+        if not self.up:
+            log.info("store.up", store=self.role)
+        self.up = True
+        self.last_error = None
+        metrics.store_up.labels(self.role).set(1)
+
+    def _down(self, reason: str) -> None:
+        if self.up:
+            log.warning("store.down", store=self.role, reason=reason)
+        self.up = False
+        self.last_error = reason
+        metrics.store_up.labels(self.role).set(0)
+
+    async def health(self, timeout_s: float | None = None) -> None:
+        await self._call("health", self.store.health(), timeout_s)
+
+    async def put(
+        self,
+        secret_id: str,
+        version: int,
+        values: dict[str, str],
+        content_hash: str,
+        timeout_s: float | None = None,
+    ) -> PutOutcome:
+        return await self._call(
+            "put", self.store.put(secret_id, version, values, content_hash), timeout_s
+        )
+
+    async def get(self, secret_id: str, timeout_s: float | None = None) -> StoredValue | None:
+        return await self._call("get", self.store.get(secret_id), timeout_s)
+
+    async def delete(self, secret_id: str, version: int, timeout_s: float | None = None) -> None:
+        await self._call("delete", self.store.delete(secret_id, version), timeout_s)
+
+    async def list(self) -> AsyncIterator[Entry]:
+        """The back-end's listing, each page's wait timed and counted as one ``list`` request."""
+        iterator = aiter(self.store.list())
+        while True:
+            try:
+                entry = await self._call("list", anext(iterator), None)
+            except StopAsyncIteration:
+                return
+            yield entry
+
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def close(self) -> None:
+        await self.store.close()

@@ -1,0 +1,145 @@
+"""The ``sql`` store: encrypted values in PostgreSQL, the main database or another one.
+
+In the main database the API writes values in the same transaction as the
+metadata and the event (``secret_create``/``secret_change``); this class is
+what the worker, reads and reconcile jobs use, and the only path to a
+``sql`` store in another database.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+from secretmirror import db
+from secretmirror.crypto import Keyring, secret_aad
+from secretmirror.errors import StoreRejected, StoreUnavailable
+from secretmirror.model import canonical
+from secretmirror.queries import Q
+from secretmirror.settings import SqlStoreSettings
+from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+
+_PAGE = 500
+
+#: What asyncpg raises when the server is away or the connection broke.
+DB_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
+
+
+class SqlStore:
+    type = "sql"
+
+    def __init__(self, settings: SqlStoreSettings, ctx: StoreContext, main_dsn: str) -> None:
+        self._settings = settings
+        self._deployment_id = ctx.deployment_id
+        assert isinstance(ctx.keyring, Keyring)
+        self._keyring = ctx.keyring
+        self._own_dsn = settings.database_url.get_secret_value() if settings.database_url else None
+        self._main_pool = ctx.pool
+        self._pool: Any = None
+        self._location = _location_of(self._own_dsn or main_dsn)
+
+    @property
+    def in_main_database(self) -> bool:
+        """True when values commit with the metadata, in the main database."""
+        return self._own_dsn is None
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    @property
+    def max_value_bytes(self) -> int | None:
+        return None
+
+    async def open(self) -> None:
+        if self._own_dsn is None:
+            self._pool = self._main_pool
+            return
+        try:
+            self._pool = await db.create_pool(self._own_dsn, min_size=1, max_size=10)
+            async with self._pool.acquire() as conn:
+                await conn.execute(Q.sql_store_schema)
+        except DB_DOWN as exc:
+            raise StoreUnavailable(
+                f"the sql store database is unreachable ({type(exc).__name__})"
+            ) from exc
+
+    async def close(self) -> None:
+        if self._own_dsn is not None and self._pool is not None:
+            await self._pool.close()
+
+    async def health(self) -> None:
+        await self._fetchval(Q.sql_store_health)
+
+    def encrypt(self, secret_id: str, version: int, values: dict[str, str]) -> bytes:
+        return self._keyring.encrypt(canonical(values), secret_aad(secret_id, version))
+
+    async def put(
+        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
+    ) -> PutOutcome:
+        blob = self.encrypt(secret_id, version, values)
+        written = await self._fetchval(
+            Q.sql_store_put, self._deployment_id, secret_id, version, content_hash, blob, False
+        )
+        return PutOutcome.WRITTEN if written is not None else PutOutcome.UNCHANGED
+
+    async def get(self, secret_id: str) -> StoredValue | None:
+        row = await self._fetchrow(Q.sql_store_get, self._deployment_id, secret_id)
+        if row is None or row["ciphertext"] is None:
+            return None
+        return self.decode(secret_id, row["version"], row["hash"], row["ciphertext"])
+
+    def decode(self, secret_id: str, version: int, hash_: str, blob: bytes) -> StoredValue:
+        plain = self._keyring.decrypt(blob, secret_aad(secret_id, version))
+        return StoredValue(secret_id, version, hash_, json.loads(plain))
+
+    async def delete(self, secret_id: str, version: int) -> None:
+        await self._fetchval(
+            Q.sql_store_put, self._deployment_id, secret_id, version, None, None, True
+        )
+
+    async def list(self) -> AsyncIterator[Entry]:
+        after: str | None = None
+        while True:
+            rows = await self._fetch(Q.sql_store_list, self._deployment_id, after, _PAGE)
+            for row in rows:
+                yield Entry(row["secret_id"], row["version"], row["hash"], row["deleted"])
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1]["secret_id"]
+
+    async def _fetchval(self, query: str, *args: Any) -> Any:
+        try:
+            return await self._pool.fetchval(query, *args)
+        except DB_DOWN as exc:
+            raise StoreUnavailable(f"the sql store is unreachable ({type(exc).__name__})") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreRejected(f"the sql store refused the write ({exc.sqlstate})") from exc
+
+    async def _fetchrow(self, query: str, *args: Any) -> Any:
+        try:
+            return await self._pool.fetchrow(query, *args)
+        except DB_DOWN as exc:
+            raise StoreUnavailable(f"the sql store is unreachable ({type(exc).__name__})") from exc
+
+    async def _fetch(self, query: str, *args: Any) -> builtins.list[Any]:
+        try:
+            return list(await self._pool.fetch(query, *args))
+        except DB_DOWN as exc:
+            raise StoreUnavailable(f"the sql store is unreachable ({type(exc).__name__})") from exc
+
+
+def _location_of(dsn: str) -> str:
+    """host:port/database of a DSN, without credentials."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    host = parts.hostname or (query.get("host") or ["localhost"])[0]
+    port = parts.port or int((query.get("port") or ["5432"])[0])
+    database = parts.path.lstrip("/") or (query.get("dbname") or ["postgres"])[0]
+    return f"postgresql://{host}:{port}/{database}"
