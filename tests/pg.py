@@ -26,6 +26,8 @@ def with_database(dsn: str, name: str) -> str:
 class TestPostgres:
     """One server for the session; template and per-test databases on it."""
 
+    __test__ = False  # not a test class, despite the name
+
     def __init__(self) -> None:
         self._server = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
