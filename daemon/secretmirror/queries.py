@@ -1,4 +1,4 @@
-"""The named SQL blocks of ``sql/queries.sql``, parsed once at import.
+"""The named SQL blocks of ``sql/*.sql``, parsed once at import.
 
 A block starts with a ``-- name --`` line; ``Q.name`` is its text.
 """
@@ -34,4 +34,16 @@ class _Queries:
         return sorted(self._blocks)
 
 
-Q = _Queries(_parse(resources.files("secretmirror").joinpath("sql/queries.sql").read_text()))
+def _load() -> dict[str, str]:
+    blocks: dict[str, str] = {}
+    folder = resources.files("secretmirror").joinpath("sql")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".sql"):
+            for name, text in _parse(entry.read_text()).items():
+                if name in blocks:
+                    raise RuntimeError(f"SQL block {name!r} is defined twice")
+                blocks[name] = text
+    return blocks
+
+
+Q = _Queries(_load())

@@ -217,13 +217,15 @@ CREATE TABLE IF NOT EXISTS secretmirror_values (
 )
 
 -- sql_store_put --
--- Fenced: a row holding this version or a newer one is left alone.
+-- Fenced: a row holding this version or a newer one is left alone, except that a
+-- tombstone at the version it holds replaces it (a backup with delete_secrets).
 INSERT INTO secretmirror_values AS v (deployment_id, secret_id, version, hash, ciphertext, deleted)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (deployment_id, secret_id) DO UPDATE
     SET version = excluded.version, hash = excluded.hash, ciphertext = excluded.ciphertext,
         deleted = excluded.deleted, updated = now()
     WHERE v.version < excluded.version
+       OR (v.version = excluded.version AND excluded.deleted AND NOT v.deleted)
 RETURNING version
 
 -- sql_store_get --
