@@ -19,7 +19,8 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from secretmirror import db
+from secretmirror import db, shared_gauges
+from secretmirror.api.admin import SHARED_GAUGES
 from secretmirror.api.app import build_app
 from secretmirror.auth import Accounts
 from secretmirror.errors import SchemaMismatch, StoreError
@@ -121,6 +122,7 @@ def make_app(rt: Runtime) -> web.Application:
     service = SecretService(rt)
     accounts = Accounts(rt.pool)
     app = build_app(rt, service, accounts, make_readiness(rt))
+    app[SHARED_GAUGES] = shared_gauges.refresher(rt)
     return app
 
 

@@ -7,7 +7,14 @@ dead, lag, divergence, secrets) are read from PostgreSQL at scrape time by
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -77,3 +84,107 @@ http_request_duration = Histogram(
     buckets=_REQUEST_BUCKETS,
     registry=REGISTRY,
 )
+
+
+#: The divergence classes of spec section 7 reported by ``secretmirror_divergent_secrets``
+#: (``in_sync`` is not a divergence and is left out).
+DIVERGENCE_KINDS = ("missing", "stale", "mismatch", "orphan")
+
+
+@dataclass(frozen=True)
+class SharedState:
+    """One reading of the shared-state gauges from PostgreSQL."""
+
+    pending: dict[str, int] = field(default_factory=dict)
+    dead: dict[str, int] = field(default_factory=dict)
+    lag_s: dict[str, float] = field(default_factory=dict)
+    #: (store, kind) -> count, from the last successful verify (empty before the first).
+    divergent: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: mode -> epoch seconds of the newest successful job of that mode.
+    last_success: dict[str, float] = field(default_factory=dict)
+    secrets: int | None = None
+
+
+class SharedStateCollector(Collector):
+    """Exposes the last ``SharedState`` read from PostgreSQL.
+
+    Collection never touches the database (``generate_latest`` is synchronous);
+    the daemon's metrics handler refreshes the state before it renders, see
+    ``secretmirror.shared_gauges``. Until the first reading, and for families
+    without data, only HELP and TYPE are emitted so every name exists from start-up.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = SharedState()
+        self._read_at: float | None = None
+
+    def update(self, state: SharedState) -> None:
+        with self._lock:
+            self._state = state
+            self._read_at = time.time()
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self._families(SharedState(), None)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        with self._lock:
+            state, read_at = self._state, self._read_at
+        return self._families(state, read_at)
+
+    @staticmethod
+    def _families(state: SharedState, read_at: float | None) -> list[GaugeMetricFamily]:
+        pending = GaugeMetricFamily(
+            "secretmirror_outbox_pending",
+            "Deliveries waiting to be applied to a target store (all replicas).",
+            labels=["target"],
+        )
+        dead = GaugeMetricFamily(
+            "secretmirror_outbox_dead",
+            "Dead-lettered deliveries per target store (all replicas).",
+            labels=["target"],
+        )
+        lag = GaugeMetricFamily(
+            "secretmirror_replication_lag_seconds",
+            "Age of the oldest unapplied event per target store, 0 when none.",
+            labels=["target"],
+            unit="seconds",
+        )
+        for target, value in sorted(state.pending.items()):
+            pending.add_metric([target], value)
+        for target, value in sorted(state.dead.items()):
+            dead.add_metric([target], value)
+        for target, seconds in sorted(state.lag_s.items()):
+            lag.add_metric([target], seconds)
+        divergent = GaugeMetricFamily(
+            "secretmirror_divergent_secrets",
+            "Secrets out of sync per store and kind, from the last successful verify.",
+            labels=["store", "kind"],
+        )
+        for (store, kind), count in sorted(state.divergent.items()):
+            divergent.add_metric([store, kind], count)
+        last_success = GaugeMetricFamily(
+            "secretmirror_reconcile_last_success_timestamp_seconds",
+            "Unix time the newest successful reconcile job of each mode finished.",
+            labels=["mode"],
+        )
+        for mode, finished in sorted(state.last_success.items()):
+            last_success.add_metric([mode], finished)
+        secrets = GaugeMetricFamily(
+            "secretmirror_secrets",
+            "Live secrets (exact below 100000, the planner's estimate above).",
+        )
+        if state.secrets is not None:
+            secrets.add_metric([], state.secrets)
+        age = GaugeMetricFamily(
+            "secretmirror_shared_state_age_seconds",
+            "Seconds since the shared-state gauges were last read from PostgreSQL.",
+            unit="seconds",
+        )
+        if read_at is not None:
+            age.add_metric([], max(time.time() - read_at, 0.0))
+        return [pending, dead, lag, divergent, last_success, secrets, age]
+
+
+shared_state = SharedStateCollector()
+REGISTRY.register(shared_state)

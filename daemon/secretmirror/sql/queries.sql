@@ -325,3 +325,22 @@ RETURNING target
 -- delivery_next_due --
 SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8 FROM deliveries
 WHERE version > applied_version AND NOT dead AND target = ANY($1::text[])
+
+-- metrics_last_verify --
+-- The newest successful verify or repair: its counts.stores is the divergence gauge.
+SELECT mode, dry_run, counts FROM jobs
+WHERE mode IN ('verify', 'repair') AND status = 'succeeded' AND finished IS NOT NULL
+ORDER BY finished DESC
+LIMIT 1
+
+-- metrics_reconcile_last_success --
+SELECT mode, EXTRACT(EPOCH FROM max(finished))::float8 AS finished FROM jobs
+WHERE status = 'succeeded' AND finished IS NOT NULL
+GROUP BY mode
+
+-- metrics_secret_count --
+-- Exact below 100000 rows; above that the planner's estimate (kept fresh by
+-- autovacuum's ANALYZE), so a scrape never scans a large table.
+SELECT CASE WHEN c.reltuples < 100000 THEN (SELECT count(*) FROM secrets)
+            ELSE c.reltuples::bigint END
+FROM pg_class c WHERE c.oid = 'secrets'::regclass

@@ -1,0 +1,117 @@
+"""The gauges of shared state, read from PostgreSQL at scrape time.
+
+Pending, dead, lag, divergence, the last successful reconcile per mode and
+the number of secrets describe the deployment, not one process: every replica
+reads them from the database, so any replica a scrape lands on reports the
+same truth. A reading is cached for ``ttl_s`` so several scrapers (or a
+dashboard refresh storm) cost one round of queries, and when PostgreSQL is
+down a scrape serves the last reading instead of failing;
+``secretmirror_shared_state_age_seconds`` then shows how old it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import structlog
+
+from secretmirror import deliveries, metrics
+from secretmirror.metrics import DIVERGENCE_KINDS, SharedState, SharedStateCollector
+from secretmirror.queries import Q
+from secretmirror.runtime import Runtime
+from secretmirror.stores.sql import DB_DOWN
+
+log = structlog.get_logger("secretmirror.metrics")
+
+#: How long one reading serves scrapes.
+TTL_S = 1.0
+#: A scrape waits at most this long for PostgreSQL before serving the last reading.
+READ_TIMEOUT_S = 2.0
+
+
+async def read_shared_state(pool: asyncpg.Pool, targets: list[str]) -> SharedState:
+    """One reading of every shared-state gauge."""
+    per_target = await deliveries.status(pool, targets)
+    async with pool.acquire() as conn:
+        verify = await conn.fetchrow(Q.metrics_last_verify)
+        successes = await conn.fetch(Q.metrics_reconcile_last_success)
+        secrets = await conn.fetchval(Q.metrics_secret_count)
+    return SharedState(
+        pending={t: s.pending for t, s in per_target.items()},
+        dead={t: s.dead for t, s in per_target.items()},
+        lag_s={t: s.oldest_pending_age_s for t, s in per_target.items()},
+        divergent=divergence(verify),
+        last_success={r["mode"]: r["finished"] for r in successes},
+        secrets=int(secrets) if secrets is not None else None,
+    )
+
+
+def divergence(job: Any) -> dict[tuple[str, str], int]:
+    """(store, kind) counts from the newest successful verify or repair job.
+
+    A verify (or a dry-run repair) reports what it found. A repair that wrote
+    and failed nothing fixed what it found, so every kind is 0; a repair with
+    failures reports what it found, since some of it may still diverge.
+    """
+    if job is None:
+        return {}
+    counts = job["counts"] if isinstance(job["counts"], dict) else {}
+    stores = counts.get("stores")
+    if not isinstance(stores, dict):
+        return {}
+    repaired = job["mode"] == "repair" and not job["dry_run"] and not counts.get("failed")
+    found: dict[tuple[str, str], int] = {}
+    for store, classes in stores.items():
+        if not isinstance(classes, dict):
+            continue
+        for kind in DIVERGENCE_KINDS:
+            value = classes.get(kind, 0)
+            found[(str(store), kind)] = 0 if repaired or not isinstance(value, int) else value
+    return found
+
+
+class Refresher:
+    """Reads the shared state at most once per ``ttl_s``; the metrics handler awaits it."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        collector: SharedStateCollector = metrics.shared_state,
+        ttl_s: float = TTL_S,
+    ) -> None:
+        self.rt = rt
+        self.collector = collector
+        self.ttl_s = ttl_s
+        self._lock = asyncio.Lock()
+        self._tried_at = float("-inf")
+        self._failing = False
+
+    async def __call__(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._tried_at < self.ttl_s:
+                return
+            try:
+                reading = await asyncio.wait_for(
+                    read_shared_state(self.rt.pool, self.rt.targets), READ_TIMEOUT_S
+                )
+            except (*DB_DOWN, asyncpg.PostgresError) as exc:
+                # Serve the last reading; try again on a scrape after the TTL.
+                self._tried_at = time.monotonic()
+                if not self._failing:
+                    log.warning("metrics.shared_state_unavailable", error=type(exc).__name__)
+                self._failing = True
+                return
+            self.collector.update(reading)
+            self._tried_at = time.monotonic()
+            if self._failing:
+                log.info("metrics.shared_state_recovered")
+            self._failing = False
+
+
+def refresher(rt: Runtime) -> Callable[[], Awaitable[None]]:
+    """The function the daemon sets as ``app[SHARED_GAUGES]``."""
+    return Refresher(rt)
