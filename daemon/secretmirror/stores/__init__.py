@@ -8,6 +8,7 @@ from typing import Any
 from secretmirror.errors import ConfigError
 from secretmirror.settings import (
     CustomStoreSettings,
+    FileStoreSettings,
     SqlStoreSettings,
 )
 from secretmirror.stores.base import SecretStore, StoreContext
@@ -19,6 +20,10 @@ def build_store(settings: Any, ctx: StoreContext, main_dsn: str) -> SecretStore:
         from secretmirror.stores.sql import SqlStore
 
         return SqlStore(settings, ctx, main_dsn)
+    if isinstance(settings, FileStoreSettings):
+        from secretmirror.stores.file import FileStore
+
+        return FileStore(settings, ctx)
     if isinstance(settings, CustomStoreSettings):
         return _load_custom(settings, ctx)
     raise ConfigError(f"store type {settings.type!r} is not available in this build")

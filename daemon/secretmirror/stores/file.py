@@ -1,0 +1,321 @@
+"""The ``file`` store: one encrypted file per secret in a local directory.
+
+File format. Each ``<secret id>.secret`` holds one plaintext JSON header line
+and then, for a live entry, a keyring envelope::
+
+    {"d":false,"dep":"<deployment>","fmt":1,"h":"<hash>","id":"<secret id>","v":7}\\n
+    <envelope of {"h":"<hash>","values":{...}}, AAD = secret_aad(id, 7)>
+
+The header is what ``list`` and the version fence read, so neither decrypts
+anything. The AAD binds the ciphertext to the secret id and version in the
+header, and the hash is repeated inside the envelope, so an edited header
+fails ``get`` instead of serving values under the wrong version. A tombstone
+is a header with ``"d":true`` and no envelope. Secret ids that are not plain
+file names are stored as ``_<sha256 of the id>.secret`` (the header still
+names the id).
+
+Writes are atomic and durable: a temporary file in the same directory,
+fsync, ``os.replace``, fsync of the directory. A reader sees the old file or
+the new one, never a torn one, and does not lock.
+
+Concurrency. The version fence is a read-check-replace, so writers of one
+secret must not interleave. Within a process a per-secret ``asyncio`` lock
+serializes them (and keeps them from tying up worker threads). Across
+processes (two daemons on one file store) each write holds an exclusive
+``flock`` on ``.locks/<name>.lock`` for the read-check-replace. Lock files are
+never removed: removing one while another process waits on it would let two
+writers in. ``flock`` needs a local file system (or one that implements it
+faithfully); a file store on a network share is not supported.
+
+All file I/O runs in worker threads (``asyncio.to_thread``); an ``OSError``
+becomes ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from secretmirror.crypto import Keyring, secret_aad
+from secretmirror.errors import ConfigError, StoreConflict, StoreRejected, StoreUnavailable
+from secretmirror.ratelimit import KeyedLock
+from secretmirror.settings import FileStoreSettings
+from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+
+T = TypeVar("T")
+log = structlog.get_logger("secretmirror.stores.file")
+
+_FORMAT = 1
+_SUFFIX = ".secret"
+_LOCK_DIR = ".locks"
+_TMP_PREFIX = ".tmp-"
+#: Temporary files older than this are leftovers of a crash, removed by ``open``.
+_STALE_TMP_S = 3600
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+_MAX_HEADER = 64 * 1024
+#: Headers read per worker-thread hop while listing.
+_PAGE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    secret_id: str
+    version: int
+    hash: str | None
+    deleted: bool
+    deployment: str
+
+    def encode(self) -> bytes:
+        fields = {
+            "d": self.deleted,
+            "dep": self.deployment,
+            "fmt": _FORMAT,
+            "h": self.hash,
+            "id": self.secret_id,
+            "v": self.version,
+        }
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def decode(cls, line: bytes) -> _Header:
+        """Parse a header line; ``ValueError`` when it is not one."""
+        try:
+            fields = json.loads(line)
+            header = cls(
+                secret_id=fields["id"],
+                version=fields["v"],
+                hash=fields["h"],
+                deleted=fields["d"],
+                deployment=fields["dep"],
+            )
+        except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError("not a file store header") from exc
+        if fields.get("fmt") != _FORMAT or not isinstance(header.version, int):
+            raise ValueError("unknown file store format")
+        return header
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def file_name(secret_id: str) -> str:
+    """The file of ``secret_id``: the id itself when it is a plain name, else a hash of it."""
+    if _SAFE_NAME.fullmatch(secret_id):
+        return secret_id + _SUFFIX
+    return "_" + hashlib.sha256(secret_id.encode()).hexdigest() + _SUFFIX
+
+
+class FileStore:
+    type = "file"
+
+    def __init__(self, settings: FileStoreSettings, ctx: StoreContext) -> None:
+        if settings.path is not None:
+            directory = settings.path.expanduser()
+        elif ctx.data_dir is not None:
+            directory = Path(ctx.data_dir).expanduser() / "backup-store"
+        else:
+            raise ConfigError("file store: set path (there is no data_dir to default to)")
+        self._dir = directory.resolve()
+        self._lock_dir = self._dir / _LOCK_DIR
+        self._deployment_id = ctx.deployment_id
+        assert isinstance(ctx.keyring, Keyring)
+        self._keyring = ctx.keyring
+        self._locks = KeyedLock()
+
+    @property
+    def location(self) -> str:
+        return str(self._dir)
+
+    @property
+    def max_value_bytes(self) -> int | None:
+        return None
+
+    async def open(self) -> None:
+        await self._run(self._prepare)
+
+    async def close(self) -> None:
+        return None
+
+    async def health(self) -> None:
+        ok = await self._run(os.access, self._dir, os.W_OK | os.X_OK)
+        if not ok:
+            raise StoreUnavailable(f"the file store directory {self._dir} is not writable")
+
+    async def put(
+        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
+    ) -> PutOutcome:
+        inner = json.dumps(
+            {"h": content_hash, "values": values},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+        body = self._keyring.encrypt(inner, secret_aad(secret_id, version))
+        header = _Header(secret_id, version, content_hash, False, self._deployment_id)
+        async with self._locks.hold(secret_id):
+            written = await self._run(self._write_fenced, header, body)
+        return PutOutcome.WRITTEN if written else PutOutcome.UNCHANGED
+
+    async def get(self, secret_id: str) -> StoredValue | None:
+        data = await self._run(_read_or_none, self._path(secret_id))
+        if data is None:
+            return None
+        header, body = self._split(secret_id, data)
+        if header.deployment != self._deployment_id or header.deleted:
+            return None
+        inner = json.loads(self._keyring.decrypt(body, secret_aad(secret_id, header.version)))
+        if inner.get("h") != header.hash or header.hash is None:
+            raise StoreRejected(f"the file store entry of {secret_id} has an altered header")
+        return StoredValue(secret_id, header.version, header.hash, inner["values"])
+
+    async def delete(self, secret_id: str, version: int) -> None:
+        header = _Header(secret_id, version, None, True, self._deployment_id)
+        async with self._locks.hold(secret_id):
+            await self._run(self._write_fenced, header, b"")
+
+    async def list(self) -> AsyncIterator[Entry]:
+        """Entries sorted by secret id; tombstones are listed with ``deleted=True``."""
+        names = await self._run(self._scan)
+        for start in range(0, len(names), _PAGE):
+            for entry in await self._run(self._entries, names[start : start + _PAGE]):
+                yield entry
+
+    # -- blocking helpers, run in worker threads --
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+            raise StoreUnavailable(f"the file store at {self._dir} failed ({code})") from exc
+
+    def _path(self, secret_id: str) -> Path:
+        return self._dir / file_name(secret_id)
+
+    def _prepare(self) -> None:
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock_dir.mkdir(mode=0o700, exist_ok=True)
+        cutoff = time.time() - _STALE_TMP_S
+        for path in self._dir.glob(_TMP_PREFIX + "*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+
+    @contextlib.contextmanager
+    def _flock(self, secret_id: str) -> Iterator[None]:
+        """Hold the cross-process lock of one secret."""
+        path = self._lock_dir / (file_name(secret_id) + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _write_fenced(self, header: _Header, body: bytes) -> bool:
+        """Replace the file unless it holds ``header.version`` or newer; True when written."""
+        path = self._path(header.secret_id)
+        with self._flock(header.secret_id):
+            current = self._read_header(path)
+            if current is not None:
+                if current.deployment != self._deployment_id:
+                    raise StoreConflict(
+                        f"the file store entry of {header.secret_id} belongs to another deployment"
+                    )
+                if current.version >= header.version:
+                    return False
+            self._replace(path, header.encode() + body)
+            return True
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        tmp = self._dir / f"{_TMP_PREFIX}{secrets.token_hex(6)}-{path.name}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _read_header(self, path: Path) -> _Header | None:
+        """The header of ``path``; None when there is no such file."""
+        try:
+            with path.open("rb") as handle:
+                line = handle.readline(_MAX_HEADER)
+        except FileNotFoundError:
+            return None
+        try:
+            return _Header.decode(line)
+        except ValueError:
+            raise StoreRejected(f"the file store file {path.name} is malformed") from None
+
+    def _split(self, secret_id: str, data: bytes) -> tuple[_Header, bytes]:
+        line, _, body = data.partition(b"\n")
+        try:
+            header = _Header.decode(line)
+        except ValueError:
+            raise StoreRejected(f"the file store entry of {secret_id} is malformed") from None
+        if header.secret_id != secret_id:
+            raise StoreRejected(f"the file store entry of {secret_id} names another secret")
+        return header, body
+
+    def _scan(self) -> builtins.list[tuple[str, str]]:
+        """(secret id, file name) of every entry file, sorted by secret id."""
+        found: builtins.list[tuple[str, str]] = []
+        for name in os.listdir(self._dir):
+            if name.startswith(".") or not name.endswith(_SUFFIX):
+                continue
+            stem = name[: -len(_SUFFIX)]
+            if not stem.startswith("_"):
+                found.append((stem, name))
+                continue
+            header = self._header_or_none(self._dir / name)
+            if header is not None:
+                found.append((header.secret_id, name))
+        found.sort()
+        return found
+
+    def _entries(self, names: builtins.list[tuple[str, str]]) -> builtins.list[Entry]:
+        entries = []
+        for secret_id, name in names:
+            header = self._header_or_none(self._dir / name)
+            if header is None or header.deployment != self._deployment_id:
+                continue
+            entries.append(Entry(secret_id, header.version, header.hash, header.deleted))
+        return entries
+
+    def _header_or_none(self, path: Path) -> _Header | None:
+        """For listing: a malformed file is logged and skipped, not fatal to the whole listing."""
+        try:
+            return self._read_header(path)
+        except StoreRejected:
+            log.warning("file_store.malformed_entry", file=path.name)
+            return None
