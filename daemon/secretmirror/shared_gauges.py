@@ -53,9 +53,9 @@ async def read_shared_state(pool: asyncpg.Pool, targets: list[str]) -> SharedSta
 def divergence(job: Any) -> dict[tuple[str, str], int]:
     """(store, kind) counts from the newest successful verify or repair job.
 
-    A verify (or a dry-run repair) reports what it found. A repair that wrote
-    and failed nothing fixed what it found, so every kind is 0; a repair with
-    failures reports what it found, since some of it may still diverge.
+    A verify (or a dry-run repair) reports what it found. A repair that
+    succeeded wrote everything it found (a job with failures ends ``failed``
+    and is not read here), so every kind is 0 after it.
     """
     if job is None:
         return {}
