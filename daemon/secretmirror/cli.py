@@ -1,24 +1,231 @@
 """The ``secretmirror`` command line: the daemon and a client of its HTTP API.
 
-Exit codes: 0 success, 1 error, 2 usage, 3 a job finished with failures.
+The client commands address secrets by name: a name is resolved to an id with
+``GET /api/v1/secrets?name=`` (metadata only) before the call that needs the id.
+They print tables for people and, with ``-o json``, JSON for scripts.
+
+Exit codes: 0 success, 1 error (one line on stderr, the server's message when
+it sent one), 2 usage, 3 a job finished with failures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import shlex
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
 
 import click
 
 from secretmirror import db
 from secretmirror import logging as sm_logging
-from secretmirror.errors import ConfigError, SecretMirrorError
+from secretmirror import output as show
+from secretmirror.client import (
+    DEFAULT_URL,
+    URL_ENV,
+    Client,
+    ClientError,
+    default_token,
+)
+from secretmirror.errors import SecretMirrorError
 from secretmirror.settings import load_settings
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-@click.group()
-def main() -> None:
-    """secretmirror: secrets with a mirrored backup store."""
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+#: A job (backup, restore, reconcile) finished, but some secrets failed.
+EXIT_JOB_FAILED = 3
+
+
+class CliError(click.ClickException):
+    """An error to print as one ``error: ...`` line on stderr, exiting with 1."""
+
+    exit_code = EXIT_ERROR
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class _Main(click.Group):
+    """Turns a failed request anywhere below into a one-line error and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClientError as exc:
+            raise CliError(str(exc)) from None
+
+
+@dataclass
+class _Options:
+    url: str
+    _client: Client | None = None
+
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.url, default_token())
+        return self._client
+
+
+def _api() -> Client:
+    return click.get_current_context().ensure_object(_Options).client()
+
+
+@click.group(cls=_Main)
+@click.option(
+    "--url",
+    envvar=URL_ENV,
+    default=DEFAULT_URL,
+    show_default=True,
+    help=f"URL of the secretmirror server (env: {URL_ENV}).",
+)
+@click.pass_context
+def main(ctx: click.Context, url: str) -> None:
+    """secretmirror: secrets with a mirrored backup store.
+
+    Client commands send the token in SECRETMIRROR_TOKEN; without it, the
+    admin token file <data dir>/admin-token when it is readable (data dir:
+    SECRETMIRROR_DATA_DIR, default ~/.local/share/secretmirror).
+    """
+    ctx.obj = _Options(url)
+
+
+# -- shared parameters --------------------------------------------------------
+
+
+def _key_values(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    """``KEY=VALUE`` arguments as pairs (a value may be empty and may contain ``=``)."""
+    pairs = []
+    for text in value:
+        key, sep, val = text.partition("=")
+        if not sep or not key:
+            # The argument is not echoed: it may be a secret value typed without its key.
+            raise click.BadParameter(
+                "every value must be given as KEY=VALUE with a non-empty KEY", ctx, param
+            )
+        pairs.append((key, val))
+    return tuple(pairs)
+
+
+_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION_PART = re.compile(r"(\d+)([wdhms])")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``30d``, ``12h``, ``15m``, ``90s``, ``1h30m`` or a bare number of seconds."""
+    text = text.strip().lower()
+    if text.isdigit():
+        seconds = int(text)
+    else:
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"{text!r} is not a duration like 30d, 12h, 15m or 90s")
+        seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds < 1:
+        raise ValueError("a duration must be at least 1s")
+    return seconds
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def output_option(*formats: str) -> Callable[[F], F]:
+    formats = formats or show.FORMATS
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(formats),
+        default="table",
+        show_default=True,
+        help="table for people, json for scripts"
+        + (", env for KEY=value lines" if "env" in formats else "")
+        + ".",
+    )
+
+
+_values_file_option = click.option(
+    "--values-file",
+    type=click.File("r", encoding="utf-8"),
+    default=None,
+    metavar="FILE|-",
+    help="Read values from a file (- for stdin): a JSON object, or KEY=VALUE lines "
+    "as printed by `secret get -o env`.",
+)
+
+
+def read_values_file(handle: IO[str]) -> dict[str, str]:
+    """A JSON object of strings, or shell-quoted ``KEY=VALUE`` tokens (``-o env`` output)."""
+    text = handle.read()
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise click.BadParameter("is not valid JSON", param_hint="--values-file") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise click.BadParameter(
+                "must be a JSON object of string values", param_hint="--values-file"
+            )
+        return data
+    try:
+        tokens = shlex.split(text, comments=True)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--values-file") from None
+    values: dict[str, str] = {}
+    for token in tokens:
+        key, sep, val = token.partition("=")
+        if not sep or not key:
+            # Never echo the token: it may be part of a secret value.
+            raise click.BadParameter(
+                "holds an entry that is not KEY=VALUE (quote values with spaces)",
+                param_hint="--values-file",
+            )
+        values[key] = val
+    return values
+
+
+def collect_values(
+    pairs: tuple[tuple[str, str], ...], values_file: IO[str] | None
+) -> dict[str, str]:
+    """Values from ``--values-file`` first, then ``KEY=VALUE`` arguments (which win)."""
+    values = read_values_file(values_file) if values_file is not None else {}
+    values.update(dict(pairs))
+    return values
+
+
+def _without_values(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "values"}
+
+
+def _report(body: dict[str, Any], fmt: str, message: str) -> None:
+    """The result of a change: a line for people, the secret's metadata for scripts.
+
+    Values are left out: the caller just sent them, and output may end up in a log.
+    """
+    if fmt == "json":
+        show.emit_json(_without_values(body))
+    else:
+        click.echo(message)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+# -- the daemon ---------------------------------------------------------------
 
 
 @main.command()
@@ -37,12 +244,8 @@ def serve(config_file: str | None) -> None:
     try:
         settings = load_settings(config_file)
         asyncio.run(daemon.serve(settings))
-    except ConfigError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
     except SecretMirrorError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
+        raise CliError(exc.message) from None
 
 
 @main.group("db")
@@ -79,6 +282,260 @@ def db_upgrade(config_file: str | None) -> None:
     try:
         applied = asyncio.run(run())
     except SecretMirrorError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
+        raise CliError(exc.message) from None
     click.echo(f"applied {len(applied)} migration(s)" if applied else "schema is current")
+
+
+# -- secrets ------------------------------------------------------------------
+
+
+@main.group()
+def secret() -> None:
+    """Create, read, change and delete secrets (by name)."""
+
+
+@secret.command("create")
+@click.argument("name")
+@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...", callback=_key_values)
+@_values_file_option
+@click.option("--private", is_flag=True, help="Visible to its owner only.")
+@output_option()
+def secret_create(
+    name: str,
+    pairs: tuple[tuple[str, str], ...],
+    values_file: IO[str] | None,
+    private: bool,
+    output: str,
+) -> None:
+    """Create the secret NAME with the given values."""
+    values = collect_values(pairs, values_file)
+    if not values:
+        raise click.UsageError("give at least one KEY=VALUE or --values-file")
+    body = _api().request(
+        "POST", "/api/v1/secrets", body={"name": name, "values": values, "private": private}
+    )
+    _report(body, output, f"created secret {body['name']} (version {body['version']})")
+
+
+@secret.command("get")
+@click.argument("name")
+@click.option("--version", type=click.IntRange(min=1), default=None, help="An older version.")
+@output_option("table", "json", "env")
+def secret_get(name: str, version: int | None, output: str) -> None:
+    """Show the secret NAME with its values."""
+    api = _api()
+    body = api.get(f"/api/v1/secrets/{api.secret_id(name)}", version=version)
+    if output == "json":
+        show.emit_json(body)
+    elif output == "env":
+        show.emit_env(body["values"])
+    else:
+        show.secret(body)
+
+
+@secret.command("list")
+@click.option("--name-prefix", default=None, help="Only names that start with this.")
+@output_option()
+def secret_list(name_prefix: str | None, output: str) -> None:
+    """List the secrets you can see (metadata only, never values)."""
+    items = list(_api().pages("/api/v1/secrets", name_prefix=name_prefix))
+    if output == "json":
+        show.emit_json(items)
+    else:
+        show.secrets(items)
+
+
+@secret.command("update")
+@click.argument("name")
+@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...", callback=_key_values)
+@click.option(
+    "--remove-key", "remove_keys", multiple=True, metavar="KEY", help="Remove KEY (repeatable)."
+)
+@_values_file_option
+@output_option()
+def secret_update(
+    name: str,
+    pairs: tuple[tuple[str, str], ...],
+    remove_keys: tuple[str, ...],
+    values_file: IO[str] | None,
+    output: str,
+) -> None:
+    """Set or remove keys of the secret NAME; keys not named keep their values."""
+    changes: dict[str, str | None] = dict(collect_values(pairs, values_file))
+    for key in remove_keys:
+        if key in changes:
+            raise click.UsageError(f"key {key!r} is both set and removed")
+        changes[key] = None
+    if not changes:
+        raise click.UsageError("give at least one KEY=VALUE, --remove-key or --values-file")
+    api = _api()
+    body = api.request("PATCH", f"/api/v1/secrets/{api.secret_id(name)}", body={"values": changes})
+    _report(body, output, f"updated secret {body['name']} (version {body['version']})")
+
+
+@secret.command("rename")
+@click.argument("name")
+@click.argument("new_name")
+@output_option()
+def secret_rename(name: str, new_name: str, output: str) -> None:
+    """Rename the secret NAME to NEW_NAME."""
+    api = _api()
+    body = api.request("PATCH", f"/api/v1/secrets/{api.secret_id(name)}", body={"name": new_name})
+    _report(body, output, f"renamed secret {name} to {body['name']} (version {body['version']})")
+
+
+@secret.command("delete")
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def secret_delete(name: str, yes: bool) -> None:
+    """Delete the secret NAME (asks first unless -y)."""
+    if not yes:
+        if not _interactive():
+            raise click.UsageError("not asking on a non-interactive stdin: pass -y to delete")
+        click.confirm(f"Delete secret {name!r}?", abort=True)
+    api = _api()
+    api.request("DELETE", f"/api/v1/secrets/{api.secret_id(name)}")
+    click.echo(f"deleted secret {name}")
+
+
+@secret.command("history")
+@click.argument("name")
+@output_option()
+def secret_history(name: str, output: str) -> None:
+    """The changes to the secret NAME: version, kind, actor, time (never values)."""
+    api = _api()
+    items = api.get(f"/api/v1/secrets/{api.secret_id(name)}/history")["items"]
+    if output == "json":
+        show.emit_json(items)
+    else:
+        show.history(items)
+
+
+# -- jobs: backup, restore, reconcile -----------------------------------------
+#
+# `backup [--delete-secrets] [--no-wait]`, `restore [--delete-secrets] [--no-wait]`
+# and `reconcile [--repair] [--dry-run] [--no-wait]` (spec section 9) belong here,
+# added with the reconcile jobs: each POSTs /admin/v1/reconcile, then (unless
+# --no-wait) polls /admin/v1/jobs/{id} with a progress bar on a terminal, and
+# exits EXIT_JOB_FAILED when the job finished with failures. Use `_api()` for
+# the client and `output_option()` for `-o table|json`.
+
+
+# -- operations ---------------------------------------------------------------
+
+
+@main.command()
+@output_option()
+def status(output: str) -> None:
+    """Stores, replication backlog and the last verify (admin)."""
+    body = _api().get("/admin/v1/status")
+    if output == "json":
+        show.emit_json(body)
+    else:
+        show.status(body)
+
+
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Deliveries that ran out of attempts."""
+
+
+@dead_letters.command("retry")
+@output_option()
+def dead_letters_retry(output: str) -> None:
+    """Queue every dead-lettered delivery again (admin)."""
+    body = _api().request("POST", "/admin/v1/dead-letters/retry")
+    if output == "json":
+        show.emit_json(body)
+    else:
+        click.echo(f"requeued {body['requeued']} dead-lettered deliveries")
+
+
+# -- users and tokens ---------------------------------------------------------
+
+
+@main.group()
+def user() -> None:
+    """Users (admin)."""
+
+
+@user.command("create")
+@click.argument("name")
+@click.option(
+    "--role", required=True, type=click.Choice(["admin", "writer", "reader"]), help="Its role."
+)
+@output_option()
+def user_create(name: str, role: str, output: str) -> None:
+    """Create the user NAME."""
+    body = _api().request("POST", "/api/v1/users", body={"name": name, "role": role})
+    if output == "json":
+        show.emit_json(body)
+    else:
+        click.echo(f"created user {body['name']} ({body['role']})")
+
+
+@user.command("list")
+@output_option()
+def user_list(output: str) -> None:
+    """List the users."""
+    items = _api().get("/api/v1/users")["items"]
+    if output == "json":
+        show.emit_json(items)
+    else:
+        show.users(items)
+
+
+@main.group()
+def token() -> None:
+    """API tokens: yours, or anyone's as an admin."""
+
+
+@token.command("create")
+@click.option("--user", "user_name", default=None, help="Owner (admin only; default: you).")
+@click.option("--name", required=True, help="A name to recognise the token by.")
+@click.option(
+    "--expires-in",
+    default=None,
+    callback=_duration,
+    metavar="DURATION",
+    help="Lifetime such as 30d, 12h, 15m or 90s (default: never expires).",
+)
+@output_option()
+def token_create(user_name: str | None, name: str, expires_in: int | None, output: str) -> None:
+    """Create a token; it is printed once and cannot be shown again."""
+    body: dict[str, Any] = {"name": name}
+    if user_name is not None:
+        body["user"] = user_name
+    if expires_in is not None:
+        body["expires_in_s"] = expires_in
+    created = _api().request("POST", "/api/v1/tokens", body=body)
+    if output == "json":
+        show.emit_json(created)
+        return
+    # The token alone on stdout, so `TOKEN=$(secretmirror token create ...)` works.
+    click.echo(created["token"])
+    expires = show.when(created["expires"]) if created.get("expires") else "never"
+    click.echo(
+        f"created token {created['name']} ({created['id']}) for {created['user']}, "
+        f"expires {expires}; it is shown only this once",
+        err=True,
+    )
+
+
+@token.command("list")
+@output_option()
+def token_list(output: str) -> None:
+    """List tokens (never the token strings)."""
+    items = _api().get("/api/v1/tokens")["items"]
+    if output == "json":
+        show.emit_json(items)
+    else:
+        show.tokens(items)
+
+
+@token.command("revoke")
+@click.argument("token_id", metavar="ID")
+def token_revoke(token_id: str) -> None:
+    """Revoke the token ID."""
+    _api().request("DELETE", f"/api/v1/tokens/{token_id}")
+    click.echo(f"revoked token {token_id}")

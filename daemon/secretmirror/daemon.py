@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -24,6 +25,7 @@ from secretmirror.api.admin import SHARED_GAUGES
 from secretmirror.api.app import build_app
 from secretmirror.auth import Accounts
 from secretmirror.errors import SchemaMismatch, StoreError
+from secretmirror.output import startup_banner
 from secretmirror.runtime import (
     Runtime,
     build_stores,
@@ -178,6 +180,9 @@ async def _serve_runtime(rt: Runtime, settings: Settings) -> None:
         primary=rt.primary.type,
         backup=rt.backup.type if rt.backup else None,
     )
+    # For the person who ran `make run`; stdout stays JSON lines for log shippers.
+    sys.stderr.write(startup_banner(settings, scheme) + "\n")
+    sys.stderr.flush()
     await stop.wait()
     log.info("daemon.stopping")
     started = time.monotonic()
