@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from secretmirror import replication, retention
+from secretmirror.api.jobs import JOBS
 from secretmirror.runtime import Runtime
 from secretmirror.supervisor import Supervisor
 
@@ -14,3 +17,12 @@ def start(rt: Runtime, supervisor: Supervisor, app: web.Application) -> None:
     supervisor.start("replication", replicator.run)
     supervisor.start("store-probe", lambda stop: replication.probe_stores(rt, stop))
     supervisor.start("retention", lambda stop: retention.run(rt, stop))
+    jobs = app[JOBS]
+
+    async def scheduler(stop: asyncio.Event) -> None:
+        try:
+            await jobs.run_scheduler(stop)
+        finally:
+            await jobs.shutdown()
+
+    supervisor.start("scheduler", scheduler)

@@ -21,10 +21,13 @@ import structlog
 from aiohttp import web
 
 from secretmirror import db, shared_gauges
-from secretmirror.api.admin import SHARED_GAUGES
+from secretmirror.api import jobs as api_jobs
+from secretmirror.api.admin import LAST_VERIFY, SHARED_GAUGES
 from secretmirror.api.app import build_app
+from secretmirror.api.jobs import JOBS
 from secretmirror.auth import Accounts
 from secretmirror.errors import SchemaMismatch, StoreError
+from secretmirror.reconcile import Jobs
 from secretmirror.output import startup_banner
 from secretmirror.runtime import (
     Runtime,
@@ -125,6 +128,10 @@ def make_app(rt: Runtime) -> web.Application:
     accounts = Accounts(rt.pool)
     app = build_app(rt, service, accounts, make_readiness(rt))
     app[SHARED_GAUGES] = shared_gauges.refresher(rt)
+    jobs = Jobs(rt)
+    app[JOBS] = jobs
+    app[LAST_VERIFY] = jobs.last_verify
+    api_jobs.add_routes(app)
     return app
 
 

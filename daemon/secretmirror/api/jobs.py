@@ -1,0 +1,51 @@
+"""``/admin/v1``: reconcile jobs (admin only)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from secretmirror.api.admin import admin_of
+from secretmirror.api.routes import _allowed, json_body
+from secretmirror.errors import Invalid
+from secretmirror.reconcile import MODES, Jobs
+
+JOBS: web.AppKey[Jobs] = web.AppKey("jobs")
+
+
+async def start_reconcile(request: web.Request) -> web.Response:
+    await admin_of(request)
+    body = await json_body(request)
+    _allowed(body, {"mode", "delete_secrets", "dry_run"})
+    mode = body.get("mode")
+    if mode not in MODES:
+        raise Invalid("mode must be one of verify, repair, backup, restore")
+    dry_run = body.get("dry_run", False)
+    delete_secrets = body.get("delete_secrets", False)
+    if not isinstance(dry_run, bool) or not isinstance(delete_secrets, bool):
+        raise Invalid("dry_run and delete_secrets must be true or false")
+    if delete_secrets and mode not in ("backup", "restore"):
+        raise Invalid("delete_secrets applies to backup and restore only")
+    job = await request.app[JOBS].start(mode, dry_run=dry_run, delete_secrets=delete_secrets)
+    return web.json_response(job, status=202)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    await admin_of(request)
+    return web.json_response({"items": await request.app[JOBS].list()})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    await admin_of(request)
+    return web.json_response(await request.app[JOBS].get(request.match_info["id"]))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    await admin_of(request)
+    return web.json_response(await request.app[JOBS].cancel(request.match_info["id"]))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/admin/v1/reconcile", start_reconcile)
+    app.router.add_get("/admin/v1/jobs", list_jobs)
+    app.router.add_get("/admin/v1/jobs/{id}", get_job)
+    app.router.add_post("/admin/v1/jobs/{id}/cancel", cancel_job)

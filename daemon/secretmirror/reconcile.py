@@ -1,0 +1,556 @@
+"""Reconcile jobs: verify, repair, backup and restore, streamed and bounded.
+
+A scan lists one store's entries page by page (listing metadata only: tags,
+custom metadata, versions) and compares each page with the expected state
+in PostgreSQL; the ids it saw go to a temporary table so the live secrets the
+store lacks are found by one anti-join, also in pages. Memory does not grow
+with the number of secrets.
+
+Classes per store: ``in_sync``, ``missing``, ``stale`` (older version),
+``mismatch`` (same version, other content, or a value written behind our
+back), ``orphan`` (an entry of this deployment with no live secret), and
+``moved`` (a tombstone left on purpose by ``delete_secrets``). A secret whose
+delivery to that store is still in flight is not drift: replication is about
+to write it, so it counts as ``in_sync``.
+
+Repairs: missing and stale entries get the current version written directly
+(fenced, so racing the worker is harmless); a mismatch is re-issued through
+the outbox as a new version with the same values, which every store accepts
+over the foreign content; orphans are deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+from secretmirror import metrics
+from secretmirror.crypto import secret_aad
+from secretmirror.errors import (
+    DecryptionError,
+    JobRunning,
+    NotFound,
+    StoreError,
+    StoreThrottled,
+    Unavailable,
+)
+from secretmirror.model import canonical
+from secretmirror.queries import Q
+from secretmirror.runtime import Runtime
+from secretmirror.stores.base import Entry
+from secretmirror.stores.instrumented import RoleStore
+from secretmirror.stores.sql import DB_DOWN
+
+log = structlog.get_logger("secretmirror.reconcile")
+
+MODES = ("verify", "repair", "backup", "restore")
+CLASSES = ("in_sync", "missing", "stale", "mismatch", "orphan", "moved")
+_PAGE = 500
+_SAMPLES = 100
+_FAILURES = 1000
+_PROGRESS_S = 0.5
+_ABANDONED_S = 15.0
+
+
+@dataclass
+class Report:
+    """Counts, samples and failures of one job, as the job JSON shows them."""
+
+    counts: dict[str, Any] = field(
+        default_factory=lambda: {
+            "total": 0,
+            "scanned": 0,
+            "copied": 0,
+            "skipped": 0,
+            "deleted": 0,
+            "failed": 0,
+        }
+    )
+    samples: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def classify(self, store: str, cls: str, secret_id: str) -> None:
+        stores = self.counts.setdefault("stores", {})
+        per = stores.setdefault(store, dict.fromkeys(CLASSES, 0))
+        per[cls] += 1
+        if cls != "in_sync":
+            sample = self.samples.setdefault(store, {}).setdefault(cls, [])
+            if len(sample) < _SAMPLES:
+                sample.append(secret_id)
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] += n
+
+    def fail(self, secret_id: str, store: str, reason: str) -> None:
+        self.counts["failed"] += 1
+        if len(self.failures) < _FAILURES:
+            self.failures.append({"secret_id": secret_id, "store": store, "reason": reason})
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    store: str
+    cls: str
+    secret_id: str
+    expected_version: int | None
+    entry: Entry | None
+
+
+Action = Callable[[Finding], Awaitable[None]]
+
+
+def job_json(row: Any) -> dict[str, Any]:
+    def ts(value: Any) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": str(row["id"]),
+        "mode": row["mode"],
+        "status": row["status"],
+        "dry_run": row["dry_run"],
+        "delete_secrets": row["delete_secrets"],
+        "created": ts(row["created"]),
+        "started": ts(row["started"]),
+        "finished": ts(row["finished"]),
+        "counts": row["counts"],
+        "samples": row["samples"],
+        "failures": row["failures"],
+        "error": row["error"],
+    }
+
+
+class Scanner:
+    """Classifies one store's entries against the expected state, streaming."""
+
+    def __init__(
+        self, rt: Runtime, conn: asyncpg.Connection, report: Report, cancelled: asyncio.Event
+    ) -> None:
+        self.rt = rt
+        self.conn = conn
+        self.report = report
+        self.cancelled = cancelled
+        #: verify counts an in-flight delivery as in sync; backup and restore copy it.
+        self.in_flight_is_sync = True
+
+    async def scan(self, role: RoleStore, act: Action | None) -> None:
+        await self.conn.execute(Q.scan_seen_create)
+        await self.conn.execute(Q.scan_seen_clear)
+        async for page in _pages(role.list(), _PAGE):
+            if self.cancelled.is_set():
+                return
+            await self._listed(role.role, page, act)
+        after: str | None = None
+        while not self.cancelled.is_set():
+            rows = await self.conn.fetch(Q.scan_unseen, after, _PAGE, role.role)
+            for row in rows:
+                cls = "in_sync" if row["in_flight"] and self.in_flight_is_sync else "missing"
+                await self._found(
+                    Finding(role.role, cls, row["secret_id"], row["version"], None), act
+                )
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1]["secret_id"]
+
+    async def _listed(self, store: str, page: list[Entry], act: Action | None) -> None:
+        ids = [uuid.UUID(e.secret_id) for e in page]
+        await self.conn.execute(Q.scan_seen_add, ids)
+        rows = await self.conn.fetch(Q.scan_expected, ids, store)
+        expected = {r["secret_id"]: r for r in rows}
+        for entry in page:
+            row = expected.get(entry.secret_id)
+            cls = _classify(entry, row, self.in_flight_is_sync)
+            if cls is None:
+                continue
+            version = row["version"] if row is not None else None
+            await self._found(Finding(store, cls, entry.secret_id, version, entry), act)
+
+    async def _found(self, finding: Finding, act: Action | None) -> None:
+        self.report.classify(finding.store, finding.cls, finding.secret_id)
+        self.report.add("scanned")
+        if act is not None:
+            await act(finding)
+
+
+def _classify(entry: Entry, row: Any, in_flight_is_sync: bool) -> str | None:
+    live = row is not None and row["version"] is not None
+    in_flight = live and in_flight_is_sync and bool(row["in_flight"])
+    if not live:
+        return None if entry.deleted else "orphan"
+    expected = row["version"]
+    if entry.deleted:
+        if entry.version >= expected:
+            return "moved"
+        return "in_sync" if in_flight else "missing"
+    if entry.version < expected:
+        return "in_sync" if in_flight else "stale"
+    if entry.version > expected or entry.foreign_write:
+        return "mismatch"
+    if entry.hash is not None and entry.hash != row["hash"]:
+        return "mismatch"
+    return "in_sync"
+
+
+async def _pages(entries: AsyncIterator[Entry], size: int) -> AsyncIterator[list[Entry]]:
+    page: list[Entry] = []
+    async for entry in entries:
+        page.append(entry)
+        if len(page) >= size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+class Job:
+    """One persisted job run to completion by this process."""
+
+    def __init__(self, rt: Runtime, row: Any) -> None:
+        self.rt = rt
+        self.id = str(row["id"])
+        self.mode: str = row["mode"]
+        self.dry_run: bool = row["dry_run"]
+        self.delete_secrets: bool = row["delete_secrets"]
+        self.report = Report()
+        self._sem = asyncio.Semaphore(rt.settings.reconcile.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cancelled = asyncio.Event()
+        self.log = log.bind(job_id=self.id, mode=self.mode)
+
+    async def run(self) -> None:
+        status, error = "succeeded", None
+        try:
+            async with self.rt.pool.acquire() as conn:
+                row = await conn.fetchrow(Q.job_start, uuid.UUID(self.id), self.rt.node)
+                if row is None:
+                    return  # cancelled while queued
+                self.log.info("job.started")
+                scanner = Scanner(self.rt, conn, self.report, self._cancelled)
+                self.report.counts["total"] = await conn.fetchval(Q.scan_live_count)
+                ticker = asyncio.create_task(self._progress())
+                try:
+                    await self._body(scanner)
+                    await self._join()
+                finally:
+                    ticker.cancel()
+                    await asyncio.gather(ticker, return_exceptions=True)
+                    with contextlib.suppress(*DB_DOWN):
+                        await conn.execute(Q.scan_seen_clear)
+                if scanner.cancelled.is_set():
+                    status = "cancelled"
+        except asyncio.CancelledError:
+            status, error = "failed", "interrupted: the daemon stopped while the job ran"
+            raise
+        except (*DB_DOWN, StoreError) as exc:
+            status, error = "failed", f"{type(exc).__name__}: the job could not continue"
+            self.log.warning("job.failed", error=type(exc).__name__)
+        except Exception as exc:
+            status, error = "failed", f"internal error ({type(exc).__name__})"
+            self.log.exception("job.crashed")
+        finally:
+            await asyncio.shield(self._finish(status, error))
+
+    async def _finish(self, status: str, error: str | None) -> None:
+        if status == "succeeded" and self.report.counts["failed"]:
+            status = "failed"
+            error = f"{self.report.counts['failed']} secret(s) failed; see failures"
+        with contextlib.suppress(*DB_DOWN):
+            await self.rt.pool.execute(
+                Q.job_finish,
+                uuid.UUID(self.id),
+                status,
+                self.report.counts,
+                self.report.samples,
+                self.report.failures,
+                error,
+            )
+        metrics.reconcile_jobs.labels(self.mode, status).inc()
+        self.log.info("job.finished", status=status, counts=_flat(self.report.counts))
+
+    async def _progress(self) -> None:
+        while True:
+            await asyncio.sleep(_PROGRESS_S)
+            with contextlib.suppress(*DB_DOWN):
+                cancel = await self.rt.pool.fetchval(
+                    Q.job_progress,
+                    uuid.UUID(self.id),
+                    self.report.counts,
+                    self.report.samples,
+                    self.report.failures,
+                )
+                if cancel:
+                    self.cancel()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _body(self, scanner: Scanner) -> None:
+        rt = self.rt
+        if self.mode in ("verify", "repair"):
+            act = None if self.mode == "verify" or self.dry_run else self._repair
+            await scanner.scan(rt.primary, act)
+            if rt.backup is not None and not scanner.cancelled.is_set():
+                await scanner.scan(rt.backup, act)
+        elif self.mode == "backup":
+            scanner.in_flight_is_sync = False
+            if rt.backup is None:
+                raise NotFound("no backup store is configured")
+            await scanner.scan(rt.backup, self._copy(rt.primary, rt.backup))
+        else:
+            if rt.backup is None:
+                raise NotFound("no backup store is configured")
+            scanner.in_flight_is_sync = False
+            await scanner.scan(rt.primary, self._copy(rt.backup, rt.primary))
+
+    # -- actions, run at bounded concurrency ------------------------------
+
+    async def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._cancelled.is_set():
+            work.close()
+            return
+        await self._sem.acquire()
+
+        async def guarded() -> None:
+            try:
+                await work
+            finally:
+                self._sem.release()
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _join(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _repair(self, finding: Finding) -> None:
+        if finding.cls in ("in_sync", "moved"):
+            return
+        await self._spawn(self._repair_one(finding))
+
+    async def _repair_one(self, f: Finding) -> None:
+        store = self.rt.store_for(f.store)
+        try:
+            if f.cls == "orphan":
+                assert f.entry is not None
+                tombstone = f.entry.version + 1
+                await _retrying(lambda: store.delete(f.secret_id, tombstone))
+                self.report.add("deleted")
+            elif f.cls == "mismatch":
+                await self._reissue(f.secret_id)
+                self.report.add("copied")
+            else:
+                values, version, hash_ = await self._current(f.secret_id)
+                await _retrying(lambda: store.put(f.secret_id, version, values, hash_))
+                self.report.add("copied")
+        except (StoreError, DecryptionError, *DB_DOWN) as exc:
+            self.report.fail(f.secret_id, f.store, _reason(exc))
+
+    def _copy(self, source: RoleStore, dest: RoleStore) -> Action:
+        async def act(finding: Finding) -> None:
+            if finding.cls == "orphan":
+                return
+            if finding.cls in ("in_sync", "moved"):
+                self.report.add("skipped")
+                if finding.cls == "in_sync" and self.delete_secrets and not self.dry_run:
+                    await self._spawn(self._evacuate(source, finding))
+                return
+            if self.dry_run:
+                return
+            await self._spawn(self._copy_one(source, dest, finding))
+
+        return act
+
+    async def _copy_one(self, source: RoleStore, dest: RoleStore, f: Finding) -> None:
+        try:
+            values, version, hash_ = await self._from_source(source, f.secret_id)
+            await _retrying(lambda: dest.put(f.secret_id, version, values, hash_))
+            self.report.add("copied")
+        except (StoreError, DecryptionError, *DB_DOWN) as exc:
+            self.report.fail(f.secret_id, dest.role, _reason(exc))
+            return
+        if self.delete_secrets:
+            await self._evacuate(source, f)
+
+    async def _evacuate(self, source: RoleStore, f: Finding) -> None:
+        """Remove a secret from ``source`` once confirmed in the other store (a tombstone)."""
+        assert f.expected_version is not None
+        version = f.expected_version
+        try:
+            await _retrying(lambda: source.delete(f.secret_id, version))
+            self.report.add("deleted")
+        except StoreError as exc:
+            self.report.fail(f.secret_id, source.role, _reason(exc))
+
+    async def _from_source(
+        self, source: RoleStore, secret_id: str
+    ) -> tuple[dict[str, str], int, str]:
+        values, version, hash_ = await self._current(secret_id)
+        with contextlib.suppress(StoreError):
+            stored = await source.get(secret_id)
+            if stored is not None and stored.version == version:
+                return stored.values, version, hash_
+        return values, version, hash_
+
+    async def _current(self, secret_id: str) -> tuple[dict[str, str], int, str]:
+        row = await self.rt.pool.fetchrow(Q.secret_snapshot_current, uuid.UUID(secret_id))
+        if row is None or row["snapshot"] is None:
+            raise StoreError("the secret changed or was deleted during the job")
+        plain = self.rt.keyring.decrypt(row["snapshot"], secret_aad(secret_id, row["version"]))
+        values: dict[str, str] = json.loads(plain)
+        return values, row["version"], row["hash"]
+
+    async def _reissue(self, secret_id: str) -> None:
+        values, version, _ = await self._current(secret_id)
+        blob = canonical(values)
+        snapshot = self.rt.keyring.encrypt(blob, secret_aad(secret_id, version + 1))
+        await self.rt.pool.fetchrow(
+            Q.secret_reissue,
+            uuid.UUID(secret_id),
+            version,
+            snapshot,
+            self.rt.deployment_id,
+            snapshot if self.rt.primary_in_db else None,
+            self.rt.targets,
+        )
+        self.rt.wake.set()
+
+
+async def _retrying(call: Callable[[], Awaitable[Any]], attempts: int = 5) -> Any:
+    """Honour throttling: wait as told and try again, a few times."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except StoreThrottled as exc:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(exc.retry_after_s or 0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, StoreError):
+        return f"{exc.reason}: {exc.message}"
+    if isinstance(exc, DecryptionError):
+        return "decryption failed"
+    return "the database is unavailable"
+
+
+def _flat(counts: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in counts.items() if k != "stores"}
+
+
+class Jobs:
+    """Starts, lists and cancels jobs; runs the ones this process started."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._jobs: dict[str, Job] = {}
+
+    async def start(self, mode: str, *, dry_run: bool, delete_secrets: bool) -> dict[str, Any]:
+        try:
+            row = await self.rt.pool.fetchrow(
+                Q.job_create, uuid.uuid4(), mode, dry_run, delete_secrets, self.rt.node
+            )
+        except asyncpg.UniqueViolationError:
+            raise JobRunning(f"a {mode} job is already running") from None
+        except DB_DOWN:
+            raise Unavailable("the database is unavailable") from None
+        self._launch(row)
+        return job_json(row)
+
+    def _launch(self, row: Any) -> None:
+        job = Job(self.rt, row)
+        task = asyncio.create_task(job.run(), name=f"job-{job.id}")
+        self._running[job.id] = task
+        self._jobs[job.id] = job
+
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._running.pop(job.id, None)
+            self._jobs.pop(job.id, None)
+
+        task.add_done_callback(forget)
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        row = await self._fetchrow(Q.job_get, _job_uuid(job_id))
+        if row is None:
+            raise NotFound("no such job")
+        return job_json(row)
+
+    async def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        try:
+            rows = await self.rt.pool.fetch(Q.job_list, limit)
+        except DB_DOWN:
+            raise Unavailable("the database is unavailable") from None
+        return [job_json(r) for r in rows]
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        row = await self._fetchrow(Q.job_cancel, _job_uuid(job_id))
+        local = self._jobs.get(str(_job_uuid(job_id)))
+        if local is not None:
+            local.cancel()  # at once here; another process's runner sees the flag
+        if row is None:
+            return await self.get(job_id)
+        return job_json(row)
+
+    async def last_verify(self) -> dict[str, Any] | None:
+        row = await self._fetchrow(Q.job_last_verify)
+        if row is None:
+            return None
+        return {
+            "job_id": str(row["id"]),
+            "mode": row["mode"],
+            "status": row["status"],
+            "finished": row["finished"].isoformat() if row["finished"] else None,
+            "stores": row["counts"].get("stores", {}),
+        }
+
+    async def _fetchrow(self, query: str, *args: Any) -> Any:
+        try:
+            return await self.rt.pool.fetchrow(query, *args)
+        except DB_DOWN:
+            raise Unavailable("the database is unavailable") from None
+
+    async def run_scheduler(self, stop: asyncio.Event) -> None:
+        """Scheduled verify (once across all processes) and clean-up of abandoned jobs."""
+        cfg = self.rt.settings.reconcile
+        while not stop.is_set():
+            with contextlib.suppress(*DB_DOWN):
+                for row in await self.rt.pool.fetch(Q.job_fail_abandoned, _ABANDONED_S):
+                    log.warning("job.abandoned", job_id=str(row["id"]), mode=row["mode"])
+                if cfg.verify_interval_s > 0:
+                    mode = "repair" if cfg.auto_repair else "verify"
+                    row = await self.rt.pool.fetchrow(
+                        Q.job_create_scheduled_verify,
+                        uuid.uuid4(),
+                        mode,
+                        cfg.verify_interval_s,
+                        self.rt.node,
+                    )
+                    if row is not None:
+                        self._launch(row)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5.0)
+
+    async def shutdown(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+
+def _job_uuid(job_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound("no such job") from None

@@ -1,0 +1,135 @@
+-- Reconcile jobs and the streaming scans they run.
+
+-- job_create --
+-- At most one queued or running job per mode: the unique index raises otherwise.
+INSERT INTO jobs (id, mode, status, dry_run, delete_secrets, owner, heartbeat)
+VALUES ($1, $2, 'queued', $3, $4, $5, now())
+RETURNING *
+
+-- job_create_scheduled_verify --
+-- The scheduled verify: only when no verify started within $3 seconds (any process).
+INSERT INTO jobs (id, mode, status, dry_run, delete_secrets, owner, heartbeat)
+SELECT $1, $2, 'queued', false, false, $4, now()
+WHERE NOT EXISTS (
+    SELECT 1 FROM jobs WHERE mode = $2 AND created > now() - make_interval(secs => $3)
+)
+ON CONFLICT DO NOTHING
+RETURNING *
+
+-- job_start --
+UPDATE jobs SET status = 'running', started = now(), heartbeat = now(), owner = $2
+WHERE id = $1 AND status = 'queued'
+RETURNING *
+
+-- job_progress --
+-- Heartbeat with the counts so far; returns whether a cancel was requested.
+UPDATE jobs SET heartbeat = now(), counts = $2, samples = $3, failures = $4
+WHERE id = $1
+RETURNING cancel_requested
+
+-- job_finish --
+UPDATE jobs SET status = $2, finished = now(), heartbeat = now(), counts = $3, samples = $4,
+                failures = $5, error = $6
+WHERE id = $1
+RETURNING *
+
+-- job_get --
+SELECT * FROM jobs WHERE id = $1
+
+-- job_list --
+SELECT * FROM jobs ORDER BY created DESC LIMIT $1
+
+-- job_cancel --
+UPDATE jobs SET cancel_requested = true,
+    status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+    finished = CASE WHEN status = 'queued' THEN now() ELSE finished END
+WHERE id = $1 AND status IN ('queued', 'running')
+RETURNING *
+
+-- job_fail_abandoned --
+-- Jobs whose runner stopped heart-beating (a crash or restart) are marked failed.
+UPDATE jobs SET status = 'failed', finished = now(),
+    error = 'interrupted: the daemon running this job stopped; start it again'
+WHERE status IN ('queued', 'running') AND heartbeat < now() - make_interval(secs => $1)
+RETURNING id, mode
+
+-- job_fail_own --
+-- At start-up, this node's earlier jobs cannot still be running.
+UPDATE jobs SET status = 'failed', finished = now(),
+    error = 'interrupted: the daemon running this job restarted; start it again'
+WHERE status IN ('queued', 'running') AND owner = $1
+RETURNING id, mode
+
+-- job_last_verify --
+SELECT * FROM jobs WHERE mode IN ('verify', 'repair') AND status IN ('succeeded', 'failed')
+  AND counts ? 'stores'
+ORDER BY finished DESC LIMIT 1
+
+-- scan_seen_create --
+CREATE TEMP TABLE IF NOT EXISTS reconcile_seen (secret_id uuid PRIMARY KEY) ON COMMIT PRESERVE ROWS
+
+-- scan_seen_clear --
+TRUNCATE reconcile_seen
+
+-- scan_seen_add --
+INSERT INTO reconcile_seen (secret_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING
+
+-- scan_expected --
+-- Expected state of listed entries: the live secret and any pending delivery to the target.
+SELECT c.secret_id::text, s.version, s.hash,
+       (d.version > d.applied_version AND NOT d.dead) AS in_flight
+FROM unnest($1::uuid[]) AS c(secret_id)
+LEFT JOIN secrets s ON s.id = c.secret_id
+LEFT JOIN deliveries d ON d.secret_id = c.secret_id AND d.target = $2
+
+-- scan_unseen --
+-- Live secrets the store did not list, in pages by id.
+SELECT s.id::text AS secret_id, s.version, s.hash,
+       COALESCE(d.version > d.applied_version AND NOT d.dead, false) AS in_flight
+FROM secrets s
+LEFT JOIN deliveries d ON d.secret_id = s.id AND d.target = $3
+WHERE NOT EXISTS (SELECT 1 FROM reconcile_seen r WHERE r.secret_id = s.id)
+  AND ($1::uuid IS NULL OR s.id > $1)
+ORDER BY s.id
+LIMIT $2
+
+-- scan_live --
+SELECT id::text AS secret_id, version, hash FROM secrets
+WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2
+
+-- scan_live_count --
+SELECT count(*) FROM secrets
+
+-- secret_snapshot_current --
+-- The current version's values, to repair a store from the log.
+SELECT s.version, s.hash, e.snapshot
+FROM secrets s JOIN events e ON e.secret_id = s.id AND e.version = s.version
+WHERE s.id = $1
+
+-- secret_reissue --
+-- Repair of a mismatch: the same values as a new version through the outbox, so
+-- every store is overwritten by a fenced write it has never seen.
+WITH s AS (
+    UPDATE secrets SET version = version + 1, updated = now()
+    WHERE id = $1 AND version = $2
+    RETURNING id, version, hash
+), e AS (
+    INSERT INTO events (secret_id, version, kind, actor, hash, snapshot)
+    SELECT s.id, s.version, 'update', 'reconcile', s.hash, $3 FROM s
+    RETURNING recorded_at
+), v AS (
+    INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext, deleted)
+    SELECT $4, s.id, s.version, s.hash, $5, false FROM s WHERE $5::bytea IS NOT NULL
+    ON CONFLICT (deployment_id, secret_id) DO UPDATE
+        SET version = excluded.version, hash = excluded.hash, ciphertext = excluded.ciphertext,
+            deleted = false, updated = now()
+), d AS (
+    INSERT INTO deliveries AS dl (target, secret_id, version, pending_since)
+    SELECT t, s.id, s.version, e.recorded_at FROM s, e, unnest($6::text[]) AS t
+    ON CONFLICT (target, secret_id) DO UPDATE SET
+        version = GREATEST(dl.version, excluded.version),
+        pending_since = CASE WHEN dl.version > dl.applied_version AND NOT dl.dead
+                             THEN dl.pending_since ELSE excluded.pending_since END,
+        dead = false, attempts = 0, next_attempt_at = now(), last_error = NULL
+)
+SELECT s.version, pg_notify('secretmirror_deliveries', '') FROM s

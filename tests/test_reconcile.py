@@ -1,0 +1,275 @@
+"""Reconcile jobs against the sql primary and a sql backup in another database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from secretmirror.runtime import Runtime
+from tests.conftest import Api
+from tests.pg import TestPostgres
+from tests.test_replication import drained, until, worker
+
+
+@pytest.fixture
+async def backup_dsn(postgres: TestPostgres) -> AsyncIterator[str]:
+    name = await postgres.create_database()
+    yield postgres.dsn(name)
+    await postgres.drop_database(name)
+
+
+@pytest.fixture
+def settings_overrides(backup_dsn: str) -> dict[str, Any]:
+    return {
+        "backup": {"type": "sql", "database_url": backup_dsn},
+        "replication": {"poll_interval_s": 0.2},
+        "reconcile": {"verify_interval_s": 0, "concurrency": 4},
+    }
+
+
+async def run_job(api: Api, mode: str, **options: bool) -> dict[str, Any]:
+    status, job, _ = await api.request(
+        "POST", "/admin/v1/reconcile", json={"mode": mode, **options}
+    )
+    assert status == 202, job
+    for _ in range(400):
+        status, job, _ = await api.request("GET", f"/admin/v1/jobs/{job['id']}")
+        assert status == 200
+        if job["status"] not in ("queued", "running"):
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+async def seeded(api: Api, runtime: Runtime, n: int) -> list[str]:
+    ids = [(await api.create(f"r{i}", {"k": f"v{i}"}))["id"] for i in range(n)]
+    async with worker(runtime):
+        await until(lambda: drained(runtime))
+    return ids
+
+
+async def test_verify_clean_after_replication(api: Api, runtime: Runtime) -> None:
+    """After the drain every secret is in sync in both stores."""
+    await seeded(api, runtime, 12)
+    job = await run_job(api, "verify")
+    assert job["status"] == "succeeded"
+    for store in ("primary", "backup"):
+        counts = job["counts"]["stores"][store]
+        assert counts["in_sync"] == 12
+        assert sum(v for k, v in counts.items() if k != "in_sync") == 0
+
+
+async def test_verify_classifies_and_repair_fixes(
+    api: Api, runtime: Runtime, backup_dsn: str
+) -> None:
+    """Injected missing, stale, mismatch and orphan entries are found, repaired, then clean."""
+    ids = await seeded(api, runtime, 10)
+    missing, stale, mismatch = ids[0], ids[1], ids[2]
+    await api.request("PATCH", f"/api/v1/secrets/{stale}", json={"values": {"k": "new"}})
+    async with worker(runtime):
+        await until(lambda: drained(runtime))
+    orphan = str(uuid.uuid4())
+    conn = await asyncpg.connect(backup_dsn)
+    try:
+        await conn.execute(
+            "DELETE FROM secretmirror_values WHERE secret_id = $1", uuid.UUID(missing)
+        )
+        await conn.execute(
+            "UPDATE secretmirror_values SET version = 1 WHERE secret_id = $1", uuid.UUID(stale)
+        )
+        await conn.execute(
+            "UPDATE secretmirror_values SET hash = 'forged' WHERE secret_id = $1",
+            uuid.UUID(mismatch),
+        )
+        await conn.execute(
+            "INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext)"
+            " SELECT deployment_id, $1, 1, 'h', ciphertext FROM secretmirror_values LIMIT 1",
+            uuid.UUID(orphan),
+        )
+    finally:
+        await conn.close()
+
+    before = await run_job(api, "verify")
+    backup = before["counts"]["stores"]["backup"]
+    assert (backup["missing"], backup["stale"], backup["mismatch"], backup["orphan"]) == (
+        1,
+        1,
+        1,
+        1,
+    )
+    assert before["samples"]["backup"] == {
+        "missing": [missing],
+        "stale": [stale],
+        "mismatch": [mismatch],
+        "orphan": [orphan],
+    }
+    dry = await run_job(api, "repair", dry_run=True)
+    assert dry["counts"]["copied"] == 0
+    assert dry["counts"]["deleted"] == 0
+    again = await run_job(api, "verify")
+    assert again["counts"]["stores"]["backup"] == backup
+
+    repaired = await run_job(api, "repair")
+    assert repaired["status"] == "succeeded", repaired
+    assert repaired["counts"]["deleted"] == 1
+    async with worker(runtime):
+        await until(lambda: drained(runtime))
+    after = await run_job(api, "verify")
+    for store in ("primary", "backup"):
+        counts = after["counts"]["stores"][store]
+        assert sum(v for k, v in counts.items() if k != "in_sync") == 0, counts
+    assert runtime.backup is not None
+    got = await runtime.backup.get(stale)
+    assert got is not None
+    assert got.values == {"k": "new"}
+
+
+async def test_backup_into_empty_then_skip(api: Api, runtime: Runtime) -> None:
+    """A first backup copies everything; a second skips everything."""
+    ids = [(await api.create(f"b{i}", {"k": f"v{i}"}))["id"] for i in range(15)]
+    first = await run_job(api, "backup")
+    assert (first["status"], first["counts"]["copied"], first["counts"]["skipped"]) == (
+        "succeeded",
+        15,
+        0,
+    )
+    second = await run_job(api, "backup")
+    assert (second["counts"]["copied"], second["counts"]["skipped"]) == (0, 15)
+    assert runtime.backup is not None
+    for sid in ids:
+        assert await runtime.backup.get(sid) is not None
+
+
+async def test_restore_into_emptied_primary(api: Api, runtime: Runtime) -> None:
+    """Restore brings back every value into an emptied primary."""
+    ids = await seeded(api, runtime, 8)
+    await runtime.pool.execute("DELETE FROM secretmirror_values")
+    status, _, _ = await api.request("GET", f"/api/v1/secrets/{ids[0]}")
+    assert status == 200  # served from the backup meanwhile
+    job = await run_job(api, "restore")
+    assert (job["status"], job["counts"]["copied"]) == ("succeeded", 8)
+    for i, sid in enumerate(ids):
+        status, body, headers = await api.request("GET", f"/api/v1/secrets/{sid}")
+        assert (status, body["values"], headers["X-Secret-Source"]) == (
+            200,
+            {"k": f"v{i}"},
+            "primary",
+        )
+
+
+async def test_backup_delete_secrets_moves(api: Api, runtime: Runtime) -> None:
+    """delete_secrets empties the primary; reads come from the backup; nothing copies back."""
+    ids = [(await api.create(f"m{i}", {"k": f"v{i}"}))["id"] for i in range(6)]
+    job = await run_job(api, "backup", delete_secrets=True)
+    assert job["status"] == "succeeded", job
+    assert job["counts"]["deleted"] == 6
+    live = await runtime.pool.fetchval("SELECT count(*) FROM secretmirror_values WHERE NOT deleted")
+    assert live == 0
+    for i, sid in enumerate(ids):
+        status, body, headers = await api.request("GET", f"/api/v1/secrets/{sid}")
+        assert (status, body["values"], headers["X-Secret-Source"]) == (
+            200,
+            {"k": f"v{i}"},
+            "backup",
+        )
+    await run_job(api, "repair")
+    assert (
+        await runtime.pool.fetchval("SELECT count(*) FROM secretmirror_values WHERE NOT deleted")
+        == 0
+    )
+
+
+async def test_admin_routes_need_admin(api: Api) -> None:
+    """Non-admins get 403 on every admin route."""
+    token = await api.make_user("w1", "writer")
+    writer = api.as_token(token)
+    for method, path, body in [
+        ("POST", "/admin/v1/reconcile", {"mode": "verify"}),
+        ("GET", "/admin/v1/jobs", None),
+        ("GET", "/admin/v1/status", None),
+        ("POST", "/admin/v1/dead-letters/retry", None),
+    ]:
+        status, _, _ = await writer.request(method, path, json=body)
+        assert status == 403, path
+
+
+async def test_second_job_of_a_mode_conflicts_and_cancel_stops(api: Api, runtime: Runtime) -> None:
+    """A running mode answers 409 to a second start; cancel ends it as cancelled."""
+    for i in range(30):
+        await api.create(f"slow{i}", {"k": "v"})
+    assert runtime.backup is not None
+    real_put = runtime.backup.store.put
+    gate = asyncio.Event()
+
+    async def slow_put(*args: Any) -> Any:
+        await gate.wait()
+        return await real_put(*args)
+
+    runtime.backup.store.put = slow_put  # type: ignore[method-assign]
+    status, job, _ = await api.request("POST", "/admin/v1/reconcile", json={"mode": "backup"})
+    assert status == 202
+    status, body, _ = await api.request("POST", "/admin/v1/reconcile", json={"mode": "backup"})
+    assert (status, body["error"]["code"]) == (409, "job_running")
+    status, _, _ = await api.request("POST", f"/admin/v1/jobs/{job['id']}/cancel")
+    assert status == 200
+    gate.set()
+    for _ in range(200):
+        _, current, _ = await api.request("GET", f"/admin/v1/jobs/{job['id']}")
+        if current["status"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(0.05)
+    assert current["status"] == "cancelled"
+    assert current["counts"]["copied"] < 30
+
+
+async def test_abandoned_job_is_marked_failed(api: Api, runtime: Runtime) -> None:
+    """A running job whose daemon stopped heart-beating is failed, never left running."""
+    job_id = uuid.uuid4()
+    await runtime.pool.execute(
+        "INSERT INTO jobs (id, mode, status, owner, heartbeat, started)"
+        " VALUES ($1, 'verify', 'running', 'gone:1', now() - interval '1 minute', now())",
+        job_id,
+    )
+    from secretmirror.api.jobs import JOBS
+
+    stop = asyncio.Event()
+    jobs = api.client.server.app[JOBS]  # type: ignore[union-attr]
+    task = asyncio.create_task(jobs.run_scheduler(stop))
+    try:
+        for _ in range(100):
+            _, job, _ = await api.request("GET", f"/admin/v1/jobs/{job_id}")
+            if job["status"] != "running":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+    assert job["status"] == "failed"
+    assert "interrupted" in job["error"]
+
+
+async def test_failures_are_reported(api: Api, runtime: Runtime) -> None:
+    """A secret the backup rejects shows up in failures and fails the job."""
+    from secretmirror.errors import StoreRejected
+
+    ids = [(await api.create(f"f{i}", {"k": "v"}))["id"] for i in range(3)]
+    assert runtime.backup is not None
+    real_put = runtime.backup.store.put
+
+    async def picky_put(sid: str, *args: Any) -> Any:
+        if sid == ids[1]:
+            raise StoreRejected("refused")
+        return await real_put(sid, *args)
+
+    runtime.backup.store.put = picky_put  # type: ignore[method-assign]
+    job = await run_job(api, "backup")
+    assert job["status"] == "failed"
+    assert job["counts"]["copied"] == 2
+    assert job["failures"] == [
+        {"secret_id": ids[1], "store": "backup", "reason": "rejected: refused"}
+    ]
