@@ -27,8 +27,8 @@ from secretmirror.api.app import build_app
 from secretmirror.api.jobs import JOBS
 from secretmirror.auth import Accounts
 from secretmirror.errors import SchemaMismatch, StoreError
-from secretmirror.reconcile import Jobs
 from secretmirror.output import startup_banner
+from secretmirror.reconcile import Jobs
 from secretmirror.runtime import (
     Runtime,
     build_stores,
