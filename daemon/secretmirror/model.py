@@ -28,14 +28,22 @@ def check_values(values: Any, cap: int) -> tuple[dict[str, str], bytes]:
     if not isinstance(values, dict) or not values:
         raise Invalid("values must be an object with at least one key")
     for key, value in values.items():
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
-            raise Invalid("every key in values must be 1-255 characters of A-Z a-z 0-9 _ . -")
+        check_key(key)
         if not isinstance(value, str):
             raise Invalid("every value in values must be a string")
-    blob = canonical(values)
+    try:
+        blob = canonical(values)
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON escape like "\ud800"
+        raise Invalid("every value in values must be valid Unicode text") from None
     if len(blob) > cap:
         raise TooLarge(f"the secret's values are {len(blob)} bytes; the limit is {cap}")
     return dict(values), blob
+
+
+def check_key(key: Any) -> str:
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise Invalid("every key in values must be 1-255 characters of A-Z a-z 0-9 _ . -")
+    return key
 
 
 def canonical(values: dict[str, str]) -> bytes:

@@ -29,7 +29,7 @@ from secretmirror.errors import (
     StoreError,
     Unavailable,
 )
-from secretmirror.model import Principal, SecretMeta, check_name, check_values
+from secretmirror.model import Principal, SecretMeta, check_key, check_name, check_values
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
 from secretmirror.stores.sql import DB_DOWN
@@ -103,6 +103,9 @@ class SecretService:
         new_private = _check_private(private) if private is not None else None
         if values is not None and not isinstance(values, dict):
             check_values(values, self.rt.size_cap)  # raises the field error
+        if values is not None:
+            for key in values:
+                check_key(key)  # also the keys a PATCH removes
         for _ in range(_MERGE_RETRIES):
             current = await self.read(principal, secret_id)
             meta = current.meta

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -30,17 +31,16 @@ async def writer_of(request: web.Request) -> Principal:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
     try:
-        body = await request.json(loads=_loads)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        # ValueError covers bad JSON, bad bytes for the charset and integers too long
+        # to convert; LookupError an unknown charset; RecursionError absurd nesting.
+        body = json.loads(raw.decode(request.charset or "utf-8"))
+    except (ValueError, LookupError, RecursionError):
         raise BadRequest("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     return body
-
-
-def _loads(text: str) -> Any:
-    return json.loads(text)
 
 
 def _allowed(body: dict[str, Any], fields: set[str]) -> None:
@@ -54,7 +54,7 @@ def if_match(request: web.Request) -> int | None:
     if header is None:
         return None
     text = header.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
+    if not _is_number(text):
         raise BadRequest('If-Match must be a version in quotes, like "3"')
     return int(text)
 
@@ -86,8 +86,8 @@ async def list_secrets(request: web.Request) -> web.Response:
     after = _decode_cursor(query.get("cursor"))
     items = await request.app[SERVICE].list_secrets(
         principal,
-        name=query.get("name") or None,
-        name_prefix=query.get("name_prefix") or None,
+        name=_text_param(query.get("name"), "name"),
+        name_prefix=_text_param(query.get("name_prefix"), "name_prefix"),
         private=private,
         limit=limit + 1,
         after=after,
@@ -123,18 +123,21 @@ async def _update(request: web.Request, *, merge: bool) -> web.Response:
     expected = if_match(request)
     body = await json_body(request)
     _allowed(body, {"name", "values", "private"})
-    if not merge:
-        if "name" not in body or "values" not in body:
-            raise Invalid("PUT needs name and values")
-    elif isinstance(body.get("values"), dict) is False and "values" in body:
-        raise Invalid("values must be an object")
-    if merge and "values" in body and body["values"] is None:
+    if not merge and ("name" not in body or "values" not in body):
+        raise Invalid("PUT needs name and values")
+    for field in ("name", "private", "values"):
+        # An explicit null would otherwise read as "leave unchanged".
+        if field in body and body[field] is None:
+            raise Invalid(f"{field} must not be null")
+    if "values" in body and not isinstance(body["values"], dict):
         raise Invalid("values must be an object")
     result = await request.app[SERVICE].update(
         principal,
         request.match_info["id"],
         name=body.get("name"),
-        private=body.get("private", None if merge else False),
+        # Absent, ``private`` keeps its value for PUT too: a PUT that forgot the
+        # field must not publish a private secret to every user.
+        private=body.get("private"),
         values=body.get("values"),
         merge=merge,
         if_match=expected,
@@ -192,9 +195,22 @@ async def revoke_token(request: web.Request) -> web.Response:
 def _int_param(text: str | None, name: str, default: int, low: int, high: int) -> int:
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not _is_number(text) or not low <= int(text) <= high:
         raise BadRequest(f"{name} must be a whole number from {low} to {high}")
     return int(text)
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts "²", which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def _text_param(text: str | None, name: str) -> str | None:
+    if not text:
+        return None
+    if "\x00" in text:
+        raise BadRequest(f"{name} must not contain a NUL character")
+    return text
 
 
 def _bool_param(text: str | None, name: str) -> bool | None:
@@ -215,14 +231,21 @@ def _decode_cursor(text: str | None) -> tuple[str, str] | None:
         return None
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        name, secret_id = json.loads(raw)
-        import uuid
-
-        uuid.UUID(secret_id)
-    except (binascii.Error, ValueError, TypeError):
+        decoded = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError):
         raise BadRequest("cursor is not valid") from None
-    if not isinstance(name, str):
+    if (
+        not isinstance(decoded, list)
+        or len(decoded) != 2
+        or not all(isinstance(part, str) for part in decoded)
+        or "\x00" in decoded[0]
+    ):
         raise BadRequest("cursor is not valid")
+    name, secret_id = decoded
+    try:
+        uuid.UUID(secret_id)
+    except ValueError:
+        raise BadRequest("cursor is not valid") from None
     return name, secret_id
 
 
