@@ -20,6 +20,9 @@ from tests.pg import TestPostgres
 
 ADMIN_TOKEN = "smt_test-admin-token-" + "x" * 20
 
+#: Fixture modules: an OpenBao dev server for the hashicorp store (``openbao``).
+pytest_plugins = ["tests.openbao"]
+
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[TestPostgres]:

