@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from secretmirror.errors import ConfigError
@@ -34,17 +35,59 @@ def build_store(settings: Any, ctx: StoreContext, main_dsn: str) -> SecretStore:
     raise ConfigError(f"store type {settings.type!r} is not available in this build")
 
 
+#: What a custom store class must define as coroutine functions (``list`` returns
+#: an async iterator, usually as an async generator).
+_ASYNC_METHODS = ("open", "close", "health", "put", "get", "delete")
+
+
 def _load_custom(settings: CustomStoreSettings, ctx: StoreContext) -> SecretStore:
-    module_name, sep, class_name = settings.class_path.partition(":")
+    """Import ``class_path``, check it against the interface, build it with ``(options, ctx)``.
+
+    Every failure is a ``ConfigError`` naming the class path, so a typo stops
+    start-up with one line rather than a traceback. Option values are never
+    part of a message: they may hold credentials.
+    """
+    path = settings.class_path
+    module_name, sep, class_name = path.partition(":")
     if not sep or not module_name or not class_name:
-        raise ConfigError("custom store: class_path must look like package.module:Class")
+        raise ConfigError(f"custom store: class_path {path!r} must look like package.module:Class")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        raise ConfigError(f"custom store: cannot import {settings.class_path}") from None
-    store = cls(settings.options, ctx)
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"custom store: cannot import {path}: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"custom store: importing {module_name} for {path} failed ({type(exc).__name__})"
+        ) from None
+    cls: Any = module
+    for part in class_name.split("."):
+        cls = getattr(cls, part, None)
+    if not isinstance(cls, type):
+        raise ConfigError(f"custom store: {path}: {module_name} has no class {class_name}")
+    wrong = [name for name in _ASYNC_METHODS if not _is_async(getattr(cls, name, None))]
+    if not callable(getattr(cls, "list", None)):
+        wrong.append("list")
+    if wrong:
+        raise ConfigError(
+            f"custom store: {path} does not implement the SecretStore interface "
+            f"(missing or not async: {', '.join(wrong)})"
+        )
+    try:
+        store = cls(dict(settings.options), ctx)
+    except ConfigError as exc:
+        raise ConfigError(f"custom store {path}: {exc.message}") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"custom store: {path}(options, ctx) failed ({type(exc).__name__}); "
+            "the class must accept (options: dict, ctx: StoreContext)"
+        ) from None
     if not isinstance(store, SecretStore):
         raise ConfigError(
-            f"custom store: {settings.class_path} does not implement the SecretStore interface"
+            f"custom store: {path} does not implement the SecretStore interface "
+            "(it needs type, location and max_value_bytes too)"
         )
     return store
+
+
+def _is_async(method: Any) -> bool:
+    return inspect.iscoroutinefunction(method)

@@ -26,6 +26,7 @@ back the disk up. Everything a real back-end must do is here in small form:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -152,8 +153,8 @@ class SqliteStore:
     async def list(self) -> AsyncIterator[Entry]:
         after = ""
         while True:
-            args = (self._deployment_id, after, _PAGE)
-            rows = await self._run(lambda db, args=args: db.execute(_LIST, args).fetchall())
+            page = functools.partial(_fetch_all, _LIST, (self._deployment_id, after, _PAGE))
+            rows = await self._run(page)
             for secret_id, version, hash_, deleted in rows:
                 yield Entry(secret_id, version, hash_, bool(deleted))
             if len(rows) < _PAGE:
@@ -172,3 +173,7 @@ class SqliteStore:
                 raise StoreUnavailable(f"{self._path}: {type(exc).__name__}") from exc
             except sqlite3.Error as exc:
                 raise StoreRejected(f"{self._path}: {type(exc).__name__}") from exc
+
+
+def _fetch_all(sql: str, args: tuple[Any, ...], db: sqlite3.Connection) -> list[Any]:
+    return db.execute(sql, args).fetchall()
