@@ -200,6 +200,14 @@ async def test_list_table_names_the_secrets(run: Cli) -> None:
     assert ("alpha" in out, "beta" in out) == (True, True)
 
 
+async def test_tables_show_whole_ids_off_a_terminal(run: Cli) -> None:
+    """Piped, a table still shows every id whole (the next command needs it)."""
+    created = await run.json("secret", "create", "a-rather-long-secret-name-for-width", "k=v")
+    token = await run.json("token", "create", "--name", "a-rather-long-token-name")
+    assert created["id"] in await run.ok("secret", "list")
+    assert token["id"] in await run.ok("token", "list")
+
+
 async def test_update_merges_keys(run: Cli) -> None:
     """`secret update NAME K=V` sets K and keeps every other key."""
     await run.ok("secret", "create", "s", "a=1", "b=2")

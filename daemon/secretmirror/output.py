@@ -12,7 +12,7 @@ import shlex
 import shutil
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from secretmirror.client import DEFAULT_URL
 from secretmirror.settings import Settings
 
 FORMATS = ("table", "json")
+_PIPE_WIDTH = 1000
 
 
 def emit_json(data: Any) -> None:
@@ -42,16 +43,27 @@ def when(stamp: str | None) -> str:
     if not stamp:
         return "-"
     try:
-        return datetime.fromisoformat(stamp).strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+        parsed = datetime.fromisoformat(stamp)
     except ValueError:
         return stamp
+    if parsed.utcoffset() == timedelta(0):
+        return parsed.strftime("%Y-%m-%d %H:%M:%SZ")
+    return parsed.strftime("%Y-%m-%d %H:%M:%S%z")
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
-    grid = Table(*columns, title=title, title_justify="left", header_style="bold")
+    grid = Table(title=title, title_justify="left", header_style="bold")
+    for column in columns:
+        # An id is what the next command needs (`token revoke ID`): never cut it short.
+        whole = column == "ID"
+        grid.add_column(column, no_wrap=whole, min_width=36 if whole else None)
     for row in rows:
         grid.add_row(*(Text("-" if cell is None else str(cell)) for cell in row))
-    Console(highlight=False).print(grid)
+    # Off a terminal (a pipe, a file) rich would squeeze the table into 80 columns.
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=_PIPE_WIDTH)
+    console.print(grid)
 
 
 def secret(body: dict[str, Any]) -> None:
