@@ -20,8 +20,9 @@ from tests.pg import TestPostgres
 
 ADMIN_TOKEN = "smt_test-admin-token-" + "x" * 20
 
-#: Fixture modules: an OpenBao dev server for the hashicorp store (``openbao``).
-pytest_plugins = ["tests.openbao"]
+#: Fixture modules: a moto server for the aws store (``moto_server``, ``aws_prefix``),
+#: an OpenBao dev server for the hashicorp store (``openbao``).
+pytest_plugins = ["tests.moto", "tests.openbao"]
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from typing import Any
 
 from secretmirror.errors import ConfigError
 from secretmirror.settings import (
+    AwsStoreSettings,
     CustomStoreSettings,
     FileStoreSettings,
     HashicorpStoreSettings,
@@ -26,6 +27,10 @@ def build_store(settings: Any, ctx: StoreContext, main_dsn: str) -> SecretStore:
         from secretmirror.stores.file import FileStore
 
         return FileStore(settings, ctx)
+    if isinstance(settings, AwsStoreSettings):
+        from secretmirror.stores.aws import AwsStore
+
+        return AwsStore(settings, ctx)
     if isinstance(settings, HashicorpStoreSettings):
         from secretmirror.stores.hashicorp import HashicorpStore
 

@@ -1,0 +1,778 @@
+"""The ``aws`` store: AWS Secrets Manager through aiobotocore.
+
+Entries. Secret ``id`` lives at ``{name_prefix}{id}``; its SecretString is the
+canonical JSON of the values (at most 65536 bytes, checked before any call).
+CreateSecret tags it ``secretmirror:managed=true`` and
+``secretmirror:deployment=<deployment id>``; an entry without this
+deployment's tags is never written or deleted (``StoreConflict``) and never
+listed.
+
+The version is in the request token. Every write sends
+``ClientRequestToken = "sm1-<version, 10 digits>-<content hash>"`` (47
+characters; AWS and moto take 32-64), which becomes the AWS VersionId. The
+content hash is the deployment's HMAC over the secret id and the values, so
+the token is a pure function of (secret id, version, values): a redelivery
+sends the same token with the same value, which AWS answers without creating
+a version. ListSecrets and DescribeSecret show which VersionId holds
+``AWSCURRENT``, so ``list`` reads every entry's version and hash from listing
+metadata without reading a value; a current VersionId that does not parse
+was written by someone else (``Entry.foreign_write``).
+
+Fencing. AWS has no conditional write: PutSecretValue of an older version
+succeeds and moves ``AWSCURRENT`` back. So the store decides before writing,
+from what it knows of the entry (``_State``: current and newest secretmirror
+version, tombstone, pending deletion, ownership). That knowledge comes from
+the store's own writes, from ``list`` pages, and otherwise from one
+DescribeSecret, which also checks the ownership tags and is counted against
+AWS's read quota, not the ~50/s write quota. Per operation:
+
+- put, entry known to this process (steady state): 1 call, PutSecretValue.
+- put, entry not known yet (first touch since start): DescribeSecret, then
+  PutSecretValue or, for a new entry, CreateSecret: 2 calls, 1 write.
+- put over a tombstone: + RestoreSecret (AWS refuses writes to an entry
+  pending deletion). put when ``AWSCURRENT`` sits elsewhere while our token
+  already exists (a console rollback, a regression): the re-put is a no-op
+  in AWS, so + UpdateSecretVersionStage to move the label back.
+- put of a version the entry already holds, or older: 0 calls (known) or 1.
+- delete: TagResource ``secretmirror:tombstone=<version>`` then DeleteSecret
+  (+ DescribeSecret when not known): the tag survives the recovery window,
+  so a late older put is refused and a newer one restores the entry.
+- get: 1 GetSecretValue (``VersionStage=AWSCURRENT``); list: 1 ListSecrets
+  per 100 entries.
+
+Within a process a per-secret lock serializes the decide-then-write step.
+Across processes the store relies on the replication layer's per-(target,
+secret) lease: one writer per entry at a time, and timeouts (3 s connect,
+10 s read, 2 attempts) keep a write well inside a lease. What this process
+learnt can go stale when another process writes the same entry; the harm is
+bounded: ``list`` drops knowledge that disagrees with AWS, a regression shows
+as ``stale`` in verify, and repair moves ``AWSCURRENT`` forward again.
+Force delete (``recovery_window_days = 0``) leaves nothing in AWS to fence
+on; the tombstone is then only remembered by this process.
+
+``list`` is sorted by secret id within each page of 100, not globally
+(ListSecrets cannot sort by name everywhere; sorting all would hold the whole
+listing in memory). ``location`` is ``aws:<endpoint or "aws">/<region>/<prefix>``:
+the account id would cost an STS call, and two stores in different accounts
+with the same region and prefix would wrongly count as one location.
+
+Errors: throttling -> ``StoreThrottled``; connection failures, timeouts, 5xx
+-> ``StoreUnavailable``; invalid parameters/requests -> ``StoreRejected``.
+Credential and permission failures (AccessDenied, expired or unrecognised
+keys) -> ``StoreUnavailable``, not rejected: rotated keys and IAM changes
+take effect within seconds to minutes, so retrying with backoff (and reading
+from the other store meanwhile) recovers without an operator, and
+``max_attempts`` still dead-letters a lasting misconfiguration.
+
+Every write (create, put, restore, tag, delete, label move) first takes a
+slot from one token bucket per store, ``max_writes_per_s``, so bulk jobs
+stay under the account's write quota.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.credentials import AioCredentials, AioDeferredRefreshableCredentials
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
+
+from secretmirror.errors import (
+    ConfigError,
+    StoreConflict,
+    StoreError,
+    StoreNotFound,
+    StoreRejected,
+    StoreThrottled,
+    StoreUnavailable,
+)
+from secretmirror.model import canonical
+from secretmirror.ratelimit import KeyedLock, TokenBucket
+from secretmirror.settings import AwsStoreSettings
+from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+
+if TYPE_CHECKING:
+    from types_aiobotocore_secretsmanager import SecretsManagerClient
+    from types_aiobotocore_secretsmanager.type_defs import (
+        CreateSecretRequestTypeDef,
+        FilterTypeDef,
+        ListSecretsRequestTypeDef,
+        UpdateSecretVersionStageRequestTypeDef,
+    )
+    from types_aiobotocore_sts import STSClient
+
+T = TypeVar("T")
+
+#: AWS Secrets Manager's limit on a SecretString.
+MAX_VALUE_BYTES = 65536
+TAG_MANAGED = "secretmirror:managed"
+TAG_DEPLOYMENT = "secretmirror:deployment"
+TAG_TOMBSTONE = "secretmirror:tombstone"
+CURRENT = "AWSCURRENT"
+
+_TOKEN = re.compile(r"sm1-(\d{10})-([0-9a-f]{32})")
+_HASH = re.compile(r"[0-9a-f]{32}")
+#: AWS secret names: 1-512 of these characters.
+_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
+_MAX_VERSION = 9_999_999_999
+_PAGE = 100
+#: Entries whose state this process remembers; older ones cost a DescribeSecret again.
+_KNOWN_MAX = 100_000
+#: Connections per client: above replication and reconcile concurrency (16 each by default).
+_POOL = 64
+#: A put or delete re-reads the entry at most this often when it changed under it.
+_ATTEMPTS = 3
+
+_THROTTLED = {
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+}
+_CREDENTIALS = {
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+}
+#: KMS trouble (a disabled key, a missing grant) is fixed by an operator, not by the request.
+_TRANSIENT = {
+    "InternalServiceError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "DecryptionFailure",
+    "EncryptionFailure",
+}
+_NOT_FOUND = {"ResourceNotFoundException"}
+_EXISTS = {"ResourceExistsException"}
+
+
+def make_token(version: int, content_hash: str) -> str:
+    """The ClientRequestToken (and so the VersionId) of ``version`` with ``content_hash``."""
+    if not 1 <= version <= _MAX_VERSION:
+        raise StoreRejected(f"version {version} does not fit the AWS request token")
+    if not _HASH.fullmatch(content_hash):
+        raise StoreRejected("the content hash must be 32 lowercase hex digits")
+    return f"sm1-{version:010d}-{content_hash}"
+
+
+def parse_token(version_id: str | None) -> tuple[int, str] | None:
+    """(version, content hash) of a secretmirror VersionId; None for anyone else's."""
+    match = _TOKEN.fullmatch(version_id or "")
+    if match is None:
+        return None
+    return int(match.group(1)), match.group(2)
+
+
+def map_error(exc: BaseException, operation: str) -> StoreError:
+    """The ``Store*`` error for an aiobotocore failure of ``operation``.
+
+    Messages name the operation and AWS's error code, never the request or
+    AWS's message text (which may quote parameters).
+    """
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        what = f"AWS {operation} failed: {code or f'HTTP {status}'}"
+        if code in _THROTTLED or status == 429:
+            return StoreThrottled(what, retry_after_s=_retry_after(exc.response))
+        if code in _NOT_FOUND:
+            return StoreNotFound(what)
+        if code in _EXISTS:
+            return StoreConflict(what)
+        if code in _CREDENTIALS:
+            return StoreUnavailable(f"{what} (credentials or permissions)")
+        if code in _TRANSIENT or status >= 500:
+            return StoreUnavailable(what)
+        return StoreRejected(what)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
+        return StoreUnavailable(f"AWS {operation} failed: no usable credentials")
+    if isinstance(exc, ParamValidationError):
+        return StoreRejected(f"AWS {operation} failed: the request is invalid")
+    if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | TimeoutError):
+        return StoreUnavailable(f"AWS {operation} failed: {type(exc).__name__}")
+    return StoreError(f"AWS {operation} failed: {type(exc).__name__}")
+
+
+def _retry_after(response: Mapping[str, Any]) -> float:
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    with contextlib.suppress(TypeError, ValueError):
+        return max(0.0, float(headers.get("retry-after")))
+    return 1.0  # AWS quotas refill per second
+
+
+def _aws_code(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, ClientError):
+        return str(cause.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _is_deleted_error(exc: BaseException) -> bool:
+    """AWS (and moto) refusing an operation because the entry is pending deletion."""
+    cause = exc.__cause__
+    if not isinstance(cause, ClientError) or _aws_code(exc) != "InvalidRequestException":
+        return False
+    return "delet" in str(cause.response.get("Error", {}).get("Message", "")).lower()
+
+
+class _Keys(NamedTuple):
+    """Static credentials for a client; all None to use the session's own."""
+
+    access_key: str | None = None
+    secret_key: str | None = None
+    token: str | None = None
+
+
+class _Stale(Exception):
+    """What this process knew of an entry was out of date: read it again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What AWS holds for one entry, as this process last saw it."""
+
+    exists: bool
+    current_id: str | None = None
+    #: The secretmirror version holding AWSCURRENT; None when someone else wrote it.
+    current: int | None = None
+    current_hash: str | None = None
+    #: The newest secretmirror version among the entry's labelled versions.
+    newest: int = 0
+    tombstone: int = 0
+    pending_deletion: bool = False
+
+    def should_write(self, version: int) -> bool:
+        """True when ``version`` moves the entry forward (the version fence)."""
+        if version <= self.tombstone:
+            return False
+        if self.current is not None:
+            return version > self.current
+        # AWSCURRENT is someone else's: put back ours, but never one older than ours.
+        return version >= self.newest
+
+    def holds(self, version: int) -> bool:
+        """True when a delete at ``version`` is already covered."""
+        return self.tombstone >= version or (self.current or 0) >= version
+
+    @classmethod
+    def of(cls, described: Mapping[str, Any]) -> _State:
+        """From a DescribeSecret answer or one ListSecrets item."""
+        stages: Mapping[str, list[str]] = (
+            described.get("VersionIdsToStages") or described.get("SecretVersionsToStages") or {}
+        )
+        current_id = next((vid for vid, labels in stages.items() if CURRENT in labels), None)
+        ours = [parsed for vid in stages if (parsed := parse_token(vid)) is not None]
+        current = parse_token(current_id)
+        tombstone = _tags(described).get(TAG_TOMBSTONE, "0")
+        return cls(
+            exists=True,
+            current_id=current_id,
+            current=current[0] if current else None,
+            current_hash=current[1] if current else None,
+            newest=max((version for version, _ in ours), default=0),
+            tombstone=int(tombstone) if tombstone.isdigit() else 0,
+            pending_deletion=described.get("DeletedDate") is not None,
+        )
+
+    def entry(self, secret_id: str) -> Entry:
+        if self.pending_deletion:
+            return Entry(secret_id, max(self.tombstone, self.newest), None, deleted=True)
+        if self.current is None:
+            return Entry(secret_id, self.newest, None, foreign_write=True)
+        return Entry(secret_id, self.current, self.current_hash)
+
+
+def _tags(described: Mapping[str, Any]) -> dict[str, str]:
+    return {str(t.get("Key")): str(t.get("Value")) for t in described.get("Tags") or []}
+
+
+class _RoleSession(AioSession):
+    """A session whose clients sign with assumed-role credentials that refresh themselves."""
+
+    def __init__(self, credentials: AioDeferredRefreshableCredentials) -> None:
+        super().__init__()
+        self._role_credentials = credentials
+
+    # The stubs type the parent's override of botocore's sync method as static
+    # credentials (and ignore the override themselves); refreshable ones are what
+    # aiobotocore's own assume-role provider hands its clients.
+    async def get_credentials(self) -> AioCredentials | None:  # type: ignore[override]
+        return self._role_credentials  # type: ignore[return-value]
+
+
+class AwsStore:
+    type = "aws"
+
+    def __init__(self, settings: AwsStoreSettings, ctx: StoreContext) -> None:
+        _check(settings)
+        self._settings = settings
+        self._deployment_id = ctx.deployment_id
+        self._bucket = TokenBucket(settings.max_writes_per_s)
+        self._locks = KeyedLock()
+        self._known: collections.OrderedDict[str, _State] = collections.OrderedDict()
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: SecretsManagerClient | None = None
+        self._filters: list[FilterTypeDef] = [
+            {"Key": "tag-key", "Values": [TAG_DEPLOYMENT]},
+            {"Key": "tag-value", "Values": [ctx.deployment_id]},
+        ]
+
+    @property
+    def location(self) -> str:
+        s = self._settings
+        return f"aws:{s.endpoint_url or 'aws'}/{s.region}/{s.name_prefix}"
+
+    @property
+    def max_value_bytes(self) -> int | None:
+        return MAX_VALUE_BYTES
+
+    # -- lifecycle --
+
+    async def open(self) -> None:
+        """Build the client; no request is sent, so a start-up does not wait for AWS."""
+        stack = contextlib.AsyncExitStack()
+        try:
+            session, keys = await self._session(stack)
+            self._client = await stack.enter_async_context(
+                session.create_client(
+                    "secretsmanager",
+                    region_name=self._settings.region,
+                    endpoint_url=self._settings.endpoint_url,
+                    config=_config(),
+                    aws_access_key_id=keys.access_key,
+                    aws_secret_access_key=keys.secret_key,
+                    aws_session_token=keys.token,
+                )
+            )
+        except BaseException as exc:
+            await stack.aclose()
+            if isinstance(exc, BotoCoreError | ClientError):
+                raise map_error(exc, "open") from exc
+            raise
+        self._stack = stack
+
+    async def close(self) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+        self._stack = None
+        self._client = None
+
+    async def health(self) -> None:
+        client = self._require()
+        await self._call(
+            "ListSecrets", lambda: client.list_secrets(Filters=self._filters, MaxResults=1)
+        )
+
+    async def _session(self, stack: contextlib.AsyncExitStack) -> tuple[AioSession, _Keys]:
+        """The session for Secrets Manager and the static keys to pass to its client.
+
+        implicit: botocore's default chain. secret-key / sts-token: the configured
+        keys. iam-role: AssumeRole on ``role_arn``, signed with the configured keys
+        if any (else the default chain), refreshed before the role session expires.
+        """
+        s = self._settings
+        keys = _Keys()
+        if s.aws_access_key_id and s.aws_secret_access_key:
+            keys = _Keys(
+                s.aws_access_key_id,
+                s.aws_secret_access_key.get_secret_value(),
+                s.aws_session_token.get_secret_value() if s.aws_session_token else None,
+            )
+        if s.auth_method == "implicit":
+            return AioSession(), _Keys()
+        if s.auth_method != "iam-role":
+            return AioSession(), keys
+        sts: STSClient = await stack.enter_async_context(
+            AioSession().create_client(
+                "sts",
+                region_name=s.region,
+                endpoint_url=self._sts_endpoint(),
+                config=_config(),
+                aws_access_key_id=keys.access_key,
+                aws_secret_access_key=keys.secret_key,
+                aws_session_token=keys.token,
+            )
+        )
+        assert s.role_arn is not None  # checked by _check
+        role_arn, session_name = s.role_arn, f"secretmirror-{self._deployment_id[:8]}"
+
+        async def assume() -> dict[str, str]:
+            answer = await sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name)
+            creds = answer["Credentials"]
+            return {
+                "access_key": creds["AccessKeyId"],
+                "secret_key": creds["SecretAccessKey"],
+                "token": creds["SessionToken"],
+                "expiry_time": creds["Expiration"].isoformat(),
+            }
+
+        return _RoleSession(AioDeferredRefreshableCredentials(assume, "assume-role")), _Keys()
+
+    def _sts_endpoint(self) -> str | None:
+        """An emulator's endpoint serves STS too; an AWS endpoint is Secrets Manager's only."""
+        url = self._settings.endpoint_url
+        if not url or (urlsplit(url).hostname or "").endswith(
+            (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
+        ):
+            return None  # botocore's regional STS endpoint (or AWS_ENDPOINT_URL_STS)
+        return url
+
+    # -- the store interface --
+
+    async def put(
+        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
+    ) -> PutOutcome:
+        name = self._name(secret_id)
+        blob = canonical(values)
+        if len(blob) > MAX_VALUE_BYTES:
+            raise StoreRejected(
+                f"the values are {len(blob)} bytes; AWS Secrets Manager takes {MAX_VALUE_BYTES}"
+            )
+        token = make_token(version, content_hash)
+        async with self._locks.hold(secret_id):
+            for _ in range(_ATTEMPTS):
+                state = await self._state(secret_id, name)
+                try:
+                    return await self._put_as(secret_id, name, state, token, blob.decode())
+                except _Stale:
+                    self._forget(secret_id)
+        raise StoreConflict(f"the AWS entry of {secret_id} kept changing during the write")
+
+    async def get(self, secret_id: str) -> StoredValue | None:
+        try:
+            name = self._name(secret_id)
+        except StoreRejected:
+            return None  # no such entry can exist
+        client = self._require()
+        try:
+            answer = await self._call(
+                "GetSecretValue",
+                lambda: client.get_secret_value(SecretId=name, VersionStage=CURRENT),
+            )
+        except StoreNotFound:
+            return None
+        except StoreRejected as exc:
+            if _is_deleted_error(exc):
+                return None
+            raise
+        parsed = parse_token(answer.get("VersionId"))
+        if parsed is None:
+            return None  # someone else's value: its version is unknown, so it serves no read
+        values = json.loads(answer.get("SecretString") or "null")
+        if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+            raise StoreRejected(f"the AWS entry of {secret_id} is not a secretmirror value")
+        return StoredValue(secret_id, parsed[0], parsed[1], values)
+
+    async def delete(self, secret_id: str, version: int) -> None:
+        try:
+            name = self._name(secret_id)
+        except StoreRejected:
+            return
+        async with self._locks.hold(secret_id):
+            for _ in range(_ATTEMPTS):
+                state = await self._state(secret_id, name)
+                try:
+                    await self._delete_as(secret_id, name, state, version)
+                    return
+                except _Stale:
+                    self._forget(secret_id)
+        raise StoreConflict(f"the AWS entry of {secret_id} kept changing during the delete")
+
+    async def list(self) -> AsyncIterator[Entry]:
+        """This deployment's entries (tombstones included), sorted by id within each page."""
+        client = self._require()
+        next_token: str | None = None
+        while True:
+            request: ListSecretsRequestTypeDef = {
+                "Filters": self._filters,
+                "IncludePlannedDeletion": True,
+                "MaxResults": _PAGE,
+            }
+            if next_token:
+                request["NextToken"] = next_token
+            page = await self._call(
+                "ListSecrets", functools.partial(client.list_secrets, **request)
+            )
+            entries = []
+            for item in page.get("SecretList", []):
+                secret_id = self._secret_id_of(item.get("Name", ""))
+                if secret_id is None or not self._owns(item):
+                    continue
+                state = _State.of(item)
+                self._observe(secret_id, state)
+                entries.append(state.entry(secret_id))
+            entries.sort(key=lambda e: e.secret_id)
+            for entry in entries:
+                yield entry
+            next_token = page.get("NextToken")
+            if not next_token:
+                return
+
+    # -- steps of put and delete --
+
+    async def _put_as(
+        self, secret_id: str, name: str, state: _State, token: str, secret_string: str
+    ) -> PutOutcome:
+        version, content_hash = parse_token(token) or (0, "")
+        if not state.exists:
+            return await self._create(secret_id, name, state, token, secret_string)
+        if not state.should_write(version):
+            return PutOutcome.UNCHANGED
+        client = self._require()
+        if state.pending_deletion:
+            await self._write_or_stale(
+                "RestoreSecret", lambda: client.restore_secret(SecretId=name)
+            )
+        try:
+            answer = await self._write(
+                "PutSecretValue",
+                lambda: client.put_secret_value(
+                    SecretId=name, SecretString=secret_string, ClientRequestToken=token
+                ),
+            )
+        except StoreNotFound:
+            raise _Stale from None
+        except StoreConflict:
+            raise StoreConflict(
+                f"AWS already holds version {version} of {secret_id} with other content"
+            ) from None
+        except StoreRejected as exc:
+            if _is_deleted_error(exc):
+                raise _Stale from None
+            raise
+        if CURRENT not in answer.get("VersionStages", []):
+            # The token existed with this value, so AWS changed nothing; the label is elsewhere.
+            await self._move_current(name, token, state.current_id)
+        self._remember(
+            secret_id,
+            replace(
+                state,
+                current_id=token,
+                current=version,
+                current_hash=content_hash,
+                newest=max(state.newest, version),
+                pending_deletion=False,
+            ),
+        )
+        return PutOutcome.WRITTEN
+
+    async def _create(
+        self, secret_id: str, name: str, state: _State, token: str, secret_string: str
+    ) -> PutOutcome:
+        version, content_hash = parse_token(token) or (0, "")
+        if version <= state.tombstone:
+            return PutOutcome.UNCHANGED  # force-deleted by this process at a newer version
+        request: CreateSecretRequestTypeDef = {
+            "Name": name,
+            "SecretString": secret_string,
+            "ClientRequestToken": token,
+            "Tags": [
+                {"Key": TAG_MANAGED, "Value": "true"},
+                {"Key": TAG_DEPLOYMENT, "Value": self._deployment_id},
+            ],
+        }
+        if self._settings.kms_key_id:
+            request["KmsKeyId"] = self._settings.kms_key_id
+        client = self._require()
+        try:
+            await self._write("CreateSecret", lambda: client.create_secret(**request))
+        except StoreConflict:
+            raise _Stale from None  # created meanwhile; DescribeSecret decides, ownership too
+        except StoreRejected as exc:
+            if _is_deleted_error(exc):
+                raise StoreUnavailable(
+                    f"AWS is still deleting the previous entry of {secret_id}; retry later"
+                ) from exc
+            raise
+        self._remember(
+            secret_id,
+            _State(
+                exists=True,
+                current_id=token,
+                current=version,
+                current_hash=content_hash,
+                newest=version,
+                tombstone=state.tombstone,
+            ),
+        )
+        return PutOutcome.WRITTEN
+
+    async def _move_current(self, name: str, token: str, current_id: str | None) -> None:
+        request: UpdateSecretVersionStageRequestTypeDef = {
+            "SecretId": name,
+            "VersionStage": CURRENT,
+            "MoveToVersionId": token,
+        }
+        if current_id is not None:
+            request["RemoveFromVersionId"] = current_id
+        client = self._require()
+        try:
+            await self._write(
+                "UpdateSecretVersionStage",
+                lambda: client.update_secret_version_stage(**request),
+            )
+        except (StoreRejected, StoreNotFound):
+            raise _Stale from None  # the label moved since we looked: look again
+
+    async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
+        if not state.exists or state.pending_deletion or state.holds(version):
+            # Gone, already deleted, or newer: only remember the tombstone, to fence late puts.
+            if not state.holds(version):
+                self._remember(secret_id, replace(state, tombstone=version))
+            return
+        client = self._require()
+        await self._write_or_stale(
+            "TagResource",
+            lambda: client.tag_resource(
+                SecretId=name, Tags=[{"Key": TAG_TOMBSTONE, "Value": str(version)}]
+            ),
+        )
+        days = self._settings.recovery_window_days
+        force = days == 0
+
+        async def delete() -> object:
+            if force:
+                return await client.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+            return await client.delete_secret(SecretId=name, RecoveryWindowInDays=days)
+
+        await self._write_or_stale("DeleteSecret", delete)
+        self._remember(
+            secret_id,
+            replace(state, exists=not force, tombstone=version, pending_deletion=not force),
+        )
+
+    # -- what this process knows of entries --
+
+    async def _state(self, secret_id: str, name: str) -> _State:
+        known = self._known.get(secret_id)
+        if known is not None:
+            self._known.move_to_end(secret_id)
+            return known
+        client = self._require()
+        try:
+            described = await self._call(
+                "DescribeSecret", lambda: client.describe_secret(SecretId=name)
+            )
+        except StoreNotFound:
+            return _State(exists=False)
+        if not self._owns(described):
+            raise StoreConflict(
+                f"the AWS secret {name} is not managed by this deployment; it is left alone"
+            )
+        state = _State.of(described)
+        self._remember(secret_id, state)
+        return state
+
+    def _owns(self, described: Mapping[str, Any]) -> bool:
+        tags = _tags(described)
+        return tags.get(TAG_MANAGED) == "true" and tags.get(TAG_DEPLOYMENT) == self._deployment_id
+
+    def _remember(self, secret_id: str, state: _State) -> None:
+        self._known[secret_id] = state
+        self._known.move_to_end(secret_id)
+        while len(self._known) > _KNOWN_MAX:
+            self._known.popitem(last=False)
+
+    def _forget(self, secret_id: str) -> None:
+        self._known.pop(secret_id, None)
+
+    def _observe(self, secret_id: str, state: _State) -> None:
+        """A listing saw ``state``: learn it, or drop what disagrees (it is re-read on use)."""
+        known = self._known.get(secret_id)
+        if known is None:
+            self._remember(secret_id, state)
+        elif known != state:
+            self._forget(secret_id)
+
+    # -- calls --
+
+    def _require(self) -> SecretsManagerClient:
+        if self._client is None:
+            raise StoreUnavailable("the aws store is not open")
+        return self._client
+
+    def _name(self, secret_id: str) -> str:
+        name = self._settings.name_prefix + secret_id
+        if not _NAME.fullmatch(name):
+            raise StoreRejected(f"secret id {secret_id!r} does not make a valid AWS secret name")
+        return name
+
+    def _secret_id_of(self, name: str) -> str | None:
+        prefix = self._settings.name_prefix
+        if not name.startswith(prefix) or len(name) == len(prefix):
+            return None
+        return name[len(prefix) :]
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except (BotoCoreError, ClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise map_error(exc, operation) from exc
+
+    async def _write(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        await self._bucket.acquire()
+        return await self._call(operation, call)
+
+    async def _write_or_stale(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """A write whose target may have vanished or been deleted since we looked."""
+        try:
+            return await self._write(operation, call)
+        except StoreNotFound:
+            raise _Stale from None
+        except StoreRejected as exc:
+            if _is_deleted_error(exc):
+                raise _Stale from None
+            raise
+
+
+def _config() -> AioConfig:
+    return AioConfig(
+        retries={"max_attempts": 2, "mode": "standard"},
+        connect_timeout=3,
+        read_timeout=10,
+        max_pool_connections=_POOL,
+        user_agent_extra="secretmirror",
+    )
+
+
+def _check(settings: AwsStoreSettings) -> None:
+    """Refuse settings AWS would refuse at the first request."""
+    if settings.recovery_window_days not in (0, *range(7, 31)):
+        raise ConfigError("aws: recovery_window_days must be 0 (force delete) or 7-30")
+    needs = {
+        "secret-key": ("aws_access_key_id", "aws_secret_access_key"),
+        "sts-token": ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"),
+        "iam-role": ("role_arn",),
+    }.get(settings.auth_method, ())
+    for field in needs:
+        if getattr(settings, field) is None:
+            raise ConfigError(f"aws: auth_method {settings.auth_method} needs {field}")
