@@ -15,6 +15,7 @@ import json
 import re
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
@@ -412,13 +413,74 @@ def secret_history(name: str, output: str) -> None:
 
 
 # -- jobs: backup, restore, reconcile -----------------------------------------
-#
-# `backup [--delete-secrets] [--no-wait]`, `restore [--delete-secrets] [--no-wait]`
-# and `reconcile [--repair] [--dry-run] [--no-wait]` (spec section 9) belong here,
-# added with the reconcile jobs: each POSTs /admin/v1/reconcile, then (unless
-# --no-wait) polls /admin/v1/jobs/{id} with a progress bar on a terminal, and
-# exits EXIT_JOB_FAILED when the job finished with failures. Use `_api()` for
-# the client and `output_option()` for `-o table|json`.
+
+_no_wait_option = click.option(
+    "--no-wait", is_flag=True, help="Start the job and print it; do not wait for the end."
+)
+
+
+def _run_job(mode: str, output: str, no_wait: bool, **options: bool) -> None:
+    """POST the job, then (unless --no-wait) follow it to the end; exit 3 on failures."""
+    api = _api()
+    job = api.request("POST", "/admin/v1/reconcile", body={"mode": mode, **options})
+    if not no_wait:
+        job = _follow(api, job, progress=output == "table" and sys.stderr.isatty())
+    if output == "json":
+        show.emit_json(job)
+    else:
+        show.job(job)
+    if job["status"] == "failed" and job["counts"].get("failed"):
+        sys.exit(EXIT_JOB_FAILED)
+    if job["status"] in ("failed", "cancelled"):
+        sys.exit(EXIT_ERROR)
+
+
+def _follow(api: Client, job: dict[str, Any], *, progress: bool) -> dict[str, Any]:
+    path = f"/admin/v1/jobs/{job['id']}"
+    with show.job_progress(enabled=progress) as update:
+        while job["status"] in ("queued", "running"):
+            time.sleep(0.2)
+            job = api.get(path)
+            update(job)
+    return job
+
+
+@main.command()
+@click.option(
+    "--delete-secrets",
+    is_flag=True,
+    help="Remove each secret from the primary once it is confirmed in the backup.",
+)
+@_no_wait_option
+@output_option()
+def backup(delete_secrets: bool, no_wait: bool, output: str) -> None:
+    """Copy every secret the backup lacks or holds stale from the primary (admin)."""
+    _run_job("backup", output, no_wait, delete_secrets=delete_secrets)
+
+
+@main.command()
+@click.option(
+    "--delete-secrets",
+    is_flag=True,
+    help="Remove each secret from the backup once it is confirmed in the primary.",
+)
+@_no_wait_option
+@output_option()
+def restore(delete_secrets: bool, no_wait: bool, output: str) -> None:
+    """Copy every secret the primary lacks or holds stale from the backup (admin)."""
+    _run_job("restore", output, no_wait, delete_secrets=delete_secrets)
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Fix what verify finds.")
+@click.option("--dry-run", is_flag=True, help="With --repair: report, change nothing.")
+@_no_wait_option
+@output_option()
+def reconcile(repair: bool, dry_run: bool, no_wait: bool, output: str) -> None:
+    """Verify that both stores hold what they should; --repair fixes drift (admin)."""
+    if dry_run and not repair:
+        raise click.UsageError("--dry-run goes with --repair")
+    _run_job("repair" if repair else "verify", output, no_wait, dry_run=dry_run)
 
 
 # -- operations ---------------------------------------------------------------

@@ -6,18 +6,20 @@ like rich markup (``[bold]``) is printed as it is, never interpreted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -173,6 +175,66 @@ def status(body: dict[str, Any]) -> None:
         click.echo(f"last verify: {summary}")
     else:
         click.echo(f"last verify: {last_verify}")
+
+
+# -- reconcile jobs -------------------------------------------------------------
+
+_CLASSES = ("in_sync", "missing", "stale", "mismatch", "orphan", "moved")
+
+
+def job(body: dict[str, Any]) -> None:
+    """A job's summary: its state, the counts, drift per store and the first failures."""
+    counts = body.get("counts") or {}
+    click.echo(
+        f"job {body['id']} ({body['mode']}{', dry run' if body.get('dry_run') else ''}): "
+        f"{body['status']}"
+    )
+    keys = ("total", "scanned", "copied", "skipped", "deleted", "failed")
+    table([k.upper() for k in keys], [[counts.get(k, 0) for k in keys]], title="Counts")
+    stores = counts.get("stores") or {}
+    if stores:
+        table(
+            ("STORE", *(c.upper() for c in _CLASSES)),
+            ((name, *(per.get(c, 0) for c in _CLASSES)) for name, per in stores.items()),
+            title="Stores",
+        )
+    failures = body.get("failures") or []
+    if failures:
+        table(
+            ("SECRET ID", "STORE", "REASON"),
+            ((f["secret_id"], f["store"], f["reason"]) for f in failures[:20]),
+            title=f"Failures ({len(failures)}{' shown: 20' if len(failures) > 20 else ''})",
+        )
+    if body.get("error"):
+        click.echo(f"error: {body['error']}")
+
+
+@contextlib.contextmanager
+def job_progress(*, enabled: bool) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A progress bar on a terminal (scanned of total); a no-op elsewhere."""
+    if not enabled:
+        yield lambda _job: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def update(current: dict[str, Any]) -> None:
+            counts = current.get("counts") or {}
+            bar.update(
+                task,
+                description=f"{current['mode']} {current['status']}",
+                completed=counts.get("scanned", 0),
+                total=counts.get("total") or None,
+            )
+
+        yield update
 
 
 # -- the daemon's start-up message ----------------------------------------------
