@@ -347,6 +347,18 @@ class _DownPool:
         return refuse
 
 
+class _CountingPool:
+    """Counts the calls made on a real pool."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls += 1
+        return getattr(self.pool, name)
+
+
 class _Switchable:
     """A runtime stand-in whose database can be taken away."""
 
@@ -376,12 +388,13 @@ async def test_a_scrape_while_postgresql_is_down_serves_the_last_reading(
 
 async def test_readings_are_cached_between_scrapes(runtime: Runtime) -> None:
     """Within the TTL a second scrape does not query PostgreSQL again."""
-    collector = SharedStateCollector()
     rt = _Switchable(runtime)
-    refresh = Refresher(rt, collector, ttl_s=60)
+    rt.pool = counting = _CountingPool(runtime.pool)
+    refresh = Refresher(rt, SharedStateCollector(), ttl_s=60)
     await refresh()
-    rt.pool = None  # any query now would raise AttributeError
+    first = counting.calls
     await refresh()
+    assert (first > 0, counting.calls) == (True, first)
 
 
 @pytest.mark.parametrize(
@@ -466,10 +479,13 @@ async def test_a_canary_value_never_appears_in_the_output(
     """A value written, read, updated and retried during an outage never reaches a log."""
     secret_id = workload(daemon)
     with backup_outage.during():
-        daemon.api(
-            "PUT",
-            f"/api/v1/secrets/{secret_id}",
-            {"name": "db-password", "values": {"password": CANARY + "2"}},
+        assert (
+            daemon.api(
+                "PUT",
+                f"/api/v1/secrets/{secret_id}",
+                {"name": "db-password", "values": {"password": CANARY + "2"}},
+            )[0]
+            == 200
         )
         metric_until(daemon, "secretmirror_store_up", 0, store="backup")
     metric_until(daemon, "secretmirror_outbox_pending", 0, target="backup")

@@ -100,16 +100,25 @@ class Refresher:
                 )
             except (*DB_DOWN, asyncpg.PostgresError) as exc:
                 # Serve the last reading; try again on a scrape after the TTL.
-                self._tried_at = time.monotonic()
-                if not self._failing:
-                    log.warning("metrics.shared_state_unavailable", error=type(exc).__name__)
-                self._failing = True
+                self._failed(exc, unexpected=False)
+                return
+            except Exception as exc:
+                # A bug here must not take the per-process metrics down with it.
+                self._failed(exc, unexpected=True)
                 return
             self.collector.update(reading)
             self._tried_at = time.monotonic()
             if self._failing:
                 log.info("metrics.shared_state_recovered")
             self._failing = False
+
+    def _failed(self, exc: Exception, *, unexpected: bool) -> None:
+        self._tried_at = time.monotonic()
+        if unexpected:
+            log.error("metrics.shared_state_failed", error=type(exc).__name__, exc_info=True)
+        elif not self._failing:
+            log.warning("metrics.shared_state_unavailable", error=type(exc).__name__)
+        self._failing = True
 
 
 def refresher(rt: Runtime) -> Callable[[], Awaitable[None]]:
