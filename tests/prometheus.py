@@ -74,12 +74,11 @@ def http(
 ) -> tuple[int, bytes]:
     """One HTTP request; any status (4xx and 5xx included) is returned, not raised."""
     data = json.dumps(body).encode() if body is not None else None
-    # Only http:// URLs of servers the tests started reach here.
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})  # noqa: S310
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
