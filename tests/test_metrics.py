@@ -133,6 +133,8 @@ def daemon_env(database: str, encryption_key: str, backup_dir: Path) -> dict[str
         "SECRETMIRROR_REPLICATION__POLL_INTERVAL_S": "0.2",
         "SECRETMIRROR_REPLICATION__BACKOFF_INITIAL_S": "0.05",
         "SECRETMIRROR_REPLICATION__BACKOFF_MAX_S": "0.5",
+        # Outages here must not dead-letter anything unless a test asks for it.
+        "SECRETMIRROR_REPLICATION__MAX_ATTEMPTS": "10000",
         "SECRETMIRROR_RECONCILE__VERIFY_INTERVAL_S": "0",
     }
 
