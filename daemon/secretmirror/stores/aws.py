@@ -43,10 +43,13 @@ AWS's read quota, not the ~50/s write quota. Per operation:
 Within a process a per-secret lock serializes the decide-then-write step.
 Across processes the store relies on the replication layer's per-(target,
 secret) lease: one writer per entry at a time, and timeouts (3 s connect,
-10 s read, 2 attempts) keep a write well inside a lease. What this process
-learnt can go stale when another process writes the same entry; the harm is
-bounded: ``list`` drops knowledge that disagrees with AWS, a regression shows
-as ``stale`` in verify, and repair moves ``AWSCURRENT`` forward again.
+10 s read, 2 attempts) keep a write well inside a lease. A write that fails
+or is cancelled (a caller's timeout) may still land in AWS, so it drops what
+the process knew of the entry and the next write reads it again. What this
+process learnt can also go stale when another process writes the same entry;
+the harm is bounded: ``list`` drops knowledge that disagrees with AWS, a
+regression shows as ``stale`` in verify, and repair moves ``AWSCURRENT``
+forward again.
 Force delete (``recovery_window_days = 0``) leaves nothing in AWS to fence
 on; the tombstone is then only remembered by this process.
 
@@ -458,7 +461,7 @@ class AwsStore:
                 f"the values are {len(blob)} bytes; AWS Secrets Manager takes {MAX_VALUE_BYTES}"
             )
         token = make_token(version, content_hash)
-        async with self._locks.hold(secret_id):
+        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
             for _ in range(_ATTEMPTS):
                 state = await self._state(secret_id, name)
                 try:
@@ -497,7 +500,7 @@ class AwsStore:
             name = self._name(secret_id)
         except StoreRejected:
             return
-        async with self._locks.hold(secret_id):
+        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
             for _ in range(_ATTEMPTS):
                 state = await self._state(secret_id, name)
                 try:
@@ -704,6 +707,16 @@ class AwsStore:
 
     def _forget(self, secret_id: str) -> None:
         self._known.pop(secret_id, None)
+
+    @contextlib.asynccontextmanager
+    async def _forget_on_failure(self, secret_id: str) -> AsyncIterator[None]:
+        """A write that failed or was cancelled (a caller's timeout) may still have landed
+        in AWS: what this process knew of the entry is then only a guess, so re-read it."""
+        try:
+            yield
+        except BaseException:
+            self._forget(secret_id)
+            raise
 
     def _observe(self, secret_id: str, state: _State) -> None:
         """A listing saw ``state``: learn it, or drop what disagrees (it is re-read on use)."""
