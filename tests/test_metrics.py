@@ -2,8 +2,9 @@
 
 The daemon runs as ``secretmirror serve`` subprocesses on a migrated test
 database, with the ``sql`` primary in it and a ``file`` backup that a test
-can take down (``Outage``). Shared-state gauges are read from PostgreSQL, so
-two processes on one database must report the same values.
+can take down (``Outage``), or an ``aws`` backup on moto behind a fault proxy.
+Shared-state gauges are read from PostgreSQL, so two processes on one
+database must report the same values.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from secretmirror.metrics import SharedStateCollector
 from secretmirror.runtime import Runtime
 from secretmirror.shared_gauges import Refresher, divergence
 from tests.conftest import ADMIN_TOKEN
+from tests.faultproxy import ThreadedFaultProxy
 from tests.prometheus import Daemon, Outage, poll, running_daemons
 
 #: Spec section 10: name -> (type, label names).
@@ -231,11 +233,33 @@ async def test_metrics_never_carry_secret_names_or_values(daemon: Daemon) -> Non
 # -- shared state ------------------------------------------------------------------
 
 
-async def test_lag_is_positive_while_the_backup_is_down_and_zero_after_the_drain(
-    daemon: Daemon, backup_outage: Outage
+@pytest.fixture
+def moto_proxy(moto_server: str) -> Iterator[ThreadedFaultProxy]:
+    """A fault proxy in front of the session's moto server."""
+    port = int(moto_server.rpartition(":")[2])
+    with ThreadedFaultProxy("127.0.0.1", port) as proxy:
+        yield proxy
+
+
+async def test_lag_is_above_0_while_the_backup_is_behind_a_downed_proxy_and_0_after_the_drain(
+    tmp_path: Path,
+    daemon_env: dict[str, str],
+    moto_proxy: ThreadedFaultProxy,
+    aws_prefix: str,
 ) -> None:
-    """Lag grows while the backup is down and returns to 0 once the backlog drains."""
-    with backup_outage.during():
+    """Lag grows while an aws backup is unreachable and returns to 0 once the backlog drains."""
+    env = {k: v for k, v in daemon_env.items() if not k.startswith("SECRETMIRROR_BACKUP__")}
+    env |= {
+        "SECRETMIRROR_BACKUP__TYPE": "aws",
+        "SECRETMIRROR_BACKUP__ENDPOINT_URL": moto_proxy.url,
+        "SECRETMIRROR_BACKUP__REGION": "us-east-1",
+        "SECRETMIRROR_BACKUP__AUTH_METHOD": "secret-key",
+        "SECRETMIRROR_BACKUP__AWS_ACCESS_KEY_ID": "testing",
+        "SECRETMIRROR_BACKUP__AWS_SECRET_ACCESS_KEY": "testing",
+        "SECRETMIRROR_BACKUP__NAME_PREFIX": aws_prefix,
+    }
+    with running_daemons(tmp_path / "daemons", env) as (daemon,):
+        moto_proxy.down()
         create(daemon, "queued", {"k": "v"})
         poll(
             lambda: (
@@ -247,8 +271,9 @@ async def test_lag_is_positive_while_the_backup_is_down_and_zero_after_the_drain
             ),
             "lag above 0",
         )
-    metric_until(daemon, "secretmirror_replication_lag_seconds", 0, target="backup")
-    assert value(daemon.metrics(), "secretmirror_outbox_pending", target="backup") == 0
+        moto_proxy.pass_through()
+        metric_until(daemon, "secretmirror_replication_lag_seconds", 0, target="backup")
+        assert value(daemon.metrics(), "secretmirror_outbox_pending", target="backup") == 0
 
 
 async def test_two_daemons_report_the_same_pending_count(
