@@ -212,10 +212,23 @@ async def test_current_if_match_is_accepted(api: Api) -> None:
     assert body["version"] == 2
 
 
+async def test_bare_number_if_match_is_accepted(api: Api) -> None:
+    """If-Match without the quotes of an entity tag still names the version."""
+    created = await api.create("bare", {"a": "1"})
+    status, _, _ = await api.request(
+        "PATCH", item(created["id"]), json={"values": {"a": "2"}}, headers={"If-Match": "1"}
+    )
+    assert status == 200
+    status, _, _ = await api.request(
+        "PATCH", item(created["id"]), json={"values": {"a": "3"}}, headers={"If-Match": "1"}
+    )
+    assert status == 412
+
+
 async def test_malformed_if_match_is_400(api: Api) -> None:
     """If-Match must hold a quoted version number."""
     created = await api.create("odd-etag", {"a": "1"})
-    for header in ('"one"', '"²"', '"-1"'):
+    for header in ('"one"', '"²"', '"-1"', "²", '"1', 'W/"1"', '"1234567890"', "*"):
         status, body, _ = await api.request(
             "PATCH", item(created["id"]), json={"values": {"a": "2"}}, headers={"If-Match": header}
         )
@@ -500,6 +513,42 @@ async def test_user_lists_only_their_own_tokens(api: Api) -> None:
     assert {t["user"] for t in listed["items"]} == {"alice"}
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"name": "t", "user": None},
+        {"name": "t", "expires_in_s": None},
+        {"name": "t", "user": "bad\x00name"},
+        {"name": "t", "expires_in_s": 0},
+        {"name": "t", "expires_in_s": 1.5},
+        {"name": "t", "expires_in_s": True},
+    ],
+)
+async def test_invalid_token_fields_are_422(api: Api, payload: dict[str, Any]) -> None:
+    """A null user or expiry, a user that is not a name, or a bad expiry is 422."""
+    status, body, _ = await api.request("POST", "/api/v1/tokens", json=payload)
+    assert status == 422
+    assert error_code(body) == "invalid_field"
+
+
+async def test_token_for_an_unknown_user_is_404(api: Api) -> None:
+    """An admin minting a token for a user that does not exist gets 404."""
+    status, body, _ = await api.request(
+        "POST", "/api/v1/tokens", json={"name": "t", "user": "nobody"}
+    )
+    assert status == 404
+    assert error_code(body) == "not_found"
+
+
+async def test_whole_float_expiry_is_accepted(api: Api) -> None:
+    """expires_in_s 600.0 is the integer 600 (as JSON Schema counts it)."""
+    status, body, _ = await api.request(
+        "POST", "/api/v1/tokens", json={"name": "t", "expires_in_s": 600.0}
+    )
+    assert status == 201
+    assert body["expires"] is not None
+
+
 # -- users ------------------------------------------------------------------------
 
 
@@ -631,12 +680,31 @@ async def test_bad_list_parameters_are_400(api: Api, params: dict[str, str]) -> 
     assert error_code(body) == "bad_request"
 
 
-async def test_nul_in_a_list_filter_is_rejected(api: Api) -> None:
-    """A NUL character in a filter is a client error, not a database failure."""
-    for params in ({"name": "a\x00b"}, {"name_prefix": "\x00"}):
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        (SECRETS, {"name_prefx": "a"}),
+        (SECRETS, {"private": ""}),
+        ("/api/v1/users", {"x": "1"}),
+        ("/api/v1/tokens", {"all": "true"}),
+    ],
+)
+async def test_unknown_or_empty_query_parameters_are_400(
+    api: Api, path: str, params: dict[str, str]
+) -> None:
+    """A misspelt query parameter is refused rather than ignored (it would widen a list)."""
+    status, body, _ = await api.request("GET", path, params=params)
+    assert status == 400
+    assert error_code(body) == "bad_request"
+
+
+async def test_nul_in_a_list_filter_matches_nothing(api: Api) -> None:
+    """A NUL character in a filter matches no secret (and is not a database failure)."""
+    await api.create("a", {"k": "1"})
+    for params in ({"name": "a\x00"}, {"name_prefix": "\x00"}):
         status, body, _ = await api.request("GET", SECRETS, params=params)
-        assert status == 400, params
-        assert error_code(body) == "bad_request"
+        assert status == 200, params
+        assert body == {"items": [], "next_cursor": None}
 
 
 # -- validation and limits --------------------------------------------------------
@@ -701,6 +769,38 @@ async def test_lone_surrogate_in_a_value_is_422(api: Api) -> None:
 async def test_invalid_create_fields_are_422(api: Api, payload: dict[str, Any]) -> None:
     """A non-boolean private, an unknown field or a missing name is 422."""
     status, body, _ = await api.request("POST", SECRETS, json=payload)
+    assert status == 422
+    assert error_code(body) == "invalid_field"
+
+
+async def test_invalid_patch_is_422_before_if_match(api: Api) -> None:
+    """A malformed PATCH is 422 even when its If-Match is stale too."""
+    created = await api.create("checked-first", {"a": "1"})
+    status, body, _ = await api.request(
+        "PATCH", item(created["id"]), json={"values": {"a": {}}}, headers={"If-Match": '"9"'}
+    )
+    assert status == 422
+    assert error_code(body) == "invalid_field"
+
+
+async def test_invalid_put_is_422_before_if_match(api: Api) -> None:
+    """A PUT with empty values is 422 even when its If-Match is stale too."""
+    created = await api.create("put-checked-first", {"a": "1"})
+    status, body, _ = await api.request(
+        "PUT",
+        item(created["id"]),
+        json={"name": "put-checked-first", "values": {}},
+        headers={"If-Match": '"9"'},
+    )
+    assert status == 422
+    assert error_code(body) == "invalid_field"
+
+
+@pytest.mark.parametrize("field", ["name", "private", "values"])
+async def test_null_field_in_patch_is_422(api: Api, field: str) -> None:
+    """An explicit null for name, private or values is 422, not "unchanged"."""
+    created = await api.create("nulled", {"a": "1"})
+    status, body, _ = await api.request("PATCH", item(created["id"]), json={field: None})
     assert status == 422
     assert error_code(body) == "invalid_field"
 
@@ -879,6 +979,14 @@ async def test_every_response_carries_a_request_id(api: Api) -> None:
     """Responses carry X-Request-Id, echoing the caller's when given."""
     _, _, headers = await api.request("GET", SECRETS, headers={"X-Request-Id": "abc123"})
     assert header(headers, "X-Request-Id") == "abc123"
+
+
+async def test_wrong_method_is_405_with_allow(api: Api) -> None:
+    """An unsupported method is 405 in the error JSON, with the Allow header."""
+    status, body, headers = await api.request("TRACE", SECRETS)
+    assert status == 405
+    assert error_code(body) == "method_not_allowed"
+    assert set((header(headers, "Allow") or "").replace(" ", "").split(",")) >= {"GET", "POST"}
 
 
 async def test_healthz_needs_no_token(api: Api) -> None:

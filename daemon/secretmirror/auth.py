@@ -72,6 +72,8 @@ class Accounts:
         self, principal: Principal, user: Any, name: Any, expires_in_s: Any
     ) -> dict[str, Any]:
         name = check_name(name)
+        if isinstance(expires_in_s, float) and expires_in_s.is_integer():
+            expires_in_s = int(expires_in_s)  # JSON Schema counts 600.0 as an integer
         if expires_in_s is not None and (
             isinstance(expires_in_s, bool)
             or not isinstance(expires_in_s, int)
@@ -83,8 +85,7 @@ class Accounts:
         owner_id, owner_name = principal.user_id, principal.name
         if user is not None and user != principal.name:
             _require_admin(principal)
-            if not isinstance(user, str):
-                raise Invalid("user must be a user name")
+            check_name(user, "user")
             row = await self.pool.fetchrow(Q.user_by_name, user)
             if row is None:
                 raise NotFound("no such user")

@@ -101,11 +101,16 @@ class SecretService:
         """PATCH (``merge``: a key set to None is removed) or PUT (replace all values)."""
         new_name = check_name(name) if name is not None else None
         new_private = _check_private(private) if private is not None else None
+        if values is not None and not merge:
+            check_values(values, self.rt.size_cap)  # 422 or 413 before any If-Match check
         if values is not None and not isinstance(values, dict):
             check_values(values, self.rt.size_cap)  # raises the field error
         if values is not None:
-            for key in values:
+            # Field errors come before If-Match: a malformed request is 422 whatever its version.
+            for key, value in values.items():
                 check_key(key)  # also the keys a PATCH removes
+                if not (isinstance(value, str) or (merge and value is None)):
+                    raise Invalid("every value in values must be a string")
         for _ in range(_MERGE_RETRIES):
             current = await self.read(principal, secret_id)
             meta = current.meta

@@ -50,6 +50,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         code = exc.reason.lower().replace(" ", "_")
         response = error_response(exc.status, code, exc.reason)
+        if "Allow" in exc.headers:  # a 405 must say which methods exist (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         log.exception("http.internal_error", route=route)
         response = error_response(500, "internal", "an internal error occurred")

@@ -42,7 +42,9 @@ _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "pattern": '^"[0-9]{1,9}"$'},
+    "description": 'The version the write expects, quoted as in the ETag header ("3"); '
+    "a bare number is accepted too",
+    "schema": {"type": "string", "pattern": '^("[0-9]{1,9}"|[0-9]{1,9})$'},
 }
 _SECRET_HEADERS = {
     "X-Secret-Source": {"schema": {"type": "string", "enum": ["primary", "backup", "log"]}},
@@ -172,7 +174,7 @@ def openapi_document() -> dict[str, Any]:
                     "name": "version",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "integer", "minimum": 1},
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
                 },
             ],
             "responses": {"200": _secret_response("The secret"), **_errors(*common, 404, 410)},
@@ -226,7 +228,12 @@ def openapi_document() -> dict[str, Any]:
                         "in": "query",
                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                     },
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "description": "The previous page's next_cursor; anything else is 400",
+                        "schema": {"type": "string"},
+                    },
                 ],
                 "responses": {
                     "200": {"description": "A page", **_json(_ref("SecretList"))},
@@ -304,7 +311,7 @@ def openapi_document() -> dict[str, Any]:
                             "required": ["name"],
                             "additionalProperties": False,
                             "properties": {
-                                "user": {"type": "string"},
+                                "user": _NAME,
                                 "name": _NAME,
                                 "expires_in_s": {
                                     "type": "integer",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from typing import Any
 
@@ -17,6 +18,8 @@ from secretmirror.model import Principal
 from secretmirror.service import ReadResult
 
 _MAX_LIMIT = 1000
+#: A strong entity tag holding a version, as the ETag header sends it, or the bare number.
+_IF_MATCH = re.compile(r'"([0-9]{1,9})"|([0-9]{1,9})', re.ASCII)
 
 
 async def principal_of(request: web.Request) -> Principal:
@@ -28,6 +31,13 @@ async def writer_of(request: web.Request) -> Principal:
     if not principal.can_write:
         raise Forbidden("readers cannot change secrets")
     return principal
+
+
+def check_query(request: web.Request, *allowed: str) -> None:
+    """400 for a query parameter the route does not know (a typo must not widen a list)."""
+    unknown = sorted(set(request.query) - set(allowed))
+    if unknown:
+        raise BadRequest(f"unknown query parameter {unknown[0]!r}")
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
@@ -49,14 +59,21 @@ def _allowed(body: dict[str, Any], fields: set[str]) -> None:
         raise Invalid(f"unknown field {unknown[0]!r}")
 
 
+def _not_null(body: dict[str, Any], *fields: str) -> None:
+    """An explicit null would otherwise read as "absent" (unchanged, the default)."""
+    for field in fields:
+        if field in body and body[field] is None:
+            raise Invalid(f"{field} must not be null")
+
+
 def if_match(request: web.Request) -> int | None:
     header = request.headers.get("If-Match")
     if header is None:
         return None
-    text = header.strip().removeprefix("W/").strip('"')
-    if not _is_number(text):
+    match = _IF_MATCH.fullmatch(header.strip())
+    if match is None:
         raise BadRequest('If-Match must be a version in quotes, like "3"')
-    return int(text)
+    return int(match.group(1) or match.group(2))
 
 
 def secret_response(result: ReadResult, status: int = 200, values: bool = True) -> web.Response:
@@ -70,6 +87,7 @@ def secret_response(result: ReadResult, status: int = 200, values: bool = True) 
 
 async def create_secret(request: web.Request) -> web.Response:
     principal = await writer_of(request)
+    check_query(request)
     body = await json_body(request)
     _allowed(body, {"name", "values", "private"})
     result = await request.app[SERVICE].create(
@@ -80,14 +98,19 @@ async def create_secret(request: web.Request) -> web.Response:
 
 async def list_secrets(request: web.Request) -> web.Response:
     principal = await principal_of(request)
+    check_query(request, "name", "name_prefix", "private", "limit", "cursor")
     query = request.query
     limit = _int_param(query.get("limit"), "limit", 100, 1, _MAX_LIMIT)
     private = _bool_param(query.get("private"), "private")
     after = _decode_cursor(query.get("cursor"))
+    name, name_prefix = query.get("name") or None, query.get("name_prefix") or None
+    if "\x00" in (name or "") + (name_prefix or ""):
+        # No name holds NUL, and PostgreSQL text cannot: nothing matches.
+        return web.json_response({"items": [], "next_cursor": None})
     items = await request.app[SERVICE].list_secrets(
         principal,
-        name=_text_param(query.get("name"), "name"),
-        name_prefix=_text_param(query.get("name_prefix"), "name_prefix"),
+        name=name,
+        name_prefix=name_prefix,
         private=private,
         limit=limit + 1,
         after=after,
@@ -101,6 +124,7 @@ async def list_secrets(request: web.Request) -> web.Response:
 
 async def get_secret(request: web.Request) -> web.Response:
     principal = await principal_of(request)
+    check_query(request, "version")
     service = request.app[SERVICE]
     secret_id = request.match_info["id"]
     version = request.query.get("version")
@@ -120,15 +144,13 @@ async def put_secret(request: web.Request) -> web.Response:
 
 async def _update(request: web.Request, *, merge: bool) -> web.Response:
     principal = await writer_of(request)
+    check_query(request)
     expected = if_match(request)
     body = await json_body(request)
     _allowed(body, {"name", "values", "private"})
     if not merge and ("name" not in body or "values" not in body):
         raise Invalid("PUT needs name and values")
-    for field in ("name", "private", "values"):
-        # An explicit null would otherwise read as "leave unchanged".
-        if field in body and body[field] is None:
-            raise Invalid(f"{field} must not be null")
+    _not_null(body, "name", "private", "values")
     if "values" in body and not isinstance(body["values"], dict):
         raise Invalid("values must be an object")
     result = await request.app[SERVICE].update(
@@ -147,6 +169,7 @@ async def _update(request: web.Request, *, merge: bool) -> web.Response:
 
 async def delete_secret(request: web.Request) -> web.Response:
     principal = await writer_of(request)
+    check_query(request)
     expected = if_match(request)
     await request.app[SERVICE].delete(principal, request.match_info["id"], expected)
     return web.Response(status=204)
@@ -154,12 +177,14 @@ async def delete_secret(request: web.Request) -> web.Response:
 
 async def secret_history(request: web.Request) -> web.Response:
     principal = await principal_of(request)
+    check_query(request)
     events = await request.app[SERVICE].history(principal, request.match_info["id"])
     return web.json_response({"items": events})
 
 
 async def create_user(request: web.Request) -> web.Response:
     principal = await principal_of(request)
+    check_query(request)
     body = await json_body(request)
     _allowed(body, {"name", "role"})
     user = await request.app[ACCOUNTS].create_user(principal, body.get("name"), body.get("role"))
@@ -168,13 +193,16 @@ async def create_user(request: web.Request) -> web.Response:
 
 async def list_users(request: web.Request) -> web.Response:
     principal = await principal_of(request)
+    check_query(request)
     return web.json_response({"items": await request.app[ACCOUNTS].list_users(principal)})
 
 
 async def create_token(request: web.Request) -> web.Response:
     principal = await principal_of(request)
+    check_query(request)
     body = await json_body(request)
     _allowed(body, {"user", "name", "expires_in_s"})
+    _not_null(body, "user", "expires_in_s")
     token = await request.app[ACCOUNTS].create_token(
         principal, body.get("user"), body.get("name"), body.get("expires_in_s")
     )
@@ -183,11 +211,13 @@ async def create_token(request: web.Request) -> web.Response:
 
 async def list_tokens(request: web.Request) -> web.Response:
     principal = await principal_of(request)
+    check_query(request)
     return web.json_response({"items": await request.app[ACCOUNTS].list_tokens(principal)})
 
 
 async def revoke_token(request: web.Request) -> web.Response:
     principal = await principal_of(request)
+    check_query(request)
     await request.app[ACCOUNTS].revoke_token(principal, request.match_info["id"])
     return web.Response(status=204)
 
@@ -205,16 +235,8 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _text_param(text: str | None, name: str) -> str | None:
-    if not text:
-        return None
-    if "\x00" in text:
-        raise BadRequest(f"{name} must not contain a NUL character")
-    return text
-
-
 def _bool_param(text: str | None, name: str) -> bool | None:
-    if text is None or text == "":
+    if text is None:
         return None
     if text not in ("true", "false"):
         raise BadRequest(f"{name} must be true or false")
