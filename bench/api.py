@@ -764,6 +764,21 @@ def _ratios(out: dict[str, Any]) -> dict[str, Any]:
     return ratios
 
 
+def _others_fraction(out: dict[str, Any]) -> float | None:
+    """Share of the machine's CPU that other processes used during the phases (0..1)."""
+    other = wall = 0.0
+    phases = [out["fill"]] if "fill" in out else []
+    for side in ("api", "raw"):
+        for results in out.get(side, {}).values():
+            phases += [r for r in results.values() if isinstance(r, dict)]
+    for phase in phases:
+        if phase["cpu"]["other_s"] is None:
+            return None
+        other += phase["cpu"]["other_s"]
+        wall += phase["cpu"]["wall_s"]
+    return round(other / (wall * (os.cpu_count() or 1)), 3) if wall else None
+
+
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
     c32 = out.get("api", {}).get("c32", {})
     return {
@@ -822,7 +837,11 @@ def print_summary(out: dict[str, Any]) -> None:
         f" after {rss.get('secrets_at_reading')} secrets {rss.get('after_10k_mib')} MiB,"
         f" end {rss.get('end_mib')} MiB, peak {rss.get('peak_mib')} MiB"
     )
-    print(f"load: start {out['load_start']['loadavg']}  end {out['load_end']['loadavg']}")
+    print(
+        f"load: start {out['load_start']['loadavg']}  end {out['load_end']['loadavg']};"
+        f" other processes used {num(out.get('others_cpu_fraction'), '{:.0%}')} of the CPU"
+        " during the phases"
+    )
     print("targets:")
     for name, check in out.get("targets", {}).items():
         verdict = "pass" if check["pass"] else "MISS"
@@ -861,6 +880,7 @@ async def main() -> dict[str, Any]:
     out["load_end"] = machine_load()
     out["finished"] = now_iso()
     out["ratios"] = _ratios(out)
+    out["others_cpu_fraction"] = _others_fraction(out)
     out["targets"] = _targets(out)
     print_summary(out)
     return out
