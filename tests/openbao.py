@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -47,13 +48,13 @@ class OpenBao(NamedTuple):
         """A blocking API call (set-up and inspection in tests); returns status and JSON."""
         data = None if body is None else json.dumps(body).encode()
         url = f"{self.url}/v1/{path}"
-        req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (fixed http URL)
+        req = urllib.request.Request(url, data=data, method=method)
         req.add_header("X-Vault-Token", token or self.root_token)
         req.add_header("Content-Type", content_type)
         if namespace:
             req.add_header("X-Vault-Namespace", namespace)
         try:
-            with urllib.request.urlopen(req, timeout=10) as response:  # noqa: S310 (fixed http URL)
+            with urllib.request.urlopen(req, timeout=10) as response:
                 raw = response.read()
                 return response.status, json.loads(raw) if raw else None
         except urllib.error.HTTPError as exc:
@@ -79,24 +80,37 @@ def bao_binary() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free port whose successor is free too: dev mode binds its cluster listener there."""
+    for _ in range(50):
+        with socket.socket() as sock, socket.socket() as beside:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            try:
+                beside.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free pair of ports on 127.0.0.1")
 
 
 class BaoProcess:
-    """``bao server -dev`` with its own home and log file."""
+    """``bao server -dev`` with its own home and log file; ``tls`` adds a generated CA."""
 
-    def __init__(self, *extra_args: str) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
         self.root_token = "root-" + secrets.token_urlsafe(24)
         self._tmp = tempfile.TemporaryDirectory(prefix="sm-test-bao-")
         self.dir = Path(self._tmp.name)
         self.port = free_port()
+        self.tls = tls
+        self.ca_file = self.dir / "tls" / "vault-ca.pem"
         self._log = (self.dir / "bao.log").open("wb")
         env = {**os.environ, "HOME": str(self.dir)}
         for name in ("BAO_ADDR", "VAULT_ADDR", "BAO_TOKEN", "VAULT_TOKEN", "BAO_NAMESPACE"):
             env.pop(name, None)
+        tls_args = []
+        if tls:
+            self.ca_file.parent.mkdir()
+            tls_args = ["-dev-tls", f"-dev-tls-cert-dir={self.ca_file.parent}"]
         self.process = subprocess.Popen(
             [
                 bao_binary(),
@@ -105,7 +119,7 @@ class BaoProcess:
                 f"-dev-listen-address=127.0.0.1:{self.port}",
                 f"-dev-root-token-id={self.root_token}",
                 "-dev-no-store-token",
-                *extra_args,
+                *tls_args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -113,19 +127,28 @@ class BaoProcess:
             cwd=self.dir,
         )
 
-    def wait_healthy(self, url: str, context: Any = None) -> None:
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def wait_healthy(self) -> None:
         """Poll ``/v1/sys/health`` until the server answers 200 (unsealed and active)."""
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"bao exited with {self.process.returncode}: {self.log_tail()}")
             try:
-                with urllib.request.urlopen(  # noqa: S310 (fixed local URL)
-                    f"{url}/v1/sys/health", timeout=1, context=context
+                context = None
+                if self.tls:
+                    if not self.ca_file.exists():
+                        raise FileNotFoundError(self.ca_file)
+                    context = ssl.create_default_context(cafile=str(self.ca_file))
+                with urllib.request.urlopen(
+                    f"{self.url}/v1/sys/health", timeout=1, context=context
                 ) as response:
                     if response.status == 200:
                         return
-            except (OSError, urllib.error.URLError):
+            except (OSError, ssl.SSLError, urllib.error.URLError):
                 pass
             time.sleep(0.05)
         pytest.fail(f"bao did not become healthy in {_START_TIMEOUT_S}s: {self.log_tail()}")
@@ -145,13 +168,26 @@ class BaoProcess:
         self._tmp.cleanup()
 
 
+def start_bao(*, tls: bool = False) -> BaoProcess:
+    """A healthy server; a port taken between choosing and binding it costs one more try."""
+    for attempt in range(3):
+        server = BaoProcess(tls=tls)
+        try:
+            server.wait_healthy()
+        except pytest.fail.Exception:
+            server.stop()
+            if attempt == 2:
+                raise
+            continue
+        return server
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def openbao() -> Iterator[OpenBao]:
     """A dev server for the whole session: ``(url, root_token)``."""
-    server = BaoProcess()
+    server = start_bao()
     try:
-        url = f"http://127.0.0.1:{server.port}"
-        server.wait_healthy(url)
-        yield OpenBao(url, server.root_token)
+        yield OpenBao(server.url, server.root_token)
     finally:
         server.stop()

@@ -201,6 +201,7 @@ class HashicorpStore:
         self._mount_checked = False
         self._token_changed = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
+        self._closing = False
         self._known: collections.OrderedDict[str, _State] = collections.OrderedDict()
         self._detailed_listing = True
         #: Vault API calls by kind ("POST data", "GET metadata", ...), for tests and benchmarks.
@@ -221,6 +222,7 @@ class HashicorpStore:
 
     async def open(self) -> None:
         if self._session is None:
+            self._closing = False
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl or True, limit=32),
                 timeout=aiohttp.ClientTimeout(total=30, sock_connect=5),
@@ -233,6 +235,7 @@ class HashicorpStore:
         await self._ready()
 
     async def close(self) -> None:
+        self._closing = True
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -593,11 +596,13 @@ class HashicorpStore:
             raise StoreUnavailable("hashicorp store: not open")
         if self._mount_checked:
             return
-        reply = await self._call("GET", f"sys/internal/ui/mounts/{self._mount}", "GET mount")
+        reply = await self._call(
+            "GET", f"sys/internal/ui/mounts/{self._mount}", "GET mount", refused_ok=True
+        )
         if reply.status != 200:
             raise StoreUnavailable(
-                f"hashicorp store: mount {self._mount} is not reachable with these "
-                f"credentials ({reply.reason()})"
+                f"hashicorp store: mount {self._mount} does not exist or these credentials "
+                f"may not use it ({reply.reason()})"
             )
         options = reply.data.get("options") or {}
         if reply.data.get("type") != "kv" or str(options.get("version")) != "2":
@@ -798,12 +803,17 @@ class HashicorpStore:
 
     async def _keep_token_fresh(self) -> None:
         """Refresh before expiry even when idle: an expired ``token`` cannot be replaced."""
-        while True:
+        while not self._closing:
             self._token_changed.clear()
             due = self._refresh_at
             wait = None if due is None else max(due - time.monotonic(), 0.0)
+            # Not asyncio.wait_for: on 3.11 it swallows a cancellation that arrives as
+            # the event is set, and close() would wait for the next refresh.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._token_changed.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._token_changed.wait()
+            if self._closing:
+                return
             if self._refresh_at is None or time.monotonic() < self._refresh_at:
                 continue
             try:
