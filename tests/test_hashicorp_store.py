@@ -559,6 +559,17 @@ async def test_get_serves_secretmirror_values_after_drift(
     assert (1, {"password": "ours"}, ours) == (got.version, got.values, got.hash)
 
 
+async def test_get_serves_secretmirror_values_when_the_hand_written_version_is_deleted(
+    store: HashicorpStore, openbao: OpenBao, prefix: str, drifted: tuple[str, str]
+) -> None:
+    """A soft-deleted foreign version on top does not hide the version secretmirror wrote."""
+    sid, _ = drifted
+    openbao.ok("DELETE", f"secret/data/{prefix}{sid}")
+    got = await store.get(sid)
+    assert got is not None
+    assert got.values == {"password": "ours"}
+
+
 async def test_put_of_the_same_version_repairs_drift(
     store: HashicorpStore, openbao: OpenBao, prefix: str, drifted: tuple[str, str]
 ) -> None:

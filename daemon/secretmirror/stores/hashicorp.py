@@ -112,6 +112,10 @@ class _Reply:
         data = self.body.get("data")
         return data if isinstance(data, dict) else {}
 
+    @property
+    def warnings(self) -> builtins.list[str]:
+        return [str(w) for w in self.body.get("warnings") or []]
+
     def says(self, text: str) -> bool:
         return any(text in e for e in self.errors)
 
@@ -203,6 +207,8 @@ class HashicorpStore:
         self._renewer: asyncio.Task[None] | None = None
         self._closing = False
         self._known: collections.OrderedDict[str, _State] = collections.OrderedDict()
+        #: Whether the server honours ``metadata_cas`` (OpenBao); None until a write tells.
+        self._metadata_cas: bool | None = None
         self._detailed_listing = True
         #: Vault API calls by kind ("POST data", "GET metadata", ...), for tests and benchmarks.
         self.calls: collections.Counter[str] = collections.Counter()
@@ -278,8 +284,11 @@ class HashicorpStore:
         await self._ready()
         reply = await self._call("GET", f"{self._mount}/data/{path}", "GET data")
         if reply.status == 404 and not reply.says(_NO_ROUTE):
-            return None
-        _expect(reply, 200, "read", path)
+            # A deleted or destroyed current version still answers with its metadata.
+            if not reply.data.get("metadata"):
+                return None
+        else:
+            _expect(reply, 200, "read", path)
         meta = reply.data.get("metadata") or {}
         mark = self._own_mark(meta.get("custom_metadata"))
         if mark is None or mark.deleted or mark.kv_version is None or mark.hash is None:
@@ -336,7 +345,7 @@ class HashicorpStore:
                 except StopAsyncIteration:
                     return
                 except _NoDetailedListing:
-                    self._detailed_listing = False
+                    pass
                 else:
                     for entry in first:
                         yield entry
@@ -346,6 +355,8 @@ class HashicorpStore:
                     return
         async with contextlib.aclosing(self._name_pages(folder, stem)) as names_pages:
             async for names in names_pages:
+                # The plain listing works: stop asking for the detailed one.
+                self._detailed_listing = False
                 for entry in await self._read_entries(folder, stem, names):
                     yield entry
 
@@ -359,7 +370,7 @@ class HashicorpStore:
         written = await self._write_data(path, values, cas=0)
         if written is None:
             return await self._read_state(path)
-        return _State(claimed, written[0], 1)
+        return _State(claimed, written[0], 1 if self._metadata_cas else None)
 
     async def _update(
         self, path: str, mark: _Mark, values: dict[str, str], state: _State
@@ -386,7 +397,9 @@ class HashicorpStore:
                 next_version = None if metadata_version is None else metadata_version + 1
                 return _State(recorded, kv_version, next_version, extra)
             fresh = await self._read_state(path, written=kv_version)
-            if fresh is None or fresh.mark.version >= mark.version:
+            if fresh is None:
+                return None  # the entry was removed, our version with it
+            if fresh.mark.version >= mark.version:
                 await self._destroy(path, [kv_version])
                 return fresh
             metadata_version, extra = fresh.metadata_version, fresh.extra
@@ -421,7 +434,10 @@ class HashicorpStore:
         )
         if reply.status == 400 and reply.says(_CAS_LOST):
             return False
-        _expect(reply, 204, "write the metadata of", path)
+        _expect(reply, (200, 204), "write the metadata of", path)
+        if metadata_version is not None:
+            # HashiCorp Vault accepts the write and warns that it ignored the check.
+            self._metadata_cas = not any("metadata_cas" in w for w in reply.warnings)
         return True
 
     async def _destroy(self, path: str, versions: Iterable[int]) -> None:
@@ -431,7 +447,7 @@ class HashicorpStore:
             "POST destroy",
             json={"versions": sorted(versions)},
         )
-        _expect(reply, 204, "destroy versions of", path)
+        _expect(reply, (200, 204), "destroy versions of", path)
 
     # -- reads ---------------------------------------------------------------
 
@@ -831,8 +847,8 @@ class _NoDetailedListing(Exception):
     """The server (HashiCorp Vault) or the policy offers no ``detailed-metadata`` listing."""
 
 
-def _expect(reply: _Reply, status: int, action: str, path: str) -> None:
-    if reply.status == status:
+def _expect(reply: _Reply, status: int | tuple[int, ...], action: str, path: str) -> None:
+    if reply.status == status or (isinstance(status, tuple) and reply.status in status):
         return
     if reply.status == 404 and reply.says(_NO_ROUTE):
         raise StoreUnavailable(f"hashicorp store: no such mount or path ({reply.reason()})")
