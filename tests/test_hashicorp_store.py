@@ -581,6 +581,21 @@ async def test_put_of_the_same_version_repairs_drift(
     assert not (await _entries(store))[sid].foreign_write
 
 
+async def test_value_deleted_by_hand_is_missing_until_put_again(
+    store: HashicorpStore, openbao: OpenBao, prefix: str
+) -> None:
+    """A soft delete of secretmirror's current value: not listed, not read; put restores it."""
+    sid, values = str(uuid.uuid4()), {"a": "1"}
+    await store.put(sid, 1, values, _hash(sid, values))
+    openbao.ok("DELETE", f"secret/data/{prefix}{sid}")
+    assert sid not in await _entries(store)
+    assert None is await store.get(sid)
+    assert PutOutcome.WRITTEN is await store.put(sid, 1, values, _hash(sid, values))
+    got = await store.get(sid)
+    assert got is not None
+    assert got.values == values
+
+
 async def test_forged_metadata_hides_drift_from_list_but_not_from_the_hash(
     store: HashicorpStore, openbao: OpenBao, prefix: str
 ) -> None:

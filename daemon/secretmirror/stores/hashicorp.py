@@ -57,6 +57,7 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -156,12 +157,16 @@ class _State:
     metadata_version: int | None
     #: Custom metadata keys that are not secretmirror's (an operator's notes), kept on writes.
     extra: dict[str, str] = field(default_factory=dict)
-    #: KV versions whose data still exists (not destroyed).
-    live: tuple[int, ...] = ()
+    #: KV versions whose data is still in storage (not destroyed): what a delete destroys.
+    stored: tuple[int, ...] = ()
+    #: KV versions that can no longer be read (destroyed, or deleted by someone).
+    gone: frozenset[int] = frozenset()
 
     @property
     def consistent(self) -> bool:
-        return not self.mark.deleted and self.mark.kv_version == self.current
+        """The current KV version is secretmirror's recorded one, and readable."""
+        kv_version = self.mark.kv_version
+        return not self.mark.deleted and kv_version == self.current and kv_version not in self.gone
 
     def holds(self, version: int) -> bool:
         """True when a put of ``version`` has nothing to do."""
@@ -323,13 +328,13 @@ class HashicorpStore:
             tombstone_held = state.mark.deleted and state.mark.version >= version
             if state.mark.version > version or tombstone_held:
                 # Finish an interrupted delete: a tombstone whose data still exists.
-                if state.mark.deleted and state.live:
-                    await self._destroy(path, state.live)
+                if state.mark.deleted and state.stored:
+                    await self._destroy(path, state.stored)
                 return
             tombstone = _Mark(version, None, None, deleted=True)
             if await self._write_metadata(path, tombstone, state.extra, state.metadata_version):
-                if state.live:
-                    await self._destroy(path, state.live)
+                if state.stored:
+                    await self._destroy(path, state.stored)
                 return
             state = await self._read_state(path)
         raise StoreConflict(f"hashicorp store: {self._mount}/{path} kept changing; retry later")
@@ -473,21 +478,20 @@ class HashicorpStore:
         mark = self._own_mark(custom)
         if mark is None:
             return None
-        versions = meta.get("versions") or {}
-        live = tuple(
-            sorted(
-                int(number)
-                for number, info in versions.items()
-                if isinstance(info, dict) and not info.get("destroyed")
-            )
-        )
+        versions = {
+            int(number): info
+            for number, info in (meta.get("versions") or {}).items()
+            if isinstance(info, dict)
+        }
+        now = datetime.now(UTC)
         metadata_version = meta.get("current_metadata_version")
         return _State(
             mark,
             int(meta.get("current_version") or 0),
             int(metadata_version) if isinstance(metadata_version, int) else None,
             _extra(custom),
-            live,
+            tuple(sorted(n for n, info in versions.items() if not info.get("destroyed"))),
+            frozenset(n for n, info in versions.items() if _unreadable(info, now)),
         )
 
     def _own_mark(self, custom: Any) -> _Mark | None:
@@ -513,6 +517,8 @@ class HashicorpStore:
         assert mark.kv_version is not None
         if state.current < mark.kv_version:
             return None  # an interrupted create: the data was never written
+        if state.current == mark.kv_version and mark.kv_version in state.gone:
+            return None  # someone deleted or destroyed secretmirror's value
         foreign = state.current != mark.kv_version
         return Entry(secret_id, mark.version, mark.hash, foreign_write=foreign)
 
@@ -865,6 +871,19 @@ def _list_params(after: str) -> dict[str, str]:
     if after:
         params["after"] = after
     return params
+
+
+def _unreadable(info: dict[str, Any], now: datetime) -> bool:
+    """A KV version destroyed, or deleted (``deletion_time`` passed; it may be in the future)."""
+    if info.get("destroyed"):
+        return True
+    stamp = info.get("deletion_time")
+    if not stamp:
+        return False
+    try:
+        return datetime.fromisoformat(str(stamp)) <= now
+    except ValueError:
+        return True
 
 
 def _extra(custom: Any) -> dict[str, str]:
