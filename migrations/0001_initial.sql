@@ -61,8 +61,9 @@ CREATE INDEX events_retained ON events (secret_id, version) WHERE snapshot IS NO
 -- Delivery state per (target, secret): the newest version to deliver and the
 -- newest version applied. Pending versions of one secret coalesce into this
 -- one row; its lease serializes writes to one (target, secret).
+-- target is the store's location, so deliveries follow a store whose role changes.
 CREATE TABLE deliveries (
-    target           text NOT NULL CHECK (target IN ('primary', 'backup')),
+    target           text NOT NULL,
     secret_id        uuid NOT NULL,
     version          integer NOT NULL,
     applied_version  integer NOT NULL DEFAULT 0,

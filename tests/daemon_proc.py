@@ -88,6 +88,16 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait(5)
 
+    def post(self, path: str, body: Any) -> Any:
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
     def get(self, path: str) -> Any:
         request = urllib.request.Request(
             self.url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -392,7 +392,7 @@ class _Switchable:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.pool: Any = rt.pool
-        self.targets = ["backup"]
+        self.target_keys = {"backup": "a-backup-location"}
 
 
 async def test_a_scrape_while_postgresql_is_down_serves_the_last_reading(

@@ -61,7 +61,7 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> 
 
 
 async def drained(rt: Runtime) -> bool:
-    status = await deliveries.status(rt.pool, rt.targets)
+    status = await deliveries.status(rt.pool, rt.target_keys)
     return all(s.pending == 0 for s in status.values())
 
 
@@ -167,7 +167,7 @@ async def test_rejected_value_is_dead_lettered_and_superseded(api: Api, runtime:
         good = await api.create("good", {"k": "fine"})
 
         async def bad_is_dead() -> bool:
-            status = await deliveries.status(runtime.pool, ["backup"])
+            status = await deliveries.status(runtime.pool, runtime.target_keys)
             return status["backup"].dead == 1 and status["backup"].pending == 0
 
         await until(bad_is_dead)
@@ -181,7 +181,7 @@ async def test_rejected_value_is_dead_lettered_and_superseded(api: Api, runtime:
     got = await runtime.backup.get(bad["id"])
     assert got is not None
     assert (got.version, got.values) == (2, {"k": "fixed"})
-    final = await deliveries.status(runtime.pool, ["backup"])
+    final = await deliveries.status(runtime.pool, runtime.target_keys)
     assert final["backup"].dead == 0
 
 
@@ -201,7 +201,7 @@ async def test_dead_letters_retry_requeues(api: Api, runtime: Runtime) -> None:
         created = await api.create("later", {"k": "v"})
 
         async def is_dead() -> bool:
-            return (await deliveries.status(runtime.pool, ["backup"]))["backup"].dead == 1
+            return (await deliveries.status(runtime.pool, runtime.target_keys))["backup"].dead == 1
 
         await until(is_dead)
         status, body, _ = await api.request("GET", "/admin/v1/status")
@@ -261,8 +261,8 @@ async def test_claims_are_exclusive_across_workers(api: Api, runtime: Runtime) -
     for i in range(30):
         await api.create(f"c{i}", {"k": "v"})
     first, second = await asyncio.gather(
-        deliveries.claim(runtime.pool, "node-a", 20, ["backup"], 30),
-        deliveries.claim(runtime.pool, "node-b", 20, ["backup"], 30),
+        deliveries.claim(runtime.pool, "node-a", 20, [runtime.key_of("backup")], 30),
+        deliveries.claim(runtime.pool, "node-b", 20, [runtime.key_of("backup")], 30),
     )
     ids_a = {c.secret_id for c in first}
     ids_b = {c.secret_id for c in second}

@@ -8,6 +8,7 @@ writes to one (target, secret), and ``applied_version`` only moves forward.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -127,11 +128,13 @@ async def release_all(pool: asyncpg.Pool, node: str) -> None:
     await pool.execute(Q.delivery_release_all, node)
 
 
-async def status(pool: asyncpg.Pool, targets: list[str]) -> dict[str, TargetStatus]:
-    rows = await pool.fetch(Q.delivery_status, targets)
-    return {
+async def status(pool: asyncpg.Pool, targets: Mapping[str, str]) -> dict[str, TargetStatus]:
+    """Per role, from ``targets`` (role -> delivery key, ``Runtime.target_keys``)."""
+    rows = await pool.fetch(Q.delivery_status, list(targets.values()))
+    by_key = {
         r["target"]: TargetStatus(r["pending"], r["dead"], r["lag_s"], r["applied"]) for r in rows
     }
+    return {role: by_key[key] for role, key in targets.items()}
 
 
 async def retry_dead(pool: asyncpg.Pool) -> int:
@@ -149,6 +152,6 @@ async def finish_inline(
 ) -> None:
     """After the API's inline write: mark what it applied, give the rest to the worker."""
     if done:
-        await complete(rt.pool, [(t, secret_id, version) for t in done])
-    rest = [(t, secret_id) for t in leased if t not in done]
+        await complete(rt.pool, [(rt.key_of(t), secret_id, version) for t in done])
+    rest = [(rt.key_of(t), secret_id) for t in leased if t not in done]
     await release(rt.pool, rt.node, rest, uncount=False)

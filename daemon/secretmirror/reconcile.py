@@ -26,7 +26,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import asyncpg
@@ -141,6 +141,7 @@ class Scanner:
         self.in_flight_is_sync = True
 
     async def scan(self, role: RoleStore, act: Action | None) -> None:
+        self._role = role
         await self.conn.execute(Q.scan_seen_create)
         await self.conn.execute(Q.scan_seen_clear)
         async for page in _pages(role.list(), _PAGE):
@@ -149,7 +150,7 @@ class Scanner:
             await self._listed(role.role, page, act)
         after: str | None = None
         while not self.cancelled.is_set():
-            rows = await self.conn.fetch(Q.scan_unseen, after, _PAGE, role.role)
+            rows = await self.conn.fetch(Q.scan_unseen, after, _PAGE, self.rt.key_of(role.role))
             for row in rows:
                 cls = "in_sync" if row["in_flight"] and self.in_flight_is_sync else "missing"
                 await self._found(
@@ -162,7 +163,7 @@ class Scanner:
     async def _listed(self, store: str, page: list[Entry], act: Action | None) -> None:
         ids = [uuid.UUID(e.secret_id) for e in page]
         await self.conn.execute(Q.scan_seen_add, ids)
-        rows = await self.conn.fetch(Q.scan_expected, ids, store)
+        rows = await self.conn.fetch(Q.scan_expected, ids, self.rt.key_of(store))
         expected = {r["secret_id"]: r for r in rows}
         for entry in page:
             row = expected.get(entry.secret_id)
@@ -173,10 +174,49 @@ class Scanner:
             await self._found(Finding(store, cls, entry.secret_id, version, entry), act)
 
     async def _found(self, finding: Finding, act: Action | None) -> None:
+        if finding.cls in _DRIFT and self.in_flight_is_sync:
+            confirmed = await self._confirm(finding)
+            if confirmed is None:
+                return
+            finding = confirmed
         self.report.classify(finding.store, finding.cls, finding.secret_id)
         self.report.add("scanned")
         if act is not None:
             await act(finding)
+
+    async def _confirm(self, finding: Finding) -> Finding | None:
+        """Look again at one drifting entry: writes during the scan make listings stale.
+
+        The listing page and the expected state were read moments apart, and
+        secrets keep changing meanwhile. A second look (the expected state now,
+        and one read of the entry) can only clear a finding, never change its
+        class: an entry that now holds the expected version, or whose delivery
+        is in flight, is in sync; an orphan whose secret or entry is gone is
+        dropped. Costs one read per drifting entry, none per entry in sync.
+        """
+        rows = await self.conn.fetch(
+            Q.scan_expected, [uuid.UUID(finding.secret_id)], self.rt.key_of(finding.store)
+        )
+        row = rows[0] if rows else None
+        live = row is not None and row["version"] is not None
+        in_flight = row is not None and bool(row["in_flight"])
+        try:
+            stored = await self._role.get(finding.secret_id)
+        except (StoreError, DecryptionError):
+            return finding  # cannot look again (or cannot read it): report what was listed
+        if not live:
+            # A foreign current value reads as None too: only a plain entry can be gone.
+            vanished = stored is None and not (finding.entry and finding.entry.foreign_write)
+            return None if in_flight or vanished else finding
+        assert row is not None
+        if in_flight or (
+            stored is not None and stored.version == row["version"] and stored.hash == row["hash"]
+        ):
+            return replace(finding, cls="in_sync", expected_version=row["version"])
+        return replace(finding, expected_version=row["version"])
+
+
+_DRIFT = frozenset({"missing", "stale", "mismatch", "orphan"})
 
 
 def _classify(entry: Entry, row: Any, in_flight_is_sync: bool) -> str | None:
@@ -353,6 +393,8 @@ class Job:
                 values, version, hash_ = await self._current(f.secret_id)
                 await _retrying(lambda: store.put(f.secret_id, version, values, hash_))
                 self.report.add("copied")
+        except _Deleted:
+            self.report.add("skipped")
         except (StoreError, DecryptionError, *DB_DOWN) as exc:
             self.report.fail(f.secret_id, f.store, _reason(exc))
 
@@ -376,6 +418,9 @@ class Job:
             values, version, hash_ = await self._from_source(source, f.secret_id)
             await _retrying(lambda: dest.put(f.secret_id, version, values, hash_))
             self.report.add("copied")
+        except _Deleted:
+            self.report.add("skipped")
+            return
         except (StoreError, DecryptionError, *DB_DOWN) as exc:
             self.report.fail(f.secret_id, dest.role, _reason(exc))
             return
@@ -403,9 +448,12 @@ class Job:
         return values, version, hash_
 
     async def _current(self, secret_id: str) -> tuple[dict[str, str], int, str]:
+        """The secret's current values from the log; ``_Deleted`` if it is gone meanwhile."""
         row = await self.rt.pool.fetchrow(Q.secret_snapshot_current, uuid.UUID(secret_id))
-        if row is None or row["snapshot"] is None:
-            raise StoreError("the secret changed or was deleted during the job")
+        if row is None:
+            raise _Deleted()
+        if row["snapshot"] is None:
+            raise StoreError("the current version's snapshot is missing from the event log")
         plain = self.rt.keyring.decrypt(row["snapshot"], secret_aad(secret_id, row["version"]))
         values: dict[str, str] = json.loads(plain)
         return values, row["version"], row["hash"]
@@ -421,7 +469,7 @@ class Job:
             snapshot,
             self.rt.deployment_id,
             snapshot if self.rt.primary_in_db else None,
-            self.rt.targets,
+            self.rt.keys_of(self.rt.targets),
         )
         self.rt.wake.set()
 
@@ -448,6 +496,10 @@ def _reason(exc: BaseException) -> str:
 
 def _flat(counts: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in counts.items() if k != "stores"}
+
+
+class _Deleted(Exception):
+    """The secret was deleted while the job ran: nothing to copy (its delete replicates)."""
 
 
 class Jobs:

@@ -82,8 +82,9 @@ class Replicator:
         free = self.cfg.concurrency - len(self._in_flight)
         if free <= 0:
             return 0
-        up = [t for t in self.rt.targets if self.rt.store_for(t).up]
-        down = [t for t in self.rt.targets if not self.rt.store_for(t).up]
+        keys = self.rt.target_keys
+        up = [keys[t] for t in keys if self.rt.store_for(t).up]
+        down = [keys[t] for t in keys if not self.rt.store_for(t).up]
         claims: list[Claim] = []
         try:
             if up:
@@ -122,8 +123,9 @@ class Replicator:
     # -- one delivery -------------------------------------------------------
 
     async def _deliver(self, claim: Claim, event: Event | None) -> None:
-        store = self.rt.store_for(claim.target)
-        bound = log.bind(secret_id=claim.secret_id, target=claim.target, version=claim.version)
+        role = self.rt.role_of(claim.target)
+        store = self.rt.store_for(role)
+        bound = log.bind(secret_id=claim.secret_id, target=role, version=claim.version)
         try:
             if event is None:
                 raise StoreRejected("the event for this version is missing from the log")
@@ -150,7 +152,7 @@ class Replicator:
 
     async def _failed(self, claim: Claim, exc: Exception, bound: structlog.BoundLogger) -> None:
         reason = exc.reason if isinstance(exc, StoreError) else "decryption"
-        metrics.replication_errors.labels(claim.target, reason).inc()
+        metrics.replication_errors.labels(self.rt.role_of(claim.target), reason).inc()
         decision = self.policy.decide(claim.attempts, exc)
         message = (
             exc.message if isinstance(exc, StoreError | DecryptionError) else type(exc).__name__
@@ -191,7 +193,8 @@ class Replicator:
             log.warning("replication.complete_failed", count=len(batch))
             return
         now = datetime.now(UTC)
-        for target, _, _, recorded_at in batch:
+        for key, _, _, recorded_at in batch:
+            target = self.rt.role_of(key)
             metrics.replication_applied.labels(target).inc()
             metrics.replication_latency.labels(target).observe(
                 max((now - recorded_at).total_seconds(), 0.0)

@@ -59,6 +59,29 @@ class Runtime:
         assert self.backup is not None
         return self.backup
 
+    # Delivery rows are keyed by the store's location, not its role: when a
+    # migration turns the backup into the primary (or daemons with old and new
+    # configurations overlap in a rolling restart), pending deliveries follow
+    # the store they were meant for.
+
+    def key_of(self, target: str) -> str:
+        """The delivery key (the store's location) of a role."""
+        return self.store_for(target).location
+
+    def keys_of(self, targets: list[str]) -> list[str]:
+        return [self.key_of(t) for t in targets]
+
+    @property
+    def target_keys(self) -> dict[str, str]:
+        """Role -> delivery key, for every role the worker delivers to."""
+        return {t: self.key_of(t) for t in self.targets}
+
+    def role_of(self, key: str) -> str:
+        for target, found in self.target_keys.items():
+            if found == key:
+                return target
+        raise KeyError(key)
+
     @property
     def size_cap(self) -> int:
         """The effective cap: the smallest of ``max_secret_bytes`` and the stores' limits."""

@@ -74,8 +74,8 @@ class SecretService:
                 snapshot,
                 self.rt.deployment_id,
                 snapshot if self.rt.primary_in_db else None,
-                self.rt.targets,
-                inline,
+                self.rt.keys_of(self.rt.targets),
+                self.rt.keys_of(inline),
                 self.rt.node,
                 self.rt.settings.replication.inline_timeout_s * 3,
             )
@@ -187,8 +187,8 @@ class SecretService:
                 self.rt.deployment_id,
                 snapshot if self.rt.primary_in_db else None,
                 self.rt.primary_in_db,
-                self.rt.targets,
-                inline,
+                self.rt.keys_of(self.rt.targets),
+                self.rt.keys_of(inline),
                 self.rt.node,
                 self.rt.settings.replication.inline_timeout_s * 3,
             )

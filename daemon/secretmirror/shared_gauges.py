@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -33,7 +33,7 @@ TTL_S = 1.0
 READ_TIMEOUT_S = 2.0
 
 
-async def read_shared_state(pool: asyncpg.Pool, targets: list[str]) -> SharedState:
+async def read_shared_state(pool: asyncpg.Pool, targets: Mapping[str, str]) -> SharedState:
     """One reading of every shared-state gauge."""
     per_target = await deliveries.status(pool, targets)
     async with pool.acquire() as conn:
@@ -96,7 +96,7 @@ class Refresher:
                 return
             try:
                 reading = await asyncio.wait_for(
-                    read_shared_state(self.rt.pool, self.rt.targets), READ_TIMEOUT_S
+                    read_shared_state(self.rt.pool, self.rt.target_keys), READ_TIMEOUT_S
                 )
             except (*DB_DOWN, asyncpg.PostgresError) as exc:
                 # Serve the last reading; try again on a scrape after the TTL.

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from secretmirror import deliveries
 from secretmirror.api.keys import RUNTIME
-from secretmirror.api.routes import principal_of
+from secretmirror.api.routes import check_query, principal_of
 from secretmirror.errors import Forbidden, Unavailable
 from secretmirror.model import Principal
 from secretmirror.runtime import Runtime
@@ -21,10 +21,12 @@ SHARED_GAUGES: web.AppKey[Callable[[], Awaitable[None]]] = web.AppKey("shared_ga
 LAST_VERIFY: web.AppKey[Callable[[], Awaitable[Any]]] = web.AppKey("last_verify")
 
 
-async def admin_of(request: web.Request) -> Principal:
+async def admin_of(request: web.Request, *params: str) -> Principal:
+    """The admin making the request; 400 for a query parameter the route does not take."""
     principal = await principal_of(request)
     if not principal.is_admin:
         raise Forbidden("only an admin can do this")
+    check_query(request, *params)
     return principal
 
 
@@ -39,7 +41,7 @@ async def status_json(rt: Runtime, last_verify: Any = None) -> dict[str, Any]:
                 "last_error": role.last_error,
             }
     try:
-        per_target = await deliveries.status(rt.pool, rt.targets)
+        per_target = await deliveries.status(rt.pool, rt.target_keys)
     except DB_DOWN:
         raise Unavailable("the database is unavailable") from None
     return {
