@@ -352,6 +352,9 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+    schemas.update(_admin_schemas())
+    paths.update(_admin_paths(common))
+    paths.update(_health_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "secretmirror", "version": "1"},
@@ -361,4 +364,221 @@ def openapi_document() -> dict[str, Any]:
         },
         "security": [{"bearer": []}],
         "paths": paths,
+    }
+
+
+_NULLABLE_TS = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _admin_schemas() -> dict[str, Any]:
+    counts = {"type": "integer", "minimum": 0}
+    return {
+        "Job": {
+            "type": "object",
+            "required": [
+                "id",
+                "mode",
+                "status",
+                "dry_run",
+                "delete_secrets",
+                "created",
+                "started",
+                "finished",
+                "counts",
+                "samples",
+                "failures",
+                "error",
+            ],
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "mode": {"type": "string", "enum": ["verify", "repair", "backup", "restore"]},
+                "status": {
+                    "type": "string",
+                    "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
+                },
+                "dry_run": {"type": "boolean"},
+                "delete_secrets": {"type": "boolean"},
+                "created": _TS,
+                "started": _NULLABLE_TS,
+                "finished": _NULLABLE_TS,
+                "counts": {"type": "object"},
+                "samples": {"type": "object"},
+                "failures": {"type": "array", "items": {"type": "object"}},
+                "error": {"type": ["string", "null"]},
+            },
+        },
+        "Status": {
+            "type": "object",
+            "required": ["deployment_id", "stores", "replication", "last_verify"],
+            "properties": {
+                "deployment_id": {"type": "string"},
+                "stores": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["type", "location", "up", "last_error"],
+                        "properties": {
+                            "type": {"type": "string"},
+                            "location": {"type": "string"},
+                            "up": {"type": "boolean"},
+                            "last_error": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+                "replication": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["pending", "dead", "oldest_pending_age_s", "applied"],
+                        "properties": {
+                            "pending": counts,
+                            "dead": counts,
+                            "oldest_pending_age_s": {"type": "number", "minimum": 0},
+                            "applied": counts,
+                        },
+                    },
+                },
+                "last_verify": {"type": ["object", "null"]},
+            },
+        },
+    }
+
+
+def _admin_paths(common: tuple[int, ...]) -> dict[str, Any]:
+    job = {"description": "The job", **_json(_ref("Job"))}
+    return {
+        "/admin/v1/reconcile": {
+            "post": {
+                "summary": "Start a reconcile job (admin)",
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["mode"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "mode": {
+                                    "type": "string",
+                                    "enum": ["verify", "repair", "backup", "restore"],
+                                },
+                                "delete_secrets": {"type": "boolean"},
+                                "dry_run": {"type": "boolean"},
+                            },
+                            # delete_secrets applies to backup and restore only
+                            "if": {
+                                "required": ["delete_secrets"],
+                                "properties": {"delete_secrets": {"const": True}},
+                            },
+                            "then": {"properties": {"mode": {"enum": ["backup", "restore"]}}},
+                        }
+                    ),
+                },
+                "responses": {
+                    "202": {"description": "Started", **_json(_ref("Job"))},
+                    **_errors(*common, 403, 409, 422),
+                },
+            },
+        },
+        "/admin/v1/jobs": {
+            "get": {
+                "summary": "Recent jobs (admin)",
+                "responses": {
+                    "200": {
+                        "description": "Jobs",
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {"items": {"type": "array", "items": _ref("Job")}},
+                            }
+                        ),
+                    },
+                    **_errors(*common, 403),
+                },
+            },
+        },
+        "/admin/v1/jobs/{id}": {
+            "get": {
+                "summary": "One job's state and progress (admin)",
+                "parameters": [_ID_PARAM],
+                "responses": {"200": job, **_errors(*common, 403, 404)},
+            },
+        },
+        "/admin/v1/jobs/{id}/cancel": {
+            "post": {
+                "summary": "Cancel a job (admin)",
+                "parameters": [_ID_PARAM],
+                "responses": {"200": job, **_errors(*common, 403, 404)},
+            },
+        },
+        "/admin/v1/status": {
+            "get": {
+                "summary": "Stores, replication per target and the last verify (admin)",
+                "responses": {
+                    "200": {"description": "Status", **_json(_ref("Status"))},
+                    **_errors(*common, 403),
+                },
+            },
+        },
+        "/admin/v1/dead-letters/retry": {
+            "post": {
+                "summary": "Requeue dead-lettered deliveries (admin)",
+                "responses": {
+                    "200": {
+                        "description": "How many were requeued",
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["requeued"],
+                                "properties": {"requeued": {"type": "integer", "minimum": 0}},
+                            }
+                        ),
+                    },
+                    **_errors(*common, 403),
+                },
+            },
+        },
+    }
+
+
+def _health_paths() -> dict[str, Any]:
+    state = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"type": "string"},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    return {
+        "/healthz": {
+            "get": {
+                "summary": "200 while the process runs",
+                "security": [],
+                "responses": {"200": {"description": "Alive", **_json(state)}},
+            },
+        },
+        "/readyz": {
+            "get": {
+                "summary": "200 when PostgreSQL answers and the schema is current",
+                "security": [],
+                "responses": {
+                    "200": {"description": "Ready", **_json(state)},
+                    "503": {"description": "Not ready, with reasons", **_json(state)},
+                },
+            },
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                },
+            },
+        },
     }
