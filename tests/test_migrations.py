@@ -12,9 +12,10 @@ import asyncpg
 import pytest
 
 from secretmirror import db
+from secretmirror.daemon import open_runtime
 from secretmirror.errors import SchemaMismatch
 from secretmirror.queries import Q
-from tests.conftest import Api
+from tests.conftest import Api, make_settings
 from tests.pg import TestPostgres
 
 
@@ -175,6 +176,18 @@ async def test_newer_schema_is_refused_by_check_schema(database: str) -> None:
         await conn.execute(Q.migrations_record, 9999, "from_the_future")
         with pytest.raises(SchemaMismatch, match="upgrade secretmirror"):
             await db.check_schema(conn)
+
+
+async def test_newer_schema_keeps_the_daemon_from_starting(
+    database: str, tmp_path: Path, encryption_key: str
+) -> None:
+    """open_runtime (what `serve` starts with) refuses a schema newer than it knows."""
+    async with db.connect(database) as conn:
+        await conn.execute(Q.migrations_record, 9999, "from_the_future")
+    settings = make_settings(tmp_path, database, encryption_key)
+    with pytest.raises(SchemaMismatch, match="upgrade secretmirror"):
+        async with open_runtime(settings, database):
+            pass
 
 
 async def test_newer_schema_makes_readyz_fail(api: Api, database: str) -> None:
