@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -16,19 +18,61 @@ from secretmirror.stores.sql import DB_DOWN
 _MAX_EXPIRY_S = 10 * 365 * 86400
 
 
-async def authenticate(pool: asyncpg.Pool, header: str | None) -> Principal:
+class TokenCache:
+    """Valid tokens seen in the last ``ttl_s`` seconds, by hash: one query less per request.
+
+    A revocation in this process empties it at once; one made through another
+    replica takes effect here within ``ttl_s``. Expiry is checked on every hit.
+    Only successes are cached, so a new token works immediately.
+    """
+
+    def __init__(self, ttl_s: float = 1.0, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[bytes, tuple[Principal, datetime | None, float]] = {}
+
+    def get(self, digest: bytes) -> Principal | None:
+        found = self._entries.get(digest)
+        if found is None:
+            return None
+        principal, expires, cached_at = found
+        if time.monotonic() - cached_at > self.ttl_s or (
+            expires is not None and expires <= datetime.now(UTC)
+        ):
+            del self._entries[digest]
+            return None
+        return principal
+
+    def put(self, digest: bytes, principal: Principal, expires: datetime | None) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[digest] = (principal, expires, time.monotonic())
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+async def authenticate(
+    pool: asyncpg.Pool, header: str | None, cache: TokenCache | None = None
+) -> Principal:
     if not header or not header.startswith("Bearer "):
         raise Unauthorized()
     token = header[len("Bearer ") :].strip()
     if not token:
         raise Unauthorized()
+    digest = crypto.token_hash(token)
+    if cache is not None and (cached := cache.get(digest)) is not None:
+        return cached
     try:
-        row = await pool.fetchrow(Q.authenticate, crypto.token_hash(token))
+        row = await pool.fetchrow(Q.authenticate, digest)
     except DB_DOWN:
         raise Unavailable("the database is unavailable") from None
     if row is None:
         raise Unauthorized("the token is unknown, expired or revoked")
-    return Principal(row["user_id"], row["name"], row["role"])
+    principal = Principal(row["user_id"], row["name"], row["role"])
+    if cache is not None:
+        cache.put(digest, principal, row["expires"])
+    return principal
 
 
 def user_json(row: Any) -> dict[str, Any]:
@@ -51,8 +95,9 @@ def token_json(row: Any, user: str) -> dict[str, Any]:
 
 
 class Accounts:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, cache: TokenCache | None = None) -> None:
         self.pool = pool
+        self.cache = cache
 
     async def create_user(self, principal: Principal, name: Any, role: Any) -> dict[str, Any]:
         _require_admin(principal)
@@ -116,6 +161,8 @@ class Accounts:
         scope = None if principal.is_admin else uuid.UUID(principal.user_id)
         if await self.pool.fetchval(Q.token_revoke, tid, scope) is None:
             raise NotFound("no such token")
+        if self.cache is not None:
+            self.cache.clear()
 
 
 def _require_admin(principal: Principal) -> None:

@@ -16,6 +16,7 @@ def start(rt: Runtime, supervisor: Supervisor, app: web.Application) -> None:
     replicator = replication.Replicator(rt)
     supervisor.start("replication", replicator.run)
     supervisor.start("store-probe", lambda stop: replication.probe_stores(rt, stop))
+    supervisor.start("notifier", lambda stop: replication.notify_others(rt, stop))
     supervisor.start("retention", lambda stop: retention.run(rt, stop))
     jobs = app[JOBS]
 

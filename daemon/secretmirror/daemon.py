@@ -125,7 +125,7 @@ def make_readiness(rt: Runtime) -> Callable[[], Awaitable[list[str]]]:
 
 def make_app(rt: Runtime) -> web.Application:
     service = SecretService(rt)
-    accounts = Accounts(rt.pool)
+    accounts = Accounts(rt.pool, rt.tokens)
     app = build_app(rt, service, accounts, make_readiness(rt))
     app[SHARED_GAUGES] = shared_gauges.refresher(rt)
     jobs = Jobs(rt)

@@ -471,7 +471,7 @@ class Job:
             snapshot if self.rt.primary_in_db else None,
             self.rt.keys_of(self.rt.targets),
         )
-        self.rt.wake.set()
+        self.rt.committed()
 
 
 async def _retrying(call: Callable[[], Awaitable[Any]], attempts: int = 5) -> Any:

@@ -24,6 +24,7 @@ from secretmirror import deliveries, metrics
 from secretmirror.crypto import secret_aad
 from secretmirror.deliveries import Claim, Event
 from secretmirror.errors import DecryptionError, StoreError, StoreRejected
+from secretmirror.queries import Q
 from secretmirror.retry import RetryPolicy
 from secretmirror.runtime import Runtime
 from secretmirror.stores.sql import DB_DOWN
@@ -234,6 +235,28 @@ class Replicator:
                         await asyncio.wait_for(conn.close(), 2)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def notify_others(rt: Runtime, stop: asyncio.Event, coalesce_s: float = 0.02) -> None:
+    """Send one NOTIFY per burst of commits, outside the write transactions.
+
+    A NOTIFY inside a write takes PostgreSQL's notify lock until that commit
+    is flushed, serializing every writer. Sent here instead, it costs one
+    statement per ``coalesce_s`` at most; a lost one costs the other processes
+    a poll interval, never work.
+    """
+    while not stop.is_set():
+        waiter = asyncio.create_task(rt.notify.wait())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+        if stop.is_set():
+            return
+        rt.notify.clear()
+        with contextlib.suppress(*DB_DOWN):
+            await rt.pool.execute(Q.notify_deliveries)
+        await asyncio.sleep(coalesce_s)
 
 
 async def probe_stores(rt: Runtime, stop: asyncio.Event) -> None:

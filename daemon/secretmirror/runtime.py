@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 
 from secretmirror import crypto
+from secretmirror.auth import TokenCache
 from secretmirror.errors import ConfigError
 from secretmirror.queries import Q
 from secretmirror.settings import Settings
@@ -38,6 +39,16 @@ class Runtime:
     node: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     #: Set on every committed write so the local worker wakes without a round trip.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Recently authenticated tokens (see ``auth.TokenCache``).
+    tokens: TokenCache = field(default_factory=TokenCache)
+    #: Set on every committed write; the notifier wakes the other processes' workers.
+    notify: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def committed(self) -> None:
+        """A write with deliveries committed: wake this worker now, the others soon."""
+        if self.targets:
+            self.wake.set()
+            self.notify.set()
 
     @property
     def primary_in_db(self) -> bool:

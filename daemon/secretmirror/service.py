@@ -82,7 +82,7 @@ class SecretService:
         except asyncpg.UniqueViolationError:
             raise NameTaken() from None
         meta = SecretMeta.from_row(row)
-        self.rt.wake.set()
+        self.rt.committed()
         await self._write_inline(meta, values, content_hash, inline)
         log.info("secret.created", secret_id=secret_id, version=1)
         return ReadResult(meta, values, "primary")
@@ -197,7 +197,7 @@ class SecretService:
         if row is None:
             return None
         new_meta = SecretMeta.from_row(row)
-        self.rt.wake.set()
+        self.rt.committed()
         await self._write_inline(new_meta, values, content_hash, inline)
         log.info(f"secret.{kind}d", secret_id=meta.id, version=version)
         return ReadResult(new_meta, values or {}, "primary")

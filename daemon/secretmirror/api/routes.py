@@ -23,7 +23,8 @@ _IF_MATCH = re.compile(r'"([0-9]{1,9})"|([0-9]{1,9})', re.ASCII)
 
 
 async def principal_of(request: web.Request) -> Principal:
-    return await authenticate(request.app[RUNTIME].pool, request.headers.get("Authorization"))
+    rt = request.app[RUNTIME]
+    return await authenticate(rt.pool, request.headers.get("Authorization"), rt.tokens)
 
 
 async def writer_of(request: web.Request) -> Principal:

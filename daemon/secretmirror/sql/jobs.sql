@@ -132,4 +132,4 @@ WITH s AS (
                              THEN dl.pending_since ELSE excluded.pending_since END,
         dead = false, attempts = 0, next_attempt_at = now(), last_error = NULL
 )
-SELECT s.version, pg_notify('secretmirror_deliveries', '') FROM s
+SELECT s.version FROM s

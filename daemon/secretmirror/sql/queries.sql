@@ -44,7 +44,7 @@ UPDATE tokens SET revoked = now()
 WHERE user_id = $1 AND name = 'bootstrap' AND hash <> $2 AND revoked IS NULL
 
 -- authenticate --
-SELECT u.id::text AS user_id, u.name, u.role
+SELECT u.id::text AS user_id, u.name, u.role, t.expires
 FROM tokens t JOIN users u ON u.id = t.user_id
 WHERE t.hash = $1 AND t.revoked IS NULL AND (t.expires IS NULL OR t.expires > now())
 
@@ -75,7 +75,8 @@ WHERE id = $1 AND revoked IS NULL AND ($2::uuid IS NULL OR user_id = $2)
 RETURNING id
 
 -- secret_create --
--- One statement: metadata, event, sql-store value and deliveries commit together.
+-- One statement: metadata, event, sql-store value and deliveries commit together
+-- (the wake-up NOTIFY follows separately: see notify_deliveries).
 -- $9 is the sql store ciphertext (NULL when the primary is not the main database).
 -- $11 names the targets whose delivery the caller writes inline: their rows are
 -- leased to $12 for $13 seconds so the worker does not write them twice.
@@ -101,8 +102,7 @@ WITH s AS (
            CASE WHEN t = ANY($11::text[]) THEN $12 END
     FROM s, e, unnest($10::text[]) AS t
 )
-SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated,
-       e.seq, pg_notify('secretmirror_deliveries', '') AS notified
+SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq
 FROM s, e
 
 -- secret_change --
@@ -144,9 +144,13 @@ WITH upd AS (
                             ELSE dl.leased_until END,
         leased_by = COALESCE(excluded.leased_by, dl.leased_by)
 )
-SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated,
-       e.seq, pg_notify('secretmirror_deliveries', '') AS notified
+SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq
 FROM s, e
+
+-- notify_deliveries --
+-- Wakes the workers of every process. Sent outside the write transactions: a
+-- NOTIFY takes a global lock held until commit, which would serialize writes.
+SELECT pg_notify('secretmirror_deliveries', '')
 
 -- secret_get --
 SELECT id::text, name, owner::text, private, version, hash, created, updated
