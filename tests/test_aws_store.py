@@ -352,6 +352,30 @@ async def test_put_after_console_rollback_restores_newest(
     assert got.version == 2
 
 
+async def test_entry_purged_behind_our_back_is_written_again_after_a_listing(
+    store: AwsStore, raw: Any, aws_prefix: str
+) -> None:
+    """Once a full listing no longer shows an entry, repairing it writes it again."""
+    sid = _sid()
+    await _put(store, sid, 1, {"a": "1"})
+    await raw.delete_secret(SecretId=aws_prefix + sid, ForceDeleteWithoutRecovery=True)
+    assert sid not in await _listed(store)
+    assert await _put(store, sid, 1, {"a": "1"}) is PutOutcome.WRITTEN
+    assert await store.get(sid) is not None
+
+
+async def test_entry_purged_behind_our_back_is_written_again_after_a_read(
+    store: AwsStore, raw: Any, aws_prefix: str
+) -> None:
+    """A read that finds the entry gone makes the next put write it again."""
+    sid = _sid()
+    await _put(store, sid, 1, {"a": "1"})
+    await raw.delete_secret(SecretId=aws_prefix + sid, ForceDeleteWithoutRecovery=True)
+    assert await store.get(sid) is None
+    assert await _put(store, sid, 1, {"a": "1"}) is PutOutcome.WRITTEN
+    assert await store.get(sid) is not None
+
+
 # -- limits --
 
 
@@ -435,6 +459,36 @@ async def test_tombstone_tag_fences_another_process(
         assert await _put(second, sid, 1, {"a": "1"}) is PutOutcome.UNCHANGED
     described = await raw.describe_secret(SecretId=aws_prefix + sid)
     assert described.get("DeletedDate") is not None
+
+
+async def _half_deleted(store: AwsStore, raw: Any, name: str, sid: str) -> None:
+    """What a crash between a delete's TagResource and DeleteSecret leaves behind."""
+    await _put(store, sid, 1, {"a": "1"})
+    await raw.tag_resource(SecretId=name, Tags=[{"Key": TAG_TOMBSTONE, "Value": "2"}])
+
+
+async def test_interrupted_delete_is_finished_on_redelivery(
+    open_store: OpenStore, raw: Any, aws_prefix: str
+) -> None:
+    """A delete that stopped after tagging the tombstone is completed when delivered again."""
+    sid = _sid()
+    async with open_store() as first:
+        await _half_deleted(first, raw, aws_prefix + sid, sid)
+    async with open_store() as second:
+        await second.delete(sid, 2)
+    described = await raw.describe_secret(SecretId=aws_prefix + sid)
+    assert described.get("DeletedDate") is not None
+
+
+async def test_interrupted_delete_lists_as_tombstone(
+    open_store: OpenStore, raw: Any, aws_prefix: str
+) -> None:
+    """An entry tagged by an unfinished delete lists as deleted at the tombstone version."""
+    sid = _sid()
+    async with open_store() as first:
+        await _half_deleted(first, raw, aws_prefix + sid, sid)
+    async with open_store() as second:
+        assert (await _listed(second))[sid] == Entry(sid, 2, None, deleted=True)
 
 
 async def test_newer_put_restores_pending_deletion(

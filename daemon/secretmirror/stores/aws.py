@@ -50,14 +50,17 @@ process learnt can also go stale when another process writes the same entry;
 the harm is bounded: ``list`` drops knowledge that disagrees with AWS, a
 regression shows as ``stale`` in verify, and repair moves ``AWSCURRENT``
 forward again.
-Force delete (``recovery_window_days = 0``) leaves nothing in AWS to fence
-on; the tombstone is then only remembered by this process.
+
+Tombstones kept only in this process: after a force delete
+(``recovery_window_days = 0``) AWS holds nothing to fence on, and a second,
+newer delete of an entry already pending deletion does not rewrite its tag.
 
 ``list`` is sorted by secret id within each page of 100, not globally
 (ListSecrets cannot sort by name everywhere; sorting all would hold the whole
-listing in memory). ``location`` is ``aws:<endpoint or "aws">/<region>/<prefix>``:
-the account id would cost an STS call, and two stores in different accounts
-with the same region and prefix would wrongly count as one location.
+listing in memory). ``location`` is ``aws:<endpoint or "aws">/<region>/<prefix>``
+without the account id, which would cost an STS call: two stores in different
+accounts with the same region and prefix count as one location, so start-up
+refuses that pair; give them different prefixes.
 
 Errors: throttling -> ``StoreThrottled``; connection failures, timeouts, 5xx
 -> ``StoreUnavailable``; invalid parameters/requests -> ``StoreRejected``.
@@ -282,9 +285,11 @@ class _State:
         # AWSCURRENT is someone else's: put back ours, but never one older than ours.
         return version >= self.newest
 
-    def holds(self, version: int) -> bool:
-        """True when a delete at ``version`` is already covered."""
-        return self.tombstone >= version or (self.current or 0) >= version
+    @property
+    def deleted(self) -> bool:
+        """Pending deletion, or tagged by a delete that stopped before DeleteSecret (a crash)."""
+        live = self.current if self.current is not None else self.newest
+        return self.pending_deletion or self.tombstone > live
 
     @classmethod
     def of(cls, described: Mapping[str, Any]) -> _State:
@@ -307,7 +312,7 @@ class _State:
         )
 
     def entry(self, secret_id: str) -> Entry:
-        if self.pending_deletion:
+        if self.deleted:
             return Entry(secret_id, max(self.tombstone, self.newest), None, deleted=True)
         if self.current is None:
             return Entry(secret_id, self.newest, None, foreign_write=True)
@@ -482,11 +487,15 @@ class AwsStore:
                 lambda: client.get_secret_value(SecretId=name, VersionStage=CURRENT),
             )
         except StoreNotFound:
+            self._forget(secret_id)
             return None
         except StoreRejected as exc:
             if _is_deleted_error(exc):
                 return None
             raise
+        known = self._known.get(secret_id)
+        if known is not None and known.current_id != answer.get("VersionId"):
+            self._forget(secret_id)  # changed behind this process's back: re-read on write
         parsed = parse_token(answer.get("VersionId"))
         if parsed is None:
             return None  # someone else's value: its version is unknown, so it serves no read
@@ -511,8 +520,15 @@ class AwsStore:
         raise StoreConflict(f"the AWS entry of {secret_id} kept changing during the delete")
 
     async def list(self) -> AsyncIterator[Entry]:
-        """This deployment's entries (tombstones included), sorted by id within each page."""
+        """This deployment's entries (tombstones included), sorted by id within each page.
+
+        A listing that runs to the end also tells what is gone: entries this
+        process believed to exist but AWS no longer lists (purged, untagged)
+        are forgotten, so a repair writes them again instead of trusting the
+        belief. Bounded by the remembered entries, not by the listing.
+        """
         client = self._require()
+        unseen = {sid for sid, state in self._known.items() if state.exists}
         next_token: str | None = None
         while True:
             request: ListSecretsRequestTypeDef = {
@@ -532,13 +548,16 @@ class AwsStore:
                     continue
                 state = _State.of(item)
                 self._observe(secret_id, state)
+                unseen.discard(secret_id)
                 entries.append(state.entry(secret_id))
             entries.sort(key=lambda e: e.secret_id)
             for entry in entries:
                 yield entry
             next_token = page.get("NextToken")
             if not next_token:
-                return
+                break
+        for secret_id in unseen:
+            self._forget(secret_id)
 
     # -- steps of put and delete --
 
@@ -647,18 +666,21 @@ class AwsStore:
             raise _Stale from None  # the label moved since we looked: look again
 
     async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
-        if not state.exists or state.pending_deletion or state.holds(version):
+        if not state.exists or state.pending_deletion or (state.current or 0) >= version:
             # Gone, already deleted, or newer: only remember the tombstone, to fence late puts.
-            if not state.holds(version):
+            if version > state.tombstone:
                 self._remember(secret_id, replace(state, tombstone=version))
             return
         client = self._require()
-        await self._write_or_stale(
-            "TagResource",
-            lambda: client.tag_resource(
-                SecretId=name, Tags=[{"Key": TAG_TOMBSTONE, "Value": str(version)}]
-            ),
-        )
+        # The tag alone does not make a delete: on a live entry it is one that stopped
+        # between TagResource and DeleteSecret (a crash), so finish it.
+        if state.tombstone < version:
+            await self._write_or_stale(
+                "TagResource",
+                lambda: client.tag_resource(
+                    SecretId=name, Tags=[{"Key": TAG_TOMBSTONE, "Value": str(version)}]
+                ),
+            )
         days = self._settings.recovery_window_days
         force = days == 0
 
