@@ -41,7 +41,7 @@ def _hash(sid: str, values: dict[str, str]) -> str:
 
 
 def least_privilege_policy(mount: str, prefix: str, *, detailed_listing: bool = True) -> str:
-    """The policy docs/stores-hashicorp-custom.md recommends: the prefix's KV paths only."""
+    """The policy the README recommends: the prefix's KV paths only."""
     rules = [
         f'path "{mount}/data/{prefix}*" {{ capabilities = ["create", "read", "update"] }}',
         f'path "{mount}/metadata/{prefix}*" '

@@ -45,8 +45,8 @@ from tests.prometheus import (
 DASHBOARD = REPO / "grafana" / "dashboards" / "secretmirror.json"
 ALERTS = REPO / "prometheus" / "alerts.yml"
 ALERT_TESTS = REPO / "prometheus" / "alerts_test.yml"
-#: Where the runbook sections live: the README, or the text the README merges in.
-RUNBOOK_TEXTS = [REPO / "README.md", REPO / "docs" / "operations.md"]
+#: Where the runbook sections live.
+RUNBOOK_TEXTS = [REPO / "README.md"]
 RUNBOOK = "https://github.com/secretmirror/secretmirror#alert-"
 
 #: What Grafana substitutes for its built-in variables when it sends a query.
@@ -142,7 +142,7 @@ def test_every_alert_has_a_summary_description_and_runbook() -> None:
 
 
 def test_every_runbook_anchor_has_a_section() -> None:
-    """The README (or the operations text it merges) has the section each runbook link names."""
+    """The README has the section each runbook link names."""
     headings = [
         line.lstrip("#").strip()
         for text in RUNBOOK_TEXTS
