@@ -57,9 +57,10 @@ class JsonLogs:
 @pytest.fixture
 def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[JsonLogs]:
     root_handlers = list(logging.getLogger().handlers)
+    before = structlog.get_config()
     logs = JsonLogs(capsys)
     yield logs
-    structlog.reset_defaults()
+    structlog.configure(**before)
     _forget_cached_loggers()
     for handler in logging.getLogger().handlers:
         if handler not in root_handlers:
