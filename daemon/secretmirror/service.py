@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -309,7 +309,7 @@ class SecretService:
         if row is None or row["snapshot"] is None:
             raise Gone()
         values = self._open(meta.id, version, row["snapshot"])
-        return ReadResult(meta, values, "log")
+        return ReadResult(replace(meta, version=version), values, "log")
 
     async def _from_log(self, secret_id: str, version: int) -> dict[str, str] | None:
         row = await self._db_row(Q.event_snapshot, _uuid(secret_id), version)
