@@ -170,7 +170,13 @@ class EmbeddedPostgres:
             raise ConfigError("the embedded database needs the `pgserver` package") from None
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         get_server = pgserver.get_server  # type: ignore[attr-defined]
-        self._server = get_server(self.pgdata, cleanup_mode="stop")
+        try:
+            self._server = get_server(self.pgdata, cleanup_mode="stop")
+        except Exception as exc:  # pgserver raises plain exceptions from initdb/pg_ctl
+            raise ConfigError(
+                f"the embedded PostgreSQL under {self.pgdata} did not start "
+                f"({type(exc).__name__}); see {self.pgdata / 'log'}, or set database_url"
+            ) from exc
         dsn: str = self._server.get_uri()
         return dsn
 
