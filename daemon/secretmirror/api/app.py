@@ -22,6 +22,8 @@ from secretmirror.service import SecretService
 log = structlog.get_logger("secretmirror.api")
 
 MAX_BODY = 1024 * 1024
+#: Methods kept as metric labels; any other token a client sends counts as "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -58,8 +60,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
     response.headers["X-Request-Id"] = request_id
-    metrics.http_requests.labels(route, request.method, str(response.status)).inc()
-    metrics.http_request_duration.labels(route, request.method).observe(
+    method = request.method if request.method in _METHODS else "other"
+    metrics.http_requests.labels(route, method, str(response.status)).inc()
+    metrics.http_request_duration.labels(route, method).observe(
         time.perf_counter() - started
     )
     return response
