@@ -291,6 +291,21 @@ async def test_foreign_entry_is_not_overwritten(
     assert (meta["current_version"], meta["custom_metadata"], data) == (1, None, {"theirs": "x"})
 
 
+async def test_foreign_entry_recreated_where_this_process_wrote_is_not_overwritten(
+    store: HashicorpStore, openbao: OpenBao, prefix: str
+) -> None:
+    """Ours removed, someone else's written at its path: the next put refuses it untouched."""
+    sid = str(uuid.uuid4())
+    await store.put(sid, 1, {"a": "1"}, _hash(sid, {"a": "1"}))
+    openbao.ok("DELETE", f"secret/metadata/{prefix}{sid}")
+    openbao.ok("POST", f"secret/data/{prefix}{sid}", {"data": {"theirs": "x"}})
+    with pytest.raises(StoreConflict, match="not an entry of this deployment"):
+        await store.put(sid, 2, {"a": "2"}, _hash(sid, {"a": "2"}))
+    meta = _metadata(openbao, f"{prefix}{sid}")
+    data = openbao.ok("GET", f"secret/data/{prefix}{sid}")["data"]["data"]
+    assert (meta["current_version"], meta["custom_metadata"], data) == (1, None, {"theirs": "x"})
+
+
 async def test_foreign_entry_is_not_deleted(
     store: HashicorpStore, openbao: OpenBao, prefix: str
 ) -> None:
@@ -434,15 +449,15 @@ async def test_create_costs_three_calls(store: HashicorpStore) -> None:
     assert dict(store.calls) == {"GET metadata": 1, "POST metadata": 1, "POST data": 1}
 
 
-async def test_steady_state_update_costs_two_calls(store: HashicorpStore) -> None:
-    """An update this process can predict: the data with cas, the metadata with metadata_cas."""
+async def test_steady_state_update_costs_three_calls(store: HashicorpStore) -> None:
+    """Each update reads the metadata (the ownership check), then writes data and metadata."""
     sid = str(uuid.uuid4())
     await store.put(sid, 1, {"a": "1"}, _hash(sid, {"a": "1"}))
     for version in range(2, 6):
         store.calls.clear()
         values = {"a": str(version)}
         assert PutOutcome.WRITTEN is await store.put(sid, version, values, _hash(sid, values))
-        assert dict(store.calls) == {"POST data": 1, "POST metadata": 1}
+        assert dict(store.calls) == {"GET metadata": 1, "POST data": 1, "POST metadata": 1}
 
 
 async def test_update_from_a_cold_process_costs_three_calls(
@@ -457,10 +472,10 @@ async def test_update_from_a_cold_process_costs_three_calls(
     assert dict(cold.calls) == {"GET metadata": 1, "POST data": 1, "POST metadata": 1}
 
 
-async def test_stale_guess_costs_a_failed_write_and_a_read(
+async def test_update_after_another_process_wrote_costs_no_failed_write(
     store: HashicorpStore, openbao: OpenBao, ctx: StoreContext, prefix: str
 ) -> None:
-    """When another process wrote meanwhile, the cas write fails, is re-read and done right."""
+    """Another process wrote meanwhile: the read sees it, the cas write succeeds first time."""
     sid = str(uuid.uuid4())
     await store.put(sid, 1, {"a": "1"}, _hash(sid, {"a": "1"}))
     async with opened(ctx, url=openbao.url, token=openbao.root_token, path_prefix=prefix) as other:
@@ -471,7 +486,7 @@ async def test_stale_guess_costs_a_failed_write_and_a_read(
     assert got is not None
     assert (got.version, got.values) == (3, {"a": "3"})
     assert dict(store.calls) == {
-        "POST data": 2,
+        "POST data": 1,
         "GET metadata": 1,
         "POST metadata": 1,
         "GET data": 1,

@@ -19,12 +19,12 @@ not write), and a put of the same version rewrites it (repair).
 Cost of a change. Creating an entry: read metadata (404), write metadata with
 ``metadata_cas=0``, write data with ``cas=0`` (3 calls; metadata first, so an
 interrupted create leaves an entry marked as ours and never an unmarked one
-that later looks foreign). Updating: data with ``cas`` then metadata with
-``metadata_cas`` (2 calls) when this process remembers the entry's KV and
-metadata versions from its last write; otherwise a metadata read first (3).
-The remembered versions are only a guess: both writes are conditional, so a
-stale guess costs a failed write and a read, never a wrong write. HashiCorp
-Vault has no ``metadata_cas`` (OpenBao does), so there every put reads first.
+that later looks foreign). Updating: read metadata, data with ``cas``, then
+metadata with ``metadata_cas`` (3 calls). The read cannot be skipped by
+remembering the entry's versions from this process's last write: ``cas`` checks
+only the KV version number, so an entry someone else re-created at the same
+path with as many versions would take the write (our values on top of theirs).
+HashiCorp Vault has no ``metadata_cas`` (OpenBao does).
 
 Deletes are tombstones that keep the metadata: ``secretmirror.deleted=true``
 at the delete's version, then every version's data is destroyed (``destroy``,
@@ -92,8 +92,6 @@ _NO_ROUTE = "no handler for route"
 _PAGE = 200
 #: Metadata reads in flight while listing a server without ``detailed-metadata``.
 _LIST_CONCURRENCY = 16
-#: Entries whose KV and metadata versions this process remembers.
-_REMEMBERED = 10_000
 #: Conditional writes lost in a row before giving up on one change.
 _MAX_RACES = 5
 
@@ -211,7 +209,6 @@ class HashicorpStore:
         self._token_changed = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
         self._closing = False
-        self._known: collections.OrderedDict[str, _State] = collections.OrderedDict()
         #: Whether the server honours ``metadata_cas`` (OpenBao); None until a write tells.
         self._metadata_cas: bool | None = None
         self._detailed_listing = True
@@ -267,10 +264,9 @@ class HashicorpStore:
     ) -> PutOutcome:
         path = self._path(secret_id)
         await self._ready()
-        known = self._known.get(secret_id)
-        if known is None or known.metadata_version is None or known.mark.version >= version:
-            known = None
-        state = known or await self._read_state(path)
+        # Always read first: the ownership mark must be checked before the data write,
+        # whose ``cas`` alone cannot tell this entry from a foreign one re-created here.
+        state = await self._read_state(path)
         mark = _Mark(version, content_hash, None, deleted=False)
         for _ in range(_MAX_RACES):
             if state is not None and state.holds(version):
@@ -280,7 +276,6 @@ class HashicorpStore:
             else:
                 state = await self._update(path, mark, values, state)
             if state is not None and state.mark.version == version and state.consistent:
-                self._remember(secret_id, state)
                 return PutOutcome.WRITTEN
         raise StoreConflict(f"hashicorp store: {self._mount}/{path} kept changing; retry later")
 
@@ -320,7 +315,6 @@ class HashicorpStore:
     async def delete(self, secret_id: str, version: int) -> None:
         path = self._path(secret_id)
         await self._ready()
-        self._known.pop(secret_id, None)
         state = await self._read_state(path)
         for _ in range(_MAX_RACES):
             if state is None:
@@ -599,12 +593,6 @@ class HashicorpStore:
         if not _SECRET_ID.fullmatch(secret_id):
             raise StoreRejected("hashicorp store: a secret id must be 1-255 of A-Z a-z 0-9 _ . -")
         return f"{self._prefix}{secret_id}"
-
-    def _remember(self, secret_id: str, state: _State) -> None:
-        self._known[secret_id] = state
-        self._known.move_to_end(secret_id)
-        while len(self._known) > _REMEMBERED:
-            self._known.popitem(last=False)
 
     def _not_ours(self, path: str) -> StoreConflict:
         return StoreConflict(
