@@ -21,8 +21,9 @@ from tests.pg import TestPostgres
 ADMIN_TOKEN = "smt_test-admin-token-" + "x" * 20
 
 #: Fixture modules: a moto server for the aws store (``moto_server``, ``aws_prefix``),
-#: an OpenBao dev server for the hashicorp store (``openbao``).
-pytest_plugins = ["tests.moto", "tests.openbao"]
+#: an OpenBao dev server for the hashicorp store (``openbao``), the Azure Key Vault fake
+#: (``azure_fake``, ``azure_prefix``).
+pytest_plugins = ["tests.moto", "tests.openbao", "tests.azurefake"]
 
 
 @pytest.fixture(scope="session")

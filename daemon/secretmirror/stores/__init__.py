@@ -9,6 +9,7 @@ from typing import Any
 from secretmirror.errors import ConfigError
 from secretmirror.settings import (
     AwsStoreSettings,
+    AzureStoreSettings,
     CustomStoreSettings,
     FileStoreSettings,
     HashicorpStoreSettings,
@@ -35,6 +36,10 @@ def build_store(settings: Any, ctx: StoreContext, main_dsn: str) -> SecretStore:
         from secretmirror.stores.hashicorp import HashicorpStore
 
         return HashicorpStore(settings, ctx)
+    if isinstance(settings, AzureStoreSettings):
+        from secretmirror.stores.azure import AzureStore
+
+        return AzureStore(settings, ctx)
     if isinstance(settings, CustomStoreSettings):
         return _load_custom(settings, ctx)
     raise ConfigError(f"store type {settings.type!r} is not available in this build")

@@ -1,0 +1,940 @@
+"""The ``azure`` store: Azure Key Vault secrets over REST (aiohttp), tokens from azure-identity.
+
+Why REST and not the ``azure-keyvault-secrets`` client. The store needs five
+calls of one small JSON API, and it needs what the SDK hides: the HTTP status
+and Key Vault's inner error code (``ObjectIsDeletedButRecoverable`` decides
+between recover-then-write and a conflict), the ``Retry-After`` of a 429 (the
+SDK's retry policy would sleep on it inside a delivery), and exact control of
+how many calls each operation costs. A request here is one aiohttp round
+trip on the store's single ``ClientSession``; the SDK's pipeline (policies,
+model (de)serialization, per-call pollers for delete and recover) costs
+several times the CPU per call. Credentials are never hand-rolled:
+``azure-identity`` (``DefaultAzureCredential`` for ``implicit``: managed or
+workload identity, environment, Azure CLI; ``ClientSecretCredential`` for
+``service-principal``) issues every token, through the store's own session.
+
+Entries. Secret ``id`` lives in the Key Vault secret ``{name_prefix}{id}``
+(letters, digits and dashes; a UUID's dashes are fine). Its value is the
+canonical JSON of the values with content type ``application/json``, at most
+25,000 bytes (Key Vault documents "25k bytes"; the stricter reading is
+taken, checked before any call). Key Vault keeps tags per secret *version*;
+every secretmirror write creates one Key Vault version tagged
+``secretmirror-deployment`` (this deployment's id: ownership),
+``secretmirror-version`` and ``secretmirror-hash`` (the content hash), so a
+listing of secret properties tells what is in sync without reading a value.
+Tags that are not secretmirror's (an operator's) are carried to new versions.
+
+Fencing. Key Vault has no conditional write: a set always adds a version. So
+the store decides before writing, from what it knows of the entry
+(``_State``), learnt from its own writes, from ``list`` pages, or else from
+one read of the latest version. Per operation:
+
+- put, entry known to this process (steady state): 1 call, a set.
+- put, entry not known yet: a get of the latest version, then the set (2
+  calls, 1 write); for a new name the get answers 404.
+- put of a version the entry already holds, or older (a redelivery): 0 calls
+  when known, else 1 read. A redelivery never adds a Key Vault version.
+- put over a soft-deleted entry (a tombstone): recover, then set. Key Vault
+  refuses a set on a soft-deleted name (409 ``ObjectIsDeletedButRecoverable``);
+  when the store did not know, that answer costs one more read of the deleted
+  secret (its tags: ownership and tombstone) before the recover.
+- delete: tag the latest version ``secretmirror-tombstone=<version>``, then
+  delete (Key Vault's soft delete): 2 writes (+1 read when not known). The
+  deleted secret keeps its tags, so a late older put is refused and a newer
+  one recovers the entry. A delete interrupted between the two calls leaves
+  a tagged live entry that lists and reads as deleted; the next delete
+  finishes it.
+- get: 1 read; list: 1 call per 25 live entries + 1 per 25 soft-deleted ones.
+
+Ownership. A secret whose latest version carries another deployment's tag is
+never written, recovered or deleted (``StoreConflict``) and never listed. A
+latest version without any secretmirror tag is someone's hand-made write:
+the secret's versions are listed once, and if an older one is this
+deployment's, the entry is ours with a foreign current value
+(``Entry.foreign_write``: verify reports a mismatch and repair writes ours
+anew); otherwise it is someone else's secret. ``get`` never serves a value
+secretmirror did not write.
+
+Within a process a per-secret lock serializes decide-then-write; across
+processes the replication layer's per-(target, secret) lease does. A write
+that fails or is cancelled may still have landed, so the store forgets what
+it knew of the entry and reads it again next time; ``list`` drops knowledge
+that disagrees with Key Vault.
+
+Auth. The first request learns Key Vault's authentication challenge (an
+unauthenticated request answered 401 with ``WWW-Authenticate: Bearer
+authorization=".../<tenant>", resource="https://vault.azure.net"``), as
+Microsoft's clients do; tokens are then asked for that resource and tenant.
+The challenge's resource must be a parent domain of the vault's host (so a
+vault URL cannot be used to harvest tokens for another service), except on a
+loopback host (a local test server). A 401 later (a rotated secret, a vault
+moved to another tenant) re-reads the challenge and fetches a fresh token
+once before giving up.
+
+Errors and quota. 429 -> ``StoreThrottled`` with ``Retry-After``, and the
+whole store holds off for that long (requests fail fast as throttled
+instead of adding load), so bulk work slows down rather than failing;
+connection failures, timeouts, 5xx -> ``StoreUnavailable``; 401/403
+(credentials, role assignment, firewall) -> ``StoreUnavailable`` too, since
+they are fixed store-wide by an operator and retrying recovers without one
+(``max_attempts`` still dead-letters a lasting misconfiguration); other 4xx
+-> ``StoreRejected``. Every write (set, tag, delete, recover) first takes a
+slot from one token bucket per store, ``max_writes_per_s`` (default 25, under
+Key Vault's 300 secret sets per 10 s per vault).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections
+import contextlib
+import importlib
+import ipaddress
+import json
+import re
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from secretmirror.errors import (
+    ConfigError,
+    StoreConflict,
+    StoreRejected,
+    StoreThrottled,
+    StoreUnavailable,
+)
+from secretmirror.model import canonical
+from secretmirror.ratelimit import KeyedLock, TokenBucket
+from secretmirror.settings import AzureStoreSettings
+from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken
+    from azure.core.credentials_async import AsyncTokenCredential
+
+log = structlog.get_logger("secretmirror.stores")
+
+API_VERSION = "7.5"
+CONTENT_TYPE = "application/json"
+#: Key Vault: "a maximum size of 25k bytes" per secret value; the stricter reading.
+MAX_VALUE_BYTES = 25_000
+TAG_DEPLOYMENT = "secretmirror-deployment"
+TAG_VERSION = "secretmirror-version"
+TAG_HASH = "secretmirror-hash"
+TAG_TOMBSTONE = "secretmirror-tombstone"
+_TAG_PREFIX = "secretmirror-"
+EXTRA = "secretmirror[azure]"
+
+_NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
+_HASH = re.compile(r"[0-9a-f]{32}")
+_PARAM = re.compile(r'(\w+)="([^"]*)"')
+#: Key Vault's page size limit for listings.
+_PAGE = 25
+_KNOWN_MAX = 100_000
+#: Connections per store: above replication and reconcile concurrency (16 each by default).
+_POOL = 64
+_ATTEMPTS = 3
+#: Waits for a delete or recovery Key Vault is still finishing (seconds, then give up).
+_SETTLE_WAITS = (0.1, 0.2, 0.4, 0.8, 1.5)
+#: Ask azure-identity again this long before a token expires (its own refresh margin).
+_TOKEN_MARGIN_S = 300.0
+_MAX_HOLD_S = 300.0
+
+_DELETED_RECOVERABLE = "ObjectIsDeletedButRecoverable"
+_SETTLING = frozenset({"ObjectIsBeingDeleted", "ObjectIsBeingRecovered"})
+_DISABLED = "SecretDisabled"
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+
+    @property
+    def code(self) -> str:
+        error = self.body.get("error")
+        return str(error.get("code") or "") if isinstance(error, dict) else ""
+
+    @property
+    def inner(self) -> str:
+        error = self.body.get("error")
+        inner = error.get("innererror") if isinstance(error, dict) else None
+        return str(inner.get("code") or "") if isinstance(inner, dict) else ""
+
+    def reason(self) -> str:
+        """Key Vault's error codes, never its message (which may quote names)."""
+        found = "/".join(c for c in (self.code, self.inner) if c)
+        return f"HTTP {self.status}" + (f" {found}" if found else "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Challenge:
+    scope: str
+    tenant_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What Key Vault holds under one name, as this process last saw it."""
+
+    #: A live (not soft-deleted) secret holds the name.
+    exists: bool
+    #: The secretmirror version on the latest Key Vault version (0: none).
+    version: int = 0
+    hash: str | None = None
+    #: The newest delete's version (tag, or remembered by this process).
+    tombstone: int = 0
+    soft_deleted: bool = False
+    #: The latest Key Vault version is someone else's write; ``newest`` is ours.
+    foreign: bool = False
+    newest: int = 0
+    #: Tags on the latest version that are not secretmirror's, kept on writes.
+    extra: tuple[tuple[str, str], ...] = ()
+
+    def should_write(self, version: int) -> bool:
+        """True when ``version`` moves the entry forward (the version fence)."""
+        if version <= self.tombstone:
+            return False
+        if self.foreign:
+            return version >= self.newest
+        return version > self.version
+
+    @property
+    def deleted(self) -> bool:
+        """Soft-deleted, or tagged by a delete that stopped before deleting (a crash)."""
+        return self.soft_deleted or (self.exists and 0 < self.tombstone >= self.version)
+
+    @classmethod
+    def of(cls, tags: Mapping[str, str], *, exists: bool, soft_deleted: bool = False) -> _State:
+        """From the tags of a latest version that carries this deployment's tag."""
+        hash_ = tags.get(TAG_HASH)
+        return cls(
+            exists=exists,
+            version=_int(tags.get(TAG_VERSION)),
+            hash=hash_ if hash_ and _HASH.fullmatch(hash_) else None,
+            tombstone=_int(tags.get(TAG_TOMBSTONE)),
+            soft_deleted=soft_deleted,
+            extra=_extra(tags),
+        )
+
+    def entry(self, secret_id: str) -> Entry:
+        if self.deleted:
+            return Entry(secret_id, max(self.tombstone, self.version), None, deleted=True)
+        if self.foreign or self.hash is None:
+            return Entry(secret_id, self.newest or self.version, None, foreign_write=True)
+        return Entry(secret_id, self.version, self.hash)
+
+
+class _Stale(Exception):
+    """What this process knew of an entry was out of date: read it again."""
+
+
+class _SoftDeleted(Exception):
+    """Key Vault refused a set: the name is soft-deleted."""
+
+
+class AzureStore:
+    type = "azure"
+
+    def __init__(
+        self,
+        settings: AzureStoreSettings,
+        ctx: StoreContext,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        authority: str | None = None,
+    ) -> None:
+        """``ssl_context`` and ``authority`` are for embedding and tests.
+
+        By default the store trusts the system's CAs (``SSL_CERT_FILE`` and
+        ``SSL_CERT_DIR`` apply) and azure-identity its default authority
+        (``AZURE_AUTHORITY_HOST`` applies, for sovereign clouds).
+        """
+        _require_extra()
+        self._settings = settings
+        self._deployment_id = ctx.deployment_id
+        self._vault = _vault_url(settings.vault_url)
+        _check_auth(settings)
+        self._ssl_context = ssl_context
+        self._authority = authority
+        self._bucket = TokenBucket(settings.max_writes_per_s)
+        self._locks = KeyedLock()
+        self._known: collections.OrderedDict[str, _State] = collections.OrderedDict()
+        self._session: aiohttp.ClientSession | None = None
+        self._credential: AsyncTokenCredential | None = None
+        self._challenge: _Challenge | None = None
+        self._token: AccessToken | None = None
+        self._auth_lock = asyncio.Lock()
+        #: Throttled until then (monotonic): requests fail fast instead of adding load.
+        self._hold_until = 0.0
+
+    # -- the SecretStore interface ------------------------------------------------------
+
+    @property
+    def location(self) -> str:
+        return f"azure:{self._vault}/{self._settings.name_prefix}"
+
+    @property
+    def max_value_bytes(self) -> int | None:
+        return MAX_VALUE_BYTES
+
+    async def open(self) -> None:
+        """Build the session and the credential; no request is sent, so start-up never waits."""
+        if self._session is not None:
+            return
+        from azure.core.pipeline.transport import AioHttpTransport
+
+        context = self._ssl_context or ssl.create_default_context()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context, limit=_POOL),
+            timeout=aiohttp.ClientTimeout(total=20, sock_connect=5),
+        )
+        # azure-identity talks to Entra ID (or the managed identity endpoint) through the
+        # same session: one connection pool and one trust store for the whole back-end.
+        transport = AioHttpTransport(session=self._session, session_owner=False)
+        try:
+            self._credential = _credential(self._settings, transport, self._authority)
+        except BaseException:
+            await self._session.close()
+            self._session = None
+            raise
+
+    async def close(self) -> None:
+        if self._credential is not None:
+            with contextlib.suppress(Exception):
+                await self._credential.close()
+            self._credential = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._token = None
+
+    async def health(self) -> None:
+        reply = await self._request("GET", "secrets", "list", params={"maxresults": "1"})
+        _expect(reply, 200, "list secrets")
+
+    async def put(
+        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
+    ) -> PutOutcome:
+        name = self._name(secret_id)
+        blob = canonical(values)
+        if len(blob) > MAX_VALUE_BYTES:
+            raise StoreRejected(
+                f"the values are {len(blob)} bytes; Azure Key Vault takes {MAX_VALUE_BYTES}"
+            )
+        if not _HASH.fullmatch(content_hash) or version < 1:
+            raise StoreRejected("a put needs a version >= 1 and a 32-digit hex content hash")
+        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
+            state = await self._state(secret_id, name)
+            for _ in range(_ATTEMPTS):
+                try:
+                    return await self._put_as(
+                        secret_id, name, state, version, content_hash, blob.decode()
+                    )
+                except _SoftDeleted:
+                    state = await self._deleted_state(secret_id, name)
+                except _Stale:
+                    self._forget(secret_id)
+                    state = await self._state(secret_id, name)
+        raise StoreConflict(f"the Key Vault entry of {secret_id} kept changing during the write")
+
+    async def get(self, secret_id: str) -> StoredValue | None:
+        try:
+            name = self._name(secret_id)
+        except StoreRejected:
+            return None  # no such entry can exist
+        reply = await self._request("GET", f"secrets/{name}/", "get")
+        if reply.status == 404 or (reply.status == 403 and reply.inner == _DISABLED):
+            self._forget_if_known_live(secret_id)
+            return None
+        _expect(reply, 200, f"read {name}")
+        tags = _tags_of(reply.body)
+        if tags.get(TAG_DEPLOYMENT) != self._deployment_id:
+            self._forget(secret_id)
+            return None  # not a value this deployment wrote
+        state = _State.of(tags, exists=True)
+        known = self._known.get(secret_id)
+        if known is not None and (known.version, known.hash) != (state.version, state.hash):
+            self._forget(secret_id)  # changed behind this process's back: re-read on write
+        if state.deleted or state.version < 1 or state.hash is None:
+            return None
+        values = _values(reply.body.get("value"))
+        if values is None:
+            raise StoreRejected(f"the Key Vault entry of {secret_id} is not a secretmirror value")
+        return StoredValue(secret_id, state.version, state.hash, values)
+
+    async def delete(self, secret_id: str, version: int) -> None:
+        try:
+            name = self._name(secret_id)
+        except StoreRejected:
+            return
+        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
+            for _ in range(_ATTEMPTS):
+                state = await self._state(secret_id, name)
+                try:
+                    await self._delete_as(secret_id, name, state, version)
+                    return
+                except _Stale:
+                    self._forget(secret_id)
+        raise StoreConflict(f"the Key Vault entry of {secret_id} kept changing during the delete")
+
+    async def list(self) -> AsyncIterator[Entry]:
+        """This deployment's entries: live ones, then soft-deleted ones (tombstones).
+
+        Key Vault's listing has no tag filter, so every secret under the name
+        prefix is looked at and those without this deployment's tag skipped.
+        A listing that runs to the end also forgets entries this process
+        believed in but Key Vault no longer lists (purged by hand), so a
+        repair writes them again instead of trusting the belief.
+        """
+        unseen = {sid for sid, state in self._known.items() if state.exists or state.soft_deleted}
+        async for item in self._pages("secrets", "list"):
+            secret_id, name = self._listed(item)
+            if secret_id is None:
+                continue
+            tags = _tags_of(item)
+            if tags.get(TAG_DEPLOYMENT) != self._deployment_id and not _is_uuid(secret_id):
+                continue  # not a name secretmirror could have made
+            state = await self._owned(name, tags)
+            if state is None:
+                continue
+            self._observe(secret_id, state)
+            unseen.discard(secret_id)
+            yield state.entry(secret_id)
+        async for item in self._pages("deletedsecrets", "list_deleted"):
+            secret_id, _ = self._listed(item)
+            tags = _tags_of(item)
+            if secret_id is None or tags.get(TAG_DEPLOYMENT) != self._deployment_id:
+                continue
+            state = _State.of(tags, exists=False, soft_deleted=True)
+            self._observe(secret_id, state)
+            unseen.discard(secret_id)
+            yield state.entry(secret_id)
+        for secret_id in unseen:
+            self._forget(secret_id)
+
+    # -- steps of put and delete ---------------------------------------------------------
+
+    async def _put_as(
+        self, secret_id: str, name: str, state: _State, version: int, hash_: str, value: str
+    ) -> PutOutcome:
+        if not state.should_write(version):
+            return PutOutcome.UNCHANGED
+        if state.soft_deleted:
+            await self._recover(secret_id, name)
+        tags = {
+            **dict(state.extra),
+            TAG_DEPLOYMENT: self._deployment_id,
+            TAG_VERSION: str(version),
+            TAG_HASH: hash_,
+        }
+        body = {"value": value, "contentType": CONTENT_TYPE, "tags": tags}
+        for wait in (*_SETTLE_WAITS, None):
+            reply = await self._write("PUT", f"secrets/{name}", "set", json_body=body)
+            if reply.status != 409 or reply.inner not in _SETTLING:
+                break
+            if wait is None:
+                raise StoreUnavailable(
+                    f"Key Vault is still finishing a delete or recovery of {name}; retry later"
+                )
+            await asyncio.sleep(wait)  # Key Vault finishes deletes and recoveries in the background
+        if reply.status == 409 and reply.inner == _DELETED_RECOVERABLE:
+            raise _SoftDeleted
+        _expect(reply, 200, f"write {name}")
+        self._remember(
+            secret_id,
+            _State(
+                exists=True,
+                version=version,
+                hash=hash_,
+                tombstone=state.tombstone,
+                extra=state.extra,
+            ),
+        )
+        return PutOutcome.WRITTEN
+
+    async def _recover(self, secret_id: str, name: str) -> None:
+        for wait in (*_SETTLE_WAITS, None):
+            reply = await self._write("POST", f"deletedsecrets/{name}/recover", "recover")
+            if reply.status != 409 or reply.inner not in _SETTLING:
+                break
+            if wait is None:
+                raise StoreUnavailable(f"Key Vault is still deleting {name}; retry later")
+            await asyncio.sleep(wait)  # the delete is still finishing in Key Vault
+        if reply.status == 404:
+            raise _Stale  # recovered or purged meanwhile: look again
+        _expect(reply, 200, f"recover {name}")
+        log.info("azure.entry_recovered", secret_id=secret_id)
+
+    async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
+        if not state.exists or state.version > version or state.newest > version:
+            # Gone, soft-deleted already, or newer: only remember the tombstone, to fence.
+            if version > state.tombstone:
+                self._remember(secret_id, replace(state, tombstone=version))
+            return
+        # The tag alone does not make a delete: on a live entry it is one that stopped
+        # between tagging and deleting (a crash), so finish it.
+        if state.tombstone < version:
+            tags = {**dict(state.extra), TAG_DEPLOYMENT: self._deployment_id}
+            if state.version and not state.foreign:
+                tags[TAG_VERSION] = str(state.version)
+                if state.hash:
+                    tags[TAG_HASH] = state.hash
+            tags[TAG_TOMBSTONE] = str(version)
+            reply = await self._write(
+                "PATCH", f"secrets/{name}/", "update", json_body={"tags": tags}
+            )
+            if reply.status == 404:
+                raise _Stale
+            _expect(reply, 200, f"tag {name}")
+        reply = await self._write("DELETE", f"secrets/{name}", "delete")
+        if reply.status == 404:
+            raise _Stale
+        _expect(reply, 200, f"delete {name}")
+        recoverable = bool(reply.body.get("recoveryId"))
+        self._remember(
+            secret_id,
+            replace(state, exists=False, soft_deleted=recoverable, tombstone=version),
+        )
+
+    # -- what this process knows of entries ------------------------------------------------
+
+    async def _state(self, secret_id: str, name: str) -> _State:
+        known = self._known.get(secret_id)
+        if known is not None:
+            self._known.move_to_end(secret_id)
+            return known
+        reply = await self._request("GET", f"secrets/{name}/", "get")
+        if reply.status == 404:
+            return _State(exists=False)  # a new name, or soft-deleted: the set tells
+        if reply.status == 403 and reply.inner == _DISABLED:
+            state = await self._foreign_state(name)  # a disabled latest version: not ours
+        else:
+            _expect(reply, 200, f"read {name}")
+            state = await self._owned(name, _tags_of(reply.body))
+        if state is None:
+            raise self._not_ours(name)
+        self._remember(secret_id, state)
+        return state
+
+    async def _deleted_state(self, secret_id: str, name: str) -> _State:
+        reply = await self._request("GET", f"deletedsecrets/{name}", "get_deleted")
+        if reply.status == 404:
+            self._forget(secret_id)
+            return await self._state(secret_id, name)  # recovered or purged meanwhile
+        _expect(reply, 200, f"read the deleted {name}")
+        tags = _tags_of(reply.body)
+        if tags.get(TAG_DEPLOYMENT) != self._deployment_id:
+            raise self._not_ours(name)
+        state = _State.of(tags, exists=False, soft_deleted=True)
+        known = self._known.get(secret_id)
+        if known is not None and known.tombstone > state.tombstone:
+            state = replace(state, tombstone=known.tombstone)
+        self._remember(secret_id, state)
+        return state
+
+    async def _owned(self, name: str, tags: Mapping[str, str]) -> _State | None:
+        """The state of a live entry from its latest version's tags; None when not ours."""
+        if tags.get(TAG_DEPLOYMENT) == self._deployment_id:
+            return _State.of(tags, exists=True)
+        if any(key.startswith(_TAG_PREFIX) for key in tags):
+            return None  # another deployment's
+        return await self._foreign_state(name)
+
+    async def _foreign_state(self, name: str) -> _State | None:
+        """An entry whose latest version has no secretmirror tags: ours if an older one is."""
+        ours: builtins.list[_State] = []
+        async for item in self._pages(f"secrets/{name}/versions", "list_versions"):
+            tags = _tags_of(item)
+            if tags.get(TAG_DEPLOYMENT) == self._deployment_id:
+                ours.append(_State.of(tags, exists=True))
+        if not ours:
+            return None
+        return _State(
+            exists=True,
+            foreign=True,
+            newest=max(s.version for s in ours),
+            tombstone=max(s.tombstone for s in ours),
+        )
+
+    def _not_ours(self, name: str) -> StoreConflict:
+        return StoreConflict(
+            f"the Key Vault secret {name} is not managed by this deployment; it is left alone"
+        )
+
+    def _remember(self, secret_id: str, state: _State) -> None:
+        self._known[secret_id] = state
+        self._known.move_to_end(secret_id)
+        while len(self._known) > _KNOWN_MAX:
+            self._known.popitem(last=False)
+
+    def _forget(self, secret_id: str) -> None:
+        self._known.pop(secret_id, None)
+
+    def _forget_if_known_live(self, secret_id: str) -> None:
+        known = self._known.get(secret_id)
+        if known is not None and known.exists:
+            self._forget(secret_id)
+
+    def _observe(self, secret_id: str, state: _State) -> None:
+        """A listing saw ``state``: learn it, or drop what disagrees (it is re-read on use)."""
+        known = self._known.get(secret_id)
+        if known is None:
+            self._remember(secret_id, state)
+        elif replace(known, tombstone=state.tombstone) != state:
+            self._forget(secret_id)
+
+    @contextlib.asynccontextmanager
+    async def _forget_on_failure(self, secret_id: str) -> AsyncIterator[None]:
+        """A write that failed or was cancelled may still have landed: re-read the entry."""
+        try:
+            yield
+        except BaseException:
+            self._forget(secret_id)
+            raise
+
+    # -- names ------------------------------------------------------------------------
+
+    def _name(self, secret_id: str) -> str:
+        name = self._settings.name_prefix + secret_id
+        if not _NAME.fullmatch(name):
+            raise StoreRejected(
+                f"secret id {secret_id!r} does not make a valid Key Vault secret name "
+                "(letters, digits and dashes, at most 127)"
+            )
+        return name
+
+    def _listed(self, item: Mapping[str, Any]) -> tuple[str | None, str]:
+        """(secret id, Key Vault name) of a listed item; no id when outside the prefix."""
+        name = str(item.get("id") or "").rstrip("/").rpartition("/")[2]
+        prefix = self._settings.name_prefix
+        if len(name) <= len(prefix) or name[: len(prefix)].lower() != prefix.lower():
+            return None, name
+        return name[len(prefix) :], name
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    async def _pages(self, path: str, op: str) -> AsyncIterator[dict[str, Any]]:
+        url: URL | None = self._url(path, {"maxresults": str(_PAGE)})
+        while url is not None:
+            reply = await self._request("GET", url, op)
+            _expect(reply, 200, f"list {path}")
+            for item in reply.body.get("value") or []:
+                if isinstance(item, dict):
+                    yield item
+            url = self._next(reply.body.get("nextLink"))
+
+    def _next(self, link: Any) -> URL | None:
+        if not link:
+            return None
+        url = URL(str(link), encoded=True)
+        vault = URL(self._vault)
+        if (url.scheme, url.host, url.port) != (vault.scheme, vault.host, vault.port):
+            # A token is never sent anywhere but the vault.
+            raise StoreUnavailable("Key Vault answered a nextLink outside the vault; refused")
+        return url
+
+    def _url(self, path: str, params: Mapping[str, str] | None = None) -> URL:
+        query = {"api-version": API_VERSION, **(params or {})}
+        return URL(f"{self._vault}/{path}").with_query(query)
+
+    async def _write(self, method: str, path: str, op: str, *, json_body: Any = None) -> _Reply:
+        self._check_hold()
+        await self._bucket.acquire()
+        return await self._request(method, path, op, json_body=json_body)
+
+    async def _request(
+        self,
+        method: str,
+        target: str | URL,
+        op: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+    ) -> _Reply:
+        """One authenticated call; 401 gets a fresh challenge and token, once.
+
+        Raises for throttling, unavailability and refused credentials; returns
+        every other answer for the caller to judge.
+        """
+        self._check_hold()
+        url = self._url(target, params) if isinstance(target, str) else target
+        token = await self._bearer()
+        reply = await self._send(method, url, op, token, json_body)
+        if reply.status == 401:
+            token = await self._bearer(refused=reply, used=token)
+            reply = await self._send(method, url, op, token, json_body)
+            if reply.status == 401:
+                raise StoreUnavailable(
+                    f"Key Vault refused the token for {op} ({reply.reason()}): check the "
+                    "credentials and the tenant"
+                )
+        if reply.status == 429:
+            retry_after = _retry_after(reply.headers.get("Retry-After"))
+            self._hold_until = max(self._hold_until, time.monotonic() + retry_after)
+            raise StoreThrottled(
+                f"Key Vault is throttling {op} ({reply.reason()})", retry_after_s=retry_after
+            )
+        if reply.status >= 500:
+            raise StoreUnavailable(f"Key Vault {op} failed ({reply.reason()})")
+        if reply.status == 403 and reply.inner != _DISABLED:
+            raise StoreUnavailable(
+                f"Key Vault refused {op} ({reply.reason()}): check the role assignment or "
+                "access policy, and the vault's firewall"
+            )
+        return reply
+
+    def _check_hold(self) -> None:
+        left = self._hold_until - time.monotonic()
+        if left > 0:
+            raise StoreThrottled("Key Vault is throttling this store; holding off", left)
+
+    async def _send(
+        self, method: str, url: URL, op: str, token: str | None, json_body: Any
+    ) -> _Reply:
+        if self._session is None:
+            raise StoreUnavailable("the azure store is not open")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            async with self._session.request(
+                method, url, json=json_body, headers=headers
+            ) as response:
+                text = await response.text()
+                return _Reply(response.status, _json_object(text), dict(response.headers))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise StoreUnavailable(
+                f"Key Vault {op} failed: {self._vault} is unreachable ({type(exc).__name__})"
+            ) from exc
+
+    # -- auth ---------------------------------------------------------------------------
+
+    async def _bearer(self, refused: _Reply | None = None, used: str | None = None) -> str:
+        """A token for the vault; after a 401 (``refused`` the token ``used``), a fresh one."""
+        token = self._token
+        if refused is None and token is not None and not _due(token):
+            return token.token
+        async with self._auth_lock:
+            if refused is not None:
+                challenge = _parse_challenge(refused.headers.get("WWW-Authenticate", ""))
+                if challenge is not None:
+                    self._challenge = self._checked(challenge)
+                if self._token is not None and self._token.token == used:
+                    self._token = None  # nobody replaced it meanwhile
+            if self._challenge is None:
+                self._challenge = await self._discover()
+            if self._token is None or _due(self._token):
+                self._token = await self._get_token(self._challenge)
+            return self._token.token
+
+    async def _discover(self) -> _Challenge:
+        """Key Vault's challenge: an unauthenticated request (no body) answered with 401."""
+        reply = await self._send(
+            "GET", self._url("secrets", {"maxresults": "1"}), "challenge", None, None
+        )
+        challenge = _parse_challenge(reply.headers.get("WWW-Authenticate", ""))
+        if reply.status != 401 or challenge is None:
+            if reply.status >= 500 or reply.status == 429:
+                raise StoreUnavailable(f"Key Vault did not answer ({reply.reason()})")
+            raise StoreUnavailable(
+                f"{self._vault} did not answer with a Key Vault authentication challenge "
+                f"({reply.reason()}); is vault_url a Key Vault?"
+            )
+        return self._checked(challenge)
+
+    def _checked(self, challenge: _Challenge) -> _Challenge:
+        host = (urlsplit(self._vault).hostname or "").lower()
+        resource = (urlsplit(challenge.scope).hostname or "").lower()
+        if _is_loopback(host) or host == resource or host.endswith("." + resource):
+            return challenge
+        raise StoreUnavailable(
+            f"the vault's authentication challenge asks for a token of {resource}, which is not "
+            f"a parent domain of {host}; refused"
+        )
+
+    async def _get_token(self, challenge: _Challenge) -> AccessToken:
+        from azure.core.exceptions import AzureError
+
+        if self._credential is None:
+            raise StoreUnavailable("the azure store is not open")
+        try:
+            return await self._credential.get_token(challenge.scope, tenant_id=challenge.tenant_id)
+        except (AzureError, ValueError) as exc:
+            # azure-identity's messages name the credential and the tenant, never the secret.
+            raise StoreUnavailable(
+                f"azure-identity could not get a Key Vault token ({type(exc).__name__}): "
+                f"{_first_line(str(exc))}"
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise StoreUnavailable(
+                f"azure-identity could not reach its token endpoint ({type(exc).__name__})"
+            ) from exc
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _require_extra() -> None:
+    try:
+        for module in ("azure.core.pipeline.transport", "azure.identity.aio"):
+            importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            "the azure store needs the optional packages azure-identity and azure-core: "
+            f"pip install '{EXTRA}'"
+        ) from None
+
+
+def _credential(
+    settings: AzureStoreSettings, transport: Any, authority: str | None
+) -> AsyncTokenCredential:
+    from azure.identity.aio import ClientSecretCredential, DefaultAzureCredential
+
+    options: dict[str, Any] = {"transport": transport}
+    if authority is not None:
+        options["authority"] = authority
+    if settings.auth_method == "service-principal":
+        assert settings.tenant_id is not None
+        assert settings.client_id is not None
+        assert settings.client_secret is not None
+        return ClientSecretCredential(
+            settings.tenant_id,
+            settings.client_id,
+            settings.client_secret.get_secret_value(),
+            **options,
+        )
+    if settings.tenant_id:
+        options["tenant_id"] = settings.tenant_id
+    if settings.client_id:
+        # A user-assigned managed identity, or the workload identity's client id.
+        options["managed_identity_client_id"] = settings.client_id
+        options["workload_identity_client_id"] = settings.client_id
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True, **options)
+
+
+def _check_auth(settings: AzureStoreSettings) -> None:
+    if settings.auth_method == "service-principal":
+        for field in ("tenant_id", "client_id", "client_secret"):
+            if not getattr(settings, field):
+                raise ConfigError(f"azure store: auth_method service-principal needs {field}")
+        assert settings.tenant_id is not None
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,100}", settings.tenant_id):
+            raise ConfigError(
+                "azure store: tenant_id must be a tenant id or domain (letters, digits, . and -)"
+            )
+
+
+def _vault_url(raw: str) -> str:
+    url = raw.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or parts.path or parts.query:
+        raise ConfigError(
+            "azure store: vault_url must look like https://<vault name>.vault.azure.net "
+            "(https, no path)"
+        )
+    return f"https://{parts.netloc.lower()}"
+
+
+def _due(token: AccessToken) -> bool:
+    """Ask azure-identity again: it refreshes this close to expiry (and caches till then)."""
+    return time.time() >= token.expires_on - _TOKEN_MARGIN_S
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
+
+
+def _parse_challenge(header: str) -> _Challenge | None:
+    """``Bearer authorization="https://login.../<tenant>", resource="https://vault.azure.net"``."""
+    scheme, _, rest = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    params = {key.lower(): value for key, value in _PARAM.findall(rest)}
+    scope = params.get("scope") or ""
+    if not scope:
+        resource = params.get("resource") or params.get("resource_id") or ""
+        if not resource:
+            return None
+        scope = resource.rstrip("/") + "/.default"
+    authorization = params.get("authorization") or params.get("authorization_uri") or ""
+    tenant = urlsplit(authorization).path.strip("/").split("/")[0] if authorization else ""
+    return _Challenge(scope, tenant or None)
+
+
+def _expect(reply: _Reply, status: int, action: str) -> None:
+    if reply.status == status:
+        return
+    if reply.status == 404:
+        raise StoreRejected(f"Key Vault could not {action}: not found ({reply.reason()})")
+    if reply.status == 409:
+        raise StoreConflict(f"Key Vault could not {action} ({reply.reason()})")
+    raise StoreRejected(f"Key Vault could not {action} ({reply.reason()})")
+
+
+def _tags_of(body: Mapping[str, Any]) -> dict[str, str]:
+    tags = body.get("tags")
+    if not isinstance(tags, dict):
+        return {}
+    return {str(k): str(v) for k, v in tags.items()}
+
+
+def _extra(tags: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in tags.items() if not k.startswith(_TAG_PREFIX)))
+
+
+def _int(raw: str | None) -> int:
+    return int(raw) if raw is not None and raw.isdigit() else 0
+
+
+def _values(raw: Any) -> dict[str, str] | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+        return None
+    return {str(k): v for k, v in parsed.items()}
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _retry_after(header: str | None) -> float:
+    try:
+        return min(max(float(header or ""), 0.0), _MAX_HOLD_S)
+    except ValueError:
+        return 1.0
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:200] if text.strip() else ""
