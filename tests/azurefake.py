@@ -64,7 +64,7 @@ from urllib.parse import quote, urlencode
 import pytest
 from aiohttp import web
 
-TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+TENANT_ID = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 CLIENT_ID = "8d1c5d5a-0c5e-4c4f-9f3a-5b7f2b1e9a11"
 CLIENT_SECRET = "fake-client-secret-" + "s" * 16
 RESOURCE = "https://vault.azure.net"
