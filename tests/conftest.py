@@ -22,8 +22,9 @@ ADMIN_TOKEN = "smt_test-admin-token-" + "x" * 20
 
 #: Fixture modules: a moto server for the aws store (``moto_server``, ``aws_prefix``),
 #: an OpenBao dev server for the hashicorp store (``openbao``), the Azure Key Vault fake
-#: (``azure_fake``, ``azure_prefix``).
-pytest_plugins = ["tests.moto", "tests.openbao", "tests.azurefake"]
+#: (``azure_fake``, ``azure_prefix``), the Secret Manager fake (``gcp_fake``, ``gcp_key_file``,
+#: ``gcp_prefix``).
+pytest_plugins = ["tests.moto", "tests.openbao", "tests.azurefake", "tests.gcpfake"]
 
 
 @pytest.fixture(scope="session")

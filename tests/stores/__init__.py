@@ -6,4 +6,4 @@ this deployment. ``tests/test_store_contract.py`` runs against every name in
 ``KINDS``; a new back-end adds its module and its name here.
 """
 
-KINDS = ["sql", "file", "aws", "hashicorp", "custom", "azure"]
+KINDS = ["sql", "file", "aws", "hashicorp", "custom", "azure", "gcp"]

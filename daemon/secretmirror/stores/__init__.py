@@ -12,6 +12,7 @@ from secretmirror.settings import (
     AzureStoreSettings,
     CustomStoreSettings,
     FileStoreSettings,
+    GcpStoreSettings,
     HashicorpStoreSettings,
     SqlStoreSettings,
 )
@@ -40,6 +41,10 @@ def build_store(settings: Any, ctx: StoreContext, main_dsn: str) -> SecretStore:
         from secretmirror.stores.azure import AzureStore
 
         return AzureStore(settings, ctx)
+    if isinstance(settings, GcpStoreSettings):
+        from secretmirror.stores.gcp import GcpStore
+
+        return GcpStore(settings, ctx)
     if isinstance(settings, CustomStoreSettings):
         return _load_custom(settings, ctx)
     raise ConfigError(f"store type {settings.type!r} is not available in this build")

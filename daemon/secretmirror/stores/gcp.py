@@ -1,0 +1,868 @@
+"""The ``gcp`` store: Google Secret Manager over its v1 REST API, credentials from google-auth.
+
+Why REST over aiohttp rather than the official client. The official async
+client (``SecretManagerServiceAsyncClient``) speaks gRPC only: it brings
+grpcio, a second networking stack beside the daemon's aiohttp, and a
+``endpoint_url`` that must be a gRPC server. The REST API is seven plain JSON
+calls; aiohttp already pools connections for the other stores. So the data
+calls are REST on one ``aiohttp.ClientSession``, and only credentials come
+from google-auth (never hand-rolled): application default credentials
+(``GOOGLE_APPLICATION_CREDENTIALS``, workload identity on GKE, the metadata
+server on GCE/Cloud Run, ``gcloud`` user credentials, workload identity
+federation) for ``implicit``, a service-account key file for
+``service-account``. google-auth's refresh is synchronous; it runs in a thread
+under a lock, about once an hour.
+
+Entries. Secret ``id`` lives in the GCP secret ``{name_prefix}{id}``; each
+secretmirror version is one *secret version* whose payload is the canonical
+JSON of the values (at most 65536 bytes, checked before any call). The GCP
+secret's labels say what it holds, so ``list`` classifies entries without
+reading a payload (labels: lowercase keys and values, at most 63 characters):
+
+- ``secretmirror_managed=true``, ``secretmirror_deployment=<deployment>``:
+  ownership. The deployment id is a UUID, written as its 32 hex digits (no
+  dashes, so the list filter needs no quoting); any other id as ``h`` + 40 hex
+  digits of its SHA-256. An entry without them is never written or deleted
+  (``StoreConflict``) and never listed.
+- ``secretmirror_version=<n>``: the secretmirror version (or the tombstone's).
+- ``secretmirror_hash=<32 hex>``: the deployment's keyed content hash.
+- ``secretmirror_gcp_version=<N>``: the GCP version number holding it.
+- ``secretmirror_deleted=true``: a tombstone.
+
+Labels of other tools on the same secret are kept.
+
+Writes and their order. GCP has no conditional add-version, so fencing and
+dedupe are secretmirror's: the store decides from what it knows of the entry
+(``_State``: the labels and the secret's etag), adds a version, then moves the
+labels with a *conditional* update (the etag), so two writers cannot both
+move them. Labels only claim what exists: they move after the version is
+added, so a crash between the two leaves the old claim (the listing says
+stale, which is true). Redelivery after such a crash must not add the version
+again: when the process has not written the entry itself, it first reads the
+newest version (``access latest``: the cheap access quota, not the read quota)
+and adopts it when its payload is exactly the one being written. A
+first write creates the secret with labels already claiming version 1
+(a new secret's first version is always 1), and the same check finds and
+heals a create whose add-version never happened. A patch that loses the
+etag race re-reads the secret; when the winner is newer, the version just
+added (now shadowing the winner's as ``latest``) is destroyed.
+
+Calls per operation (GCP quotas per project: 600 writes/min, 600 reads/min,
+90,000 accesses/min; 2 adds or updates per second per secret):
+
+- put, entry written by this process before (steady state): add-version and
+  the label update, 2 writes; plus, once the entry holds more than
+  ``KEEP_VERSIONS`` versions, one destroy of the version that fell out of the
+  window (3 writes per change from the fourth change on).
+- put, entry not known yet: + 1 read (get secret) + 1 access (latest).
+- put of a new secret: get (404), create with the claiming labels,
+  add-version: 1 read, 2 writes.
+- put of a version the entry already holds, or older: 0 calls (known) or 2.
+- delete: list versions (1 read), destroy each one not yet destroyed (at most
+  ``KEEP_VERSIONS`` normally), then the tombstone labels with a 30-day ``ttl``
+  so deleted secrets do not pile up (values first: a crash in between leaves
+  a live-looking entry with destroyed values, which verify reports and a
+  redelivery finishes). A put newer than the tombstone adds a version and
+  clears the ttl.
+- get: 1 access (latest); + 1 read when the entry is not known to this
+  process or changed. A latest version the labels do not claim (written by
+  someone else, or half-written) reads as None, never as secretmirror's.
+- list: 1 read per 500 entries (filter on the deployment label).
+
+Limits. A version added by someone else (the console, gcloud) leaves the
+labels as they were: the listing cannot see it (GCP's listing carries no
+version information), so verify does not report it; ``get`` refuses it and
+the next write supersedes it. Old versions are destroyed best-effort: a
+destroy that fails (throttled) is retried on the next change of that entry.
+
+Quota discipline: every write takes a slot from one token bucket per store
+(``max_writes_per_s``, default 8 under GCP's 10/s). A 429 /
+``RESOURCE_EXHAUSTED`` answer pauses every request of the store for the
+hinted delay (``Retry-After`` or ``RetryInfo``, else 1 s, at most 5 s) and
+becomes ``StoreThrottled`` carrying it, so deliveries retry later instead of
+failing. 5xx, 408, connection failures, timeouts, 401/403 (credentials and
+IAM are fixed by an operator and take effect without a restart) and
+``ABORTED`` -> ``StoreUnavailable``; other 400s -> ``StoreRejected``.
+Messages name the call and GCP's status, never GCP's message text.
+
+Within a process a per-secret lock serializes each decide-then-write step;
+across processes the replication layer's per-(target, secret) lease does,
+and the etag keeps a stale writer from moving labels backwards. A write that
+fails or is cancelled drops what the process knew of the entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import hashlib
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import aiohttp
+import structlog
+
+from secretmirror.errors import (
+    ConfigError,
+    StoreConflict,
+    StoreError,
+    StoreNotFound,
+    StoreRejected,
+    StoreThrottled,
+    StoreUnavailable,
+)
+from secretmirror.model import canonical
+from secretmirror.ratelimit import KeyedLock, TokenBucket
+from secretmirror.settings import GcpStoreSettings
+from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+
+try:
+    import google.auth
+    import google.auth.exceptions
+    import google.auth.transport.requests
+    from google.oauth2 import service_account
+except ImportError as exc:  # the optional extra is not installed
+    _MISSING: ImportError | None = exc
+else:
+    _MISSING = None
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
+
+log = structlog.get_logger("secretmirror.stores")
+
+DEFAULT_ENDPOINT = "https://secretmanager.googleapis.com"
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+#: Secret Manager's limit on one version's payload.
+MAX_VALUE_BYTES = 65536
+#: Versions kept per entry: the current one and two to roll back to by hand.
+KEEP_VERSIONS = 3
+#: A tombstone secret deletes itself this long after the delete (GCP ``ttl``).
+TOMBSTONE_TTL_S = 30 * 24 * 3600
+
+L_MANAGED = "secretmirror_managed"
+L_DEPLOYMENT = "secretmirror_deployment"
+L_VERSION = "secretmirror_version"
+L_HASH = "secretmirror_hash"
+L_GCP_VERSION = "secretmirror_gcp_version"
+L_DELETED = "secretmirror_deleted"
+_OURS = (L_MANAGED, L_DEPLOYMENT, L_VERSION, L_HASH, L_GCP_VERSION, L_DELETED)
+
+_SECRET_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
+_LABEL_VALUE = re.compile(r"[a-z0-9_-]{1,63}")
+_HASH = re.compile(r"[0-9a-f]{32}")
+_PROJECT = re.compile(r"[A-Za-z0-9.:-]{1,100}")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)s")
+#: Entries per listing page (each item is a Secret with its labels, ~0.5 KB).
+_PAGE = 500
+#: Entries whose state this process remembers; older ones cost a read again.
+_KNOWN_MAX = 100_000
+_POOL = 64
+#: A put or delete re-reads the entry at most this often when it changed under it.
+_ATTEMPTS = 3
+#: Old versions destroyed per write at most (the rest wait for the next write).
+_PRUNE_MAX = 4
+_THROTTLE_DEFAULT_S = 1.0
+_PAUSE_MAX_S = 5.0
+_REFRESH_TIMEOUT_S = 10.0
+
+
+def label_value(deployment_id: str) -> str:
+    """The deployment id as a label value: a UUID's 32 hex digits, else ``h`` + 40 of SHA-256."""
+    with contextlib.suppress(ValueError):
+        return uuid.UUID(deployment_id).hex
+    if re.fullmatch(r"[a-z0-9]{1,63}", deployment_id):
+        return deployment_id
+    return "h" + hashlib.sha256(deployment_id.encode()).hexdigest()[:40]
+
+
+class _Precondition(StoreRejected):
+    """FAILED_PRECONDITION: an etag that no longer matches, or a version not enabled."""
+
+
+class _Exists(StoreConflict):
+    """ALREADY_EXISTS: a create lost to an existing secret."""
+
+
+class _Stale(Exception):
+    """What this process knew of an entry was out of date: read it again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What GCP holds for one entry, as this process last saw it."""
+
+    exists: bool
+    etag: str | None = None
+    #: Other tools' labels on the secret, kept on every label update.
+    others: tuple[tuple[str, str], ...] = ()
+    #: The secretmirror version the labels claim (the tombstone's when deleted).
+    version: int = 0
+    hash: str | None = None
+    gcp_version: int | None = None
+    deleted: bool = False
+    expires: bool = False
+    #: The claim was checked against the versions GCP holds, or written by this process.
+    checked: bool = False
+    #: The claimed GCP version exists (False: a create or write that never finished).
+    claim_ok: bool = True
+    #: GCP versions at or below this number are destroyed (or not ours to keep).
+    pruned: int = 0
+
+    def should_write(self, version: int) -> bool:
+        """The fence: only a newer version, or the claimed one when its write never finished."""
+        if version > self.version:
+            return True
+        return version == self.version and not self.claim_ok and not self.deleted
+
+    def covers_delete(self, version: int) -> bool:
+        """True when a delete at ``version`` changes nothing (as new a tombstone, newer values)."""
+        return self.version >= version if self.deleted else self.version > version
+
+    def entry(self, secret_id: str) -> Entry:
+        if self.deleted:
+            return Entry(secret_id, self.version, None, deleted=True)
+        if self.gcp_version is None or self.hash is None:
+            return Entry(secret_id, self.version, None, foreign_write=True)
+        return Entry(secret_id, self.version, self.hash)
+
+    def same_claim(self, other: _State) -> bool:
+        return (self.exists, self.etag, self.version, self.hash, self.gcp_version) == (
+            other.exists,
+            other.etag,
+            other.version,
+            other.hash,
+            other.gcp_version,
+        ) and self.deleted == other.deleted
+
+    @classmethod
+    def of(cls, secret: Mapping[str, Any]) -> _State:
+        """From a Secret resource (get or one list item)."""
+        labels: Mapping[str, str] = secret.get("labels") or {}
+        gcp_version = _int(labels.get(L_GCP_VERSION))
+        hash_ = labels.get(L_HASH)
+        return cls(
+            exists=True,
+            etag=secret.get("etag"),
+            others=tuple(sorted((k, v) for k, v in labels.items() if k not in _OURS)),
+            version=_int(labels.get(L_VERSION)) or 0,
+            hash=hash_ if hash_ and _HASH.fullmatch(hash_) else None,
+            gcp_version=gcp_version,
+            deleted=labels.get(L_DELETED) == "true",
+            expires=bool(secret.get("expireTime")),
+            pruned=max(0, (gcp_version or 0) - KEEP_VERSIONS),
+        )
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
+
+
+def _owned(secret: Mapping[str, Any], deployment: str) -> bool:
+    labels: Mapping[str, str] = secret.get("labels") or {}
+    return labels.get(L_MANAGED) == "true" and labels.get(L_DEPLOYMENT) == deployment
+
+
+def _version_number(name: str) -> int:
+    tail = name.rsplit("/", 1)[-1]
+    if not tail.isdigit():
+        raise StoreRejected("GCP answered a version name without a number")
+    return int(tail)
+
+
+def _decode(data: str) -> bytes:
+    try:
+        return base64.b64decode(data.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        raise StoreRejected("GCP answered a payload that is not base64") from None
+
+
+class GcpStore:
+    type = "gcp"
+
+    def __init__(self, settings: GcpStoreSettings, ctx: StoreContext) -> None:
+        if _MISSING is not None:
+            raise ConfigError(
+                "the gcp store needs the optional dependencies of secretmirror[gcp]: "
+                f"pip install 'secretmirror[gcp]' ({_MISSING.name or 'google-auth'} is missing)"
+            )
+        _check(settings)
+        self._settings = settings
+        self._deployment = label_value(ctx.deployment_id)
+        self._base = (
+            f"{(settings.endpoint_url or DEFAULT_ENDPOINT).rstrip('/')}"
+            f"/v1/projects/{quote(settings.project_id, safe='')}"
+        )
+        self._bucket = TokenBucket(settings.max_writes_per_s)
+        self._locks = KeyedLock()
+        self._auth_lock = asyncio.Lock()
+        self._known: collections.OrderedDict[str, _State] = collections.OrderedDict()
+        self._session: aiohttp.ClientSession | None = None
+        self._credentials: Credentials | None = None
+        self._auth_request: google.auth.transport.requests.Request | None = None
+        self._resume_at = 0.0
+
+    @property
+    def location(self) -> str:
+        s = self._settings
+        where = f"{s.endpoint_url.rstrip('/')}/" if s.endpoint_url else ""
+        return f"gcp:{where}{s.project_id}/{s.name_prefix}"
+
+    @property
+    def max_value_bytes(self) -> int | None:
+        return MAX_VALUE_BYTES
+
+    # -- lifecycle --
+
+    async def open(self) -> None:
+        """Load the credentials (no token yet) and open the HTTP session; no API request."""
+        self._credentials = await asyncio.to_thread(self._load_credentials)
+        self._auth_request = google.auth.transport.requests.Request()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=_POOL),
+            timeout=aiohttp.ClientTimeout(total=10, sock_connect=3),
+            headers={"User-Agent": "secretmirror"},
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._auth_request is not None:
+            self._auth_request.session.close()
+        self._session = None
+        self._auth_request = None
+
+    async def health(self) -> None:
+        await self._call(
+            "GET",
+            "secrets",
+            "secrets.list",
+            params={"filter": self._filter(), "pageSize": "1"},
+        )
+
+    def _load_credentials(self) -> Credentials:
+        s = self._settings
+        if s.auth_method == "service-account":
+            assert s.service_account_file is not None  # checked by _check
+            try:
+                # google-auth leaves these methods unannotated (the package ships py.typed).
+                creds: Credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+                    str(s.service_account_file), scopes=SCOPES
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"gcp: cannot read service_account_file {s.service_account_file} "
+                    f"({type(exc).__name__})"
+                ) from None
+            except (ValueError, KeyError) as exc:
+                raise ConfigError(
+                    f"gcp: service_account_file {s.service_account_file} is not a "
+                    f"service-account key ({type(exc).__name__})"
+                ) from None
+            return creds
+        try:
+            found, _project = google.auth.default(scopes=SCOPES)
+        except google.auth.exceptions.DefaultCredentialsError:
+            raise ConfigError(
+                "gcp: auth_method implicit found no application default credentials "
+                "(set GOOGLE_APPLICATION_CREDENTIALS, run with a service account or "
+                "workload identity on Google Cloud, or use auth_method service-account)"
+            ) from None
+        return found
+
+    # -- the store interface --
+
+    async def put(
+        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
+    ) -> PutOutcome:
+        name = self._name(secret_id)
+        blob = canonical(values)
+        if len(blob) > MAX_VALUE_BYTES:
+            raise StoreRejected(
+                f"the values are {len(blob)} bytes; GCP Secret Manager takes {MAX_VALUE_BYTES}"
+            )
+        if version < 1:
+            raise StoreRejected(f"version {version} is not a secretmirror version")
+        if not _HASH.fullmatch(content_hash):
+            raise StoreRejected("the content hash must be 32 lowercase hex digits")
+        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
+            for _ in range(_ATTEMPTS):
+                state = await self._state(secret_id, name)
+                try:
+                    return await self._put_as(secret_id, name, state, version, content_hash, blob)
+                except _Stale:
+                    self._forget(secret_id)
+        raise StoreUnavailable(f"the GCP entry of {secret_id} kept changing during the write")
+
+    async def get(self, secret_id: str) -> StoredValue | None:
+        try:
+            name = self._name(secret_id)
+        except StoreRejected:
+            return None  # no such entry can exist
+        try:
+            number, data = await self._access(name, "latest")
+        except StoreNotFound:
+            known = self._known.get(secret_id)
+            if known is not None and known.exists:
+                self._forget(secret_id)  # gone behind this process's back
+            return None
+        except _Precondition:
+            return None  # the newest version is disabled or destroyed (a tombstone)
+        state = self._known.get(secret_id)
+        if state is None or not state.checked or state.gcp_version != number:
+            try:
+                state = await self._fetch(secret_id, name)
+            except (StoreNotFound, StoreConflict):
+                return None
+            if state.gcp_version != number:
+                return None  # the newest version is not the one the labels claim
+            self._remember(secret_id, replace(state, checked=True, claim_ok=True))
+        if state.deleted or state.hash is None:
+            return None
+        values = json.loads(data.decode() or "null")
+        if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+            raise StoreRejected(f"the GCP entry of {secret_id} is not a secretmirror value")
+        return StoredValue(secret_id, state.version, state.hash, values)
+
+    async def delete(self, secret_id: str, version: int) -> None:
+        try:
+            name = self._name(secret_id)
+        except StoreRejected:
+            return
+        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
+            for _ in range(_ATTEMPTS):
+                state = await self._state(secret_id, name)
+                try:
+                    await self._delete_as(secret_id, name, state, version)
+                    return
+                except _Stale:
+                    self._forget(secret_id)
+        raise StoreUnavailable(f"the GCP entry of {secret_id} kept changing during the delete")
+
+    async def list(self) -> AsyncIterator[Entry]:
+        """This deployment's entries (tombstones included), sorted by id within each page.
+
+        A listing that runs to the end also forgets entries this process
+        believed to exist but GCP no longer lists (deleted by hand, expired).
+        """
+        unseen = {sid for sid, state in self._known.items() if state.exists}
+        params = {"filter": self._filter(), "pageSize": str(_PAGE)}
+        while True:
+            page = await self._call("GET", "secrets", "secrets.list", params=params)
+            entries = []
+            for item in page.get("secrets") or []:
+                secret_id = self._secret_id_of(str(item.get("name", "")).rsplit("/", 1)[-1])
+                if secret_id is None or not _owned(item, self._deployment):
+                    continue
+                state = _State.of(item)
+                self._observe(secret_id, state)
+                unseen.discard(secret_id)
+                entries.append(state.entry(secret_id))
+            entries.sort(key=lambda e: e.secret_id)
+            for entry in entries:
+                yield entry
+            token = page.get("nextPageToken")
+            if not token:
+                break
+            params = {**params, "pageToken": str(token)}
+        for secret_id in unseen:
+            self._forget(secret_id)
+
+    # -- steps of put and delete --
+
+    async def _put_as(
+        self, secret_id: str, name: str, state: _State, version: int, hash_: str, blob: bytes
+    ) -> PutOutcome:
+        if not state.exists:
+            return await self._create(secret_id, name, state, version, hash_, blob)
+        adopt = None
+        if not state.checked and not state.deleted:
+            state, adopt = await self._check_claim(name, state, blob)
+            self._remember(secret_id, state)
+        if not state.should_write(version):
+            return PutOutcome.UNCHANGED
+        number = adopt if adopt is not None else await self._add_version(name, blob)
+        for _ in range(_ATTEMPTS):
+            try:
+                state = await self._claim(name, state, version, hash_, number)
+                break
+            except _Precondition:
+                fresh = await self._fetch(secret_id, name)
+                if not fresh.should_write(version):
+                    # Someone newer won; what we added must not shadow it as ``latest``.
+                    if adopt is None and number != fresh.gcp_version:
+                        await self._destroy(name, number)
+                    self._remember(secret_id, fresh)
+                    return PutOutcome.UNCHANGED
+                state = fresh
+        else:
+            raise _Stale
+        self._remember(secret_id, await self._prune(name, state))
+        return PutOutcome.WRITTEN
+
+    async def _create(
+        self, secret_id: str, name: str, state: _State, version: int, hash_: str, blob: bytes
+    ) -> PutOutcome:
+        if version <= state.version:
+            return PutOutcome.UNCHANGED  # deleted by this process at a newer version
+        labels = self._labels((), version=version, hash_=hash_, gcp_version=1)
+        try:
+            created = await self._call(
+                "POST",
+                "secrets",
+                "secrets.create",
+                params={"secretId": name},
+                body={"replication": {"automatic": {}}, "labels": labels},
+                write=True,
+            )
+        except _Exists:
+            raise _Stale from None  # created meanwhile: a read decides, ownership too
+        claimed = replace(_State.of(created), checked=True, claim_ok=False)
+        self._remember(secret_id, claimed)
+        number = await self._add_version(name, blob)
+        state = replace(claimed, claim_ok=True)
+        if number != 1:
+            state = await self._claim(name, claimed, version, hash_, number)
+        self._remember(secret_id, state)
+        return PutOutcome.WRITTEN
+
+    async def _check_claim(
+        self, name: str, state: _State, blob: bytes
+    ) -> tuple[_State, int | None]:
+        """Hold the labels' claim against the newest version; find an unlabelled copy of ``blob``.
+
+        Returns the state marked checked (``claim_ok`` False when the claimed
+        version was never added) and the number of a newest version that holds
+        exactly ``blob`` beyond the claim (an add whose label update never
+        happened), to adopt instead of adding it again.
+        """
+        try:
+            number, data = await self._access(name, "latest")
+        except (StoreNotFound, _Precondition):
+            return replace(state, checked=True, claim_ok=False), None
+        claimed = state.gcp_version
+        if claimed is not None and number <= claimed:
+            return replace(state, checked=True, claim_ok=number == claimed), None
+        adopt = number if data == blob else None
+        return replace(state, checked=True, claim_ok=claimed is not None), adopt
+
+    async def _claim(
+        self, name: str, state: _State, version: int, hash_: str, number: int
+    ) -> _State:
+        """Move the labels to ``version`` in GCP version ``number``, if the etag still holds."""
+        labels = self._labels(state.others, version=version, hash_=hash_, gcp_version=number)
+        mask = "labels,expireTime" if state.expires else "labels"
+        try:
+            answer = await self._call(
+                "PATCH",
+                f"secrets/{name}",
+                "secrets.patch",
+                params={"updateMask": mask},
+                body={"labels": labels, "etag": state.etag or ""},
+                write=True,
+            )
+        except StoreNotFound:
+            raise _Stale from None
+        return replace(_State.of(answer), checked=True, claim_ok=True, pruned=state.pruned)
+
+    async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
+        if not state.exists:
+            if version > state.version:  # nothing in GCP to fence on: remember it here
+                self._remember(secret_id, replace(state, version=version, deleted=True))
+            return
+        if state.covers_delete(version):
+            return
+        await self._destroy_all(name)
+        labels = {**dict(state.others), L_MANAGED: "true", L_DEPLOYMENT: self._deployment}
+        labels |= {L_VERSION: str(version), L_DELETED: "true"}
+        try:
+            answer = await self._call(
+                "PATCH",
+                f"secrets/{name}",
+                "secrets.patch",
+                params={"updateMask": "labels,ttl"},
+                body={"labels": labels, "ttl": f"{TOMBSTONE_TTL_S}s", "etag": state.etag or ""},
+                write=True,
+            )
+        except (StoreNotFound, _Precondition):
+            raise _Stale from None
+        self._remember(secret_id, replace(_State.of(answer), checked=True))
+
+    async def _destroy_all(self, name: str) -> None:
+        """Destroy every version not destroyed yet (the values of a deleted secret)."""
+        params = {"pageSize": "100"}
+        live = []
+        while True:
+            try:
+                page = await self._call(
+                    "GET", f"secrets/{name}/versions", "versions.list", params=params
+                )
+            except StoreNotFound:
+                raise _Stale from None
+            live += [
+                _version_number(str(v.get("name", "")))
+                for v in page.get("versions") or []
+                if v.get("state") != "DESTROYED"
+            ]
+            token = page.get("nextPageToken")
+            if not token:
+                break
+            params = {**params, "pageToken": str(token)}
+        for number in live:
+            await self._destroy(name, number)
+
+    async def _prune(self, name: str, state: _State) -> _State:
+        """Destroy versions older than the newest ``KEEP_VERSIONS``; best effort."""
+        if state.gcp_version is None:
+            return state
+        pruned = state.pruned
+        for number in range(pruned + 1, state.gcp_version - KEEP_VERSIONS + 1)[:_PRUNE_MAX]:
+            try:
+                await self._destroy(name, number)
+            except StoreError as exc:
+                log.info("gcp.prune_deferred", reason=exc.message)
+                break
+            pruned = number
+        return replace(state, pruned=pruned)
+
+    async def _destroy(self, name: str, number: int) -> None:
+        """Destroy one version; one already destroyed or gone counts as done."""
+        with contextlib.suppress(StoreNotFound, _Precondition):
+            await self._call(
+                "POST",
+                f"secrets/{name}/versions/{number}:destroy",
+                "versions.destroy",
+                body={},
+                write=True,
+            )
+
+    async def _add_version(self, name: str, blob: bytes) -> int:
+        try:
+            answer = await self._call(
+                "POST",
+                f"secrets/{name}:addVersion",
+                "secrets.addVersion",
+                body={"payload": {"data": base64.b64encode(blob).decode()}},
+                write=True,
+            )
+        except StoreNotFound:
+            raise _Stale from None
+        return _version_number(str(answer.get("name", "")))
+
+    async def _access(self, name: str, ref: str) -> tuple[int, bytes]:
+        answer = await self._call("GET", f"secrets/{name}/versions/{ref}:access", "versions.access")
+        payload = answer.get("payload") or {}
+        return _version_number(str(answer.get("name", ""))), _decode(str(payload.get("data", "")))
+
+    def _labels(
+        self, others: tuple[tuple[str, str], ...], *, version: int, hash_: str, gcp_version: int
+    ) -> dict[str, str]:
+        return {
+            **dict(others),
+            L_MANAGED: "true",
+            L_DEPLOYMENT: self._deployment,
+            L_VERSION: str(version),
+            L_HASH: hash_,
+            L_GCP_VERSION: str(gcp_version),
+        }
+
+    # -- what this process knows of entries --
+
+    async def _state(self, secret_id: str, name: str) -> _State:
+        known = self._known.get(secret_id)
+        if known is not None:
+            self._known.move_to_end(secret_id)
+            return known
+        try:
+            return await self._fetch(secret_id, name)
+        except StoreNotFound:
+            return _State(exists=False)
+
+    async def _fetch(self, secret_id: str, name: str) -> _State:
+        """Read the secret (1 read); ``StoreConflict`` when it is not this deployment's."""
+        secret = await self._call("GET", f"secrets/{name}", "secrets.get")
+        if not _owned(secret, self._deployment):
+            raise StoreConflict(
+                f"the GCP secret {name} is not managed by this deployment; it is left alone"
+            )
+        state = _State.of(secret)
+        self._remember(secret_id, state)
+        return state
+
+    def _remember(self, secret_id: str, state: _State) -> None:
+        self._known[secret_id] = state
+        self._known.move_to_end(secret_id)
+        while len(self._known) > _KNOWN_MAX:
+            self._known.popitem(last=False)
+
+    def _forget(self, secret_id: str) -> None:
+        self._known.pop(secret_id, None)
+
+    def _observe(self, secret_id: str, state: _State) -> None:
+        """A listing saw ``state``: learn it, or drop what disagrees (it is re-read on use)."""
+        known = self._known.get(secret_id)
+        if known is None:
+            self._remember(secret_id, state)
+        elif not known.same_claim(state):
+            self._forget(secret_id)
+
+    @contextlib.asynccontextmanager
+    async def _forget_on_failure(self, secret_id: str) -> AsyncIterator[None]:
+        """A write that failed or was cancelled may still have landed: re-read next time."""
+        try:
+            yield
+        except BaseException:
+            self._forget(secret_id)
+            raise
+
+    # -- names --
+
+    def _name(self, secret_id: str) -> str:
+        name = self._settings.name_prefix + secret_id
+        if not _SECRET_ID.fullmatch(name):
+            raise StoreRejected(f"secret id {secret_id!r} does not make a valid GCP secret id")
+        return name
+
+    def _secret_id_of(self, name: str) -> str | None:
+        prefix = self._settings.name_prefix
+        if not name.startswith(prefix) or len(name) == len(prefix):
+            return None
+        return name[len(prefix) :]
+
+    def _filter(self) -> str:
+        return f"labels.{L_DEPLOYMENT}={self._deployment}"
+
+    # -- calls --
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        write: bool = False,
+    ) -> dict[str, Any]:
+        """One API call: paced when it writes, authenticated (one retry after a 401)."""
+        if self._session is None:
+            raise StoreUnavailable("the gcp store is not open")
+        if write:
+            await self._bucket.acquire()
+        pause = self._resume_at - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        used: str | None = None
+        for _ in range(2):
+            headers, used = await self._auth_headers(refused=used)
+            try:
+                async with self._session.request(
+                    method, f"{self._base}/{path}", params=params, json=body, headers=headers
+                ) as response:
+                    status = response.status
+                    text = await response.text()
+                    retry_after = response.headers.get("Retry-After")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise StoreUnavailable(f"GCP {operation} failed: {type(exc).__name__}") from exc
+            if status != 401:
+                break
+        answer = _json(text)
+        if status < 300:
+            return answer
+        raise self._error(operation, status, answer, retry_after)
+
+    async def _auth_headers(self, refused: str | None) -> tuple[dict[str, str], str | None]:
+        """Headers with a valid access token, refreshed first when due or when ``refused``."""
+        creds = self._credentials
+        if creds is None:
+            raise StoreUnavailable("the gcp store is not open")
+        if not creds.valid or (refused is not None and creds.token == refused):
+            async with self._auth_lock:
+                if not creds.valid or (refused is not None and creds.token == refused):
+                    await self._refresh(creds)
+        headers: dict[str, str] = {}
+        creds.apply(headers)  # type: ignore[no-untyped-call]  # unannotated in google-auth
+        return headers, creds.token
+
+    async def _refresh(self, creds: Credentials) -> None:
+        request = self._auth_request
+        assert request is not None
+
+        def refresh() -> None:
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                kwargs.setdefault("timeout", _REFRESH_TIMEOUT_S)
+                return request(*args, **kwargs)
+
+            creds.refresh(timed)  # type: ignore[no-untyped-call]  # unannotated in google-auth
+
+        try:
+            await asyncio.to_thread(refresh)
+        except google.auth.exceptions.GoogleAuthError as exc:
+            raise StoreUnavailable(
+                f"GCP credentials could not be refreshed ({type(exc).__name__})"
+            ) from exc
+
+    def _error(
+        self, operation: str, status: int, answer: Mapping[str, Any], retry_after: str | None
+    ) -> StoreError:
+        found = answer.get("error")
+        error: Mapping[str, Any] = found if isinstance(found, dict) else {}
+        code = str(error.get("status") or "")
+        what = f"GCP {operation} failed: {code or 'HTTP'} {status}"
+        if status == 429 or code == "RESOURCE_EXHAUSTED":
+            delay = _retry_delay(retry_after, error.get("details"))
+            self._resume_at = max(self._resume_at, time.monotonic() + min(delay, _PAUSE_MAX_S))
+            return StoreThrottled(what, retry_after_s=delay)
+        if status == 404:
+            return StoreNotFound(what)
+        if code == "ALREADY_EXISTS":
+            return _Exists(what)
+        if code == "FAILED_PRECONDITION":
+            return _Precondition(what)
+        if status in (401, 403):
+            return StoreUnavailable(f"{what} (credentials or permissions)")
+        if status >= 500 or status in (408, 409):
+            return StoreUnavailable(what)
+        return StoreRejected(what)
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _retry_delay(header: str | None, details: Any) -> float:
+    """Seconds to wait: ``Retry-After``, else a ``google.rpc.RetryInfo`` detail, else 1."""
+    with contextlib.suppress(TypeError, ValueError):
+        return max(0.0, float(header))  # type: ignore[arg-type]
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
+            found = _DURATION.fullmatch(str(detail.get("retryDelay", "")))
+            if found:
+                return float(found.group(1))
+    return _THROTTLE_DEFAULT_S
+
+
+def _check(settings: GcpStoreSettings) -> None:
+    """Refuse settings GCP would refuse at the first request."""
+    if not settings.project_id:
+        raise ConfigError("gcp: project_id is required")
+    if not _PROJECT.fullmatch(settings.project_id):
+        raise ConfigError("gcp: project_id may hold only letters, digits and . : -")
+    if settings.auth_method == "service-account" and settings.service_account_file is None:
+        raise ConfigError("gcp: auth_method service-account needs service_account_file")
+    url = settings.endpoint_url
+    if url is not None and not re.fullmatch(r"https?://[^\s/]+/?", url):
+        raise ConfigError("gcp: endpoint_url must look like https://host[:port]")
