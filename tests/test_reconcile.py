@@ -273,3 +273,27 @@ async def test_failures_are_reported(api: Api, runtime: Runtime) -> None:
     assert job["failures"] == [
         {"secret_id": ids[1], "store": "backup", "reason": "rejected: refused"}
     ]
+
+
+async def test_listed_foreign_write_stays_a_mismatch_when_get_serves_ours(
+    api: Api, runtime: Runtime
+) -> None:
+    """A foreign write the listing shows is reported even where get serves secretmirror's copy."""
+    from dataclasses import replace
+
+    from secretmirror.stores.base import Entry
+
+    ids = await seeded(api, runtime, 3)
+    assert runtime.backup is not None
+    real_list = runtime.backup.store.list
+
+    async def listing_with_a_foreign_write() -> AsyncIterator[Entry]:
+        # As the hashicorp store lists a value written over its own (its get still
+        # serves the version it recorded, which matches the expected version and hash).
+        async for entry in real_list():
+            yield replace(entry, foreign_write=entry.secret_id == ids[0])
+
+    runtime.backup.store.list = listing_with_a_foreign_write  # type: ignore[method-assign]
+    job = await run_job(api, "verify")
+    assert job["counts"]["stores"]["backup"]["mismatch"] == 1
+    assert job["samples"]["backup"] == {"mismatch": [ids[0]]}

@@ -209,8 +209,14 @@ class Scanner:
             vanished = stored is None and not (finding.entry and finding.entry.foreign_write)
             return None if in_flight or vanished else finding
         assert row is not None
+        # A store may serve the version it recorded over a foreign write (hashicorp
+        # does), so a matching read cannot clear a foreign write the listing showed.
+        foreign = finding.entry is not None and finding.entry.foreign_write
         if in_flight or (
-            stored is not None and stored.version == row["version"] and stored.hash == row["hash"]
+            not foreign
+            and stored is not None
+            and stored.version == row["version"]
+            and stored.hash == row["hash"]
         ):
             return replace(finding, cls="in_sync", expected_version=row["version"])
         return replace(finding, expected_version=row["version"])
