@@ -55,7 +55,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -403,7 +403,7 @@ class FakeServer:
     def __init__(self, base_url: str, token_lifetime_s: int = 3600, settle_s: float = 0.0) -> None:
         self.base = base_url
         self.vault = Vault(settle_s)
-        self.token_lifetime_s = token_lifetime_s
+        self.token_lifetime_s = self.default_token_lifetime_s = token_lifetime_s
         self.tokens: dict[str, float] = {}
         self.injections: list[Injection] = []
         self.calls: list[Call] = []
@@ -433,6 +433,7 @@ class FakeServer:
         add("POST", "/_fake/quota", self._ctl_quota)
         add("POST", "/_fake/settle", self._ctl_settle)
         add("POST", "/_fake/revoke-tokens", self._ctl_revoke)
+        add("POST", "/_fake/token-lifetime", self._ctl_token_lifetime)
         add("POST", "/_fake/reset", self._ctl_reset)
         add("GET", "/_fake/calls", self._ctl_calls)
         add("GET", "/_fake/health", self._ctl_health)
@@ -661,7 +662,12 @@ class FakeServer:
         self.tokens.clear()
         return web.json_response({})
 
+    async def _ctl_token_lifetime(self, request: web.Request) -> web.Response:
+        self.token_lifetime_s = int((await request.json())["seconds"])
+        return web.json_response({})
+
     async def _ctl_reset(self, request: web.Request) -> web.Response:
+        self.token_lifetime_s = self.default_token_lifetime_s
         self.injections.clear()
         self.write_quota = None
         self.vault.settle_s = 0.0
@@ -969,10 +975,15 @@ class AzureFake:
         self._control("POST", "settle", {"seconds": seconds})
 
     def revoke_tokens(self) -> None:
+        """Key Vault stops accepting every token issued so far (without a claims challenge)."""
         self._control("POST", "revoke-tokens", {})
 
+    def token_lifetime(self, seconds: int) -> None:
+        """Tokens issued from now on expire after ``seconds``."""
+        self._control("POST", "token-lifetime", {"seconds": seconds})
+
     def reset(self) -> None:
-        """No injections, quota or settle delay (the vault's content stays)."""
+        """No injections, quota or settle delay; tokens live as long as at start (content stays)."""
         self._control("POST", "reset", {})
 
     def mark(self) -> int:
@@ -1046,6 +1057,29 @@ def azure_settings(fake: AzureFake, name_prefix: str, **overrides: Any) -> dict[
     }
     fields.update(overrides)
     return fields
+
+
+@contextlib.asynccontextmanager
+async def sdk_client(fake: AzureFake, **options: Any) -> AsyncIterator[Any]:
+    """The official async ``SecretClient`` on a real ``ClientSecretCredential``, both on the fake.
+
+    What an operator's tooling would use: tests inject drift with it. The
+    challenge names https://vault.azure.net, as Key Vault's does, and the SDK
+    checks that it is a parent domain of the vault's host, which 127.0.0.1
+    cannot satisfy: hence ``verify_challenge_resource=False``.
+    """
+    from azure.identity.aio import ClientSecretCredential
+    from azure.keyvault.secrets.aio import SecretClient
+
+    ca = str(fake.ca_file)
+    credential = ClientSecretCredential(
+        TENANT_ID, CLIENT_ID, CLIENT_SECRET, authority=fake.url, connection_verify=ca
+    )
+    client = SecretClient(
+        fake.url, credential, verify_challenge_resource=False, connection_verify=ca, **options
+    )
+    async with credential, client:
+        yield client
 
 
 def main() -> None:
