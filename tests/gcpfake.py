@@ -630,8 +630,8 @@ class GcpFake:
             error = ApiError(404, "NOT_FOUND", f"The requested URL {request.path} was not found.")
             return self._answer(None, error.http, error.body(), error.headers)
         method, params = matched
-        op = method.id.removeprefix("secretmanager.projects.")
-        secret_id = params.get("secretsId")
+        op = ".".join(method.id.split(".")[-2:])
+        secret_id = params.get("secretsId") or request.query.get("secretId")
         try:
             status, body, headers = self._serve_checked(request, method, params, body_text)
         except ApiError as error:

@@ -263,6 +263,15 @@ class _State:
         )
 
 
+def _stored(secret_id: str, state: _State, data: bytes) -> StoredValue | None:
+    if state.deleted or state.hash is None:
+        return None
+    values = json.loads(data.decode() or "null")
+    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+        raise StoreRejected(f"the GCP entry of {secret_id} is not a secretmirror value")
+    return StoredValue(secret_id, state.version, state.hash, values)
+
+
 def _int(text: str | None) -> int | None:
     return int(text) if text and text.isdigit() else None
 
@@ -408,16 +417,18 @@ class GcpStore:
             name = self._name(secret_id)
         except StoreRejected:
             return None  # no such entry can exist
+        known = self._known.get(secret_id)
+        if known is not None and known.deleted:
+            return None
         try:
             number, data = await self._access(name, "latest")
         except StoreNotFound:
-            known = self._known.get(secret_id)
             if known is not None and known.exists:
                 self._forget(secret_id)  # gone behind this process's back
             return None
         except _Precondition:
-            return None  # the newest version is disabled or destroyed (a tombstone)
-        state = self._known.get(secret_id)
+            return await self._get_claimed(secret_id, name)
+        state = known
         if state is None or not state.checked or state.gcp_version != number:
             try:
                 state = await self._fetch(secret_id, name)
@@ -426,12 +437,25 @@ class GcpStore:
             if state.gcp_version != number:
                 return None  # the newest version is not the one the labels claim
             self._remember(secret_id, replace(state, checked=True, claim_ok=True))
-        if state.deleted or state.hash is None:
+        return _stored(secret_id, state, data)
+
+    async def _get_claimed(self, secret_id: str, name: str) -> StoredValue | None:
+        """The newest version is disabled or destroyed: serve the one the labels claim, if any.
+
+        A tombstone's versions are all destroyed; a version shadowing the
+        claimed one after a lost label race is destroyed too (see ``_put_as``).
+        """
+        try:
+            state = await self._fetch(secret_id, name)
+        except (StoreNotFound, StoreConflict):
             return None
-        values = json.loads(data.decode() or "null")
-        if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
-            raise StoreRejected(f"the GCP entry of {secret_id} is not a secretmirror value")
-        return StoredValue(secret_id, state.version, state.hash, values)
+        if state.deleted or state.gcp_version is None:
+            return None
+        try:
+            _, data = await self._access(name, str(state.gcp_version))
+        except (StoreNotFound, _Precondition):
+            return None
+        return _stored(secret_id, state, data)
 
     async def delete(self, secret_id: str, version: int) -> None:
         try:
@@ -498,16 +522,34 @@ class GcpStore:
             except _Precondition:
                 fresh = await self._fetch(secret_id, name)
                 if not fresh.should_write(version):
-                    # Someone newer won; what we added must not shadow it as ``latest``.
-                    if adopt is None and number != fresh.gcp_version:
-                        await self._destroy(name, number)
-                    self._remember(secret_id, fresh)
+                    shadows = adopt is None and number > (fresh.gcp_version or 0)
+                    if shadows and fresh.hash is not None and not fresh.deleted:
+                        await self._restore_latest(secret_id, name, fresh, number)
+                    else:
+                        if shadows:  # a tombstone or broken labels won: nothing to put back
+                            await self._destroy(name, number)
+                        self._remember(secret_id, fresh)
                     return PutOutcome.UNCHANGED
                 state = fresh
         else:
             raise _Stale
         self._remember(secret_id, await self._prune(name, state))
         return PutOutcome.WRITTEN
+
+    async def _restore_latest(self, secret_id: str, name: str, winner: _State, ours: int) -> None:
+        """A newer writer moved the labels while we added ``ours``, which now shadows theirs
+        as ``latest`` (what other readers of the secret read): add the winner's value again
+        on top, claim it, then destroy ours. Best effort: whoever writes next fixes it too."""
+        try:
+            _, data = await self._access(name, str(winner.gcp_version))
+            number = await self._add_version(name, data)
+            state = await self._claim(name, winner, winner.version, winner.hash or "", number)
+            await self._destroy(name, ours)
+        except (StoreError, _Stale) as exc:
+            log.info("gcp.restore_latest_failed", reason=str(exc))
+            self._forget(secret_id)
+            return
+        self._remember(secret_id, state)
 
     async def _create(
         self, secret_id: str, name: str, state: _State, version: int, hash_: str, blob: bytes
