@@ -329,6 +329,33 @@ async def test_delete_interrupted_after_tagging_reads_as_deleted_and_is_finished
     assert (await sdk.get_deleted_secret(name)).properties.tags[TAG_TOMBSTONE] == "2"
 
 
+async def test_a_delete_by_hand_lists_as_deleted_without_a_tombstone(
+    store: AzureStore, fresh: AzureStore, azure_prefix: str, sdk: Any
+) -> None:
+    """An entry soft-deleted by someone else lists as deleted at version 0: verify's missing."""
+    secret = sid()
+    await put(store, secret, 3, {"a": "1"})
+    await sdk.delete_secret(f"{azure_prefix}{secret}")
+    listed = {e.secret_id: e async for e in fresh.list()}
+    assert (listed[secret].deleted, listed[secret].version) == (True, 0)
+
+
+async def test_a_delete_by_hand_is_undone_by_recovering_only(
+    store: AzureStore, fresh: AzureStore, azure_fake: AzureFake, azure_prefix: str, sdk: Any
+) -> None:
+    """Putting the version a hand-deleted entry held recovers it and sets nothing."""
+    secret = sid()
+    await put(store, secret, 3, {"a": "1"})
+    await sdk.delete_secret(f"{azure_prefix}{secret}")
+    _ = [e async for e in fresh.list()]
+    mark = azure_fake.mark()
+    assert await put(fresh, secret, 3, {"a": "1"}) is PutOutcome.WRITTEN
+    assert azure_fake.calls(mark, azure_prefix) == ["recover"]
+    got = await fresh.get(secret)
+    assert got is not None
+    assert (got.version, got.values) == (3, {"a": "1"})
+
+
 async def test_list_reports_soft_deleted_entries_as_tombstones(store: AzureStore) -> None:
     """Soft-deleted entries of this deployment list as deleted at their tombstone's version."""
     secret = sid()

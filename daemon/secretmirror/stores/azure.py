@@ -202,11 +202,18 @@ class _State:
     extra: tuple[tuple[str, str], ...] = ()
 
     def should_write(self, version: int) -> bool:
-        """True when ``version`` moves the entry forward (the version fence)."""
+        """True when ``version`` moves the entry forward (the version fence).
+
+        A soft-deleted entry is brought back by any version above its
+        tombstone and not older than its content: one deleted by hand (no
+        tombstone) at the version being put only needs recovering.
+        """
         if version <= self.tombstone:
             return False
         if self.foreign:
             return version >= self.newest
+        if self.soft_deleted:
+            return version >= self.version
         return version > self.version
 
     @property
@@ -229,7 +236,9 @@ class _State:
 
     def entry(self, secret_id: str) -> Entry:
         if self.deleted:
-            return Entry(secret_id, max(self.tombstone, self.version), None, deleted=True)
+            # At the tombstone's version: 0 for a delete made by hand, which verify then
+            # reports as missing (not as a tombstone left on purpose) and repair recovers.
+            return Entry(secret_id, self.tombstone, None, deleted=True)
         if self.foreign or self.hash is None:
             return Entry(secret_id, self.newest or self.version, None, foreign_write=True)
         return Entry(secret_id, self.version, self.hash)
@@ -432,6 +441,10 @@ class AzureStore:
             return PutOutcome.UNCHANGED
         if state.soft_deleted:
             await self._recover(secret_id, name)
+            if version == state.version and state.hash == hash_:
+                # Deleted by hand: the recovered latest version already holds this one.
+                self._remember(secret_id, replace(state, exists=True, soft_deleted=False))
+                return PutOutcome.WRITTEN
         tags = {
             **dict(state.extra),
             TAG_DEPLOYMENT: self._deployment_id,
