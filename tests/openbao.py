@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -94,9 +95,14 @@ def free_port() -> int:
 
 
 class BaoProcess:
-    """``bao server -dev`` with its own home and log file; ``tls`` adds a generated CA."""
+    """``bao server -dev`` with its own home and log file; ``tls`` adds a generated CA.
 
-    def __init__(self, *, tls: bool = False) -> None:
+    ``config`` is HCL added to the dev configuration (``-config``), e.g. an
+    ``audit`` block: OpenBao enables audit devices only from its configuration,
+    never over the API. ``reload`` replaces that HCL and sends SIGHUP.
+    """
+
+    def __init__(self, *, tls: bool = False, config: str | None = None) -> None:
         self.root_token = "root-" + secrets.token_urlsafe(24)
         self._tmp = tempfile.TemporaryDirectory(prefix="sm-test-bao-")
         self.dir = Path(self._tmp.name)
@@ -107,10 +113,14 @@ class BaoProcess:
         env = {**os.environ, "HOME": str(self.dir)}
         for name in ("BAO_ADDR", "VAULT_ADDR", "BAO_TOKEN", "VAULT_TOKEN", "BAO_NAMESPACE"):
             env.pop(name, None)
-        tls_args = []
+        extra_args = []
         if tls:
             self.ca_file.parent.mkdir()
-            tls_args = ["-dev-tls", f"-dev-tls-cert-dir={self.ca_file.parent}"]
+            extra_args = ["-dev-tls", f"-dev-tls-cert-dir={self.ca_file.parent}"]
+        self.config_file = self.dir / "extra.hcl"
+        if config is not None:
+            self.config_file.write_text(config)
+            extra_args.append(f"-config={self.config_file}")
         self.process = subprocess.Popen(
             [
                 bao_binary(),
@@ -119,7 +129,7 @@ class BaoProcess:
                 f"-dev-listen-address=127.0.0.1:{self.port}",
                 f"-dev-root-token-id={self.root_token}",
                 "-dev-no-store-token",
-                *tls_args,
+                *extra_args,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -153,6 +163,13 @@ class BaoProcess:
             time.sleep(0.05)
         pytest.fail(f"bao did not become healthy in {_START_TIMEOUT_S}s: {self.log_tail()}")
 
+    def reload(self, config: str) -> None:
+        """Replace the ``config`` HCL and SIGHUP; only for a server started with ``config``."""
+        if not self.config_file.exists():
+            raise RuntimeError("reload needs a server started with config=")
+        self.config_file.write_text(config)
+        self.process.send_signal(signal.SIGHUP)
+
     def log_tail(self) -> str:
         self._log.flush()
         return (self.dir / "bao.log").read_text(errors="replace")[-2000:]
@@ -168,10 +185,10 @@ class BaoProcess:
         self._tmp.cleanup()
 
 
-def start_bao(*, tls: bool = False) -> BaoProcess:
+def start_bao(*, tls: bool = False, config: str | None = None) -> BaoProcess:
     """A healthy server; a port taken between choosing and binding it costs one more try."""
     for attempt in range(3):
-        server = BaoProcess(tls=tls)
+        server = BaoProcess(tls=tls, config=config)
         try:
             server.wait_healthy()
         except pytest.fail.Exception:
