@@ -83,6 +83,18 @@ _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
 _DURATION = re.compile(r"-?\d+(\.\d{1,9})?s")
 _DATETIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
 _INT64 = re.compile(r"-?\d{1,19}")
+#: Operations Secret Manager counts against the write quota.
+WRITE_OPS = frozenset(
+    {
+        "secrets.create",
+        "secrets.patch",
+        "secrets.delete",
+        "secrets.addVersion",
+        "versions.disable",
+        "versions.enable",
+        "versions.destroy",
+    }
+)
 #: Query parameters every Google API takes besides a method's own (``$alt``: the SDK's REST form).
 _SYSTEM_PARAMS = {"$alt", "$.xgafv", "$fields", "$prettyPrint"}
 
@@ -614,12 +626,20 @@ class GcpFake:
         return SCOPE in str(claims.get("scope", "")).split()
 
     async def _stats(self, request: web.Request) -> web.Response:
+        """Served calls by operation since ``?since=`` (a call index), with write times."""
+        since = int(request.query.get("since", "0"))
         with self._lock:
-            counts: dict[str, int] = {}
-            for call in self.calls:
-                if call.status < 400:
-                    counts[call.op] = counts.get(call.op, 0) + 1
-        return web.json_response({"ops": counts, "at": time.time()})
+            calls = self.calls[since:]
+            mark = len(self.calls)
+        counts: dict[str, int] = {}
+        for call in calls:
+            if call.status < 400:
+                counts[call.op] = counts.get(call.op, 0) + 1
+        writes = [c.at for c in calls if c.status < 400 and c.op in WRITE_OPS]
+        throttled = sum(1 for c in calls if c.status == 429)
+        return web.json_response(
+            {"mark": mark, "ops": counts, "write_times": writes, "throttled": throttled}
+        )
 
     # -- the API --
 
