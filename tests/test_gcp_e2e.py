@@ -209,6 +209,40 @@ async def test_burst_of_429s_is_absorbed(
         await check_converged(load, ids, view)
 
 
+async def test_two_daemons_share_gcp_writes_in_order(
+    tmp_path: Path,
+    database: str,
+    key: str,  # noqa: F811
+    gcp_fake_clean: GcpFake,
+    gcp_key_file: Path,
+    gcp_prefix: str,
+    daemons: list[DaemonProcess],  # noqa: F811
+) -> None:
+    """Two serve processes write the same GCP entries in turn: never backwards, converged."""
+    env = gcp_env("backup", gcp_fake_clean, gcp_key_file, gcp_prefix)
+    first = new_daemon(daemons, tmp_path, database, key, env)
+    second = new_daemon(daemons, tmp_path, database, key, env)
+    await asyncio.to_thread(first.start)
+    await asyncio.to_thread(second.start)
+    async with (
+        gcp_view(database, gcp_fake_clean, gcp_key_file, gcp_prefix) as view,
+        Load([first.url, second.url]) as load,
+    ):
+        async with VersionProbe(lambda: gcp_versions(view)) as probe:
+            ids = await seed(load, 80)
+            await load.run(ids, 500, clients=8)
+            await until_e2e(lambda: drained_daemon(first), 120, "the drain")
+        assert probe.backwards == []
+        assert load.failed_requests == 0, load.failures[:5]
+        assert (await status(first))["replication"]["backup"]["dead"] == 0
+        await check_converged(load, ids, view)
+    for daemon in (first, second):
+        applied = await asyncio.to_thread(
+            _metric_total, daemon, 'secretmirror_replication_applied_total{target="backup"}'
+        )
+        assert applied > 0
+
+
 # -- verify and repair (in-process runtime) ------------------------------------------
 
 
