@@ -62,9 +62,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     response.headers["X-Request-Id"] = request_id
     method = request.method if request.method in _METHODS else "other"
     metrics.http_requests.labels(route, method, str(response.status)).inc()
-    metrics.http_request_duration.labels(route, method).observe(
-        time.perf_counter() - started
-    )
+    metrics.http_request_duration.labels(route, method).observe(time.perf_counter() - started)
     return response
 
 
