@@ -1,0 +1,421 @@
+"""The reconcile benchmark: backup and verify jobs of 5,000 secrets to AWS on moto.
+
+Everything runs on 127.0.0.1: PostgreSQL (``pgserver`` or a fresh database on
+``SECRETMIRROR_BENCH_DATABASE_URL``), a moto server subprocess whose request
+recorder is on for the whole run (so every loop pays its cost alike), and
+``secretmirror serve`` subprocesses configured through ``SECRETMIRROR_*``
+(sql primary in the main database, scheduled verify off).
+
+How the first backup is isolated: a daemon *without* a backup creates the
+5,000 secrets through the API, so their events carry no delivery to any
+backup; it stops, and a daemon with the ``aws`` backup (a fresh, empty name
+prefix; ``max_writes_per_s`` 100000 since moto has no quota) starts on the
+same database. Its worker has nothing to deliver, so ``POST
+/admin/v1/reconcile {"mode": "backup"}`` alone writes the backup; the JSON
+shows the worker's pending/applied counters staying at 0 and the calls moto
+saw. Then, with nothing changed, a second backup and a verify.
+
+The raw limit, in the same run: a bare aiobotocore ``CreateSecret`` loop (the
+call that fills an empty backup) of the same 5,000 secrets at
+``reconcile.concurrency`` (16), into a region of its own (``us-west-2``): moto
+scans every secret of a region per lookup, so this loop fills an empty region
+from 0 to 5,000 exactly as the backup job fills ``us-east-1``. A bare
+``PutSecretValue`` loop (the issue's wording) runs after it, with the region
+holding 5,000 secrets, and a bare ``ListSecrets`` pagination of the filled
+backup shows what one listing costs on this moto: the floor of the second
+backup and of verify, which each list the backup once.
+
+Targets (issue 4): first backup >= 80% of the raw loop's rate; second backup
+>= 50x faster per secret than the first, with at most N/100 + 10 AWS calls;
+verify at most N/100 + 10 AWS calls and at most 50 MB of daemon RSS growth
+(psutil every 10 ms while it runs). ZenML's figures from the issue are
+reported beside ours.
+
+A measurement, not a test: targets are recorded as pass/miss and never fail the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench._common import (
+    aws_list_loop,
+    aws_raw_loop,
+    count_calls,
+    machine_info,
+    machine_load,
+    now_iso,
+    run_standalone,
+)
+from bench.replication import Api, Cpu, Stack, aws_backup_env, run_ops
+
+NAME = "reconcile"
+SECRETS = int(os.environ.get("SECRETMIRROR_BENCH_RECONCILE_SECRETS", "5000"))
+#: ``reconcile.concurrency``'s default: the raw loops run at the same concurrency.
+CONCURRENCY = 16
+API_CLIENTS = 32
+RAW_REGION = "us-west-2"
+RAW_PUT_S = 4.0
+UNLIMITED_WRITES_PER_S = 100_000
+JOB_TIMEOUT_S = 240.0
+RSS_INTERVAL_S = 0.01
+
+ZENML = {
+    "version": "0.98",
+    "first_backup_secrets_per_s": 190,
+    "second_backup_secrets_per_s": 100,
+    "notes": (
+        "from the issue: ZenML backs up one secret at a time to moto (about 190/s) and"
+        " rewrites every secret on a second backup (about 100/s)"
+    ),
+}
+
+
+def _ts(value: str | None) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+async def run_job(api: Api, mode: str) -> dict[str, Any]:
+    """Start a reconcile job and poll it every 50 ms until it ends."""
+    started = time.perf_counter()
+    job = await api.post("/admin/v1/reconcile", {"mode": mode})
+    deadline = started + JOB_TIMEOUT_S
+    while job["status"] in ("queued", "running") and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+        job = await api.get(f"/admin/v1/jobs/{job['id']}")
+    wall = time.perf_counter() - started
+    begin, end = _ts(job.get("started")), _ts(job.get("finished"))
+    return {
+        "status": job["status"],
+        "error": job.get("error"),
+        "counts": job.get("counts"),
+        "failures_sample": (job.get("failures") or [])[:3],
+        "seconds": round(end - begin, 3) if begin and end else None,
+        "seconds_wall_from_post": round(wall, 3),
+    }
+
+
+class RssPeak:
+    """The daemon's RSS every ``RSS_INTERVAL_S``: baseline before, peak during."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.baseline = self.proc.memory_info().rss
+        self.peak = self.baseline
+        self.samples = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+                self.samples += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), RSS_INTERVAL_S)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        end = self.proc.memory_info().rss
+        return {
+            "baseline_mib": round(self.baseline / 2**20, 1),
+            "peak_mib": round(self.peak / 2**20, 1),
+            "end_mib": round(end / 2**20, 1),
+            "growth_mib": round((self.peak - self.baseline) / 2**20, 1),
+            "growth_mb": round((self.peak - self.baseline) / 1e6, 1),
+            "samples": self.samples,
+        }
+
+
+async def _job_phase(
+    label: str,
+    stack: Stack,
+    api: Api,
+    mode: str,
+    needles: tuple[str, ...],
+    cpu: Cpu,
+    *,
+    rss: bool = False,
+) -> dict[str, Any]:
+    """One job with the AWS calls it made, the worker's counters and the CPU it took."""
+    moto = stack.moto
+    assert stack.daemon is not None
+    before = await api.backup_status()
+    sampler = RssPeak(stack.daemon.pid) if rss else None
+    if sampler is not None:
+        sampler.start()
+    mark = moto.mark()
+    cpu.start()
+    try:
+        job = await run_job(api, mode)
+    finally:
+        rss_result = await sampler.stop() if sampler is not None else None
+    await asyncio.sleep(0.3)  # moto appends its last lines
+    job["cpu"] = cpu.stop(SECRETS)
+    job["aws_calls"] = count_calls(moto.calls(mark, needles))
+    after = await api.backup_status()
+    job["worker"] = {
+        "pending_before": before["pending"],
+        "pending_after": after["pending"],
+        "applied_during": after["applied"] - before["applied"],
+    }
+    if job["seconds"]:
+        job["secrets_per_s"] = round(SECRETS / job["seconds"], 1)
+        job["ms_per_secret"] = round(job["seconds"] * 1000 / SECRETS, 3)
+    if rss_result is not None:
+        job["rss"] = rss_result
+    calls = job["aws_calls"]
+    print(
+        f"  {label}: {job['status']} in {job['seconds']} s = {job.get('secrets_per_s')}"
+        f" secrets/s; AWS calls {calls['work']} {calls['by_operation']}"
+        f" (+{calls['health_probes']} probes); counts {_flat(job['counts'])}"
+        + (f"; RSS +{rss_result['growth_mib']} MiB" if rss_result else ""),
+        flush=True,
+    )
+    return job
+
+
+def _flat(counts: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (counts or {}).items() if k != "stores"}
+
+
+async def _measure(out: dict[str, Any], workdir: Path) -> None:
+    stack = Stack(out, workdir)
+    tag = secrets.token_hex(3)
+    prefix = f"smbench-{tag}/"
+    backup_prefix = prefix + "backup/"
+    out["config"]["name_prefix"] = backup_prefix
+    try:
+        await stack.start()
+        moto = stack.moto
+        assert moto.proc is not None
+        moto.recording(True)
+
+        print(f"fill: {SECRETS} secrets through a daemon without a backup", flush=True)
+        api = await stack.serve("fill, no backup", {})
+        ids: list[str] = []
+
+        async def create(n: int) -> None:
+            ids.append(await api.create(f"rec-{tag}-{n}", n))
+
+        fill = await run_ops(SECRETS, API_CLIENTS, create)
+        fill.pop("started_at")
+        out["fill"] = fill
+        print(f"  {fill['ops']} created at {fill['ops_per_s']}/s, {fill['errors']} errors")
+
+        print(f"raw: bare aiobotocore loops at {CONCURRENCY} into {RAW_REGION}", flush=True)
+        raw_cpu = Cpu({"client": os.getpid(), "moto": moto.proc.pid})
+        raw_cpu.start()
+        raw_create = await aws_raw_loop(
+            moto.endpoint_url,
+            prefix + "raw-create/",
+            CONCURRENCY,
+            operation="create",
+            count=SECRETS,
+            region=RAW_REGION,
+        )
+        raw_create["cpu"] = raw_cpu.stop(raw_create["ops"])
+        raw_put = await aws_raw_loop(
+            moto.endpoint_url,
+            prefix + "raw-put/",
+            CONCURRENCY,
+            operation="put",
+            duration_s=RAW_PUT_S,
+            region=RAW_REGION,
+            secrets_per_worker=8,
+        )
+        out["raw"] = {"create": raw_create, "put": raw_put}
+        for r in (raw_create, raw_put):
+            print(
+                f"  raw {r['operation']:<15} {r['ops']} in {r['seconds']} s ="
+                f" {r['ops_per_s']}/s  p50 {r['p50_ms']} ms  errors {r['errors']}",
+                flush=True,
+            )
+
+        api = await stack.serve(
+            "backup jobs",
+            aws_backup_env(moto.endpoint_url, backup_prefix, UNLIMITED_WRITES_PER_S),
+        )
+        assert stack.daemon is not None
+        status = await api.status()
+        needles = (backup_prefix, status["deployment_id"])
+        cpu = Cpu(
+            {"daemon": stack.daemon.pid, "moto": moto.proc.pid, "client": os.getpid()},
+            stack.pg.postmaster_pid,
+        )
+        out["rss_before_jobs_mib"] = round(stack.daemon.rss_bytes() / 2**20, 1)
+        print(f"jobs on {SECRETS} secrets", flush=True)
+        out["first_backup"] = await _job_phase("first backup", stack, api, "backup", needles, cpu)
+        out["second_backup"] = await _job_phase("second backup", stack, api, "backup", needles, cpu)
+        out["verify"] = await _job_phase("verify", stack, api, "verify", needles, cpu, rss=True)
+        # What one listing of the backup costs on this moto: the floor of both jobs above.
+        listing = await aws_list_loop(
+            moto.endpoint_url,
+            [
+                {"Key": "tag-key", "Values": ["secretmirror:deployment"]},
+                {"Key": "tag-value", "Values": [status["deployment_id"]]},
+            ],
+        )
+        out["raw"]["list"] = listing
+        print(
+            f"  raw ListSecrets: {listing['entries']} entries in {listing['pages']} pages,"
+            f" {listing['seconds']} s (page p50 {listing['page']['p50_ms']} ms)",
+            flush=True,
+        )
+        for key in ("second_backup", "verify"):
+            job = out[key]
+            if job.get("seconds"):
+                job["seconds_beyond_one_listing"] = round(job["seconds"] - listing["seconds"], 3)
+    finally:
+        await stack.close()
+
+
+def _check(op: str, target: float, measured: float | None, *, what: str = "") -> dict[str, Any]:
+    ok = measured is not None and (measured >= target if op == ">=" else measured <= target)
+    check: dict[str, Any] = {"target": f"{op} {target:g}", "measured": measured, "pass": ok}
+    if what:
+        check["what"] = what
+    return check
+
+
+def _targets(out: dict[str, Any]) -> dict[str, Any]:
+    first = out.get("first_backup", {})
+    second = out.get("second_backup", {})
+    verify = out.get("verify", {})
+    raw = out.get("raw", {}).get("create", {}).get("ops_per_s")
+    raw_put = out.get("raw", {}).get("put", {}).get("ops_per_s")
+    rate = first.get("secrets_per_s")
+    calls_cap = SECRETS / 100 + 10
+    speedup = None
+    if first.get("ms_per_secret") and second.get("ms_per_secret"):
+        speedup = round(first["ms_per_secret"] / second["ms_per_secret"], 1)
+    ok_status = {k: v.get("status") == "succeeded" for k, v in (("f", first), ("s", second))}
+    targets = {
+        "first_backup_vs_raw_create": _check(
+            ">=",
+            0.8,
+            round(rate / raw, 3) if rate and raw and ok_status["f"] else None,
+            what=(
+                f"first backup {rate} secrets/s / raw CreateSecret loop {raw}/s (the same"
+                " call into an empty region, 0 to N secrets, as the job)"
+            ),
+        ),
+        "first_backup_vs_raw_put": _check(
+            ">=",
+            0.8,
+            round(rate / raw_put, 3) if rate and raw_put and ok_status["f"] else None,
+            what=(
+                f"first backup {rate} secrets/s / raw PutSecretValue loop {raw_put}/s, run"
+                " with the region already holding N secrets (moto's slowest point: flatters)"
+            ),
+        ),
+        "second_backup_speedup_per_secret": _check(
+            ">=", 50, speedup if ok_status["s"] else None, what="first / second ms per secret"
+        ),
+        "second_backup_aws_calls": _check(
+            "<=",
+            calls_cap,
+            second.get("aws_calls", {}).get("work"),
+            what="calls of the job (store health probes excluded)",
+        ),
+        "verify_aws_calls": _check(
+            "<=",
+            calls_cap,
+            verify.get("aws_calls", {}).get("work"),
+            what="calls of the job (store health probes excluded)",
+        ),
+        "verify_rss_growth_mb": _check(
+            "<=", 50, verify.get("rss", {}).get("growth_mb"), what="peak - before, 1 MB = 1e6 B"
+        ),
+    }
+    return targets
+
+
+def print_summary(out: dict[str, Any]) -> None:
+    print()
+    raw = out.get("raw", {})
+    for key in ("create", "put"):
+        r = raw.get(key)
+        if r:
+            print(f"raw {r['operation']:<15} {r['ops_per_s']:>8.1f}/s at {r['concurrency']}")
+    if raw.get("list"):
+        print(f"raw ListSecrets of the backup: {raw['list']['seconds']} s")
+    for key in ("first_backup", "second_backup", "verify"):
+        job = out.get(key)
+        if job:
+            print(
+                f"{key:<14} {job.get('secrets_per_s')} secrets/s ({job['seconds']} s),"
+                f" {job['aws_calls']['work']} AWS calls, worker applied"
+                f" {job['worker']['applied_during']}, others used"
+                f" {job['cpu'].get('others_share_of_machine')} of the machine"
+            )
+    print(
+        f"ZenML {ZENML['version']}: first backup ~{ZENML['first_backup_secrets_per_s']}/s,"
+        f" second ~{ZENML['second_backup_secrets_per_s']}/s (rewrites everything)"
+    )
+    print(
+        f"load: start {out['load_start']['loadavg']}  end {out['load_end']['loadavg']}"
+        f"  ({out['load_end']['uptime']})"
+    )
+    print("targets:")
+    for name, check in out.get("targets", {}).items():
+        verdict = "pass" if check["pass"] else "MISS"
+        print(f"  {verdict:<5} {name:<34} {check['target']:<10} measured {check['measured']}")
+
+
+async def main() -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "benchmark": NAME,
+        "started": now_iso(),
+        "machine": machine_info(),
+        "load_start": machine_load(),
+        "config": {
+            "secrets": SECRETS,
+            "reconcile_concurrency": CONCURRENCY,
+            "api_clients": API_CLIENTS,
+            "max_writes_per_s": UNLIMITED_WRITES_PER_S,
+            "verify_interval_s": 0,
+            "raw_region": RAW_REGION,
+            "first_backup_method": (
+                "secrets created by a daemon with no backup (no delivery rows for any"
+                " backup), then a daemon with the aws backup on an empty prefix runs"
+                " POST /admin/v1/reconcile {mode: backup}; its worker has nothing to"
+                " deliver (worker.applied_during shows it), so the job does every write"
+            ),
+        },
+        "zenml_reference": ZENML,
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="sm-bench-reconcile-"))
+    try:
+        await _measure(out, workdir)
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        print(f"reconcile bench failed: {out['error']}", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    out["load_end"] = machine_load()
+    out["finished"] = now_iso()
+    out["targets"] = _targets(out)
+    print_summary(out)
+    return out
+
+
+if __name__ == "__main__":
+    run_standalone(NAME, main)
