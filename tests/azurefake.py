@@ -395,6 +395,8 @@ class Call:
     op: str
     name: str
     status: int
+    #: Wall-clock time the answer was sent.
+    at: float
 
 
 class FakeServer:
@@ -449,7 +451,7 @@ class FakeServer:
         op = _operation(request)
         name = request.match_info.get("name", "")
         response = await self._data(request, handler)
-        self.calls.append(Call(op, name, response.status))
+        self.calls.append(Call(op, name, response.status, time.time()))
         return response
 
     async def _data(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -542,17 +544,21 @@ class FakeServer:
 
     async def _list(self, request: web.Request) -> web.Response:
         secrets_ = self.vault.listed(deleted=False)
-        return self._page(request, "/secrets", [item(self.base, s) for s in secrets_])
+        return self._page(request, "/secrets", secrets_, lambda s: item(self.base, s))
 
     async def _list_versions(self, request: web.Request) -> web.Response:
         secret = self.vault.live(request.match_info["name"])
-        items = [version_item(self.base, secret, v) for v in secret.versions.values()]
-        return self._page(request, f"/secrets/{secret.name}/versions", items)
+        return self._page(
+            request,
+            f"/secrets/{secret.name}/versions",
+            list(secret.versions.values()),
+            lambda v: version_item(self.base, secret, v),
+        )
 
     async def _list_deleted(self, request: web.Request) -> web.Response:
         secrets_ = self.vault.listed(deleted=True)
         return self._page(
-            request, "/deletedsecrets", [deleted_item(self.base, s) for s in secrets_]
+            request, "/deletedsecrets", secrets_, lambda s: deleted_item(self.base, s)
         )
 
     async def _get_deleted(self, request: web.Request) -> web.Response:
@@ -567,7 +573,14 @@ class FakeServer:
         self.vault.purge(request.match_info["name"])
         return web.Response(status=204)
 
-    def _page(self, request: web.Request, path: str, items: list[dict[str, Any]]) -> web.Response:
+    def _page(
+        self,
+        request: web.Request,
+        path: str,
+        items: list[Any],
+        render: Callable[[Any], dict[str, Any]],
+    ) -> web.Response:
+        """One page of ``items`` (only the page is rendered), with a ``nextLink`` to the rest."""
         raw = request.query.get("maxresults", str(PAGE_MAX))
         try:
             size = int(raw)
@@ -576,7 +589,7 @@ class FakeServer:
         if not 1 <= size <= PAGE_MAX:
             raise _bad(f"maxresults must be between 1 and {PAGE_MAX}.")
         start = _skip(request.query.get("$skiptoken"))
-        page = items[start : start + size]
+        page = [render(one) for one in items[start : start + size]]
         next_link = None
         if start + size < len(items):
             query = urlencode(
@@ -677,7 +690,7 @@ class FakeServer:
         since = int(request.query.get("since", "0"))
         needle = request.query.get("needle", "")
         calls = [
-            {"op": c.op, "name": c.name, "status": c.status}
+            {"op": c.op, "name": c.name, "status": c.status, "at": c.at}
             for c in self.calls[since:]
             if needle.lower() in c.name.lower()
         ]
@@ -921,6 +934,10 @@ class AzureFake:
             time.sleep(0.05)  # polling interval of the readiness probe
         self._terminate()
         return False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     def ssl_context(self) -> ssl.SSLContext:
         """A client context that trusts the fake's CA (and only it)."""

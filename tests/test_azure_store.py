@@ -49,6 +49,7 @@ from tests.azurefake import (
     azure_settings,
     sdk_client,
 )
+from tests.conftest import Api
 from tests.stores.azure import azure_store
 
 HASH_KEY = secrets.token_bytes(32)
@@ -229,6 +230,26 @@ def test_size_cap_and_location(store: AzureStore, azure_fake: AzureFake, azure_p
     """The store caps values at 25,000 bytes and is located at its vault and prefix."""
     assert store.max_value_bytes == 25_000
     assert store.location == f"azure:{azure_fake.url}/{azure_prefix}"
+
+
+@pytest.fixture
+def settings_overrides(azure_fake: AzureFake, azure_prefix: str) -> dict[str, Any]:
+    """An azure backup for the in-process API (no request reaches it in these tests)."""
+    return {"backup": {"type": "azure", **azure_settings(azure_fake, azure_prefix)}}
+
+
+async def test_the_api_refuses_values_over_key_vaults_limit(api: Api) -> None:
+    """With an azure store configured, the effective size cap is Key Vault's 25,000 bytes."""
+    fits = {"k": "x" * (MAX_VALUE_BYTES - len(canonical({"k": ""})))}
+    over = {"k": "x" * (MAX_VALUE_BYTES - len(canonical({"k": ""})) + 1)}
+    status, body, _ = await api.request(
+        "POST", "/api/v1/secrets", json={"name": "over", "values": over}
+    )
+    assert status == 413, body
+    status, body, _ = await api.request(
+        "POST", "/api/v1/secrets", json={"name": "fits", "values": fits}
+    )
+    assert status == 201, body
 
 
 async def test_a_secret_id_that_makes_no_valid_name_is_rejected(store: AzureStore) -> None:

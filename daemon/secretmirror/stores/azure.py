@@ -43,7 +43,9 @@ one read of the latest version. Per operation:
   deleted secret keeps its tags, so a late older put is refused and a newer
   one recovers the entry. A delete interrupted between the two calls leaves
   a tagged live entry that lists and reads as deleted; the next delete
-  finishes it.
+  finishes it. A soft delete made by hand carries no tombstone tag: it lists
+  as deleted at version 0 (verify: missing), and a put of the version it
+  held only recovers it (1 write).
 - get: 1 read; list: 1 call per 25 live entries + 1 per 25 soft-deleted ones.
 
 Ownership. A secret whose latest version carries another deployment's tag is
