@@ -44,7 +44,7 @@ class RoleStore:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await asyncio.wait_for(call, timeout_s or self.timeout_s)
+            result = await asyncio.wait_for(call, timeout_s or self.timeout_s)
         except TimeoutError:
             outcome = "unavailable"
             self._down("the store did not answer in time")
@@ -60,13 +60,13 @@ class RoleStore:
             else:
                 self._up()
             raise
-        else:
-            self._up()
         finally:
             metrics.store_requests.labels(self.role, operation, outcome).inc()
             metrics.store_request_duration.labels(self.role, operation).observe(
                 time.perf_counter() - started
             )
+        self._up()
+        return result
 
     def _up(self) -> None:
         if not self.up:
