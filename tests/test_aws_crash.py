@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from typing import Any
 
 from aiobotocore.session import get_session
 
@@ -11,7 +12,7 @@ from secretmirror.crypto import Keyring, content_hash
 from secretmirror.model import canonical
 from secretmirror.settings import AwsStoreSettings
 from secretmirror.stores.aws import TAG_TOMBSTONE, AwsStore
-from secretmirror.stores.base import StoreContext
+from secretmirror.stores.base import PutOutcome, StoreContext
 from tests.moto import ACCESS_KEY, REGION, SECRET_KEY, aws_settings
 
 
@@ -47,3 +48,33 @@ async def test_delete_interrupted_after_tagging_is_finished(
             assert await restarted.get(sid) is None
         finally:
             await restarted.close()
+
+
+async def test_after_a_complete_listing_a_new_entry_is_one_create(
+    moto_server: str, aws_prefix: str, moto: Any
+) -> None:
+    """Once a full listing showed every entry, writing a new one is a single CreateSecret."""
+    ctx = StoreContext(str(uuid.uuid4()), Keyring([secrets.token_bytes(32)]))
+    store = AwsStore(AwsStoreSettings(**aws_settings(moto_server, aws_prefix)), ctx)
+    await store.open()
+    try:
+        existing, new = str(uuid.uuid4()), str(uuid.uuid4())
+        values = {"k": "v"}
+        await store.put(existing, 3, values, content_hash(b"k" * 32, existing, canonical(values)))
+        restarted = AwsStore(AwsStoreSettings(**aws_settings(moto_server, aws_prefix)), ctx)
+        await restarted.open()
+        try:
+            assert [e.secret_id async for e in restarted.list()] == [existing]
+            mark = moto.mark()
+            h = content_hash(b"k" * 32, new, canonical(values))
+            assert await restarted.put(new, 4, values, h) is PutOutcome.WRITTEN
+            assert moto.operations(mark, aws_prefix) == ["CreateSecret"]
+            # An entry the listing showed is still fenced: an older version changes nothing.
+            mark = moto.mark()
+            h_old = content_hash(b"k" * 32, existing, canonical(values))
+            assert await restarted.put(existing, 2, values, h_old) is PutOutcome.UNCHANGED
+            assert moto.operations(mark, aws_prefix) == []
+        finally:
+            await restarted.close()
+    finally:
+        await store.close()

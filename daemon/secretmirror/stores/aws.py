@@ -28,7 +28,10 @@ AWS's read quota, not the ~50/s write quota. Per operation:
 
 - put, entry known to this process (steady state): 1 call, PutSecretValue.
 - put, entry not known yet (first touch since start): DescribeSecret, then
-  PutSecretValue or, for a new entry, CreateSecret: 2 calls, 1 write.
+  PutSecretValue or, for a new entry, CreateSecret: 2 calls, 1 write. After a
+  complete ``list`` (a backup or verify job), an entry the listing did not
+  show is new: 1 call, CreateSecret (if it appeared meanwhile, AWS refuses and
+  the DescribeSecret path takes over).
 - put over a tombstone: + RestoreSecret (AWS refuses writes to an entry
   pending deletion). put when ``AWSCURRENT`` sits elsewhere while our token
   already exists (a console rollback, a regression): the re-put is a no-op
@@ -347,6 +350,8 @@ class AwsStore:
         self._bucket = TokenBucket(settings.max_writes_per_s)
         self._locks = KeyedLock()
         self._known: collections.OrderedDict[str, _State] = collections.OrderedDict()
+        #: A complete listing put every entry of this deployment in ``_known``.
+        self._listed_all = False
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: SecretsManagerClient | None = None
         self._filters: list[FilterTypeDef] = [
@@ -467,12 +472,19 @@ class AwsStore:
             )
         token = make_token(version, content_hash)
         async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
+            # After a complete listing, an entry this process does not know did not exist
+            # then: try CreateSecret first (it never overwrites an entry; if one appeared
+            # meanwhile, DescribeSecret decides). Halves the calls of a first backup.
+            guess = self._listed_all and secret_id not in self._known
             for _ in range(_ATTEMPTS):
-                state = await self._state(secret_id, name)
+                state = _State(exists=False) if guess else await self._state(secret_id, name)
                 try:
-                    return await self._put_as(secret_id, name, state, token, blob.decode())
+                    return await self._put_as(
+                        secret_id, name, state, token, blob.decode(), guessed=guess
+                    )
                 except _Stale:
                     self._forget(secret_id)
+                    guess = False
         raise StoreConflict(f"the AWS entry of {secret_id} kept changing during the write")
 
     async def get(self, secret_id: str) -> StoredValue | None:
@@ -558,15 +570,23 @@ class AwsStore:
                 break
         for secret_id in unseen:
             self._forget(secret_id)
+        self._listed_all = len(self._known) < _KNOWN_MAX
 
     # -- steps of put and delete --
 
     async def _put_as(
-        self, secret_id: str, name: str, state: _State, token: str, secret_string: str
+        self,
+        secret_id: str,
+        name: str,
+        state: _State,
+        token: str,
+        secret_string: str,
+        *,
+        guessed: bool = False,
     ) -> PutOutcome:
         version, content_hash = parse_token(token) or (0, "")
         if not state.exists:
-            return await self._create(secret_id, name, state, token, secret_string)
+            return await self._create(secret_id, name, state, token, secret_string, guessed)
         if not state.should_write(version):
             return PutOutcome.UNCHANGED
         client = self._require()
@@ -608,7 +628,13 @@ class AwsStore:
         return PutOutcome.WRITTEN
 
     async def _create(
-        self, secret_id: str, name: str, state: _State, token: str, secret_string: str
+        self,
+        secret_id: str,
+        name: str,
+        state: _State,
+        token: str,
+        secret_string: str,
+        guessed: bool = False,
     ) -> PutOutcome:
         version, content_hash = parse_token(token) or (0, "")
         if version <= state.tombstone:
@@ -630,6 +656,8 @@ class AwsStore:
         except StoreConflict:
             raise _Stale from None  # created meanwhile; DescribeSecret decides, ownership too
         except StoreRejected as exc:
+            if _is_deleted_error(exc) and guessed:
+                raise _Stale from None  # pending deletion: DescribeSecret, then restore
             if _is_deleted_error(exc):
                 raise StoreUnavailable(
                     f"AWS is still deleting the previous entry of {secret_id}; retry later"
@@ -726,6 +754,7 @@ class AwsStore:
         self._known.move_to_end(secret_id)
         while len(self._known) > _KNOWN_MAX:
             self._known.popitem(last=False)
+            self._listed_all = False  # an entry was forgotten: unknown no longer means new
 
     def _forget(self, secret_id: str) -> None:
         self._known.pop(secret_id, None)
@@ -741,12 +770,8 @@ class AwsStore:
             raise
 
     def _observe(self, secret_id: str, state: _State) -> None:
-        """A listing saw ``state``: learn it, or drop what disagrees (it is re-read on use)."""
-        known = self._known.get(secret_id)
-        if known is None:
-            self._remember(secret_id, state)
-        elif known != state:
-            self._forget(secret_id)
+        """A listing saw ``state``: it is fresher than what this process remembered."""
+        self._remember(secret_id, state)
 
     # -- calls --
 
