@@ -37,7 +37,7 @@ from azure.keyvault.secrets._generated import models
 from azure.keyvault.secrets._generated._utils.model_base import Model
 from azure.keyvault.secrets.aio import SecretClient
 
-from tests.azurefake import CLIENT_ID, CLIENT_SECRET, RESOURCE, TENANT_ID, AzureFake
+from tests.azurefake import CLIENT_ID, RESOURCE, TENANT_ID, AzureFake, sdk_client
 
 
 class Recorder:
@@ -62,21 +62,7 @@ def recorder() -> Recorder:
 @pytest.fixture
 async def sdk(azure_fake: AzureFake, recorder: Recorder) -> AsyncIterator[SecretClient]:
     """The official async SecretClient on the real ClientSecretCredential, both on the fake."""
-    ca = str(azure_fake.ca_file)
-    credential = ClientSecretCredential(
-        TENANT_ID, CLIENT_ID, CLIENT_SECRET, authority=azure_fake.url, connection_verify=ca
-    )
-    # The challenge names https://vault.azure.net, as Key Vault's does; the SDK checks that
-    # it is a parent domain of the vault's host, which 127.0.0.1 cannot satisfy.
-    client = SecretClient(
-        azure_fake.url,
-        credential,
-        verify_challenge_resource=False,
-        connection_verify=ca,
-        raw_response_hook=recorder,
-        retry_total=0,
-    )
-    async with credential, client:
+    async with sdk_client(azure_fake, raw_response_hook=recorder, retry_total=0) as client:
         yield client
 
 
