@@ -80,7 +80,10 @@ async def open_runtime(
         ctx = StoreContext(deployment_id, keyring, pool, str(settings.data_dir))
         timeout = max(settings.replication.lease_s / 3, 1.0)
         primary, backup = build_stores(settings, ctx, dsn, timeout)
-        rt = Runtime(settings, pool, dsn, keyring, deployment_id, hash_key, primary, backup)
+        worker_pool = await db.create_pool(dsn, min_size=1, max_size=4)
+        rt = Runtime(
+            settings, pool, dsn, keyring, deployment_id, hash_key, primary, backup, worker_pool
+        )
         for role in (primary, backup):
             if role is None:
                 continue
@@ -94,6 +97,7 @@ async def open_runtime(
         try:
             yield rt
         finally:
+            await rt.worker_pool.close()
             for role in (backup, primary):
                 if role is not None:
                     with contextlib.suppress(Exception):

@@ -90,7 +90,7 @@ class Replicator:
         try:
             if up:
                 claims += await deliveries.claim(
-                    self.rt.pool,
+                    self.rt.worker_pool,
                     self.rt.node,
                     min(free, self.cfg.batch_size),
                     up,
@@ -99,11 +99,11 @@ class Replicator:
             for target in down:
                 if not any(key[0] == target for key in self._in_flight):
                     claims += await deliveries.claim(
-                        self.rt.pool, self.rt.node, 1, [target], self.cfg.lease_s
+                        self.rt.worker_pool, self.rt.node, 1, [target], self.cfg.lease_s
                     )
             if not claims:
                 return 0
-            events = await deliveries.events_for(self.rt.pool, claims)
+            events = await deliveries.events_for(self.rt.worker_pool, claims)
         except DB_DOWN as exc:
             log.warning("replication.db_unavailable", error=type(exc).__name__)
             await asyncio.sleep(min(self.cfg.poll_interval_s, 1.0))
@@ -172,7 +172,7 @@ class Replicator:
         for attempt in range(5):
             try:
                 await deliveries.fail(
-                    self.rt.pool,
+                    self.rt.worker_pool,
                     claim,
                     f"{reason}: {message}"[:500],
                     decision.retry_in_s,
@@ -188,7 +188,7 @@ class Replicator:
             return
         batch, self._done = self._done, []
         try:
-            await deliveries.complete(self.rt.pool, [(t, s, v) for t, s, v, _ in batch])
+            await deliveries.complete(self.rt.worker_pool, [(t, s, v) for t, s, v, _ in batch])
         except DB_DOWN:
             # Not recorded: the lease expires and the fenced store write repeats as a no-op.
             log.warning("replication.complete_failed", count=len(batch))
@@ -210,7 +210,7 @@ class Replicator:
             await asyncio.gather(*pending, return_exceptions=True)
         with contextlib.suppress(*DB_DOWN):
             await self._flush_done()
-            await deliveries.release_all(self.rt.pool, self.rt.node)
+            await deliveries.release_all(self.rt.worker_pool, self.rt.node)
 
     # -- wake-ups -------------------------------------------------------------
 

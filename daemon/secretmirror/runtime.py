@@ -36,6 +36,8 @@ class Runtime:
     hash_key: bytes
     primary: RoleStore
     backup: RoleStore | None
+    #: The replication worker's own connections, so a busy API never starves it.
+    worker_pool: asyncpg.Pool
     node: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     #: Set on every committed write so the local worker wakes without a round trip.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
