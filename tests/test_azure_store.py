@@ -8,6 +8,7 @@ Calls are counted by the fake, per name prefix.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -584,7 +585,7 @@ async def test_an_expired_token_is_replaced(
     try:
         await put(store, sid(), 1, {"a": "1"})
         issued = azure_fake.tokens_issued()
-        time.sleep(1.2)  # the behaviour under test is a token outliving its lifetime
+        await asyncio.sleep(1.2)  # the behaviour under test is a token outliving its lifetime
         await put(store, sid(), 1, {"a": "1"})
         assert azure_fake.tokens_issued() == issued + 1
     finally:
