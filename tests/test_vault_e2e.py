@@ -1,7 +1,7 @@
 """Vault end to end on a real OpenBao and a real PostgreSQL: replication and reconcile.
 
 Replication runs ``secretmirror serve`` subprocesses that log in with an
-AppRole holding only the least-privilege policy of docs/stores-hashicorp-custom.md,
+AppRole holding only the least-privilege policy the README documents,
 under a path prefix of their own, with Vault as the backup and as the primary.
 Reconcile runs in process (runtime, API and worker) against drift made by hand
 through Vault's HTTP API, as an operator or another tool would make it.
