@@ -37,13 +37,20 @@ async def run_job(api: Api, mode: str, **options: bool) -> dict[str, Any]:
         "POST", "/admin/v1/reconcile", json={"mode": mode, **options}
     )
     assert status == 202, job
-    for _ in range(400):
-        status, job, _ = await api.request("GET", f"/admin/v1/jobs/{job['id']}")
+    return await wait_finished(api, job["id"])
+
+
+async def wait_finished(api: Api, job_id: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Poll a job until it ends (generously: a loaded CI machine is slow)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        status, job, _ = await api.request("GET", f"/admin/v1/jobs/{job_id}")
         assert status == 200
         if job["status"] not in ("queued", "running"):
-            return job
+            return dict(job)
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"job {job_id} did not finish")
         await asyncio.sleep(0.05)
-    raise AssertionError("job did not finish")
 
 
 async def seeded(api: Api, runtime: Runtime, n: int) -> list[str]:
@@ -218,11 +225,7 @@ async def test_second_job_of_a_mode_conflicts_and_cancel_stops(api: Api, runtime
     status, _, _ = await api.request("POST", f"/admin/v1/jobs/{job['id']}/cancel")
     assert status == 200
     gate.set()
-    for _ in range(200):
-        _, current, _ = await api.request("GET", f"/admin/v1/jobs/{job['id']}")
-        if current["status"] not in ("queued", "running"):
-            break
-        await asyncio.sleep(0.05)
+    current = await wait_finished(api, job["id"])
     assert current["status"] == "cancelled"
     assert current["counts"]["copied"] < 30
 
@@ -241,11 +244,7 @@ async def test_abandoned_job_is_marked_failed(api: Api, runtime: Runtime) -> Non
     jobs = api.client.server.app[JOBS]  # type: ignore[union-attr]
     task = asyncio.create_task(jobs.run_scheduler(stop))
     try:
-        for _ in range(100):
-            _, job, _ = await api.request("GET", f"/admin/v1/jobs/{job_id}")
-            if job["status"] != "running":
-                break
-            await asyncio.sleep(0.05)
+        job = await wait_finished(api, str(job_id), timeout_s=60)
     finally:
         stop.set()
         await task

@@ -216,7 +216,7 @@ async def drained_daemon(daemon: DaemonProcess) -> bool:
 
 
 async def wait_job(daemon: DaemonProcess, job_id: str) -> dict[str, Any]:
-    for _ in range(600):
+    for _ in range(1200):
         job: dict[str, Any] = await asyncio.to_thread(daemon.get, f"/admin/v1/jobs/{job_id}")
         if job["status"] not in ("queued", "running"):
             return job

@@ -97,13 +97,20 @@ async def open_runtime(
         try:
             yield rt
         finally:
-            await rt.worker_pool.close()
+            try:
+                await asyncio.wait_for(rt.worker_pool.close(), 10)
+            except TimeoutError:
+                rt.worker_pool.terminate()
             for role in (backup, primary):
                 if role is not None:
                     with contextlib.suppress(Exception):
                         await role.close()
     finally:
-        await pool.close()
+        try:
+            await asyncio.wait_for(pool.close(), 10)
+        except TimeoutError:
+            log.warning("db.pool_close_timeout")
+            pool.terminate()
 
 
 def make_readiness(rt: Runtime) -> Callable[[], Awaitable[list[str]]]:
@@ -134,6 +141,7 @@ def make_app(rt: Runtime) -> web.Application:
     app[SHARED_GAUGES] = shared_gauges.refresher(rt)
     jobs = Jobs(rt)
     app[JOBS] = jobs
+    app.on_cleanup.append(lambda _app: jobs.shutdown())
     app[LAST_VERIFY] = jobs.last_verify
     api_jobs.add_routes(app)
     return app
