@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import traceback
 from collections.abc import AsyncIterator, Callable
@@ -68,6 +69,9 @@ def _fuzz_operation(
         max_examples=MAX_EXAMPLES,
         deadline=None,
         database=None,
+        # The same examples every run: CI judges a change, not the luck of a draw.
+        # (Explore further by hand: SECRETMIRROR_FUZZ_RANDOM=1.)
+        derandomize=not os.environ.get("SECRETMIRROR_FUZZ_RANDOM"),
         suppress_health_check=list(HealthCheck),
         print_blob=True,
     )

@@ -128,6 +128,11 @@ class SecretService:
             target_name = new_name if new_name is not None else meta.name
             target_private = new_private if new_private is not None else meta.private
             merged, blob = check_values(merged, self.rt.size_cap)
+            if merged == current.values and (target_name, target_private) == (
+                meta.name,
+                meta.private,
+            ):
+                return current  # nothing changes: no new version, no store write
             kind = "update"
             if merged == current.values and (target_name, target_private) != (
                 meta.name,
