@@ -106,6 +106,25 @@ AWS_SECRET_KEY = "testing"
 AWS_REGION = "us-east-1"
 
 
+def print_targets(out: dict[str, Any], *, show_what: bool = False) -> None:
+    """The closing table every bench prints: each target, pass or MISS, and the figure."""
+    targets = out.get("targets", {})
+    width = max((len(name) for name in targets), default=0)
+    print("targets:")
+    for name, check in targets.items():
+        verdict = "pass" if check["pass"] else "MISS"
+        print(f"  {verdict:<5} {name:<{width}} {check['target']:<10} measured {check['measured']}")
+        if show_what and check.get("what"):
+            print(f"        {check['what']}")
+
+
+def print_load(out: dict[str, Any]) -> None:
+    print(
+        f"load: start {out['load_start']['loadavg']}  end {out['load_end']['loadavg']}"
+        f"  ({out['load_end']['uptime']})"
+    )
+
+
 def free_port() -> int:
     """A port that was free a moment ago on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

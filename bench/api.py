@@ -64,6 +64,7 @@ from bench._common import (
     machine_info,
     machine_load,
     now_iso,
+    print_targets,
     run_standalone,
 )
 from secretmirror import crypto
@@ -842,10 +843,7 @@ def print_summary(out: dict[str, Any]) -> None:
         f" other processes used {num(out.get('others_cpu_fraction'), '{:.0%}')} of the CPU"
         " during the phases"
     )
-    print("targets:")
-    for name, check in out.get("targets", {}).items():
-        verdict = "pass" if check["pass"] else "MISS"
-        print(f"  {verdict:<5} {name:<26} {check['target']:<10} measured {check['measured']}")
+    print_targets(out)
 
 
 async def main() -> dict[str, Any]:

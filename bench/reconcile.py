@@ -57,6 +57,8 @@ from bench._common import (
     machine_info,
     machine_load,
     now_iso,
+    print_load,
+    print_targets,
     run_standalone,
 )
 from bench.replication import Api, Cpu, Stack, aws_backup_env, run_ops
@@ -370,14 +372,8 @@ def print_summary(out: dict[str, Any]) -> None:
         f"ZenML {ZENML['version']}: first backup ~{ZENML['first_backup_secrets_per_s']}/s,"
         f" second ~{ZENML['second_backup_secrets_per_s']}/s (rewrites everything)"
     )
-    print(
-        f"load: start {out['load_start']['loadavg']}  end {out['load_end']['loadavg']}"
-        f"  ({out['load_end']['uptime']})"
-    )
-    print("targets:")
-    for name, check in out.get("targets", {}).items():
-        verdict = "pass" if check["pass"] else "MISS"
-        print(f"  {verdict:<5} {name:<34} {check['target']:<10} measured {check['measured']}")
+    print_load(out)
+    print_targets(out)
 
 
 async def main() -> dict[str, Any]:

@@ -77,6 +77,8 @@ from bench._common import (
     machine_info,
     machine_load,
     now_iso,
+    print_load,
+    print_targets,
     run_standalone,
 )
 from bench.api import ADMIN_TOKEN, BenchPostgres, Daemon, values_for
@@ -1055,14 +1057,8 @@ def print_summary(out: dict[str, Any]) -> None:
     for daemon in out.get("daemons", []):
         print(f"daemon {daemon['label']!r}: log events {daemon['log_events']}")
     print(f"moto answered {out.get('moto_500_answers')} requests with a 500")
-    print(
-        f"load: start {out['load_start']['loadavg']}  end {out['load_end']['loadavg']}"
-        f"  ({out['load_end']['uptime']})"
-    )
-    print("targets:")
-    for name, check in out.get("targets", {}).items():
-        verdict = "pass" if check["pass"] else "MISS"
-        print(f"  {verdict:<5} {name:<40} {check['target']:<10} measured {check['measured']}")
+    print_load(out)
+    print_targets(out)
 
 
 async def main() -> dict[str, Any]:

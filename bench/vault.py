@@ -64,6 +64,8 @@ from bench._common import (
     machine_info,
     machine_load,
     now_iso,
+    print_load,
+    print_targets,
     run_standalone,
 )
 from bench.api import (
@@ -643,15 +645,8 @@ def print_summary(out: dict[str, Any]) -> None:
             )
     for label, counted in out.get("calls", {}).items():
         print(f"calls {label:<7} {counted['calls_per_change']}/change  {counted['by_kind']}")
-    print(
-        f"load: start {out['load_start']['loadavg']}  end {out['load_end']['loadavg']}"
-        f"  ({out['load_end']['uptime']})"
-    )
-    print("targets:")
-    for name, check in out.get("targets", {}).items():
-        verdict = "pass" if check["pass"] else "MISS"
-        print(f"  {verdict:<5} {name:<26} {check['target']:<7} measured {check['measured']}")
-        print(f"        {check['what']}")
+    print_load(out)
+    print_targets(out, show_what=True)
 
 
 async def main() -> dict[str, Any]:
