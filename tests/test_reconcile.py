@@ -296,3 +296,12 @@ async def test_listed_foreign_write_stays_a_mismatch_when_get_serves_ours(
     job = await run_job(api, "verify")
     assert job["counts"]["stores"]["backup"]["mismatch"] == 1
     assert job["samples"]["backup"] == {"mismatch": [ids[0]]}
+
+
+async def test_verify_of_an_empty_deployment_reports_zeros(api: Api) -> None:
+    """With no secrets, verify still reports both stores, all in sync, and status shows it."""
+    job = await run_job(api, "verify")
+    assert job["counts"]["stores"]["backup"]["missing"] == 0
+    assert set(job["counts"]["stores"]) == {"primary", "backup"}
+    _, status, _ = await api.request("GET", "/admin/v1/status")
+    assert status["last_verify"]["job_id"] == job["id"]

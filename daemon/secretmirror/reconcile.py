@@ -342,6 +342,10 @@ class Job:
     async def _body(self, scanner: Scanner) -> None:
         rt = self.rt
         if self.mode in ("verify", "repair"):
+            stores = self.report.counts.setdefault("stores", {})
+            for role in (rt.primary, rt.backup):
+                if role is not None:  # an empty store reports zeros, not nothing
+                    stores.setdefault(role.role, dict.fromkeys(CLASSES, 0))
             act = None if self.mode == "verify" or self.dry_run else self._repair
             await scanner.scan(rt.primary, act)
             if rt.backup is not None and not scanner.cancelled.is_set():
