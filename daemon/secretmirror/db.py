@@ -56,11 +56,6 @@ def known_migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
-def head_version() -> int:
-    migrations = known_migrations()
-    return migrations[-1].version if migrations else 0
-
-
 async def upgrade(conn: asyncpg.Connection) -> list[int]:
     """Apply every pending migration; safe to run from several processes at once."""
     applied_now: list[int] = []

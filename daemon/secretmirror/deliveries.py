@@ -142,11 +142,6 @@ async def retry_dead(pool: asyncpg.Pool) -> int:
     return len(rows)
 
 
-async def next_due_in(pool: asyncpg.Pool, targets: list[str]) -> float | None:
-    value: float | None = await pool.fetchval(Q.delivery_next_due, targets)
-    return value
-
-
 async def finish_inline(
     rt: Any, secret_id: str, version: int, leased: list[str], done: list[str]
 ) -> None:

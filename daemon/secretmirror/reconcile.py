@@ -279,7 +279,7 @@ class Job:
                     return  # cancelled while queued
                 self.log.info("job.started")
                 scanner = Scanner(self.rt, conn, self.report, self._cancelled)
-                self.report.counts["total"] = await conn.fetchval(Q.scan_live_count)
+                self.report.counts["total"] = await conn.fetchval(Q.secret_count)
                 ticker = asyncio.create_task(self._progress())
                 try:
                     await self._body(scanner)

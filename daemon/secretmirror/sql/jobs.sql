@@ -53,13 +53,6 @@ UPDATE jobs SET status = 'failed', finished = now(),
 WHERE status IN ('queued', 'running') AND heartbeat < now() - make_interval(secs => $1)
 RETURNING id, mode
 
--- job_fail_own --
--- At start-up, this node's earlier jobs cannot still be running.
-UPDATE jobs SET status = 'failed', finished = now(),
-    error = 'interrupted: the daemon running this job restarted; start it again'
-WHERE status IN ('queued', 'running') AND owner = $1
-RETURNING id, mode
-
 -- job_last_verify --
 SELECT * FROM jobs WHERE mode IN ('verify', 'repair') AND status IN ('succeeded', 'failed')
   AND counts ? 'stores'
@@ -92,13 +85,6 @@ WHERE NOT EXISTS (SELECT 1 FROM reconcile_seen r WHERE r.secret_id = s.id)
   AND ($1::uuid IS NULL OR s.id > $1)
 ORDER BY s.id
 LIMIT $2
-
--- scan_live --
-SELECT id::text AS secret_id, version, hash FROM secrets
-WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2
-
--- scan_live_count --
-SELECT count(*) FROM secrets
 
 -- secret_snapshot_current --
 -- The current version's values, to repair a store from the log.

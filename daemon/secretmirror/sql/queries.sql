@@ -326,10 +326,6 @@ UPDATE deliveries SET dead = false, attempts = 0, next_attempt_at = now(), last_
 WHERE dead
 RETURNING target
 
--- delivery_next_due --
-SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8 FROM deliveries
-WHERE version > applied_version AND NOT dead AND target = ANY($1::text[])
-
 -- metrics_last_verify --
 -- The newest successful verify or repair: its counts.stores is the divergence gauge.
 SELECT mode, dry_run, counts FROM jobs
