@@ -268,7 +268,9 @@ class Api:
         return str(body["id"])
 
     async def update(self, secret_id: str, n: int) -> None:
-        await self._call("PATCH", f"/api/v1/secrets/{secret_id}", 200, {"values": values_for(n)})
+        # Never the values the secret was created with: an unchanged PATCH writes no version.
+        values = {**values_for(n), "username": f"svc-later-{n % 1000}"}
+        await self._call("PATCH", f"/api/v1/secrets/{secret_id}", 200, {"values": values})
 
     async def delete(self, secret_id: str) -> None:
         await self._call("DELETE", f"/api/v1/secrets/{secret_id}", 204)
