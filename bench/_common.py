@@ -443,6 +443,38 @@ def histogram_fraction_le(buckets: list[tuple[float, float]], bound: float) -> f
     return below / buckets[-1][1]
 
 
+async def aws_scan_floor(
+    endpoint_url: str, name_prefix: str, pages: int, region: str = AWS_REGION
+) -> dict[str, Any]:
+    """The least ``pages`` listing calls can cost on this server: each matches nothing.
+
+    moto evaluates the filters on every secret of the region for every page, so
+    ``pages`` calls with a name filter that matches no entry (``name_prefix`` +
+    a suffix no id takes) cost that scan alone, without building any answer:
+    a floor under any listing of ``pages`` pages, whatever its filters.
+    """
+    from aiobotocore.session import AioSession
+
+    filters = [{"Key": "name", "Values": [name_prefix + "zz-no-such-entry-"]}]
+    async with AioSession().create_client(
+        "secretsmanager",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        aws_access_key_id=AWS_ACCESS_KEY,
+        aws_secret_access_key=AWS_SECRET_KEY,
+    ) as client:
+        started = time.perf_counter()
+        for _ in range(pages):
+            page = await client.list_secrets(Filters=filters, MaxResults=100)
+            assert not page.get("SecretList"), "the floor's filter matched an entry"
+        wall = time.perf_counter() - started
+    return {
+        "operation": "ListSecrets (matching nothing)",
+        "pages": pages,
+        "seconds": round(wall, 3),
+    }
+
+
 async def aws_list_loop(
     endpoint_url: str, filters: list[dict[str, Any]], region: str = AWS_REGION
 ) -> dict[str, Any]:
