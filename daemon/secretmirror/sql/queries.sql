@@ -311,15 +311,18 @@ UPDATE deliveries SET leased_until = NULL, leased_by = NULL, attempts = GREATEST
 WHERE leased_by = $1
 
 -- delivery_status --
-SELECT t.target,
-       count(d.*) FILTER (WHERE d.version > d.applied_version AND NOT d.dead) AS pending,
-       count(d.*) FILTER (WHERE d.dead) AS dead,
-       COALESCE(EXTRACT(EPOCH FROM now() - min(d.pending_since)
-                FILTER (WHERE d.version > d.applied_version AND NOT d.dead)), 0)::float8 AS lag_s,
+-- Per target; reads only pending and dead rows (the partial indexes of 0002), so a
+-- scrape costs what is pending, not what is stored.
+SELECT t.target, p.pending, p.lag_s,
+       (SELECT count(*) FROM deliveries d WHERE d.target = t.target AND d.dead) AS dead,
        COALESCE((SELECT applied FROM delivery_stats s WHERE s.target = t.target), 0) AS applied
 FROM unnest($1::text[]) AS t(target)
-LEFT JOIN deliveries d ON d.target = t.target
-GROUP BY t.target
+CROSS JOIN LATERAL (
+    SELECT count(*) AS pending,
+           COALESCE(EXTRACT(EPOCH FROM now() - min(d.pending_since)), 0)::float8 AS lag_s
+    FROM deliveries d
+    WHERE d.target = t.target AND d.version > d.applied_version AND NOT d.dead
+) p
 
 -- delivery_retry_dead --
 UPDATE deliveries SET dead = false, attempts = 0, next_attempt_at = now(), last_error = NULL
