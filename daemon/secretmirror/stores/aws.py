@@ -80,7 +80,6 @@ stay under the account's write quota.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import json
@@ -113,9 +112,10 @@ from secretmirror.errors import (
     StoreUnavailable,
 )
 from secretmirror.model import canonical
-from secretmirror.ratelimit import KeyedLock, TokenBucket
+from secretmirror.ratelimit import TokenBucket
 from secretmirror.settings import AwsStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+from secretmirror.stores.remembered import Remembered
 
 if TYPE_CHECKING:
     from types_aiobotocore_secretsmanager import SecretsManagerClient
@@ -142,8 +142,6 @@ _HASH = re.compile(r"[0-9a-f]{32}")
 _NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
 _MAX_VERSION = 9_999_999_999
 _PAGE = 100
-#: Entries whose state this process remembers; older ones cost a DescribeSecret again.
-_KNOWN_MAX = 100_000
 #: Connections per client: above replication and reconcile concurrency (16 each by default).
 _POOL = 64
 #: A put or delete re-reads the entry at most this often when it changed under it.
@@ -348,10 +346,8 @@ class AwsStore:
         self._settings = settings
         self._deployment_id = ctx.deployment_id
         self._bucket = TokenBucket(settings.max_writes_per_s)
-        self._locks = KeyedLock()
-        self._known: collections.OrderedDict[str, _State] = collections.OrderedDict()
-        #: A complete listing put every entry of this deployment in ``_known``.
-        self._listed_all = False
+        #: What this process knows of entries; one forgotten for space costs a DescribeSecret.
+        self._remembered: Remembered[_State] = Remembered()
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: SecretsManagerClient | None = None
         self._filters: list[FilterTypeDef] = [
@@ -471,11 +467,11 @@ class AwsStore:
                 f"the values are {len(blob)} bytes; AWS Secrets Manager takes {MAX_VALUE_BYTES}"
             )
         token = make_token(version, content_hash)
-        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
+        async with self._remembered.writing(secret_id):
             # After a complete listing, an entry this process does not know did not exist
             # then: try CreateSecret first (it never overwrites an entry; if one appeared
             # meanwhile, DescribeSecret decides). Halves the calls of a first backup.
-            guess = self._listed_all and secret_id not in self._known
+            guess = self._remembered.listed_all and secret_id not in self._remembered
             for _ in range(_ATTEMPTS):
                 state = _State(exists=False) if guess else await self._state(secret_id, name)
                 try:
@@ -483,7 +479,7 @@ class AwsStore:
                         secret_id, name, state, token, blob.decode(), guessed=guess
                     )
                 except _Stale:
-                    self._forget(secret_id)
+                    self._remembered.forget(secret_id)
                     guess = False
         raise StoreConflict(f"the AWS entry of {secret_id} kept changing during the write")
 
@@ -499,15 +495,16 @@ class AwsStore:
                 lambda: client.get_secret_value(SecretId=name, VersionStage=CURRENT),
             )
         except StoreNotFound:
-            self._forget(secret_id)
+            self._remembered.forget(secret_id)
             return None
         except StoreRejected as exc:
             if _is_deleted_error(exc):
                 return None
             raise
-        known = self._known.get(secret_id)
+        known = self._remembered.peek(secret_id)
         if known is not None and known.current_id != answer.get("VersionId"):
-            self._forget(secret_id)  # changed behind this process's back: re-read on write
+            # Changed behind this process's back: re-read on write.
+            self._remembered.forget(secret_id)
         parsed = parse_token(answer.get("VersionId"))
         if parsed is None:
             return None  # someone else's value: its version is unknown, so it serves no read
@@ -521,14 +518,14 @@ class AwsStore:
             name = self._name(secret_id)
         except StoreRejected:
             return
-        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
+        async with self._remembered.writing(secret_id):
             for _ in range(_ATTEMPTS):
                 state = await self._state(secret_id, name)
                 try:
                     await self._delete_as(secret_id, name, state, version)
                     return
                 except _Stale:
-                    self._forget(secret_id)
+                    self._remembered.forget(secret_id)
         raise StoreConflict(f"the AWS entry of {secret_id} kept changing during the delete")
 
     async def list(self) -> AsyncIterator[Entry]:
@@ -540,7 +537,7 @@ class AwsStore:
         belief. Bounded by the remembered entries, not by the listing.
         """
         client = self._require()
-        unseen = {sid for sid, state in self._known.items() if state.exists}
+        listing = self._remembered.listing(lambda state: state.exists)
         next_token: str | None = None
         while True:
             request: ListSecretsRequestTypeDef = {
@@ -560,7 +557,7 @@ class AwsStore:
                     continue
                 state = _State.of(item)
                 self._observe(secret_id, state)
-                unseen.discard(secret_id)
+                listing.saw(secret_id)
                 entries.append(state.entry(secret_id))
             entries.sort(key=lambda e: e.secret_id)
             for entry in entries:
@@ -568,9 +565,7 @@ class AwsStore:
             next_token = page.get("NextToken")
             if not next_token:
                 break
-        for secret_id in unseen:
-            self._forget(secret_id)
-        self._listed_all = len(self._known) < _KNOWN_MAX
+        listing.complete()
 
     # -- steps of put and delete --
 
@@ -614,7 +609,7 @@ class AwsStore:
         if CURRENT not in answer.get("VersionStages", []):
             # The token existed with this value, so AWS changed nothing; the label is elsewhere.
             await self._move_current(name, token, state.current_id)
-        self._remember(
+        self._remembered.remember(
             secret_id,
             replace(
                 state,
@@ -663,7 +658,7 @@ class AwsStore:
                     f"AWS is still deleting the previous entry of {secret_id}; retry later"
                 ) from exc
             raise
-        self._remember(
+        self._remembered.remember(
             secret_id,
             _State(
                 exists=True,
@@ -697,7 +692,7 @@ class AwsStore:
         if not state.exists or state.pending_deletion or (state.current or 0) >= version:
             # Gone, already deleted, or newer: only remember the tombstone, to fence late puts.
             if version > state.tombstone:
-                self._remember(secret_id, replace(state, tombstone=version))
+                self._remembered.remember(secret_id, replace(state, tombstone=version))
             return
         client = self._require()
         # The tag alone does not make a delete: on a live entry it is one that stopped
@@ -718,7 +713,7 @@ class AwsStore:
             return await client.delete_secret(SecretId=name, RecoveryWindowInDays=days)
 
         await self._write_or_stale("DeleteSecret", delete)
-        self._remember(
+        self._remembered.remember(
             secret_id,
             replace(state, exists=not force, tombstone=version, pending_deletion=not force),
         )
@@ -726,9 +721,8 @@ class AwsStore:
     # -- what this process knows of entries --
 
     async def _state(self, secret_id: str, name: str) -> _State:
-        known = self._known.get(secret_id)
+        known = self._remembered.get(secret_id)
         if known is not None:
-            self._known.move_to_end(secret_id)
             return known
         client = self._require()
         try:
@@ -742,36 +736,16 @@ class AwsStore:
                 f"the AWS secret {name} is not managed by this deployment; it is left alone"
             )
         state = _State.of(described)
-        self._remember(secret_id, state)
+        self._remembered.remember(secret_id, state)
         return state
 
     def _owns(self, described: Mapping[str, Any]) -> bool:
         tags = _tags(described)
         return tags.get(TAG_MANAGED) == "true" and tags.get(TAG_DEPLOYMENT) == self._deployment_id
 
-    def _remember(self, secret_id: str, state: _State) -> None:
-        self._known[secret_id] = state
-        self._known.move_to_end(secret_id)
-        while len(self._known) > _KNOWN_MAX:
-            self._known.popitem(last=False)
-            self._listed_all = False  # an entry was forgotten: unknown no longer means new
-
-    def _forget(self, secret_id: str) -> None:
-        self._known.pop(secret_id, None)
-
-    @contextlib.asynccontextmanager
-    async def _forget_on_failure(self, secret_id: str) -> AsyncIterator[None]:
-        """A write that failed or was cancelled (a caller's timeout) may still have landed
-        in AWS: what this process knew of the entry is then only a guess, so re-read it."""
-        try:
-            yield
-        except BaseException:
-            self._forget(secret_id)
-            raise
-
     def _observe(self, secret_id: str, state: _State) -> None:
         """A listing saw ``state``: it is fresher than what this process remembered."""
-        self._remember(secret_id, state)
+        self._remembered.remember(secret_id, state)
 
     # -- calls --
 

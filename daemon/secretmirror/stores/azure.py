@@ -89,7 +89,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import collections
 import contextlib
 import importlib
 import ipaddress
@@ -115,9 +114,10 @@ from secretmirror.errors import (
     StoreUnavailable,
 )
 from secretmirror.model import canonical
-from secretmirror.ratelimit import KeyedLock, TokenBucket
+from secretmirror.ratelimit import TokenBucket
 from secretmirror.settings import AzureStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+from secretmirror.stores.remembered import Remembered
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -141,7 +141,6 @@ _HASH = re.compile(r"[0-9a-f]{32}")
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 #: Key Vault's page size limit for listings.
 _PAGE = 25
-_KNOWN_MAX = 100_000
 #: Connections per store: above replication and reconcile concurrency (16 each by default).
 _POOL = 64
 _ATTEMPTS = 3
@@ -279,8 +278,7 @@ class AzureStore:
         self._ssl_context = ssl_context
         self._authority = authority
         self._bucket = TokenBucket(settings.max_writes_per_s)
-        self._locks = KeyedLock()
-        self._known: collections.OrderedDict[str, _State] = collections.OrderedDict()
+        self._remembered: Remembered[_State] = Remembered()
         self._session: aiohttp.ClientSession | None = None
         self._credential: AsyncTokenCredential | None = None
         self._challenge: _Challenge | None = None
@@ -345,7 +343,7 @@ class AzureStore:
             )
         if not _HASH.fullmatch(content_hash) or version < 1:
             raise StoreRejected("a put needs a version >= 1 and a 32-digit hex content hash")
-        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
+        async with self._remembered.writing(secret_id):
             state = await self._state(secret_id, name)
             for _ in range(_ATTEMPTS):
                 try:
@@ -355,7 +353,7 @@ class AzureStore:
                 except _SoftDeleted:
                     state = await self._deleted_state(secret_id, name)
                 except _Stale:
-                    self._forget(secret_id)
+                    self._remembered.forget(secret_id)
                     state = await self._state(secret_id, name)
         raise StoreConflict(f"the Key Vault entry of {secret_id} kept changing during the write")
 
@@ -371,12 +369,13 @@ class AzureStore:
         _expect(reply, 200, f"read {name}")
         tags = _tags_of(reply.body)
         if tags.get(TAG_DEPLOYMENT) != self._deployment_id:
-            self._forget(secret_id)
+            self._remembered.forget(secret_id)
             return None  # not a value this deployment wrote
         state = _State.of(tags, exists=True)
-        known = self._known.get(secret_id)
+        known = self._remembered.peek(secret_id)
         if known is not None and (known.version, known.hash) != (state.version, state.hash):
-            self._forget(secret_id)  # changed behind this process's back: re-read on write
+            # Changed behind this process's back: re-read on write.
+            self._remembered.forget(secret_id)
         if state.deleted or state.version < 1 or state.hash is None:
             return None
         values = _values(reply.body.get("value"))
@@ -389,14 +388,14 @@ class AzureStore:
             name = self._name(secret_id)
         except StoreRejected:
             return
-        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
+        async with self._remembered.writing(secret_id):
             for _ in range(_ATTEMPTS):
                 state = await self._state(secret_id, name)
                 try:
                     await self._delete_as(secret_id, name, state, version)
                     return
                 except _Stale:
-                    self._forget(secret_id)
+                    self._remembered.forget(secret_id)
         raise StoreConflict(f"the Key Vault entry of {secret_id} kept changing during the delete")
 
     async def list(self) -> AsyncIterator[Entry]:
@@ -408,7 +407,7 @@ class AzureStore:
         believed in but Key Vault no longer lists (purged by hand), so a
         repair writes them again instead of trusting the belief.
         """
-        unseen = {sid for sid, state in self._known.items() if state.exists or state.soft_deleted}
+        listing = self._remembered.listing(lambda state: state.exists or state.soft_deleted)
         async for item in self._pages("secrets", "list"):
             secret_id, name = self._listed(item)
             if secret_id is None:
@@ -420,7 +419,7 @@ class AzureStore:
             if state is None:
                 continue
             self._observe(secret_id, state)
-            unseen.discard(secret_id)
+            listing.saw(secret_id)
             yield state.entry(secret_id)
         async for item in self._pages("deletedsecrets", "list_deleted"):
             secret_id, _ = self._listed(item)
@@ -429,10 +428,9 @@ class AzureStore:
                 continue
             state = _State.of(tags, exists=False, soft_deleted=True)
             self._observe(secret_id, state)
-            unseen.discard(secret_id)
+            listing.saw(secret_id)
             yield state.entry(secret_id)
-        for secret_id in unseen:
-            self._forget(secret_id)
+        listing.complete()
 
     # -- steps of put and delete ---------------------------------------------------------
 
@@ -445,7 +443,9 @@ class AzureStore:
             await self._recover(secret_id, name)
             if version == state.version and state.hash == hash_:
                 # Deleted by hand: the recovered latest version already holds this one.
-                self._remember(secret_id, replace(state, exists=True, soft_deleted=False))
+                self._remembered.remember(
+                    secret_id, replace(state, exists=True, soft_deleted=False)
+                )
                 return PutOutcome.WRITTEN
         tags = {
             **dict(state.extra),
@@ -466,7 +466,7 @@ class AzureStore:
         if reply.status == 409 and reply.inner == _DELETED_RECOVERABLE:
             raise _SoftDeleted
         _expect(reply, 200, f"write {name}")
-        self._remember(
+        self._remembered.remember(
             secret_id,
             _State(
                 exists=True,
@@ -495,7 +495,7 @@ class AzureStore:
         if not state.exists or state.version > version or state.newest > version:
             # Gone, soft-deleted already, or newer: only remember the tombstone, to fence.
             if version > state.tombstone:
-                self._remember(secret_id, replace(state, tombstone=version))
+                self._remembered.remember(secret_id, replace(state, tombstone=version))
             return
         # The tag alone does not make a delete: on a live entry it is one that stopped
         # between tagging and deleting (a crash), so finish it.
@@ -517,7 +517,7 @@ class AzureStore:
             raise _Stale
         _expect(reply, 200, f"delete {name}")
         recoverable = bool(reply.body.get("recoveryId"))
-        self._remember(
+        self._remembered.remember(
             secret_id,
             replace(state, exists=False, soft_deleted=recoverable, tombstone=version),
         )
@@ -525,9 +525,8 @@ class AzureStore:
     # -- what this process knows of entries ------------------------------------------------
 
     async def _state(self, secret_id: str, name: str) -> _State:
-        known = self._known.get(secret_id)
+        known = self._remembered.get(secret_id)
         if known is not None:
-            self._known.move_to_end(secret_id)
             return known
         reply = await self._request("GET", f"secrets/{name}/", "get")
         if reply.status == 404:
@@ -539,23 +538,23 @@ class AzureStore:
             state = await self._owned(name, _tags_of(reply.body))
         if state is None:
             raise self._not_ours(name)
-        self._remember(secret_id, state)
+        self._remembered.remember(secret_id, state)
         return state
 
     async def _deleted_state(self, secret_id: str, name: str) -> _State:
         reply = await self._request("GET", f"deletedsecrets/{name}", "get_deleted")
         if reply.status == 404:
-            self._forget(secret_id)
+            self._remembered.forget(secret_id)
             return await self._state(secret_id, name)  # recovered or purged meanwhile
         _expect(reply, 200, f"read the deleted {name}")
         tags = _tags_of(reply.body)
         if tags.get(TAG_DEPLOYMENT) != self._deployment_id:
             raise self._not_ours(name)
         state = _State.of(tags, exists=False, soft_deleted=True)
-        known = self._known.get(secret_id)
+        known = self._remembered.peek(secret_id)
         if known is not None and known.tombstone > state.tombstone:
             state = replace(state, tombstone=known.tombstone)
-        self._remember(secret_id, state)
+        self._remembered.remember(secret_id, state)
         return state
 
     async def _owned(self, name: str, tags: Mapping[str, str]) -> _State | None:
@@ -587,36 +586,18 @@ class AzureStore:
             f"the Key Vault secret {name} is not managed by this deployment; it is left alone"
         )
 
-    def _remember(self, secret_id: str, state: _State) -> None:
-        self._known[secret_id] = state
-        self._known.move_to_end(secret_id)
-        while len(self._known) > _KNOWN_MAX:
-            self._known.popitem(last=False)
-
-    def _forget(self, secret_id: str) -> None:
-        self._known.pop(secret_id, None)
-
     def _forget_if_known_live(self, secret_id: str) -> None:
-        known = self._known.get(secret_id)
+        known = self._remembered.peek(secret_id)
         if known is not None and known.exists:
-            self._forget(secret_id)
+            self._remembered.forget(secret_id)
 
     def _observe(self, secret_id: str, state: _State) -> None:
         """A listing saw ``state``: learn it, or drop what disagrees (it is re-read on use)."""
-        known = self._known.get(secret_id)
+        known = self._remembered.peek(secret_id)
         if known is None:
-            self._remember(secret_id, state)
+            self._remembered.remember(secret_id, state)
         elif replace(known, tombstone=state.tombstone) != state:
-            self._forget(secret_id)
-
-    @contextlib.asynccontextmanager
-    async def _forget_on_failure(self, secret_id: str) -> AsyncIterator[None]:
-        """A write that failed or was cancelled may still have landed: re-read the entry."""
-        try:
-            yield
-        except BaseException:
-            self._forget(secret_id)
-            raise
+            self._remembered.forget(secret_id)
 
     # -- names ------------------------------------------------------------------------
 

@@ -96,7 +96,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
 import contextlib
 import hashlib
 import json
@@ -121,9 +120,10 @@ from secretmirror.errors import (
     StoreUnavailable,
 )
 from secretmirror.model import canonical
-from secretmirror.ratelimit import KeyedLock, TokenBucket
+from secretmirror.ratelimit import TokenBucket
 from secretmirror.settings import GcpStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+from secretmirror.stores.remembered import Remembered
 
 try:
     import google.auth
@@ -164,8 +164,6 @@ _PROJECT = re.compile(r"[A-Za-z0-9.:-]{1,100}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)s")
 #: Entries per listing page (each item is a Secret with its labels, ~0.5 KB).
 _PAGE = 500
-#: Entries whose state this process remembers; older ones cost a read again.
-_KNOWN_MAX = 100_000
 _POOL = 64
 #: A put or delete re-reads the entry at most this often when it changed under it.
 _ATTEMPTS = 3
@@ -312,9 +310,8 @@ class GcpStore:
             f"/v1/projects/{quote(settings.project_id, safe='')}"
         )
         self._bucket = TokenBucket(settings.max_writes_per_s)
-        self._locks = KeyedLock()
         self._auth_lock = asyncio.Lock()
-        self._known: collections.OrderedDict[str, _State] = collections.OrderedDict()
+        self._remembered: Remembered[_State] = Remembered()
         self._session: aiohttp.ClientSession | None = None
         self._credentials: Credentials | None = None
         self._auth_request: google.auth.transport.requests.Request | None = None
@@ -403,13 +400,13 @@ class GcpStore:
             raise StoreRejected(f"version {version} is not a secretmirror version")
         if not _HASH.fullmatch(content_hash):
             raise StoreRejected("the content hash must be 32 lowercase hex digits")
-        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
+        async with self._remembered.writing(secret_id):
             for _ in range(_ATTEMPTS):
                 state = await self._state(secret_id, name)
                 try:
                     return await self._put_as(secret_id, name, state, version, content_hash, blob)
                 except _Stale:
-                    self._forget(secret_id)
+                    self._remembered.forget(secret_id)
         raise StoreUnavailable(f"the GCP entry of {secret_id} kept changing during the write")
 
     async def get(self, secret_id: str) -> StoredValue | None:
@@ -417,14 +414,14 @@ class GcpStore:
             name = self._name(secret_id)
         except StoreRejected:
             return None  # no such entry can exist
-        known = self._known.get(secret_id)
+        known = self._remembered.peek(secret_id)
         if known is not None and known.deleted:
             return None
         try:
             number, data = await self._access(name, "latest")
         except StoreNotFound:
             if known is not None and known.exists:
-                self._forget(secret_id)  # gone behind this process's back
+                self._remembered.forget(secret_id)  # gone behind this process's back
             return None
         except _Precondition:
             return await self._get_claimed(secret_id, name)
@@ -436,7 +433,7 @@ class GcpStore:
                 return None
             if state.gcp_version != number:
                 return None  # the newest version is not the one the labels claim
-            self._remember(secret_id, replace(state, checked=True, claim_ok=True))
+            self._remembered.remember(secret_id, replace(state, checked=True, claim_ok=True))
         return _stored(secret_id, state, data)
 
     async def _get_claimed(self, secret_id: str, name: str) -> StoredValue | None:
@@ -462,14 +459,14 @@ class GcpStore:
             name = self._name(secret_id)
         except StoreRejected:
             return
-        async with self._locks.hold(secret_id), self._forget_on_failure(secret_id):
+        async with self._remembered.writing(secret_id):
             for _ in range(_ATTEMPTS):
                 state = await self._state(secret_id, name)
                 try:
                     await self._delete_as(secret_id, name, state, version)
                     return
                 except _Stale:
-                    self._forget(secret_id)
+                    self._remembered.forget(secret_id)
         raise StoreUnavailable(f"the GCP entry of {secret_id} kept changing during the delete")
 
     async def list(self) -> AsyncIterator[Entry]:
@@ -478,7 +475,7 @@ class GcpStore:
         A listing that runs to the end also forgets entries this process
         believed to exist but GCP no longer lists (deleted by hand, expired).
         """
-        unseen = {sid for sid, state in self._known.items() if state.exists}
+        listing = self._remembered.listing(lambda state: state.exists)
         params = {"filter": self._filter(), "pageSize": str(_PAGE)}
         while True:
             page = await self._call("GET", "secrets", "secrets.list", params=params)
@@ -489,7 +486,7 @@ class GcpStore:
                     continue
                 state = _State.of(item)
                 self._observe(secret_id, state)
-                unseen.discard(secret_id)
+                listing.saw(secret_id)
                 entries.append(state.entry(secret_id))
             entries.sort(key=lambda e: e.secret_id)
             for entry in entries:
@@ -498,8 +495,7 @@ class GcpStore:
             if not token:
                 break
             params = {**params, "pageToken": str(token)}
-        for secret_id in unseen:
-            self._forget(secret_id)
+        listing.complete()
 
     # -- steps of put and delete --
 
@@ -511,7 +507,7 @@ class GcpStore:
         adopt = None
         if not state.checked and not state.deleted:
             state, adopt = await self._check_claim(name, state, blob)
-            self._remember(secret_id, state)
+            self._remembered.remember(secret_id, state)
         if not state.should_write(version):
             return PutOutcome.UNCHANGED
         number = adopt if adopt is not None else await self._add_version(name, blob)
@@ -528,12 +524,12 @@ class GcpStore:
                     else:
                         if shadows:  # a tombstone or broken labels won: nothing to put back
                             await self._destroy(name, number)
-                        self._remember(secret_id, fresh)
+                        self._remembered.remember(secret_id, fresh)
                     return PutOutcome.UNCHANGED
                 state = fresh
         else:
             raise _Stale
-        self._remember(secret_id, await self._prune(name, state))
+        self._remembered.remember(secret_id, await self._prune(name, state))
         return PutOutcome.WRITTEN
 
     async def _restore_latest(self, secret_id: str, name: str, winner: _State, ours: int) -> None:
@@ -547,9 +543,9 @@ class GcpStore:
             await self._destroy(name, ours)
         except (StoreError, _Stale) as exc:
             log.info("gcp.restore_latest_failed", reason=str(exc))
-            self._forget(secret_id)
+            self._remembered.forget(secret_id)
             return
-        self._remember(secret_id, state)
+        self._remembered.remember(secret_id, state)
 
     async def _create(
         self, secret_id: str, name: str, state: _State, version: int, hash_: str, blob: bytes
@@ -569,12 +565,12 @@ class GcpStore:
         except _Exists:
             raise _Stale from None  # created meanwhile: a read decides, ownership too
         claimed = replace(_State.of(created), checked=True, claim_ok=False)
-        self._remember(secret_id, claimed)
+        self._remembered.remember(secret_id, claimed)
         number = await self._add_version(name, blob)
         state = replace(claimed, claim_ok=True)
         if number != 1:
             state = await self._claim(name, claimed, version, hash_, number)
-        self._remember(secret_id, state)
+        self._remembered.remember(secret_id, state)
         return PutOutcome.WRITTEN
 
     async def _check_claim(
@@ -619,7 +615,7 @@ class GcpStore:
     async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
         if not state.exists:
             if version > state.version:  # nothing in GCP to fence on: remember it here
-                self._remember(secret_id, replace(state, version=version, deleted=True))
+                self._remembered.remember(secret_id, replace(state, version=version, deleted=True))
             return
         if state.covers_delete(version):
             return
@@ -637,7 +633,7 @@ class GcpStore:
             )
         except (StoreNotFound, _Precondition):
             raise _Stale from None
-        self._remember(secret_id, replace(_State.of(answer), checked=True))
+        self._remembered.remember(secret_id, replace(_State.of(answer), checked=True))
 
     async def _destroy_all(self, name: str) -> None:
         """Destroy every version not destroyed yet (the values of a deleted secret)."""
@@ -720,9 +716,8 @@ class GcpStore:
     # -- what this process knows of entries --
 
     async def _state(self, secret_id: str, name: str) -> _State:
-        known = self._known.get(secret_id)
+        known = self._remembered.get(secret_id)
         if known is not None:
-            self._known.move_to_end(secret_id)
             return known
         try:
             return await self._fetch(secret_id, name)
@@ -737,34 +732,16 @@ class GcpStore:
                 f"the GCP secret {name} is not managed by this deployment; it is left alone"
             )
         state = _State.of(secret)
-        self._remember(secret_id, state)
+        self._remembered.remember(secret_id, state)
         return state
-
-    def _remember(self, secret_id: str, state: _State) -> None:
-        self._known[secret_id] = state
-        self._known.move_to_end(secret_id)
-        while len(self._known) > _KNOWN_MAX:
-            self._known.popitem(last=False)
-
-    def _forget(self, secret_id: str) -> None:
-        self._known.pop(secret_id, None)
 
     def _observe(self, secret_id: str, state: _State) -> None:
         """A listing saw ``state``: learn it, or drop what disagrees (it is re-read on use)."""
-        known = self._known.get(secret_id)
+        known = self._remembered.peek(secret_id)
         if known is None:
-            self._remember(secret_id, state)
+            self._remembered.remember(secret_id, state)
         elif not known.same_claim(state):
-            self._forget(secret_id)
-
-    @contextlib.asynccontextmanager
-    async def _forget_on_failure(self, secret_id: str) -> AsyncIterator[None]:
-        """A write that failed or was cancelled may still have landed: re-read next time."""
-        try:
-            yield
-        except BaseException:
-            self._forget(secret_id)
-            raise
+            self._remembered.forget(secret_id)
 
     # -- names --
 
