@@ -13,6 +13,7 @@ import pytest
 
 from secretmirror import deliveries, retention
 from secretmirror.errors import StoreRejected
+from secretmirror.queries import Q
 from secretmirror.replication import Replicator
 from secretmirror.runtime import Runtime
 from secretmirror.stores.base import PutOutcome
@@ -254,6 +255,30 @@ async def test_retention_keeps_newest_snapshots(api: Api, runtime: Runtime) -> N
         "GET", f"/api/v1/secrets/{created['id']}", params={"version": "14"}
     )
     assert (status, body["values"]) == (200, {"n": "13"})
+
+
+async def test_retention_skips_while_another_process_purges(api: Api, runtime: Runtime) -> None:
+    """A round that finds the purge lock taken drops nothing; the next one does the work."""
+    created = await api.create("hist-locked", {"n": "0"})
+    keep = runtime.settings.history.keep_versions
+    for n in range(1, keep + 3):
+        await api.request(
+            "PATCH", f"/api/v1/secrets/{created['id']}", json={"values": {"n": str(n)}}
+        )
+    async with worker(runtime):
+        await until(lambda: drained(runtime))
+    async with runtime.pool.acquire() as other, other.transaction():
+        assert await other.fetchval(Q.retention_lock)
+        assert await retention.purge_once(runtime) == 0
+    assert await retention.purge_once(runtime) == 3
+
+
+def test_idle_retention_rounds_back_off_to_the_cap() -> None:
+    waits = [30.0]
+    for _ in range(8):
+        waits.append(retention.next_wait(waits[-1], 30.0))
+    assert waits == [30.0, 60.0, 120.0, 240.0, 480.0, 600.0, 600.0, 600.0, 600.0]
+    assert retention.next_wait(1.0, 30.0) == 30.0
 
 
 async def test_claims_are_exclusive_across_workers(api: Api, runtime: Runtime) -> None:

@@ -17,6 +17,10 @@ INSERT INTO schema_migrations (version, name) VALUES ($1, $2)
 -- migrations_lock --
 SELECT pg_advisory_xact_lock(7262846001)
 
+-- retention_lock --
+-- One purging process at a time: the others skip the round instead of repeating the scan.
+SELECT pg_try_advisory_xact_lock(7262846002)
+
 -- migrations_table_exists --
 SELECT to_regclass('schema_migrations') IS NOT NULL
 
