@@ -305,7 +305,6 @@ async def aws_raw_loop(
     the same fill (or give the raw loop a ``region`` of its own).
     """
     from aiobotocore.config import AioConfig
-    from aiobotocore.session import AioSession
 
     config = AioConfig(
         retries={"max_attempts": 2, "mode": "standard"},
@@ -321,14 +320,7 @@ async def aws_raw_loop(
     latencies: list[float] = []
     errors = 0
     samples: list[str] = []
-    async with AioSession().create_client(
-        "secretsmanager",
-        region_name=region,
-        endpoint_url=endpoint_url,
-        aws_access_key_id=AWS_ACCESS_KEY,
-        aws_secret_access_key=AWS_SECRET_KEY,
-        config=config,
-    ) as client:
+    async with secretsmanager_client(endpoint_url, region, config) as client:
         await client.list_secrets(MaxResults=1)  # moto builds its backend once, not racing
         names = [
             [f"{prefix}w{w}-{i}" for i in range(secrets_per_worker)] for w in range(concurrency)
@@ -443,6 +435,20 @@ def histogram_fraction_le(buckets: list[tuple[float, float]], bound: float) -> f
     return below / buckets[-1][1]
 
 
+def secretsmanager_client(endpoint_url: str, region: str, config: Any = None) -> Any:
+    """An aiobotocore Secrets Manager client on moto (an async context manager)."""
+    from aiobotocore.session import AioSession
+
+    return AioSession().create_client(
+        "secretsmanager",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        aws_access_key_id=AWS_ACCESS_KEY,
+        aws_secret_access_key=AWS_SECRET_KEY,
+        config=config,
+    )
+
+
 async def aws_scan_floor(
     endpoint_url: str, name_prefix: str, pages: int, region: str = AWS_REGION
 ) -> dict[str, Any]:
@@ -453,16 +459,8 @@ async def aws_scan_floor(
     a suffix no id takes) cost that scan alone, without building any answer:
     a floor under any listing of ``pages`` pages, whatever its filters.
     """
-    from aiobotocore.session import AioSession
-
     filters = [{"Key": "name", "Values": [name_prefix + "zz-no-such-entry-"]}]
-    async with AioSession().create_client(
-        "secretsmanager",
-        region_name=region,
-        endpoint_url=endpoint_url,
-        aws_access_key_id=AWS_ACCESS_KEY,
-        aws_secret_access_key=AWS_SECRET_KEY,
-    ) as client:
+    async with secretsmanager_client(endpoint_url, region) as client:
         started = time.perf_counter()
         for _ in range(pages):
             page = await client.list_secrets(Filters=filters, MaxResults=100)
@@ -483,17 +481,9 @@ async def aws_list_loop(
     The same request the aws store sends (100 per page, pending deletions
     included); one page after the other, as a listing must.
     """
-    from aiobotocore.session import AioSession
-
     pages = entries = 0
     page_s: list[float] = []
-    async with AioSession().create_client(
-        "secretsmanager",
-        region_name=region,
-        endpoint_url=endpoint_url,
-        aws_access_key_id=AWS_ACCESS_KEY,
-        aws_secret_access_key=AWS_SECRET_KEY,
-    ) as client:
+    async with secretsmanager_client(endpoint_url, region) as client:
         token: str | None = None
         started = time.perf_counter()
         while True:
