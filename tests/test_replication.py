@@ -273,6 +273,26 @@ async def test_retention_skips_while_another_process_purges(api: Api, runtime: R
     assert await retention.purge_once(runtime) == 3
 
 
+async def test_retention_ignores_rows_of_a_store_no_longer_configured(
+    api: Api, runtime: Runtime
+) -> None:
+    """A removed store's rows never advance again; they must not keep snapshots forever."""
+    created = await api.create("hist-stranded", {"n": "0"})
+    await runtime.pool.execute(
+        "INSERT INTO deliveries (target, secret_id, version, applied_version)"
+        " VALUES ('file:/a/store/removed/from/the/config', $1, 1, 1)",
+        uuid.UUID(created["id"]),
+    )
+    keep = runtime.settings.history.keep_versions
+    for n in range(1, keep + 2):
+        await api.request(
+            "PATCH", f"/api/v1/secrets/{created['id']}", json={"values": {"n": str(n)}}
+        )
+    async with worker(runtime):
+        await until(lambda: drained(runtime))
+    assert await retention.purge_once(runtime) == 2
+
+
 def test_idle_retention_rounds_back_off_to_the_cap() -> None:
     waits = [30.0]
     for _ in range(8):

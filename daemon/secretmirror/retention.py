@@ -33,7 +33,10 @@ async def purge_once(rt: Runtime) -> int:
         if not await conn.fetchval(Q.retention_lock):
             return 0
         result: str = await conn.execute(
-            Q.events_purge_snapshots, rt.settings.history.keep_versions, _BATCH
+            Q.events_purge_snapshots,
+            rt.settings.history.keep_versions,
+            _BATCH,
+            list(rt.target_keys.values()),
         )
     return int(result.split()[-1])
 

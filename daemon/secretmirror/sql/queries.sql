@@ -195,7 +195,10 @@ SELECT kind, hash, snapshot FROM events WHERE secret_id = $1 AND version = $2
 SELECT version, kind, actor, recorded_at FROM events WHERE secret_id = $1 ORDER BY version
 
 -- events_purge_snapshots --
--- Drop snapshots every target has applied, keeping the newest $1 versions per secret.
+-- Drop snapshots every configured target ($3, delivery keys) has applied, keeping the
+-- newest $1 versions per secret. Rows of a store no longer configured do not count: they
+-- never advance again, and would keep every later snapshot of their secrets forever.
+-- (A delivery always sends its row's newest version, which is never purged.)
 UPDATE events e SET snapshot = NULL
 FROM (
     SELECT seq FROM (
@@ -206,7 +209,8 @@ FROM (
     WHERE ranked.rank > $1
       AND NOT EXISTS (
           SELECT 1 FROM deliveries d
-          WHERE d.secret_id = ranked.secret_id AND d.applied_version < ranked.version
+          WHERE d.target = ANY($3::text[]) AND d.secret_id = ranked.secret_id
+            AND d.applied_version < ranked.version
       )
     LIMIT $2
 ) old
