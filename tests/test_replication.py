@@ -208,11 +208,19 @@ async def test_dead_letters_retry_requeues(api: Api, runtime: Runtime) -> None:
         status, body, _ = await api.request("GET", "/admin/v1/status")
         assert status == 200
         assert body["replication"]["backup"]["dead"] == 1
+        removed = "file:/a/store/removed/from/the/config"
+        await runtime.pool.execute(
+            "INSERT INTO deliveries (target, secret_id, version, dead) VALUES ($1, $2, 1, true)",
+            removed,
+            uuid.UUID(created["id"]),
+        )
         failing["on"] = False
         status, body, _ = await api.request("POST", "/admin/v1/dead-letters/retry")
         assert (status, body) == (200, {"requeued": 1})
         await until(lambda: drained(runtime))
     assert await runtime.backup.get(created["id"]) is not None
+    # A store no longer configured has nobody to deliver to it: its row stays dead.
+    assert await runtime.pool.fetchval("SELECT dead FROM deliveries WHERE target = $1", removed)
 
 
 async def test_status_shows_pending_then_applied(api: Api, runtime: Runtime) -> None:

@@ -137,8 +137,9 @@ async def status(pool: asyncpg.Pool, targets: Mapping[str, str]) -> dict[str, Ta
     return {role: by_key[key] for role, key in targets.items()}
 
 
-async def retry_dead(pool: asyncpg.Pool) -> int:
-    rows = await pool.fetch(Q.delivery_retry_dead)
+async def retry_dead(pool: asyncpg.Pool, keys: list[str]) -> int:
+    """Requeue the dead deliveries of the delivery ``keys``; how many."""
+    rows = await pool.fetch(Q.delivery_retry_dead, keys)
     return len(rows)
 
 

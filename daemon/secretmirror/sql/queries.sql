@@ -333,8 +333,9 @@ CROSS JOIN LATERAL (
 ) p
 
 -- delivery_retry_dead --
+-- Requeue the dead deliveries of the configured targets ($1); a removed store's stay.
 UPDATE deliveries SET dead = false, attempts = 0, next_attempt_at = now(), last_error = NULL
-WHERE dead
+WHERE dead AND target = ANY($1::text[])
 RETURNING target
 
 -- metrics_last_verify --
