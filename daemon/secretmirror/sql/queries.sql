@@ -254,15 +254,22 @@ LIMIT $3
 SELECT 1
 
 -- delivery_claim --
--- Lease up to $2 due deliveries of the targets $3 to worker $1 for $4 seconds.
+-- Lease up to $2 due deliveries of the targets $3 to worker $1 for $4 seconds, the
+-- longest due first. Each target is read from its own range of deliveries_due.
 WITH due AS (
-    SELECT target, secret_id FROM deliveries
-    WHERE version > applied_version AND NOT dead AND next_attempt_at <= now()
-      AND (leased_until IS NULL OR leased_until < now())
-      AND target = ANY($3::text[])
-    ORDER BY next_attempt_at
+    SELECT d.target, d.secret_id
+    FROM unnest($3::text[]) AS t(target)
+    CROSS JOIN LATERAL (
+        SELECT target, secret_id, next_attempt_at FROM deliveries
+        WHERE target = t.target AND version > applied_version AND NOT dead
+          AND next_attempt_at <= now()
+          AND (leased_until IS NULL OR leased_until < now())
+        ORDER BY next_attempt_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ) d
+    ORDER BY d.next_attempt_at
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
 )
 UPDATE deliveries d
 SET leased_until = now() + make_interval(secs => $4), leased_by = $1, attempts = d.attempts + 1
