@@ -255,6 +255,30 @@ async def test_a_put_that_loses_the_label_race_destroys_its_version(
         assert (got.version, got.values) == (3, {"a": "3"})
 
 
+async def test_a_create_that_loses_the_label_race_yields_to_the_newer_version(
+    make_store: MakeStore, fake: GcpFake, gcp_prefix: str, sid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another daemon writes a newer version between our create and our add: our claim's
+    etag fails, and the put yields to the newer labels instead of failing the delivery."""
+    first = await make_store()
+    other = await make_store()
+    real_add = first._add_version
+
+    async def add_after_the_other_writer(name: str, blob: bytes) -> int:
+        monkeypatch.setattr(first, "_add_version", real_add)  # once
+        assert await _put(other, sid, 3, {"a": "3"}) is PutOutcome.WRITTEN
+        return await real_add(name, blob)
+
+    monkeypatch.setattr(first, "_add_version", add_after_the_other_writer)
+    assert await _put(first, sid, 2, {"a": "2"}) is PutOutcome.UNCHANGED
+    # 1: v3 (the other writer), 2: our v2, destroyed, 3: v3 again on top.
+    assert _versions(fake, gcp_prefix + sid) == [(1, "ENABLED"), (2, "DESTROYED"), (3, "ENABLED")]
+    for reader in (first, other, await make_store()):
+        got = await reader.get(sid)
+        assert got is not None
+        assert (got.version, got.values) == (3, {"a": "3"})
+
+
 # -- labels, versions, tombstones ------------------------------------------------------
 
 

@@ -511,6 +511,25 @@ class GcpStore:
         if not state.should_write(version):
             return PutOutcome.UNCHANGED
         number = adopt if adopt is not None else await self._add_version(name, blob)
+        return await self._settle(secret_id, name, state, version, hash_, number, adopt is None)
+
+    async def _settle(
+        self,
+        secret_id: str,
+        name: str,
+        state: _State,
+        version: int,
+        hash_: str,
+        number: int,
+        added: bool,
+    ) -> PutOutcome:
+        """Claim GCP version ``number`` for ``version`` with the labels' etag.
+
+        When another writer moved the labels first, re-read: claim again if
+        ``version`` is still the newest, else leave the winner's labels (and,
+        when this put ``added`` a version that now shadows the winner's as
+        ``latest``, put the winner's value back on top).
+        """
         for _ in range(_ATTEMPTS):
             try:
                 state = await self._claim(name, state, version, hash_, number)
@@ -518,7 +537,7 @@ class GcpStore:
             except _Precondition:
                 fresh = await self._fetch(secret_id, name)
                 if not fresh.should_write(version):
-                    shadows = adopt is None and number > (fresh.gcp_version or 0)
+                    shadows = added and number > (fresh.gcp_version or 0)
                     if shadows and fresh.hash is not None and not fresh.deleted:
                         await self._restore_latest(secret_id, name, fresh, number)
                     else:
@@ -567,10 +586,11 @@ class GcpStore:
         claimed = replace(_State.of(created), checked=True, claim_ok=False)
         self._remembered.remember(secret_id, claimed)
         number = await self._add_version(name, blob)
-        state = replace(claimed, claim_ok=True)
         if number != 1:
-            state = await self._claim(name, claimed, version, hash_, number)
-        self._remembered.remember(secret_id, state)
+            # Another writer (a second daemon) added a version between the create and
+            # ours, and may have moved the labels too: settle as any other update.
+            return await self._settle(secret_id, name, claimed, version, hash_, number, True)
+        self._remembered.remember(secret_id, replace(claimed, claim_ok=True))
         return PutOutcome.WRITTEN
 
     async def _check_claim(
