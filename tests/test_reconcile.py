@@ -274,6 +274,71 @@ async def test_failures_are_reported(api: Api, runtime: Runtime) -> None:
     ]
 
 
+async def _delivery(runtime: Runtime, sid: str) -> tuple[int, int, str | None] | None:
+    row = await runtime.pool.fetchrow(
+        "SELECT version, applied_version, leased_by FROM deliveries"
+        " WHERE target = $1 AND secret_id = $2",
+        runtime.key_of("backup"),
+        uuid.UUID(sid),
+    )
+    return None if row is None else (row[0], row[1], row[2])
+
+
+async def test_a_job_leaves_a_secret_a_delivery_is_writing(api: Api, runtime: Runtime) -> None:
+    """Jobs take the delivery lease to write: one a worker holds is left to the worker,
+    and a copy the job makes is recorded as applied, so the worker does not write it again."""
+    created = await api.create("leased", {"k": "v"})
+    sid = created["id"]
+    assert runtime.backup is not None
+    await runtime.pool.execute(
+        "UPDATE deliveries SET leased_by = 'another-node', leased_until = now() + interval '1 h'"
+        " WHERE secret_id = $1",
+        uuid.UUID(sid),
+    )
+    busy = await run_job(api, "backup")
+    assert (busy["status"], busy["counts"]["copied"], busy["counts"]["skipped"]) == (
+        "succeeded",
+        0,
+        1,
+    )
+    assert await runtime.backup.get(sid) is None
+    assert await _delivery(runtime, sid) == (1, 0, "another-node")
+
+    await runtime.pool.execute(
+        "UPDATE deliveries SET leased_by = NULL, leased_until = NULL WHERE secret_id = $1",
+        uuid.UUID(sid),
+    )
+    done = await run_job(api, "backup")
+    assert (done["counts"]["copied"], done["counts"]["skipped"]) == (1, 0)
+    assert await _delivery(runtime, sid) == (1, 1, None)
+    status, body, _ = await api.request("GET", "/admin/v1/status")
+    assert (status, body["replication"]["backup"]["pending"]) == (200, 0)
+
+
+async def test_a_job_adds_the_delivery_row_of_a_secret_it_copies(
+    api: Api, runtime: Runtime
+) -> None:
+    """A secret older than the backup has no delivery row: the copy adds one, applied; a copy
+    that fails leaves none."""
+    from secretmirror.errors import StoreRejected
+
+    ids = [(await api.create(f"old{i}", {"k": "v"}))["id"] for i in range(2)]
+    await runtime.pool.execute("DELETE FROM deliveries")
+    assert runtime.backup is not None
+    real_put = runtime.backup.store.put
+
+    async def picky_put(sid: str, *args: Any) -> Any:
+        if sid == ids[1]:
+            raise StoreRejected("refused")
+        return await real_put(sid, *args)
+
+    runtime.backup.store.put = picky_put  # type: ignore[method-assign]
+    job = await run_job(api, "backup")
+    assert (job["counts"]["copied"], job["counts"]["failed"]) == (1, 1)
+    assert await _delivery(runtime, ids[0]) == (1, 1, None)
+    assert await _delivery(runtime, ids[1]) is None
+
+
 async def test_listed_foreign_write_stays_a_mismatch_when_get_serves_ours(
     api: Api, runtime: Runtime
 ) -> None:

@@ -38,6 +38,7 @@ from secretmirror.errors import (
     DecryptionError,
     JobRunning,
     NotFound,
+    StoreConflict,
     StoreError,
     StoreThrottled,
     Unavailable,
@@ -45,7 +46,7 @@ from secretmirror.errors import (
 from secretmirror.model import canonical
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
-from secretmirror.stores.base import Entry
+from secretmirror.stores.base import Entry, StoredValue
 from secretmirror.stores.instrumented import RoleStore
 from secretmirror.stores.sql import DB_DOWN
 
@@ -58,6 +59,8 @@ _SAMPLES = 100
 _FAILURES = 1000
 _PROGRESS_S = 0.5
 _ABANDONED_S = 15.0
+#: Pauses between tries for a delivery lease held by a worker (its write takes milliseconds).
+_LEASE_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 @dataclass
@@ -268,6 +271,8 @@ class Job:
         self._sem = asyncio.Semaphore(rt.settings.reconcile.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelled = asyncio.Event()
+        #: Who holds the delivery leases this job takes (never a worker's node name).
+        self._holder = f"{rt.node}/job-{self.id}"
         self.log = log.bind(job_id=self.id, mode=self.mode)
 
     async def run(self) -> None:
@@ -400,13 +405,67 @@ class Job:
                 await self._reissue(f.secret_id)
                 self.report.add("copied")
             else:
-                values, version, hash_ = await self._current(f.secret_id)
-                await _retrying(lambda: store.put(f.secret_id, version, values, hash_))
-                self.report.add("copied")
+                await self._write_current(store, f.secret_id, _log_only)
         except _Deleted:
             self.report.add("skipped")
         except (StoreError, DecryptionError, *DB_DOWN) as exc:
             self.report.fail(f.secret_id, f.store, _reason(exc))
+
+    async def _write_current(
+        self,
+        dest: RoleStore,
+        secret_id: str,
+        read: Callable[[str], Awaitable[StoredValue | None]],
+    ) -> bool:
+        """Put the secret's current version into ``dest``, under its delivery lease.
+
+        ``read`` may serve the values (the source store of a copy; the log is
+        the fallback). False when a delivery holds the lease: the worker is
+        writing the secret right now, so the job leaves it (``skipped``).
+        """
+        if not await self._lease(dest, secret_id):
+            self.report.add("skipped")
+            return False
+        written = 0
+        try:
+            values, version, hash_ = await self._values_from(read, secret_id)
+            await _retrying(lambda: dest.put(secret_id, version, values, hash_))
+            written = version
+        finally:
+            await self._release(dest, secret_id, written)
+        self.report.add("copied")
+        return True
+
+    async def _lease(self, store: RoleStore, secret_id: str) -> bool:
+        """Take the delivery lease of (``store``, secret) for one write of this job.
+
+        Jobs then write an entry one at a time with the replication worker of
+        every process, as deliveries do among themselves: a store's memory of
+        its entries (aws) holds only while nobody else writes them. A delivery
+        in flight is waited for briefly. A store the worker does not deliver to
+        (the sql primary) fences its writes in SQL and needs no lease.
+        """
+        if store.role not in self.rt.targets:
+            return True
+        key, sid = self.rt.key_of(store.role), uuid.UUID(secret_id)
+        lease_s = self.rt.settings.replication.lease_s
+        for wait_s in (*_LEASE_WAITS_S, None):
+            row = await self.rt.pool.fetchrow(
+                Q.delivery_lease_for_job, key, sid, self._holder, lease_s
+            )
+            if row is not None:
+                return True
+            if wait_s is not None:
+                await asyncio.sleep(wait_s)
+        return False
+
+    async def _release(self, store: RoleStore, secret_id: str, written: int) -> None:
+        """Record ``written`` (0: nothing) as applied and give the lease back."""
+        if store.role not in self.rt.targets:
+            return
+        key, sid = self.rt.key_of(store.role), uuid.UUID(secret_id)
+        with contextlib.suppress(*DB_DOWN):  # else the lease expires by itself
+            await self.rt.pool.execute(Q.delivery_release_for_job, key, sid, self._holder, written)
 
     def _copy(self, source: RoleStore, dest: RoleStore) -> Action:
         async def act(finding: Finding) -> None:
@@ -425,9 +484,8 @@ class Job:
 
     async def _copy_one(self, source: RoleStore, dest: RoleStore, f: Finding) -> None:
         try:
-            values, version, hash_ = await self._from_source(source, f.secret_id)
-            await _retrying(lambda: dest.put(f.secret_id, version, values, hash_))
-            self.report.add("copied")
+            if not await self._write_current(dest, f.secret_id, source.get):
+                return
         except _Deleted:
             self.report.add("skipped")
             return
@@ -442,17 +500,23 @@ class Job:
         assert f.expected_version is not None
         version = f.expected_version
         try:
-            await _retrying(lambda: source.delete(f.secret_id, version))
+            if not await self._lease(source, f.secret_id):
+                raise StoreConflict("a delivery kept the entry busy; run the job again")
+            try:
+                await _retrying(lambda: source.delete(f.secret_id, version))
+            finally:
+                await self._release(source, f.secret_id, 0)
             self.report.add("deleted")
-        except StoreError as exc:
+        except (StoreError, *DB_DOWN) as exc:
             self.report.fail(f.secret_id, source.role, _reason(exc))
 
-    async def _from_source(
-        self, source: RoleStore, secret_id: str
+    async def _values_from(
+        self, read: Callable[[str], Awaitable[StoredValue | None]], secret_id: str
     ) -> tuple[dict[str, str], int, str]:
+        """The current version: its values from ``read`` when it holds them, else the log."""
         values, version, hash_ = await self._current(secret_id)
         with contextlib.suppress(StoreError):
-            stored = await source.get(secret_id)
+            stored = await read(secret_id)
             if stored is not None and stored.version == version:
                 return stored.values, version, hash_
         return values, version, hash_
@@ -494,6 +558,11 @@ async def _retrying(call: Callable[[], Awaitable[Any]], attempts: int = 5) -> An
                 raise
             await asyncio.sleep(exc.retry_after_s or 0.5 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+async def _log_only(secret_id: str) -> StoredValue | None:
+    """No store to read from: the values come from the event log."""
+    return None
 
 
 def _reason(exc: BaseException) -> str:

@@ -325,6 +325,35 @@ WHERE d.target = c.target AND d.secret_id = c.secret_id AND d.leased_by = $3
 UPDATE deliveries SET leased_until = NULL, leased_by = NULL, attempts = GREATEST(attempts - 1, 0)
 WHERE leased_by = $1
 
+-- delivery_lease_for_job --
+-- A reconcile job's write to (target $1, secret $2): lease the delivery row to $3 for
+-- $4 seconds, adding a row with nothing to deliver (version 0) when there is none. No
+-- row comes back while someone else holds the lease.
+INSERT INTO deliveries AS d (target, secret_id, version, applied_version, leased_until, leased_by)
+VALUES ($1, $2, 0, 0, now() + make_interval(secs => $4), $3)
+ON CONFLICT (target, secret_id) DO UPDATE
+SET leased_until = excluded.leased_until, leased_by = excluded.leased_by
+WHERE d.leased_until IS NULL OR d.leased_until < now()
+RETURNING d.version
+
+-- delivery_release_for_job --
+-- The job's write ended: version $4 is now in the store (0: nothing was written). Record
+-- it as applied, give the lease back, and drop a row the lease added if nothing came of it.
+WITH dropped AS (
+    DELETE FROM deliveries
+    WHERE target = $1 AND secret_id = $2 AND leased_by = $3 AND version = 0 AND $4 = 0
+)
+UPDATE deliveries d
+SET version = GREATEST(d.version, $4),
+    applied_version = GREATEST(d.applied_version, $4),
+    pending_since = CASE WHEN d.version > GREATEST(d.applied_version, $4)
+                         THEN d.pending_since END,
+    attempts = CASE WHEN d.version > GREATEST(d.applied_version, $4) THEN d.attempts ELSE 0 END,
+    dead = d.dead AND d.version > GREATEST(d.applied_version, $4),
+    last_error = CASE WHEN d.version > GREATEST(d.applied_version, $4) THEN d.last_error END,
+    leased_until = NULL, leased_by = NULL
+WHERE d.target = $1 AND d.secret_id = $2 AND d.leased_by = $3 AND NOT (d.version = 0 AND $4 = 0)
+
 -- delivery_status --
 -- Per target; reads only pending and dead rows (the partial indexes of 0002), so a
 -- scrape costs what is pending, not what is stored.
