@@ -252,20 +252,25 @@ async def test_abandoned_job_is_marked_failed(api: Api, runtime: Runtime) -> Non
     assert "interrupted" in job["error"]
 
 
-async def test_failures_are_reported(api: Api, runtime: Runtime) -> None:
-    """A secret the backup rejects shows up in failures and fails the job."""
+def backup_refuses(runtime: Runtime, refused: str) -> None:
+    """The backup store rejects every put of the secret ``refused``."""
     from secretmirror.errors import StoreRejected
 
-    ids = [(await api.create(f"f{i}", {"k": "v"}))["id"] for i in range(3)]
     assert runtime.backup is not None
     real_put = runtime.backup.store.put
 
     async def picky_put(sid: str, *args: Any) -> Any:
-        if sid == ids[1]:
+        if sid == refused:
             raise StoreRejected("refused")
         return await real_put(sid, *args)
 
     runtime.backup.store.put = picky_put  # type: ignore[method-assign]
+
+
+async def test_failures_are_reported(api: Api, runtime: Runtime) -> None:
+    """A secret the backup rejects shows up in failures and fails the job."""
+    ids = [(await api.create(f"f{i}", {"k": "v"}))["id"] for i in range(3)]
+    backup_refuses(runtime, ids[1])
     job = await run_job(api, "backup")
     assert job["status"] == "failed"
     assert job["counts"]["copied"] == 2
@@ -320,19 +325,9 @@ async def test_a_job_adds_the_delivery_row_of_a_secret_it_copies(
 ) -> None:
     """A secret older than the backup has no delivery row: the copy adds one, applied; a copy
     that fails leaves none."""
-    from secretmirror.errors import StoreRejected
-
     ids = [(await api.create(f"old{i}", {"k": "v"}))["id"] for i in range(2)]
     await runtime.pool.execute("DELETE FROM deliveries")
-    assert runtime.backup is not None
-    real_put = runtime.backup.store.put
-
-    async def picky_put(sid: str, *args: Any) -> Any:
-        if sid == ids[1]:
-            raise StoreRejected("refused")
-        return await real_put(sid, *args)
-
-    runtime.backup.store.put = picky_put  # type: ignore[method-assign]
+    backup_refuses(runtime, ids[1])
     job = await run_job(api, "backup")
     assert (job["counts"]["copied"], job["counts"]["failed"]) == (1, 1)
     assert await _delivery(runtime, ids[0]) == (1, 1, None)
