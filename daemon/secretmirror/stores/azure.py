@@ -58,12 +58,10 @@ anew); otherwise it is someone else's secret. ``get`` never serves a value
 secretmirror did not write.
 
 Within a process a per-secret lock serializes decide-then-write; across
-processes the replication layer's per-(target, secret) lease does for
-deliveries. A reconcile job's write takes no lease: if a secret changes in the
-instant between the job reading its current version and the job's write
-landing, and another process delivers the newer version in that instant, Key
-Vault (which has no conditional write) can end with the older one as latest.
-The next verify reports it as ``stale`` and repair writes the newer one. A write
+processes the per-(target, secret) delivery lease does, which reconcile jobs
+take too. An inline write by the API to an Azure *primary* takes over that
+lease, so a ``restore`` job racing it can leave the older version latest (Key
+Vault has no conditional write); verify reports it as ``stale``. A write
 that fails or is cancelled may still have landed, so the store forgets what
 it knew of the entry and reads it again next time; ``list`` drops knowledge
 that disagrees with Key Vault.
