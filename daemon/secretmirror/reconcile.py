@@ -445,13 +445,13 @@ class Job:
         in flight is waited for briefly. A store the worker does not deliver to
         (the sql primary) fences its writes in SQL and needs no lease.
         """
-        if store.role not in self.rt.targets:
+        row_key = self._row_key(store, secret_id)
+        if row_key is None:
             return True
-        key, sid = self.rt.key_of(store.role), uuid.UUID(secret_id)
         lease_s = self.rt.settings.replication.lease_s
         for wait_s in (*_LEASE_WAITS_S, None):
             row = await self.rt.pool.fetchrow(
-                Q.delivery_lease_for_job, key, sid, self._holder, lease_s
+                Q.delivery_lease_for_job, *row_key, self._holder, lease_s
             )
             if row is not None:
                 return True
@@ -461,11 +461,18 @@ class Job:
 
     async def _release(self, store: RoleStore, secret_id: str, written: int) -> None:
         """Record ``written`` (0: nothing) as applied and give the lease back."""
-        if store.role not in self.rt.targets:
+        row_key = self._row_key(store, secret_id)
+        if row_key is None:
             return
-        key, sid = self.rt.key_of(store.role), uuid.UUID(secret_id)
         with contextlib.suppress(*DB_DOWN):  # else the lease expires by itself
-            await self.rt.pool.execute(Q.delivery_release_for_job, key, sid, self._holder, written)
+            await self.rt.pool.execute(Q.delivery_release_for_job, *row_key, self._holder, written)
+
+    def _row_key(self, store: RoleStore, secret_id: str) -> tuple[str, uuid.UUID] | None:
+        """The delivery row of (``store``, secret); None for a store the worker does not
+        deliver to (the sql primary)."""
+        if store.role not in self.rt.targets:
+            return None
+        return self.rt.key_of(store.role), uuid.UUID(secret_id)
 
     def _copy(self, source: RoleStore, dest: RoleStore) -> Action:
         async def act(finding: Finding) -> None:

@@ -36,7 +36,7 @@ async def purge_once(rt: Runtime) -> int:
             Q.events_purge_snapshots,
             rt.settings.history.keep_versions,
             _BATCH,
-            list(rt.target_keys.values()),
+            rt.keys_of(rt.targets),
         )
     return int(result.split()[-1])
 

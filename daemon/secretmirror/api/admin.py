@@ -63,7 +63,7 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
     await admin_of(request)
     rt = request.app[RUNTIME]
     try:
-        count = await deliveries.retry_dead(rt.pool, list(rt.target_keys.values()))
+        count = await deliveries.retry_dead(rt.pool, rt.keys_of(rt.targets))
     except DB_DOWN:
         raise Unavailable("the database is unavailable") from None
     rt.wake.set()
