@@ -108,6 +108,11 @@ def fuzz(base_url: str, known: dict[str, str]) -> list[str]:
             # A cursor is opaque: only one the server issued is valid data. Random
             # ones (400) are still sent in the negative run.
             runs[0] = (GenerationMode.POSITIVE, {"query": {"cursor": known["cursor"]}})
+        if operation.label == "GET /api/v1/events":
+            # A long poll with nothing to report lasts its wait: keep the examples quick.
+            runs[0] = (GenerationMode.POSITIVE, {"query": {"wait": 0}})
+        if "{name}" in operation.path:
+            runs.append((GenerationMode.POSITIVE, {"path_parameters": {"name": "fuzz-target"}}))
         if "{id}" in operation.path:
             # Random ids are all 404; also aim at an object that exists.
             kind = next(k for k in ("token", "job", "secret") if f"/{k}s/" in operation.path)
@@ -154,6 +159,11 @@ expected-statuses = {statuses}
 [[operations]]
 include-name = "GET /api/v1/secrets"
 parameters = {{ "query.cursor" = {json.dumps(cursor)} }}
+
+# A long poll with nothing to report lasts its wait: keep the calls quick.
+[[operations]]
+include-name = "GET /api/v1/events"
+parameters = {{ "query.wait" = 0 }}
 
 # The stateful phase would revoke the very token the run uses;
 # test_api_matches_its_openapi_document fuzzes this operation on its own token.
@@ -220,6 +230,8 @@ async def test_openapi_document_is_served_and_valid(base_url: str) -> None:
         "PUT /api/v1/secrets/{id}",
         "DELETE /api/v1/secrets/{id}",
         "GET /api/v1/secrets/{id}/history",
+        "GET /api/v1/secrets/by-name/{name}",
+        "GET /api/v1/events",
         "POST /api/v1/users",
         "GET /api/v1/users",
         "POST /api/v1/tokens",

@@ -20,7 +20,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from secretmirror import db, shared_gauges
+from secretmirror import db, feed, shared_gauges
 from secretmirror.api import jobs as api_jobs
 from secretmirror.api.admin import LAST_VERIFY, SHARED_GAUGES
 from secretmirror.api.app import build_app
@@ -138,6 +138,7 @@ def make_app(rt: Runtime) -> web.Application:
     service = SecretService(rt)
     accounts = Accounts(rt.pool, rt.tokens)
     app = build_app(rt, service, accounts, make_readiness(rt))
+    app.cleanup_ctx.append(feed.listener(rt.changes, rt.dsn))
     app[SHARED_GAUGES] = shared_gauges.refresher(rt)
     jobs = Jobs(rt)
     app[JOBS] = jobs

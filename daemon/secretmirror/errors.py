@@ -70,6 +70,12 @@ class NameTaken(Conflict):
     code = "name_taken"
 
 
+class AmbiguousName(Conflict):
+    """You can see a private and a shared secret of this name: pick one with ?private=true|false."""
+
+    code = "ambiguous_name"
+
+
 class JobRunning(Conflict):
     """A job of this mode is already running."""
 

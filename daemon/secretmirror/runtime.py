@@ -16,6 +16,7 @@ import structlog
 from secretmirror import crypto
 from secretmirror.auth import TokenCache
 from secretmirror.errors import ConfigError
+from secretmirror.feed import ChangeHub
 from secretmirror.queries import Q
 from secretmirror.settings import Settings
 from secretmirror.stores import build_store
@@ -43,14 +44,21 @@ class Runtime:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Recently authenticated tokens (see ``auth.TokenCache``).
     tokens: TokenCache = field(default_factory=TokenCache)
-    #: Set on every committed write; the notifier wakes the other processes' workers.
+    #: Set on every committed write; the notifier wakes the other processes' workers
+    #: and change-feed readers.
     notify: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Wakes this process's change-feed readers (see ``feed``).
+    changes: ChangeHub = field(default_factory=ChangeHub)
 
     def committed(self) -> None:
-        """A write with deliveries committed: wake this worker now, the others soon."""
+        """A write committed: wake this worker and feed readers now, the other processes soon.
+
+        The NOTIFY goes out even with nothing to deliver: feed readers wait on it too.
+        """
         if self.targets:
             self.wake.set()
-            self.notify.set()
+        self.changes.changed()
+        self.notify.set()
 
     @property
     def primary_in_db(self) -> bool:

@@ -10,6 +10,7 @@ inline if that fails; whatever is still missing the worker delivers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ import structlog
 from secretmirror import deliveries, metrics
 from secretmirror.crypto import secret_aad
 from secretmirror.errors import (
+    AmbiguousName,
     Gone,
     Invalid,
     NameTaken,
@@ -38,6 +40,8 @@ log = structlog.get_logger("secretmirror.service")
 
 #: Optimistic-concurrency retries for a PATCH without If-Match racing another write.
 _MERGE_RETRIES = 20
+#: Secrets of one bulk read fetched from an external store at the same time.
+_BULK_CONCURRENCY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +364,64 @@ class SecretService:
             limit,
         )
         return [SecretMeta.from_row(r) for r in rows]
+
+    async def by_name(self, principal: Principal, name: str, private: bool | None) -> ReadResult:
+        """The secret called ``name`` with its values (``GET /api/v1/secrets/by-name/{name}``).
+
+        A caller who sees a private and a shared secret of that name must pick
+        one with ``private``: guessing could hand a tool the wrong credentials.
+        """
+        rows = await self._db_fetch(Q.secret_by_exact_name, name, principal.user_id, private)
+        if not rows:
+            raise NotFound("no such secret")
+        if len(rows) > 1:
+            raise AmbiguousName()
+        return await self.read(principal, rows[0]["id"])
+
+    async def list_with_values(
+        self,
+        principal: Principal,
+        *,
+        name: str | None,
+        name_prefix: str | None,
+        private: bool | None,
+        limit: int,
+        after: tuple[str, str] | None,
+    ) -> list[ReadResult]:
+        """The list route with each secret's values (``?values=true``): one request, one query.
+
+        Each secret falls back (backup, then the log) as a single read does; the
+        whole request fails (503) when one of them cannot be served, rather than
+        handing back a partial set that looks complete.
+        """
+        args = (
+            principal.user_id,
+            name,
+            name_prefix,
+            private,
+            after[0] if after else None,
+            after[1] if after else None,
+            limit,
+        )
+        if not self.rt.primary_in_db:
+            metas = [SecretMeta.from_row(r) for r in await self._db_fetch(Q.secret_list, *args)]
+            gate = asyncio.Semaphore(_BULK_CONCURRENCY)
+
+            async def one(meta: SecretMeta) -> ReadResult:
+                async with gate:
+                    return await self._read_fallback(meta, skip_primary=False)
+
+            return list(await asyncio.gather(*(one(m) for m in metas)))
+        rows = await self._db_fetch(Q.secret_list_with_values, *args, self.rt.deployment_id)
+        results: list[ReadResult] = []
+        for row in rows:
+            meta = SecretMeta.from_row(row)
+            if row["stored_version"] == meta.version and row["ciphertext"] is not None:
+                values = self._open(meta.id, meta.version, row["ciphertext"])
+                results.append(ReadResult(meta, values, "primary"))
+            else:
+                results.append(await self._read_fallback(meta, skip_primary=True))
+        return results
 
     async def history(self, principal: Principal, secret_id: str) -> list[dict[str, Any]]:
         await self.meta(principal, secret_id)

@@ -115,6 +115,34 @@ def openapi_document() -> dict[str, Any]:
                 "next_cursor": {"type": ["string", "null"]},
             },
         },
+        "SecretPage": {
+            "type": "object",
+            "required": ["items", "next_cursor"],
+            "properties": {
+                "items": {"type": "array", "items": _ref("Secret")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
+        "FeedEvent": {
+            "type": "object",
+            "required": ["seq", "secret_id", "name", "version", "kind", "recorded_at"],
+            "properties": {
+                "seq": {"type": "integer", "minimum": 1},
+                "secret_id": {"type": "string", "format": "uuid"},
+                "name": _NAME,
+                "version": {"type": "integer", "minimum": 1},
+                "kind": {"type": "string", "enum": ["create", "update", "rename", "delete"]},
+                "recorded_at": _TS,
+            },
+        },
+        "Feed": {
+            "type": "object",
+            "required": ["events", "last_seq"],
+            "properties": {
+                "events": {"type": "array", "items": _ref("FeedEvent")},
+                "last_seq": {"type": "integer", "minimum": 0},
+            },
+        },
         "Event": {
             "type": "object",
             "required": ["version", "kind", "actor", "recorded_at"],
@@ -234,9 +262,64 @@ def openapi_document() -> dict[str, Any]:
                         "description": "The previous page's next_cursor; anything else is 400",
                         "schema": {"type": "string"},
                     },
+                    {
+                        "name": "values",
+                        "in": "query",
+                        "description": "true: each item carries its values (a bulk read; "
+                        "503 when any of them cannot be served)",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    },
                 ],
                 "responses": {
-                    "200": {"description": "A page", **_json(_ref("SecretList"))},
+                    "200": {
+                        "description": "A page: SecretMeta items, Secret items with values=true",
+                        **_json({"anyOf": [_ref("SecretList"), _ref("SecretPage")]}),
+                    },
+                    **_errors(*common),
+                },
+            },
+        },
+        "/api/v1/secrets/by-name/{name}": {
+            "get": {
+                "summary": "Read a secret by name with its values (for tools such as ESO)",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": _NAME},
+                    {
+                        "name": "private",
+                        "in": "query",
+                        "description": "Pick your private (true) or the shared (false) secret "
+                        "when you can see both; without it that is 409 ambiguous_name",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    },
+                ],
+                "responses": {"200": _secret_response("The secret"), **_errors(*common, 404, 409)},
+            },
+        },
+        "/api/v1/events": {
+            "get": {
+                "summary": "The change feed in commit order, long-polled (never values)",
+                "parameters": [
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "A seq from this feed (last_seq); 0 from the beginning; "
+                        "omitted: from now",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                    },
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "description": "Seconds to wait for an event when there is none yet",
+                        "schema": {"type": "number", "minimum": 0, "maximum": 60},
+                    },
+                    {"name": "name_prefix", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The events after `after` that you may list, at most "
+                        "500, and the position to pass as `after` next",
+                        **_json(_ref("Feed")),
+                    },
                     **_errors(*common),
                 },
             },

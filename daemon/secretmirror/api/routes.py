@@ -11,9 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
+from secretmirror import feed
 from secretmirror.api.keys import ACCOUNTS, RUNTIME, SERVICE
 from secretmirror.auth import authenticate
-from secretmirror.errors import BadRequest, Forbidden, Invalid
+from secretmirror.errors import BadRequest, Forbidden, Invalid, NotFound
 from secretmirror.model import Principal
 from secretmirror.service import ReadResult
 
@@ -98,29 +99,66 @@ async def create_secret(request: web.Request) -> web.Response:
 
 
 async def list_secrets(request: web.Request) -> web.Response:
+    """Metadata, or with ``values=true`` the values too: one request for a bulk read."""
     principal = await principal_of(request)
-    check_query(request, "name", "name_prefix", "private", "limit", "cursor")
+    check_query(request, "name", "name_prefix", "private", "limit", "cursor", "values")
     query = request.query
     limit = _int_param(query.get("limit"), "limit", 100, 1, _MAX_LIMIT)
     private = _bool_param(query.get("private"), "private")
+    with_values = bool(_bool_param(query.get("values"), "values"))
     after = _decode_cursor(query.get("cursor"))
     name, name_prefix = query.get("name") or None, query.get("name_prefix") or None
     if "\x00" in (name or "") + (name_prefix or ""):
         # No name holds NUL, and PostgreSQL text cannot: nothing matches.
         return web.json_response({"items": [], "next_cursor": None})
-    items = await request.app[SERVICE].list_secrets(
-        principal,
-        name=name,
-        name_prefix=name_prefix,
-        private=private,
-        limit=limit + 1,
-        after=after,
-    )
+    service = request.app[SERVICE]
+    options: dict[str, Any] = {
+        "name": name,
+        "name_prefix": name_prefix,
+        "private": private,
+        "limit": limit + 1,
+        "after": after,
+    }
+    if with_values:
+        results = await service.list_with_values(principal, **options)
+        items = [r.meta.to_json(r.values) for r in results]
+    else:
+        items = [m.to_json() for m in await service.list_secrets(principal, **options)]
     next_cursor = None
     if len(items) > limit:
         items = items[:limit]
-        next_cursor = _encode_cursor(items[-1].name, items[-1].id)
-    return web.json_response({"items": [m.to_json() for m in items], "next_cursor": next_cursor})
+        next_cursor = _encode_cursor(items[-1]["name"], items[-1]["id"])
+    return web.json_response({"items": items, "next_cursor": next_cursor})
+
+
+async def get_secret_by_name(request: web.Request) -> web.Response:
+    """The secret called ``name``, as ``GET /api/v1/secrets/{id}`` (for ESO and scripts)."""
+    principal = await principal_of(request)
+    check_query(request, "private")
+    private = _bool_param(request.query.get("private"), "private")
+    name = request.match_info["name"]
+    if "\x00" in name:
+        raise NotFound("no such secret")
+    return secret_response(await request.app[SERVICE].by_name(principal, name, private))
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """The change feed, long-polled: returns at the first event after ``after``, or at ``wait``."""
+    principal = await principal_of(request)
+    check_query(request, "after", "wait", "name_prefix")
+    query = request.query
+    after = query.get("after")
+    position = None if after is None else _int_param(after, "after", 0, 0, 2**63 - 1)
+    wait_s = _float_param(query.get("wait"), "wait", 0.0, 0.0, feed.MAX_WAIT_S)
+    name_prefix = query.get("name_prefix") or None
+    if "\x00" in (name_prefix or ""):
+        # PostgreSQL text cannot hold NUL; a newline starts no name either: nothing matches.
+        name_prefix = "\n"
+    rt = request.app[RUNTIME]
+    body = await feed.read(
+        rt.pool, rt.changes, principal, after=position, wait_s=wait_s, name_prefix=name_prefix
+    )
+    return web.json_response(body)
 
 
 async def get_secret(request: web.Request) -> web.Response:
@@ -231,6 +269,18 @@ def _int_param(text: str | None, name: str, default: int, low: int, high: int) -
     return int(text)
 
 
+def _float_param(text: str | None, name: str, default: float, low: float, high: float) -> float:
+    if text is None:
+        return default
+    try:
+        number = float(text) if text.isascii() else None
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:  # NaN fails both comparisons
+        raise BadRequest(f"{name} must be a number of seconds from {low:g} to {high:g}")
+    return number
+
+
 def _is_number(text: str) -> bool:
     """ASCII digits only: ``str.isdigit`` also accepts "²", which ``int`` refuses."""
     return text.isascii() and text.isdigit()
@@ -276,11 +326,14 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/api/v1/secrets", create_secret)
     r.add_get("/api/v1/secrets", list_secrets)
+    # Before the {id} routes: "/by-name/history" must not read as the history of "by-name".
+    r.add_get("/api/v1/secrets/by-name/{name}", get_secret_by_name)
     r.add_get("/api/v1/secrets/{id}", get_secret)
     r.add_patch("/api/v1/secrets/{id}", patch_secret)
     r.add_put("/api/v1/secrets/{id}", put_secret)
     r.add_delete("/api/v1/secrets/{id}", delete_secret)
     r.add_get("/api/v1/secrets/{id}/history", secret_history)
+    r.add_get("/api/v1/events", list_events)
     r.add_post("/api/v1/users", create_user)
     r.add_get("/api/v1/users", list_users)
     r.add_post("/api/v1/tokens", create_token)

@@ -89,8 +89,8 @@ WITH s AS (
     VALUES ($1, $2, $3, $4, 1, $5)
     RETURNING id, name, owner, private, version, created, updated
 ), e AS (
-    INSERT INTO events (secret_id, version, kind, actor, hash, snapshot)
-    SELECT s.id, s.version, 'create', $6, $5, $7 FROM s
+    INSERT INTO events (secret_id, version, kind, actor, hash, snapshot, name, owner, private)
+    SELECT s.id, s.version, 'create', $6, $5, $7, s.name, s.owner, s.private FROM s
     RETURNING seq, recorded_at
 ), v AS (
     INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext)
@@ -122,8 +122,10 @@ WITH upd AS (
 ), s AS (
     SELECT * FROM upd UNION ALL SELECT * FROM del
 ), e AS (
-    INSERT INTO events (secret_id, version, kind, actor, hash, snapshot)
-    SELECT s.id, s.version, $6, $7, CASE WHEN $6 <> 'delete' THEN $5 END, $8 FROM s
+    INSERT INTO events (secret_id, version, kind, actor, hash, snapshot, name, owner, private)
+    SELECT s.id, s.version, $6, $7, CASE WHEN $6 <> 'delete' THEN $5 END, $8,
+           s.name, s.owner, s.private
+    FROM s
     RETURNING seq, recorded_at
 ), v AS (
     INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext, deleted)
@@ -171,19 +173,45 @@ WHERE s.id = $1
 -- secret_by_name --
 -- A private secret of the caller wins over a shared one of the same name.
 SELECT id::text FROM secrets
-WHERE name = $1 AND (NOT private OR owner = $2)
+WHERE name = $1 AND secretmirror_visible(private, owner, $2)
 ORDER BY private DESC LIMIT 1
 
 -- secret_list --
+-- Visibility is secretmirror_visible (migration 0006): the one rule this list, the bulk
+-- read, the by-name route and the change feed share.
 SELECT id::text, name, owner::text, private, version, created, updated
 FROM secrets
-WHERE (NOT private OR owner = $1)
+WHERE secretmirror_visible(private, owner, $1)
   AND ($2::text IS NULL OR name = $2)
   AND ($3::text IS NULL OR starts_with(name, $3))
   AND ($4::boolean IS NULL OR private = $4)
   AND ($5::text IS NULL OR (name, id) > ($5, $6::uuid))
 ORDER BY name, id
 LIMIT $7
+
+-- secret_list_with_values --
+-- The bulk read for the sql primary in the main database ($8 the deployment): the list
+-- (as secret_list) with each secret's stored value, in one statement.
+SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated,
+       v.version AS stored_version, v.ciphertext
+FROM secrets s
+LEFT JOIN secretmirror_values v ON v.deployment_id = $8 AND v.secret_id = s.id AND NOT v.deleted
+WHERE secretmirror_visible(s.private, s.owner, $1)
+  AND ($2::text IS NULL OR s.name = $2)
+  AND ($3::text IS NULL OR starts_with(s.name, $3))
+  AND ($4::boolean IS NULL OR s.private = $4)
+  AND ($5::text IS NULL OR (s.name, s.id) > ($5, $6::uuid))
+ORDER BY s.name, s.id
+LIMIT $7
+
+-- secret_by_exact_name --
+-- The secrets called $1 the caller ($2) may see: at most a shared one and its own private
+-- one; $3 picks one of them by its private flag.
+SELECT id::text, name, owner::text, private, version, created, updated
+FROM secrets
+WHERE name = $1 AND secretmirror_visible(private, owner, $2)
+  AND ($3::boolean IS NULL OR private = $3)
+ORDER BY private
 
 -- secret_count --
 SELECT count(*) FROM secrets
@@ -193,6 +221,41 @@ SELECT kind, hash, snapshot FROM events WHERE secret_id = $1 AND version = $2
 
 -- event_history --
 SELECT version, kind, actor, recorded_at FROM events WHERE secret_id = $1 ORDER BY version
+
+-- feed_page --
+-- The change feed after position ($1 tx, $2 seq), in (tx, seq) order (see migration
+-- 0006), up to $3 rows. safe: the event's transaction is older than every one still
+-- running, so nothing can appear before it later; the caller stops at the first unsafe
+-- row. visible: the caller $4 may see it (as it was at that version) and its name starts
+-- with $5. Rows the caller may not see come back too (the caller drops them) so that
+-- its position moves past them.
+SELECT e.seq, COALESCE(e.tx, '0'::xid8)::text AS tx,
+       COALESCE(e.tx, '0'::xid8) < pg_snapshot_xmin(pg_current_snapshot()) AS safe,
+       COALESCE(secretmirror_visible(COALESCE(e.private, s.private),
+                                     COALESCE(e.owner, s.owner), $4)
+                AND ($5::text IS NULL OR starts_with(COALESCE(e.name, s.name), $5)),
+                false) AS visible,
+       e.secret_id::text, COALESCE(e.name, s.name) AS name, e.version, e.kind, e.recorded_at
+FROM events e
+LEFT JOIN secrets s ON e.name IS NULL AND s.id = e.secret_id
+WHERE (COALESCE(e.tx, '0'::xid8), e.seq) > ($1::text::xid8, $2)
+ORDER BY COALESCE(e.tx, '0'::xid8), e.seq
+LIMIT $3
+
+-- feed_position --
+-- The feed position of the event $1; of the nearest one before it for a seq this feed
+-- never returned (none: the beginning).
+SELECT seq, COALESCE(tx, '0'::xid8)::text AS tx FROM events
+WHERE seq <= $1
+ORDER BY seq DESC
+LIMIT 1
+
+-- feed_head --
+-- The newest position no later event can come before: where "from now" starts.
+SELECT seq, COALESCE(tx, '0'::xid8)::text AS tx FROM events
+WHERE COALESCE(tx, '0'::xid8) < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY COALESCE(tx, '0'::xid8) DESC, seq DESC
+LIMIT 1
 
 -- events_purge_snapshots --
 -- Drop snapshots every configured target ($3, delivery keys) has applied, keeping the
