@@ -3,10 +3,17 @@
 One row per (target, secret) holds the newest version to deliver and the
 newest applied. Pending versions coalesce into that row, its lease serializes
 writes to one (target, secret), and ``applied_version`` only moves forward.
+
+A lease is exclusive: whoever takes it (a worker's claim, an API inline
+write, a reconcile job's copy) gets a fresh random token, and complete, fail
+and release change the row only for the token that holds it. A writer whose
+lease expired and was taken over records nothing: the new holder's write is
+the one that counts, and an older write never marks the row applied.
 """
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +32,8 @@ class Claim:
     version: int
     attempts: int
     pending_since: datetime | None
+    #: The lease token this claim holds the row with.
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +62,25 @@ class TargetStatus:
         }
 
 
+def new_token(node: str) -> str:
+    """A fresh lease token: the holder's name (for people reading the table) and a random part."""
+    return f"{node}/{secrets.token_hex(16)}"
+
+
 async def claim(
     pool: asyncpg.Pool, node: str, limit: int, targets: list[str], lease_s: float
 ) -> list[Claim]:
+    """Lease up to ``limit`` due deliveries; each claim holds its row with its own token."""
     rows = await pool.fetch(Q.delivery_claim, node, limit, targets, lease_s)
     return [
-        Claim(r["target"], r["secret_id"], r["version"], r["attempts"], r["pending_since"])
+        Claim(
+            r["target"],
+            r["secret_id"],
+            r["version"],
+            r["attempts"],
+            r["pending_since"],
+            r["leased_by"],
+        )
         for r in rows
     ]
 
@@ -78,17 +100,22 @@ async def events_for(pool: asyncpg.Pool, claims: list[Claim]) -> dict[tuple[str,
     }
 
 
-async def complete(pool: Any, done: list[tuple[str, str, int]]) -> int:
-    """Mark (target, secret id, version) triples applied; returns how many rows moved."""
+async def complete(pool: Any, done: list[tuple[str, str, int, str]]) -> set[tuple[str, str]]:
+    """Mark (target, secret id, version, token) applied where the token still holds the lease.
+
+    Returns the (target, secret id) pairs recorded; a pair missing from it lost its
+    lease to someone else, whose write is the one that counts.
+    """
     if not done:
-        return 0
-    count: int = await pool.fetchval(
+        return set()
+    rows = await pool.fetch(
         Q.delivery_complete,
-        [t for t, _, _ in done],
-        [uuid.UUID(s) for _, s, _ in done],
-        [v for _, _, v in done],
+        [t for t, _, _, _ in done],
+        [uuid.UUID(s) for _, s, _, _ in done],
+        [v for _, _, v, _ in done],
+        [k for _, _, _, k in done],
     )
-    return count
+    return {(r["target"], r["secret_id"]) for r in rows}
 
 
 async def fail(
@@ -106,26 +133,21 @@ async def fail(
         retry_in_s,
         dead,
         claim_.version,
+        claim_.token,
     )
 
 
-async def release(
-    pool: Any, node: str, pairs: list[tuple[str, str]], *, uncount: bool = True
-) -> None:
-    """Give back leases of ``node`` without consuming an attempt."""
-    if not pairs:
+async def release(pool: Any, leases: list[tuple[str, str, str]], *, uncount: bool = True) -> None:
+    """Give back (target, secret id, token) leases without consuming an attempt."""
+    if not leases:
         return
     await pool.execute(
         Q.delivery_release,
-        [t for t, _ in pairs],
-        [uuid.UUID(s) for _, s in pairs],
-        node,
+        [t for t, _, _ in leases],
+        [uuid.UUID(s) for _, s, _ in leases],
+        [k for _, _, k in leases],
         1 if uncount else 0,
     )
-
-
-async def release_all(pool: asyncpg.Pool, node: str) -> None:
-    await pool.execute(Q.delivery_release_all, node)
 
 
 async def status(pool: asyncpg.Pool, targets: Mapping[str, str]) -> dict[str, TargetStatus]:
@@ -144,10 +166,14 @@ async def retry_dead(pool: asyncpg.Pool, keys: list[str]) -> int:
 
 
 async def finish_inline(
-    rt: Any, secret_id: str, version: int, leased: list[str], done: list[str]
+    rt: Any, secret_id: str, version: int, token: str, leased: list[str], done: list[str]
 ) -> None:
-    """After the API's inline write: mark what it applied, give the rest to the worker."""
+    """After the API's inline write: mark what it applied, give the rest to the worker.
+
+    ``leased`` are the targets the write's commit leased with ``token``; a lease
+    that expired during a slow write and was taken over records nothing.
+    """
     if done:
-        await complete(rt.pool, [(rt.key_of(t), secret_id, version) for t in done])
-    rest = [(rt.key_of(t), secret_id) for t in leased if t not in done]
-    await release(rt.pool, rt.node, rest, uncount=False)
+        await complete(rt.pool, [(rt.key_of(t), secret_id, version, token) for t in done])
+    rest = [(rt.key_of(t), secret_id, token) for t in leased if t not in done]
+    await release(rt.pool, rest, uncount=False)

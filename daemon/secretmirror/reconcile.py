@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from secretmirror import metrics
+from secretmirror import deliveries, metrics
 from secretmirror.crypto import secret_aad
 from secretmirror.errors import (
     DecryptionError,
@@ -271,7 +271,7 @@ class Job:
         self._sem = asyncio.Semaphore(rt.settings.reconcile.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancelled = asyncio.Event()
-        #: Who holds the delivery leases this job takes (never a worker's node name).
+        #: Names this job in the lease tokens it takes (each lease gets a fresh token).
         self._holder = f"{rt.node}/job-{self.id}"
         self.log = log.bind(job_id=self.id, mode=self.mode)
 
@@ -423,7 +423,8 @@ class Job:
         the fallback). False when a delivery holds the lease: the worker is
         writing the secret right now, so the job leaves it (``skipped``).
         """
-        if not await self._lease(dest, secret_id):
+        token = await self._lease(dest, secret_id)
+        if token is None:
             self.report.add("skipped")
             return False
         written = 0
@@ -432,12 +433,15 @@ class Job:
             await _retrying(lambda: dest.put(secret_id, version, values, hash_))
             written = version
         finally:
-            await self._release(dest, secret_id, written)
+            await self._release(dest, secret_id, token, written)
         self.report.add("copied")
         return True
 
-    async def _lease(self, store: RoleStore, secret_id: str) -> bool:
+    async def _lease(self, store: RoleStore, secret_id: str) -> str | None:
         """Take the delivery lease of (``store``, secret) for one write of this job.
+
+        Returns the lease's fresh token (``_release`` presents it; empty for
+        a store no lease guards), or None when someone else kept the lease.
 
         Jobs then write an entry one at a time with the replication worker of
         every process, as deliveries do among themselves: a store's memory of
@@ -447,25 +451,25 @@ class Job:
         """
         row_key = self._row_key(store, secret_id)
         if row_key is None:
-            return True
+            return ""
         lease_s = self.rt.settings.replication.lease_s
+        token = deliveries.new_token(self._holder)
         for wait_s in (*_LEASE_WAITS_S, None):
-            row = await self.rt.pool.fetchrow(
-                Q.delivery_lease_for_job, *row_key, self._holder, lease_s
-            )
+            row = await self.rt.pool.fetchrow(Q.delivery_lease_for_job, *row_key, token, lease_s)
             if row is not None:
-                return True
+                return token
             if wait_s is not None:
                 await asyncio.sleep(wait_s)
-        return False
+        return None
 
-    async def _release(self, store: RoleStore, secret_id: str, written: int) -> None:
-        """Record ``written`` (0: nothing) as applied and give the lease back."""
+    async def _release(self, store: RoleStore, secret_id: str, token: str, written: int) -> None:
+        """Record ``written`` (0: nothing) as applied and give the lease back, if the job's
+        ``token`` still holds it (a lease that expired mid-write records nothing)."""
         row_key = self._row_key(store, secret_id)
         if row_key is None:
             return
         with contextlib.suppress(*DB_DOWN):  # else the lease expires by itself
-            await self.rt.pool.execute(Q.delivery_release_for_job, *row_key, self._holder, written)
+            await self.rt.pool.execute(Q.delivery_release_for_job, *row_key, token, written)
 
     def _row_key(self, store: RoleStore, secret_id: str) -> tuple[str, uuid.UUID] | None:
         """The delivery row of (``store``, secret); None for a store the worker does not
@@ -507,12 +511,13 @@ class Job:
         assert f.expected_version is not None
         version = f.expected_version
         try:
-            if not await self._lease(source, f.secret_id):
+            token = await self._lease(source, f.secret_id)
+            if token is None:
                 raise StoreConflict("a delivery kept the entry busy; run the job again")
             try:
                 await _retrying(lambda: source.delete(f.secret_id, version))
             finally:
-                await self._release(source, f.secret_id, 0)
+                await self._release(source, f.secret_id, token, 0)
             self.report.add("deleted")
         except (StoreError, *DB_DOWN) as exc:
             self.report.fail(f.secret_id, source.role, _reason(exc))

@@ -41,7 +41,9 @@ class Replicator:
         self.cfg = cfg
         self.policy = RetryPolicy(cfg.backoff_initial_s, cfg.backoff_max_s, cfg.max_attempts)
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._done: list[tuple[str, str, int, datetime]] = []
+        #: The claims of the deliveries in flight (their lease tokens), released at shutdown.
+        self._claims: dict[tuple[str, str], Claim] = {}
+        self._done: list[tuple[Claim, datetime]] = []
         self._slot_freed = asyncio.Event()
 
     # -- main loop ----------------------------------------------------------
@@ -114,11 +116,13 @@ class Replicator:
                 self._deliver(claim, events.get((claim.secret_id, claim.version)))
             )
             self._in_flight[key] = task
+            self._claims[key] = claim
             task.add_done_callback(functools.partial(self._finished, key))
         return len(claims)
 
     def _finished(self, key: tuple[str, str], _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(key, None)
+        self._claims.pop(key, None)
         self._slot_freed.set()
 
     # -- one delivery -------------------------------------------------------
@@ -148,7 +152,7 @@ class Replicator:
             bound.error("replication.unexpected_error", error=type(exc).__name__, exc_info=True)
             await self._failed(claim, StoreError(f"unexpected {type(exc).__name__}"), bound)
             return
-        self._done.append((claim.target, claim.secret_id, claim.version, event.recorded_at))
+        self._done.append((claim, event.recorded_at))
         self.rt.wake.set()
 
     async def _failed(self, claim: Claim, exc: Exception, bound: structlog.BoundLogger) -> None:
@@ -188,14 +192,26 @@ class Replicator:
             return
         batch, self._done = self._done, []
         try:
-            await deliveries.complete(self.rt.worker_pool, [(t, s, v) for t, s, v, _ in batch])
+            recorded = await deliveries.complete(
+                self.rt.worker_pool,
+                [(c.target, c.secret_id, c.version, c.token) for c, _ in batch],
+            )
         except DB_DOWN:
             # Not recorded: the lease expires and the fenced store write repeats as a no-op.
             log.warning("replication.complete_failed", count=len(batch))
             return
         now = datetime.now(UTC)
-        for key, _, _, recorded_at in batch:
-            target = self.rt.role_of(key)
+        for claim, recorded_at in batch:
+            target = self.rt.role_of(claim.target)
+            if (claim.target, claim.secret_id) not in recorded:
+                # The lease expired during the write and someone else holds it now.
+                log.warning(
+                    "replication.lease_lost",
+                    secret_id=claim.secret_id,
+                    target=target,
+                    version=claim.version,
+                )
+                continue
             metrics.replication_applied.labels(target).inc()
             metrics.replication_latency.labels(target).observe(
                 max((now - recorded_at).total_seconds(), 0.0)
@@ -203,14 +219,22 @@ class Replicator:
 
     async def _drain(self) -> None:
         """At shutdown: let in-flight writes finish briefly, record them, release the rest."""
+        unfinished: list[Claim] = []
         if self._in_flight:
+            claims = dict(self._claims)
             _, pending = await asyncio.wait(list(self._in_flight.values()), timeout=3.0)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            finished = {(c.target, c.secret_id) for c, _ in self._done}
+            unfinished = [c for key, c in claims.items() if key not in finished]
         with contextlib.suppress(*DB_DOWN):
             await self._flush_done()
-            await deliveries.release_all(self.rt.worker_pool, self.rt.node)
+            # A failed attempt already released its own lease (a no-op here, its token
+            # no longer holds the row); a cancelled one gives its lease back now.
+            await deliveries.release(
+                self.rt.worker_pool, [(c.target, c.secret_id, c.token) for c in unfinished]
+            )
 
     # -- wake-ups -------------------------------------------------------------
 

@@ -66,6 +66,7 @@ class SecretService:
         secret_id = str(uuid.uuid4())
         snapshot, content_hash = self._seal(secret_id, 1, blob)
         inline = self._inline_targets()
+        token = deliveries.new_token(self.rt.node)
         try:
             row = await self._db(
                 Q.secret_create,
@@ -80,14 +81,14 @@ class SecretService:
                 snapshot if self.rt.primary_in_db else None,
                 self.rt.keys_of(self.rt.targets),
                 self.rt.keys_of(inline),
-                self.rt.node,
+                token,
                 self.rt.settings.replication.inline_timeout_s * 3,
             )
         except asyncpg.UniqueViolationError:
             raise NameTaken() from None
         meta = SecretMeta.from_row(row)
         self.rt.committed()
-        await self._write_inline(meta, values, content_hash, inline)
+        await self._write_inline(meta, values, content_hash, token, self._leased(row))
         log.info("secret.created", secret_id=secret_id, version=1)
         return ReadResult(meta, values, "primary")
 
@@ -182,6 +183,7 @@ class SecretService:
         if blob is not None:
             snapshot, content_hash = self._seal(meta.id, version, blob)
         inline = self._inline_targets()
+        token = deliveries.new_token(self.rt.node)
         try:
             row = await self._db(
                 Q.secret_change,
@@ -198,7 +200,7 @@ class SecretService:
                 self.rt.primary_in_db,
                 self.rt.keys_of(self.rt.targets),
                 self.rt.keys_of(inline),
-                self.rt.node,
+                token,
                 self.rt.settings.replication.inline_timeout_s * 3,
             )
         except asyncpg.UniqueViolationError:
@@ -207,7 +209,7 @@ class SecretService:
             return None
         new_meta = SecretMeta.from_row(row)
         self.rt.committed()
-        await self._write_inline(new_meta, values, content_hash, inline)
+        await self._write_inline(new_meta, values, content_hash, token, self._leased(row))
         log.info(f"secret.{kind}d", secret_id=meta.id, version=version)
         return ReadResult(new_meta, values or {}, "primary")
 
@@ -218,14 +220,26 @@ class SecretService:
     def _inline_targets(self) -> list[str]:
         return [] if self.rt.primary_in_db else self.rt.targets
 
+    def _leased(self, row: Any) -> list[str]:
+        """The inline targets whose delivery lease the commit took, in role order."""
+        keys = set(row["leased"] or ())
+        return [t for t in self._inline_targets() if self.rt.key_of(t) in keys]
+
     async def _write_inline(
         self,
         meta: SecretMeta,
         values: dict[str, str] | None,
         content_hash: str | None,
+        token: str,
         inline: list[str],
     ) -> None:
         """Write an external primary now, or the backup if the primary fails.
+
+        Only the targets in ``inline`` are written: those whose delivery lease
+        the commit took with ``token``. A target whose lease a worker (or
+        another request) holds is mid-write, maybe of an older version that
+        could land after this one in a store without conditional writes (AWS,
+        Azure): it is left to the worker, which delivers this version next.
 
         The write is already committed: failures here only leave the delivery
         to the worker (the leases taken in the commit are released).
@@ -254,7 +268,7 @@ class SecretService:
             done.append(target)
             break
         try:
-            await deliveries.finish_inline(self.rt, meta.id, meta.version, inline, done)
+            await deliveries.finish_inline(self.rt, meta.id, meta.version, token, inline, done)
         except DB_DOWN:
             log.warning("secret.inline_release_failed", secret_id=meta.id)
         if "primary" not in done and "backup" in done:

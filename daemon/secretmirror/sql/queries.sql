@@ -83,7 +83,8 @@ RETURNING id
 -- (the wake-up NOTIFY follows separately: see notify_deliveries).
 -- $9 is the sql store ciphertext (NULL when the primary is not the main database).
 -- $11 names the targets whose delivery the caller writes inline: their rows are
--- leased to $12 for $13 seconds so the worker does not write them twice.
+-- leased with the token $12 for $13 seconds so the worker does not write them twice
+-- (``leased`` lists them: the rows are new, so the caller gets every one).
 WITH s AS (
     INSERT INTO secrets (id, name, owner, private, version, hash)
     VALUES ($1, $2, $3, $4, 1, $5)
@@ -105,13 +106,18 @@ WITH s AS (
            CASE WHEN t = ANY($11::text[]) THEN now() + make_interval(secs => $13) END,
            CASE WHEN t = ANY($11::text[]) THEN $12 END
     FROM s, e, unnest($10::text[]) AS t
+    RETURNING target, leased_by
 )
-SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq
+SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq,
+       ARRAY(SELECT target FROM d WHERE leased_by = $12) AS leased
 FROM s, e
 
 -- secret_change --
 -- Update, rename or delete under optimistic concurrency ($2 = the version read).
 -- $6 is the kind; a delete removes the metadata row and leaves a tombstone.
+-- $13 names the targets the caller would write inline: each row is leased with the
+-- token $14 only where its lease is free or expired, never taken from a worker or
+-- another request mid-write; ``leased`` lists the targets the caller got.
 WITH upd AS (
     UPDATE secrets SET name = $3, private = $4, version = version + 1, hash = $5, updated = now()
     WHERE id = $1 AND version = $2 AND $6 <> 'delete'
@@ -146,11 +152,16 @@ WITH upd AS (
         pending_since = CASE WHEN dl.version > dl.applied_version AND NOT dl.dead
                              THEN dl.pending_since ELSE excluded.pending_since END,
         dead = false, attempts = 0, next_attempt_at = now(), last_error = NULL,
-        leased_until = CASE WHEN excluded.leased_by IS NOT NULL THEN excluded.leased_until
-                            ELSE dl.leased_until END,
-        leased_by = COALESCE(excluded.leased_by, dl.leased_by)
+        leased_until = CASE WHEN excluded.leased_by IS NOT NULL
+                             AND (dl.leased_until IS NULL OR dl.leased_until < now())
+                            THEN excluded.leased_until ELSE dl.leased_until END,
+        leased_by = CASE WHEN excluded.leased_by IS NOT NULL
+                          AND (dl.leased_until IS NULL OR dl.leased_until < now())
+                         THEN excluded.leased_by ELSE dl.leased_by END
+    RETURNING dl.target, dl.leased_by
 )
-SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq
+SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq,
+       ARRAY(SELECT target FROM d WHERE leased_by = $14) AS leased
 FROM s, e
 
 -- notify_deliveries --
@@ -319,6 +330,8 @@ SELECT 1
 -- delivery_claim --
 -- Lease up to $2 due deliveries of the targets $3 to worker $1 for $4 seconds, the
 -- longest due first. Each target is read from its own range of deliveries_due.
+-- Each row gets a fresh lease token (the worker's name and a random part): complete,
+-- fail and release change a row only for the token that holds it.
 WITH due AS (
     SELECT d.target, d.secret_id
     FROM unnest($3::text[]) AS t(target)
@@ -335,10 +348,12 @@ WITH due AS (
     LIMIT $2
 )
 UPDATE deliveries d
-SET leased_until = now() + make_interval(secs => $4), leased_by = $1, attempts = d.attempts + 1
+SET leased_until = now() + make_interval(secs => $4),
+    leased_by = $1 || '/' || gen_random_uuid()::text,
+    attempts = d.attempts + 1
 FROM due
 WHERE d.target = due.target AND d.secret_id = due.secret_id
-RETURNING d.target, d.secret_id::text, d.version, d.attempts, d.pending_since
+RETURNING d.target, d.secret_id::text, d.version, d.attempts, d.pending_since, d.leased_by
 
 -- delivery_events --
 -- The events to apply for claimed deliveries ($1 secret ids, $2 versions).
@@ -348,7 +363,9 @@ JOIN unnest($1::uuid[], $2::int[]) AS c(secret_id, version)
   ON e.secret_id = c.secret_id AND e.version = c.version
 
 -- delivery_complete --
--- Mark applied (never moving applied_version back) and release the lease.
+-- Mark applied (never moving applied_version back) and release the lease, for the
+-- rows still leased with the writer's token ($4): a writer whose lease expired and
+-- was taken over records nothing. Returns the (target, secret) pairs that moved.
 WITH done AS (
     UPDATE deliveries d
     SET applied_version = GREATEST(d.applied_version, c.version),
@@ -358,40 +375,38 @@ WITH done AS (
             THEN (SELECT min(e.recorded_at) FROM events e
                   WHERE e.secret_id = d.secret_id AND e.version > c.version)
             END
-    FROM unnest($1::text[], $2::uuid[], $3::int[]) AS c(target, secret_id, version)
-    WHERE d.target = c.target AND d.secret_id = c.secret_id
-    RETURNING d.target
+    FROM unnest($1::text[], $2::uuid[], $3::int[], $4::text[])
+         AS c(target, secret_id, version, token)
+    WHERE d.target = c.target AND d.secret_id = c.secret_id AND d.leased_by = c.token
+    RETURNING d.target, d.secret_id
 ), counted AS (
     INSERT INTO delivery_stats AS s (target, applied)
     SELECT target, count(*) FROM done GROUP BY target
     ON CONFLICT (target) DO UPDATE SET applied = s.applied + excluded.applied
 )
-SELECT count(*) FROM done
+SELECT target, secret_id::text FROM done
 
 -- delivery_fail --
 -- Release after a failed attempt: retry at $4 seconds from now, or dead-letter
--- when $5 and no newer version arrived meanwhile.
+-- when $5 and no newer version arrived meanwhile. Only while the token $7 holds it.
 UPDATE deliveries
 SET leased_until = NULL, leased_by = NULL, last_error = $3,
     next_attempt_at = now() + make_interval(secs => $4),
     dead = ($5 AND version = $6)
-WHERE target = $1 AND secret_id = $2
+WHERE target = $1 AND secret_id = $2 AND leased_by = $7
 
 -- delivery_release --
--- Give back leases without counting an attempt (shutdown, inline write not needed).
+-- Give back leases without counting an attempt (shutdown, inline write not needed),
+-- each only while its token ($3) holds it.
 UPDATE deliveries d
 SET leased_until = NULL, leased_by = NULL, attempts = GREATEST(d.attempts - $4, 0)
-FROM unnest($1::text[], $2::uuid[]) AS c(target, secret_id)
-WHERE d.target = c.target AND d.secret_id = c.secret_id AND d.leased_by = $3
-
--- delivery_release_all --
-UPDATE deliveries SET leased_until = NULL, leased_by = NULL, attempts = GREATEST(attempts - 1, 0)
-WHERE leased_by = $1
+FROM unnest($1::text[], $2::uuid[], $3::text[]) AS c(target, secret_id, token)
+WHERE d.target = c.target AND d.secret_id = c.secret_id AND d.leased_by = c.token
 
 -- delivery_lease_for_job --
--- A reconcile job's write to (target $1, secret $2): lease the delivery row to $3 for
--- $4 seconds, adding a row with nothing to deliver (version 0) when there is none. No
--- row comes back while someone else holds the lease.
+-- A reconcile job's write to (target $1, secret $2): lease the delivery row with the
+-- fresh token $3 for $4 seconds, adding a row with nothing to deliver (version 0) when
+-- there is none. No row comes back while someone else holds the lease.
 INSERT INTO deliveries AS d (target, secret_id, version, applied_version, leased_until, leased_by)
 VALUES ($1, $2, 0, 0, now() + make_interval(secs => $4), $3)
 ON CONFLICT (target, secret_id) DO UPDATE

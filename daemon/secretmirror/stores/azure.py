@@ -59,9 +59,9 @@ secretmirror did not write.
 
 Within a process a per-secret lock serializes decide-then-write; across
 processes the per-(target, secret) delivery lease does, which reconcile jobs
-take too. An inline write by the API to an Azure *primary* takes over that
-lease, so a ``restore`` job racing it can leave the older version latest (Key
-Vault has no conditional write); verify reports it as ``stale``. A write
+and the API's inline writes take too, each only when it is free (Key Vault
+has no conditional write, so two writers of one entry must never overlap;
+see ``secretmirror.deliveries``). A write
 that fails or is cancelled may still have landed, so the store forgets what
 it knew of the entry and reads it again next time; ``list`` drops knowledge
 that disagrees with Key Vault.
