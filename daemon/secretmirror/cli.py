@@ -79,6 +79,7 @@ def _api() -> Client:
 
 
 @click.group(cls=_Main)
+@click.version_option(package_name="secretmirror", prog_name="secretmirror")
 @click.option(
     "--url",
     envvar=URL_ENV,
@@ -154,6 +155,7 @@ def output_option(*formats: str) -> Callable[[F], F]:
         show_default=True,
         help="table for people, json for scripts"
         + (", env for KEY=value lines" if "env" in formats else "")
+        + (", shell for export KEY='value' lines" if "shell" in formats else "")
         + ".",
     )
 
@@ -163,13 +165,20 @@ _values_file_option = click.option(
     type=click.File("r", encoding="utf-8"),
     default=None,
     metavar="FILE|-",
-    help="Read values from a file (- for stdin): a JSON object, or KEY=VALUE lines "
-    "as printed by `secret get -o env`.",
+    help="Read values from a file (- for stdin): a JSON object, a YAML mapping, or "
+    "KEY=VALUE lines as printed by `secret get -o env` (or `-o shell`).",
 )
+
+#: The first line of a file of KEY=VALUE lines (``-o env``) or ``export KEY=...`` (``-o shell``).
+_ENV_LINE = re.compile(r"(export\s+)?[A-Za-z0-9_.-]+=")
 
 
 def read_values_file(handle: IO[str]) -> dict[str, str]:
-    """A JSON object of strings, or shell-quoted ``KEY=VALUE`` tokens (``-o env`` output)."""
+    """A JSON object, shell-quoted ``KEY=VALUE`` lines (``-o env``/``-o shell``), or YAML.
+
+    The format is told from the content: ``{`` starts JSON, a first line of the
+    form ``KEY=`` (or ``export KEY=``) the lines, anything else YAML.
+    """
     text = handle.read()
     if text.lstrip().startswith("{"):
         try:
@@ -181,12 +190,24 @@ def read_values_file(handle: IO[str]) -> dict[str, str]:
                 "must be a JSON object of string values", param_hint="--values-file"
             )
         return data
+    first = next(
+        (ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")),
+        "",
+    )
+    if not first or _ENV_LINE.match(first):
+        return _read_env_lines(text)
+    return _read_yaml(text)
+
+
+def _read_env_lines(text: str) -> dict[str, str]:
     try:
         tokens = shlex.split(text, comments=True)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--values-file") from None
     values: dict[str, str] = {}
     for token in tokens:
+        if token == "export":  # noqa: S105 - the shell keyword in `-o shell` lines
+            continue
         key, sep, val = token.partition("=")
         if not sep or not key:
             # Never echo the token: it may be part of a secret value.
@@ -198,13 +219,64 @@ def read_values_file(handle: IO[str]) -> dict[str, str]:
     return values
 
 
+def _read_yaml(text: str) -> dict[str, str]:
+    """A YAML mapping of scalars; every scalar is kept as written (``5432``, ``yes``, ``0x1``).
+
+    YAML's own typing would turn ``on: yes`` into ``True`` and ``zip: 01234`` into
+    1234; a secret value must come back exactly as it was typed.
+    """
+    import yaml
+
+    try:
+        data = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds no objects
+    except yaml.YAMLError:
+        # The parser's message quotes the offending text, which may be a value.
+        raise click.BadParameter(
+            "is neither JSON, KEY=VALUE lines nor valid YAML", param_hint="--values-file"
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise click.BadParameter(
+            "must be a YAML mapping of keys to plain values (no lists or nested mappings)",
+            param_hint="--values-file",
+        )
+    return data
+
+
 def collect_values(
     pairs: tuple[tuple[str, str], ...], values_file: IO[str] | None
 ) -> dict[str, str]:
-    """Values from ``--values-file`` first, then ``KEY=VALUE`` arguments (which win)."""
+    """Values from ``--values-file`` first, then ``KEY=VALUE`` arguments (which win).
+
+    An argument's value ``@FILE`` is the content of FILE, ``@-`` is stdin, and
+    ``\\@...`` is a literal value starting with ``@``.
+    """
     values = read_values_file(values_file) if values_file is not None else {}
-    values.update(dict(pairs))
+    stdin_used = values_file is not None and getattr(values_file, "name", None) == "<stdin>"
+    for key, raw in pairs:
+        if raw.startswith("\\@"):
+            values[key] = raw[1:]
+        elif raw == "@-":
+            if stdin_used:
+                raise click.UsageError("stdin can give only one value (@- or --values-file -)")
+            stdin_used = True
+            values[key] = sys.stdin.read()
+        elif raw.startswith("@"):
+            values[key] = _read_value_file(key, raw[1:])
+        else:
+            values[key] = raw
     return values
+
+
+def _read_value_file(key: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError:
+        raise click.BadParameter(
+            f"{path} is not UTF-8 text (store binary data base64-encoded)", param_hint=key
+        ) from None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint=key) from None
 
 
 def _without_values(body: dict[str, Any]) -> dict[str, Any]:
@@ -321,17 +393,41 @@ def secret_create(
 @secret.command("get")
 @click.argument("name")
 @click.option("--version", type=click.IntRange(min=1), default=None, help="An older version.")
-@output_option("table", "json", "env")
-def secret_get(name: str, version: int | None, output: str) -> None:
-    """Show the secret NAME with its values."""
+@click.option(
+    "--key",
+    default=None,
+    help="Print this key's value alone (a newline follows it only on a terminal).",
+)
+@output_option("table", "json", "env", "shell")
+def secret_get(name: str, version: int | None, key: str | None, output: str) -> None:
+    """Show the secret NAME with its values.
+
+    -o env prints KEY=value lines (dotenv; keys as stored), -o shell prints
+    `export KEY='value'` lines for `eval` (. and - in keys become _).
+    """
+    if key is not None and output != "table":
+        raise click.UsageError("--key prints one value: it does not go with -o")
     api = _api()
     body = api.get(f"/api/v1/secrets/{api.secret_id(name)}", version=version)
-    if output == "json":
+    if key is not None:
+        if key not in body["values"]:
+            raise CliError(f"secret {body['name']} has no key {key!r}")
+        show.emit_value(body["values"][key])
+    elif output == "json":
         show.emit_json(body)
     elif output == "env":
         show.emit_env(body["values"])
+    elif output == "shell":
+        _emit_shell(body["values"])
     else:
         show.secret(body)
+
+
+def _emit_shell(values: dict[str, str]) -> None:
+    try:
+        show.emit_shell(values)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 @secret.command("list")

@@ -40,6 +40,33 @@ def emit_env(values: dict[str, str]) -> None:
         click.echo(f"{key}={shlex.quote(values[key])}")
 
 
+def emit_value(value: str) -> None:
+    """One value exactly as stored; a newline after it only for a person at a terminal."""
+    click.echo(value, nl=sys.stdout.isatty())
+
+
+def shell_quote(value: str) -> str:
+    """Single quotes always (``'it'"'"'s'``): safe for any byte a value can hold."""
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def env_name(key: str) -> str:
+    """The environment variable a key becomes: ``.`` and ``-`` turn into ``_``."""
+    return key.replace(".", "_").replace("-", "_")
+
+
+def emit_shell(values: dict[str, str]) -> None:
+    """``export NAME='value'`` lines for ``eval``; ValueError for a key no shell accepts."""
+    lines = []
+    for key in sorted(values):
+        name = env_name(key)
+        if not name.isidentifier() or not name.isascii():
+            raise ValueError(f"key {key!r} cannot be a shell variable name")
+        lines.append(f"export {name}={shell_quote(values[key])}")
+    for line in lines:
+        click.echo(line)
+
+
 def when(stamp: str | None) -> str:
     """An ISO timestamp from the API, shortened to the second for a table."""
     if not stamp:
