@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from secretmirror import metrics
-from secretmirror.errors import StoreRejected, StoreUnavailable
+from secretmirror.errors import StoreRejected, StoreThrottled, StoreUnavailable
+from secretmirror.ratelimit import KeyedLock, TokenBucket
 from secretmirror.stores.base import Entry, PutOutcome, StoredValue
 from secretmirror.stores.instrumented import RoleStore
 
@@ -74,3 +76,94 @@ async def test_a_rejection_does_not_mark_the_store_down() -> None:
     with pytest.raises(StoreRejected):
         await role.put("s", 1, {"k": "v"}, "h")
     assert role.up is True
+
+
+class Queued:
+    """A back-end whose put first queues locally (a pacing slot), then calls its remote."""
+
+    type = "queued"
+    location = "queued://"
+    max_value_bytes = None
+
+    def __init__(self, queue_s: float, remote_s: float) -> None:
+        self.bucket = TokenBucket(1 / queue_s)
+        self.bucket.reserve()  # the slot ahead of every put: the first put waits queue_s
+        self.remote_s = remote_s
+        self.lock = KeyedLock()
+
+    async def put(self, secret_id: str, *_args: Any) -> PutOutcome:
+        async with self.lock.hold(secret_id):
+            await self.bucket.acquire()
+            await asyncio.sleep(self.remote_s)  # the remote's own time
+        return PutOutcome.WRITTEN
+
+
+def queue_observations(role: str) -> float:
+    return (
+        metrics.REGISTRY.get_sample_value("secretmirror_store_queue_seconds_count", {"store": role})
+        or 0.0
+    )
+
+
+async def test_queueing_for_a_slot_does_not_count_against_the_store() -> None:
+    """A put queued locally past the timeout still succeeds: only the remote's time counts."""
+    role = RoleStore("backup", Queued(queue_s=0.5, remote_s=0.05), timeout_s=0.2)  # type: ignore[arg-type]
+    before = queue_observations("backup")
+    assert await role.put("s", 1, {"k": "v"}, "h") is PutOutcome.WRITTEN
+    assert (role.up, store_up_metric("backup")) == (True, 1)
+    assert queue_observations("backup") == before + 1
+
+
+async def test_waiting_for_the_entry_lock_does_not_count_against_the_store() -> None:
+    """Puts of one entry queued behind each other each get the whole budget for themselves."""
+    store = Queued(queue_s=0.001, remote_s=0.15)
+    role = RoleStore("backup", store, timeout_s=0.3)  # type: ignore[arg-type]
+    outcomes = await asyncio.gather(*(role.put("same", 1, {"k": "v"}, "h") for _ in range(4)))
+    assert outcomes == [PutOutcome.WRITTEN] * 4
+    assert role.up is True
+
+
+async def test_a_callers_limit_spent_queueing_is_throttling_not_an_outage() -> None:
+    """The caller's time limit running out behind the entry lock: throttled, the store stays up."""
+    store = Queued(queue_s=0.001, remote_s=0.3)
+    role = RoleStore("primary", store, timeout_s=10)  # type: ignore[arg-type]
+    ahead = asyncio.create_task(role.put("s", 1, {"k": "v"}, "h"))
+    await asyncio.sleep(0.05)  # it holds the entry's lock now
+    with pytest.raises(StoreThrottled, match="queued locally"):
+        await role.put("s", 2, {"k": "v"}, "h", timeout_s=0.1)
+    assert await ahead is PutOutcome.WRITTEN
+    assert (role.up, store_up_metric("primary")) == (True, 1)
+
+
+async def test_a_slot_beyond_the_callers_limit_is_refused_at_once() -> None:
+    """A pacing slot further ahead than the caller's limit: throttled now, and the slot given
+    back for the next caller."""
+    store = Queued(queue_s=5.0, remote_s=0.0)
+    role = RoleStore("primary", store, timeout_s=10)  # type: ignore[arg-type]
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(StoreThrottled, match="past the time limit"):
+        await role.put("s", 1, {"k": "v"}, "h", timeout_s=2)
+    assert asyncio.get_running_loop().time() - started < 2
+    assert role.up is True
+    assert 4 < store.bucket.reserve() <= 5  # the slot given back, not one behind it
+
+
+async def test_a_remote_that_hangs_after_queueing_is_still_down() -> None:
+    """Queueing first does not hide a remote that then does not answer."""
+    role = RoleStore("backup", Queued(queue_s=0.2, remote_s=3600), timeout_s=0.1)  # type: ignore[arg-type]
+    with pytest.raises(StoreUnavailable, match="did not answer in time"):
+        await role.put("s", 1, {"k": "v"}, "h")
+    assert role.up is False
+
+
+async def test_a_cancelled_waiter_gives_its_slot_back() -> None:
+    """A waiter cancelled before its slot leaves the slot to the next caller."""
+    bucket = TokenBucket(2)  # a slot every 0.5 s
+    bucket.reserve()
+    first = asyncio.create_task(bucket.acquire())  # slot at +0.5 s
+    await asyncio.sleep(0.05)
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    assert bucket.reserve() < 0.5  # the returned slot (+0.5 s from the start), not +1.0 s
+    assert bucket.reserve() > 0.5  # then the queue goes on behind it

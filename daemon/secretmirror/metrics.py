@@ -54,9 +54,16 @@ store_requests = Counter(
 )
 store_request_duration = Histogram(
     "secretmirror_store_request_duration_seconds",
-    "Duration of requests to a secrets store.",
+    "Duration of requests to a secrets store, without the time queued locally.",
     ["store", "operation"],
     buckets=_REQUEST_BUCKETS,
+    registry=REGISTRY,
+)
+store_queue = Histogram(
+    "secretmirror_store_queue_seconds",
+    "Time a store call waited in this process (pacing slot, entry lock, throttle pause).",
+    ["store"],
+    buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 fallback = Counter(

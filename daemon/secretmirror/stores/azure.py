@@ -118,6 +118,7 @@ from secretmirror.errors import (
 )
 from secretmirror.model import canonical
 from secretmirror.ratelimit import TokenBucket
+from secretmirror.remote_clock import local_sleep
 from secretmirror.settings import AzureStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
 from secretmirror.stores.remembered import Remembered
@@ -465,7 +466,7 @@ class AzureStore:
                 raise StoreUnavailable(
                     f"Key Vault is still finishing a delete or recovery of {name}; retry later"
                 )
-            await asyncio.sleep(wait)  # Key Vault finishes deletes and recoveries in the background
+            await local_sleep(wait)  # Key Vault finishes deletes and recoveries in the background
         if reply.status == 409 and reply.inner == _DELETED_RECOVERABLE:
             raise _SoftDeleted
         _expect(reply, 200, f"write {name}")
@@ -488,7 +489,7 @@ class AzureStore:
                 break
             if wait is None:
                 raise StoreUnavailable(f"Key Vault is still deleting {name}; retry later")
-            await asyncio.sleep(wait)  # the delete is still finishing in Key Vault
+            await local_sleep(wait)  # the delete is still finishing in Key Vault
         if reply.status == 404:
             raise _Stale  # recovered or purged meanwhile: look again
         _expect(reply, 200, f"recover {name}")

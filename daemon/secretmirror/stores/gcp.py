@@ -121,6 +121,7 @@ from secretmirror.errors import (
 )
 from secretmirror.model import canonical
 from secretmirror.ratelimit import TokenBucket
+from secretmirror.remote_clock import local_sleep
 from secretmirror.settings import GcpStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
 from secretmirror.stores.remembered import Remembered
@@ -799,7 +800,7 @@ class GcpStore:
             await self._bucket.acquire()
         pause = self._resume_at - time.monotonic()
         if pause > 0:
-            await asyncio.sleep(pause)
+            await local_sleep(pause)  # GCP asked for it: not the store's slowness
         used: str | None = None
         for _ in range(2):
             headers, used = await self._auth_headers(refused=used)

@@ -2,11 +2,17 @@
 
 Everything above the stores (API, worker, reconcile) talks to ``RoleStore``;
 back-ends stay free of metrics and timeouts.
+
+The timeout judges the store, so it counts only the store's own time: a call
+waiting locally (a pacing slot, the entry's lock, a throttle pause) stops its
+``RemoteClock``. Queueing is reported as such, in
+``secretmirror_store_queue_seconds``, and a caller's time limit that runs out
+while the call queued raises ``StoreThrottled`` (``reason="throttled"``) and
+leaves ``store_up`` alone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
@@ -14,7 +20,8 @@ from typing import TypeVar
 import structlog
 
 from secretmirror import metrics
-from secretmirror.errors import StoreError, StoreNotFound, StoreUnavailable
+from secretmirror.errors import StoreError, StoreNotFound, StoreThrottled, StoreUnavailable
+from secretmirror.remote_clock import RemoteClock
 from secretmirror.stores.base import Entry, PutOutcome, SecretStore, StoredValue
 
 T = TypeVar("T")
@@ -41,11 +48,23 @@ class RoleStore:
         return self.store.location
 
     async def _call(self, operation: str, call: Awaitable[T], timeout_s: float | None) -> T:
+        """Run ``call``: the store has ``timeout_s`` (else the role's) of its own time.
+
+        A ``timeout_s`` given by the caller also bounds the whole call, local
+        queueing included (the API's inline writes must answer quickly).
+        """
         started = time.perf_counter()
+        clock = RemoteClock(timeout_s or self.timeout_s, wall_s=timeout_s)
         outcome = "ok"
         try:
-            result = await asyncio.wait_for(call, timeout_s or self.timeout_s)
+            async with clock.running():
+                result = await call
         except TimeoutError:
+            if clock.expired and not clock.remote_exhausted:
+                outcome = "throttled"
+                raise StoreThrottled(
+                    f"the {self.role} store's requests queued locally past the time limit"
+                ) from None
             outcome = "unavailable"
             self._down("the store did not answer in time")
             raise StoreUnavailable(f"the {self.role} store did not answer in time") from None
@@ -62,8 +81,9 @@ class RoleStore:
             raise
         finally:
             metrics.store_requests.labels(self.role, operation, outcome).inc()
+            metrics.store_queue.labels(self.role).observe(clock.queued_s)
             metrics.store_request_duration.labels(self.role, operation).observe(
-                time.perf_counter() - started
+                max(time.perf_counter() - started - clock.queued_s, 0.0)
             )
         self._up()
         return result
