@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import ADMIN_TOKEN
 from tests.daemon_proc import DaemonProcess
@@ -214,3 +217,174 @@ def test_shell_output_round_trips_through_values_file(sm: Sm, name: str) -> None
 def test_version_flag(sm: Sm) -> None:
     """`secretmirror --version` prints the installed version."""
     assert sm.ok("--version").startswith("secretmirror, version ")
+
+
+# -- export -------------------------------------------------------------------------
+
+
+def test_export_formats(sm: Sm, name: str) -> None:
+    """export prints the selected secrets as variables in each format; keys . and - become _."""
+    sm.ok("secret", "create", f"{name}-a", "db.user=app", f"api-key={HOSTILE}")
+    sm.ok("secret", "create", f"{name}-b", "PORT=5432")
+    expected = {"db_user": "app", "api_key": HOSTILE, "PORT": "5432"}
+    selection = ("--name", f"{name}-a", "--name-prefix", f"{name}-b")
+    assert json.loads(sm.ok("export", *selection, "-o", "json")) == expected
+    assert yaml.safe_load(sm.ok("export", *selection, "-o", "yaml")) == expected
+    dotenv = sm.ok("export", *selection)
+    assert "db_user=app\n" in dotenv
+    sm.ok("secret", "create", f"{name}-back", "--values-file", "-", input=dotenv)
+    assert sm.json("secret", "get", f"{name}-back")["values"] == expected
+    script = f'eval "$({BIN} export --name-prefix {name}-a -o shell)"; printf %s "$api_key"'
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=sm.env)
+    assert done.stdout == HOSTILE
+
+
+def test_export_collision_names_both_secrets(sm: Sm, name: str) -> None:
+    """Two secrets giving one variable is an error naming both, and prints no value."""
+    sm.ok("secret", "create", f"{name}-a", "db-user=first")
+    sm.ok("secret", "create", f"{name}-b", "db.user=second")
+    done = sm("export", "--name-prefix", name)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert f"{name}-a" in done.stderr
+    assert f"{name}-b" in done.stderr
+    assert "first" not in done.stderr
+    assert "second" not in done.stderr
+
+
+def test_export_needs_a_selection(sm: Sm) -> None:
+    """export without --name or --name-prefix is a usage error."""
+    assert sm("export").returncode == 2
+
+
+def test_export_unknown_name_is_an_error(sm: Sm, name: str) -> None:
+    """A --name nobody uses exits 1 naming it."""
+    done = sm("export", "--name", name)
+    assert done.returncode == 1
+    assert name in done.stderr
+
+
+# -- run ----------------------------------------------------------------------------
+
+PRINT_ENV = "import os, sys; sys.stdout.write(os.environ['db_password'] + '|' + os.environ['PORT'])"
+
+
+def test_run_puts_the_values_in_the_environment(sm: Sm, name: str) -> None:
+    """The child sees every key as a variable; the values are on no command line."""
+    sm.ok("secret", "create", name, f"db.password={HOSTILE}", "PORT=5432")
+    out = sm.ok("run", "--name", name, "--", sys.executable, "-c", PRINT_ENV)
+    assert out == f"{HOSTILE}|5432"
+
+
+def test_run_execs_the_command(sm: Sm, name: str) -> None:
+    """Without --watch/--mask the command replaces the CLI: same process id."""
+    sm.ok("secret", "create", name, "k=v")
+    proc = subprocess.Popen(
+        [BIN, "run", "--name", name, "--", "sh", "-c", "echo $$"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=sm.env,
+    )
+    out, _ = proc.communicate(timeout=60)
+    assert int(out) == proc.pid
+
+
+@pytest.mark.parametrize("flags", [(), ("--mask",)])
+def test_run_exits_with_the_commands_code(sm: Sm, name: str, flags: tuple[str, ...]) -> None:
+    """run exits with the command's own exit code, exec'd or supervised."""
+    sm.ok("secret", "create", name, "k=v")
+    assert sm("run", *flags, "--name", name, "--", "sh", "-c", "exit 7").returncode == 7
+
+
+def test_run_of_a_missing_command_exits_127(sm: Sm, name: str) -> None:
+    """A command that does not exist exits 127, as a shell does."""
+    sm.ok("secret", "create", name, "k=v")
+    done = sm("run", "--name", name, "--", "no-such-command-here")
+    assert done.returncode == 127
+    assert "no-such-command-here" in done.stderr
+
+
+def test_run_collision_is_an_error_naming_both(sm: Sm, name: str) -> None:
+    """Two selected secrets giving one variable: exit 1 naming both; the command never runs."""
+    sm.ok("secret", "create", f"{name}-a", "TOKEN=a-value")
+    sm.ok("secret", "create", f"{name}-b", "TOKEN=b-value")
+    done = sm("run", "--name-prefix", name, "--", "sh", "-c", "echo ran")
+    assert done.returncode == 1
+    assert "ran" not in done.stdout
+    assert f"{name}-a" in done.stderr
+    assert f"{name}-b" in done.stderr
+
+
+def test_run_mask_hides_values_in_the_output(sm: Sm, name: str) -> None:
+    """--mask replaces every injected value in the child's stdout and stderr."""
+    sm.ok("secret", "create", name, "TOKEN=hunter2-secret", "OTHER=also-secret")
+    done = sm(
+        "run", "--mask", "--name", name, "--",
+        "sh", "-c", 'echo "token=$TOKEN other=$OTHER"; echo "err $TOKEN" >&2',
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert done.stdout == ("token=<concealed by secretmirror> other=<concealed by secretmirror>\n")
+    assert done.stderr == "err <concealed by secretmirror>\n"
+
+
+def test_run_forwards_signals(sm: Sm, name: str, tmp_path: Path) -> None:
+    """SIGTERM to a supervised run reaches the command; run exits with its code."""
+    sm.ok("secret", "create", name, "k=v")
+    ready = tmp_path / "ready"
+    script = f'trap "exit 42" TERM; touch {ready}; while :; do sleep 0.05; done'
+    proc = subprocess.Popen(
+        [BIN, "run", "--mask", "--name", name, "--", "sh", "-c", script], env=sm.env
+    )
+    try:
+        wait_for(ready.exists, 30, "the command to start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 42
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_run_watch_restarts_on_a_change(sm: Sm, name: str, tmp_path: Path) -> None:
+    """--watch restarts the command with the new value within 2 s of another client's update."""
+    sm.ok("secret", "create", name, "V=one")
+    log = tmp_path / "starts"
+    script = f'echo "$V" >> {log}; exec sleep 600'
+    proc = subprocess.Popen(
+        [BIN, "run", "--watch", "--name", name, "--", "sh", "-c", script], env=sm.env
+    )
+    try:
+        wait_for(lambda: log.exists() and log.read_text() == "one\n", 30, "the first start")
+        sm.ok("secret", "update", name, "V=two")
+        updated = time.monotonic()
+        wait_for(lambda: log.read_text() == "one\ntwo\n", 30, "the restart")
+        assert time.monotonic() - updated < 2.0
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_run_watch_ignores_other_secrets(sm: Sm, name: str, tmp_path: Path) -> None:
+    """A change to a secret that is not selected restarts nothing."""
+    sm.ok("secret", "create", name, "V=one")
+    log = tmp_path / "starts"
+    script = f'echo "$V" >> {log}; exec sleep 600'
+    proc = subprocess.Popen(
+        [BIN, "run", "--watch", "--name", name, "--", "sh", "-c", script], env=sm.env
+    )
+    try:
+        wait_for(lambda: log.exists() and log.read_text() == "one\n", 30, "the first start")
+        sm.ok("secret", "create", f"{name}-other", "V=x")
+        sm.ok("secret", "update", name, "V=two")  # a marker that the feed was read past it
+        wait_for(lambda: log.read_text() == "one\ntwo\n", 30, "the restart")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def wait_for(condition: Any, timeout_s: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.02)

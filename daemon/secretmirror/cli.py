@@ -15,14 +15,16 @@ import json
 import re
 import shlex
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
-from secretmirror import db
+from secretmirror import db, runner
 from secretmirror import logging as sm_logging
 from secretmirror import output as show
 from secretmirror.client import (
@@ -506,6 +508,192 @@ def secret_history(name: str, output: str) -> None:
         show.emit_json(items)
     else:
         show.history(items)
+
+
+# -- secrets into applications: export and run ---------------------------------
+
+_select_options = [
+    click.option(
+        "--name",
+        "names",
+        multiple=True,
+        metavar="NAME",
+        help="A secret to take (repeatable).",
+    ),
+    click.option(
+        "--name-prefix",
+        "prefixes",
+        multiple=True,
+        metavar="PREFIX",
+        help="Every secret whose name starts with PREFIX (repeatable).",
+    ),
+]
+
+
+def _select_option(function: F) -> F:
+    for option in reversed(_select_options):
+        function = option(function)
+    return function
+
+
+def _selected(api: Client, names: tuple[str, ...], prefixes: tuple[str, ...]) -> list[Any]:
+    """The selected secrets with their values: one request per name, one per page of a prefix."""
+    if not names and not prefixes:
+        raise click.UsageError("select secrets with --name or --name-prefix")
+    found: dict[str, Any] = {}
+    for name in names:
+        try:
+            body = api.get(f"/api/v1/secrets/by-name/{urllib.parse.quote(name, safe='')}")
+        except ClientError as exc:
+            if exc.code == "ambiguous_name":
+                raise CliError(
+                    f"you can see a private and a shared secret named {name!r}; rename one of them"
+                ) from None
+            if exc.status == 404:
+                raise CliError(f"no secret named {name!r}") from None
+            raise
+        found[body["id"]] = body
+    for prefix in prefixes:
+        for body in api.pages("/api/v1/secrets", name_prefix=prefix, values="true"):
+            found[body["id"]] = body
+    return sorted(found.values(), key=lambda b: (b["name"], b["id"]))
+
+
+def _environment(secrets: list[Any]) -> dict[str, str]:
+    try:
+        return runner.environment(secrets)
+    except runner.SelectionError as exc:
+        raise CliError(str(exc)) from None
+
+
+@main.command("export")
+@_select_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(("dotenv", "json", "yaml", "shell")),
+    default="dotenv",
+    show_default=True,
+    help="dotenv NAME=value lines, a JSON or YAML object, or shell export lines for eval.",
+)
+def export(names: tuple[str, ...], prefixes: tuple[str, ...], output: str) -> None:
+    """Print the selected secrets as environment variables.
+
+    Every key becomes a variable (. and - turn into _); two secrets setting one
+    variable is an error naming both.
+    """
+    env = _environment(_selected(_api(), names, prefixes))
+    if output == "json":
+        show.emit_json(env)
+    elif output == "yaml":
+        show.emit_yaml(env)
+    elif output == "shell":
+        _emit_shell(env)
+    else:
+        show.emit_env(env)
+
+
+@main.command("run", context_settings={"ignore_unknown_options": True})
+@_select_option
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Restart the command (SIGTERM, then start it again) when a selected secret changes.",
+)
+@click.option(
+    "--mask",
+    is_flag=True,
+    help=f"Replace every injected value (of {runner.MASK_MIN_LENGTH}+ characters) in the "
+    "command's output with <concealed by secretmirror>.",
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    names: tuple[str, ...],
+    prefixes: tuple[str, ...],
+    watch: bool,
+    mask: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND with the selected secrets in its environment: run --name db -- CMD ARGS.
+
+    The values go only into COMMAND's environment, never onto a command line or
+    into a file. Without --watch or --mask, COMMAND replaces this process (exec):
+    its signals and exit code are its own. With them, this process stays as a
+    parent that forwards signals and exits with COMMAND's code.
+    """
+    api = _api()
+    position = api.get("/api/v1/events")["last_seq"] if watch else None
+    secrets = _selected(api, names, prefixes)
+    env = _environment(secrets)
+    argv = list(command)
+    if not watch and not mask:
+        try:
+            runner.exec_command(argv, env)
+        except OSError as exc:
+            _command_failed(argv[0], exc)
+    supervisor = runner.Supervisor(argv, mask)
+    ids = {s["id"] for s in secrets}
+
+    def refresh() -> dict[str, str] | None:
+        try:
+            fresh = _selected(api, names, prefixes)
+            new_env = runner.environment(fresh)
+        except (ClientError, CliError, runner.SelectionError) as exc:
+            click.echo(f"secretmirror: not restarting: {exc}", err=True)
+            return None
+        ids.clear()
+        ids.update(s["id"] for s in fresh)
+        return new_env
+
+    if watch:
+        assert position is not None
+        watcher = threading.Thread(
+            target=_watch,
+            args=(api, position, names, prefixes, ids, supervisor.restart),
+            daemon=True,
+        )
+        watcher.start()
+    try:
+        code = supervisor.run(env, refresh)
+    except OSError as exc:
+        _command_failed(argv[0], exc)
+    sys.exit(code)
+
+
+def _command_failed(program: str, exc: OSError) -> NoReturn:
+    """Exit 127 when COMMAND is not found, 126 when it cannot run, as a shell does."""
+    click.echo(f"error: cannot run {program}: {exc.strerror or exc}", err=True)
+    sys.exit(127 if isinstance(exc, FileNotFoundError) else 126)
+
+
+def _watch(
+    api: Client,
+    position: int,
+    names: tuple[str, ...],
+    prefixes: tuple[str, ...],
+    ids: set[str],
+    restart: threading.Event,
+) -> None:
+    """Long-poll the change feed; set ``restart`` when a selected secret changed."""
+    prefix = prefixes[0] if len(prefixes) == 1 and not names else None
+    while True:
+        try:
+            page = api.request(
+                "GET",
+                "/api/v1/events",
+                params={"after": position, "wait": 30, "name_prefix": prefix},
+                timeout_s=45,
+            )
+        except ClientError as exc:
+            click.echo(f"secretmirror: watching for changes: {exc}; retrying", err=True)
+            time.sleep(2)
+            continue
+        position = page["last_seq"]
+        if any(
+            e["secret_id"] in ids or e["name"] in names or (e["name"] or "").startswith(prefixes)
+            for e in page["events"]
+        ):
+            restart.set()
 
 
 # -- jobs: backup, restore, reconcile -----------------------------------------

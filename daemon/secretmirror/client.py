@@ -69,6 +69,7 @@ class Client:
         *,
         body: Any = None,
         params: Mapping[str, str | int | None] | None = None,
+        timeout_s: float | None = None,
     ) -> Any:
         """The decoded JSON response (None for an empty one); raises ``ClientError``."""
         url = self.url + path
@@ -85,7 +86,9 @@ class Client:
         # The scheme is checked in __init__: only http and https are opened.
         req = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as response:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310
+                req, timeout=timeout_s or self.timeout_s
+            ) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc) from None

@@ -67,6 +67,18 @@ def emit_shell(values: dict[str, str]) -> None:
         click.echo(line)
 
 
+def emit_yaml(values: dict[str, str]) -> None:
+    """A YAML mapping; every value a quoted string, so it reads back exactly."""
+    import yaml
+
+    click.echo(
+        yaml.safe_dump(
+            values, default_flow_style=False, default_style='"', allow_unicode=True, width=2**20
+        ),
+        nl=False,
+    )
+
+
 def when(stamp: str | None) -> str:
     """An ISO timestamp from the API, shortened to the second for a table."""
     if not stamp:
