@@ -912,7 +912,9 @@ class GcpFake:
             out["nextPageToken"] = base64.urlsafe_b64encode(
                 json.dumps(order(page[-1])).encode()
             ).decode()
-        if items:
+        # "The total number of Secrets [SecretVersions] but 0 when the filter field is set"
+        # (ListSecretsResponse / ListSecretVersionsResponse); 0 is omitted in JSON.
+        if items and not query.get("filter"):
             out["totalSize"] = len(items)
         return out
 

@@ -125,6 +125,32 @@ def test_sdk_version_lifecycle(sdk: secretmanager.SecretManagerServiceClient, si
     sdk.delete_secret(request={"name": name})
 
 
+def test_sdk_latest_is_the_newest_version_whatever_its_state(
+    sdk: secretmanager.SecretManagerServiceClient, sid: str
+) -> None:
+    """Google's definitions: ``latest`` is "the most recently created SecretVersion" (so a
+    disabled or destroyed newest version makes it unreadable), versions list "newest first",
+    and ``totalSize`` is "0 when the filter field is set"."""
+    name = sdk.create_secret(request={"parent": PARENT, "secret_id": sid, "secret": _secret()}).name
+    for data in (b"one", b"two"):
+        sdk.add_secret_version(request={"parent": name, "payload": {"data": data}})
+    newest = sdk.list_secret_versions(request={"parent": name, "page_size": 1})
+    first_page = next(iter(newest.pages))
+    assert [v.name.rsplit("/", 1)[-1] for v in first_page.versions] == ["2"]
+    assert first_page.total_size == 2
+    filtered = sdk.list_secret_versions(request={"parent": name, "filter": "state:ENABLED"})
+    assert next(iter(filtered.pages)).total_size == 0
+    sdk.disable_secret_version(request={"name": f"{name}/versions/2"})
+    with pytest.raises(gexc.BadRequest) as raised:
+        sdk.access_secret_version(request={"name": f"{name}/versions/latest"})
+    assert _status(raised) == "FAILED_PRECONDITION"
+    sdk.destroy_secret_version(request={"name": f"{name}/versions/2"})
+    with pytest.raises(gexc.BadRequest) as raised:
+        sdk.access_secret_version(request={"name": f"{name}/versions/latest"})
+    assert _status(raised) == "FAILED_PRECONDITION"
+    sdk.delete_secret(request={"name": name})
+
+
 def test_sdk_pages_through_a_filtered_listing(
     sdk: secretmanager.SecretManagerServiceClient, gcp_fake: GcpFake
 ) -> None:

@@ -77,7 +77,13 @@ async def open_runtime(
             await db.check_schema(conn)
             deployment_id, hash_key = await init_deployment(conn, keyring)
             await init_admin(conn, admin_token)
-        ctx = StoreContext(deployment_id, keyring, pool, str(settings.data_dir))
+        ctx = StoreContext(
+            deployment_id,
+            keyring,
+            pool,
+            str(settings.data_dir),
+            list_concurrency=settings.reconcile.concurrency,
+        )
         timeout = max(settings.replication.lease_s / 3, 1.0)
         primary, backup = build_stores(settings, ctx, dsn, timeout)
         worker_pool = await db.create_pool(dsn, min_size=1, max_size=4)

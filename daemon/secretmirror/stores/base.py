@@ -32,6 +32,9 @@ class StoreContext:
     pool: object | None = None
     #: Where a store may keep files (the ``file`` store's default path).
     data_dir: str | None = None
+    #: Per-entry checks a listing may run at once where the provider's listing cannot
+    #: tell (gcp, azure): ``reconcile.concurrency``.
+    list_concurrency: int = 16
 
 
 @dataclass(frozen=True, slots=True)

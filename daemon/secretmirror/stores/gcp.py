@@ -67,13 +67,22 @@ Calls per operation (GCP quotas per project: 600 writes/min, 600 reads/min,
 - get: 1 access (latest); + 1 read when the entry is not known to this
   process or changed. A latest version the labels do not claim (written by
   someone else, or half-written) reads as None, never as secretmirror's.
-- list: 1 read per 500 entries (filter on the deployment label).
+- list: 1 read per 500 entries (filter on the deployment label), plus 1
+  access of ``latest`` per live entry (the access quota), ``list_concurrency``
+  at a time. A version added by someone else (the console, gcloud) leaves
+  the labels as they were, and so does disabling or destroying the newest
+  version by hand: GCP's listing carries no version information, so only
+  asking which version ``latest`` is can tell. ``versions.list`` with
+  ``pageSize=1`` would tell too, but counts against the read quota (600/min
+  per project, shared with the listing and every ``get``); an access counts
+  against 90,000/min. An entry whose ``latest`` is not the version the labels
+  claim, or cannot be accessed, lists as ``Entry.foreign_write`` (verify:
+  mismatch; repair writes the current version on top). ``get`` refuses such
+  a value and the next write supersedes it.
 
-Limits. A version added by someone else (the console, gcloud) leaves the
-labels as they were: the listing cannot see it (GCP's listing carries no
-version information), so verify does not report it; ``get`` refuses it and
-the next write supersedes it. Old versions are destroyed best-effort: a
-destroy that fails (throttled) is retried on the next change of that entry.
+Limits. A tombstone is not checked: a version added by hand to a deleted
+secret's GCP secret is not reported. Old versions are destroyed best-effort:
+a destroy that fails (throttled) is retried on the next change of that entry.
 
 Quota discipline: every write takes a slot from one token bucket per store
 (``max_writes_per_s``, default 8 under GCP's 10/s). A 429 /
@@ -311,6 +320,7 @@ class GcpStore:
             f"/v1/projects/{quote(settings.project_id, safe='')}"
         )
         self._bucket = TokenBucket(settings.max_writes_per_s)
+        self._check_at_once = max(1, ctx.list_concurrency)
         self._auth_lock = asyncio.Lock()
         self._remembered: Remembered[_State] = Remembered()
         self._session: aiohttp.ClientSession | None = None
@@ -480,7 +490,7 @@ class GcpStore:
         params = {"filter": self._filter(), "pageSize": str(_PAGE)}
         while True:
             page = await self._call("GET", "secrets", "secrets.list", params=params)
-            entries = []
+            states = []
             for item in page.get("secrets") or []:
                 secret_id = self._secret_id_of(str(item.get("name", "")).rsplit("/", 1)[-1])
                 if secret_id is None or not _owned(item, self._deployment):
@@ -488,15 +498,36 @@ class GcpStore:
                 state = _State.of(item)
                 self._observe(secret_id, state)
                 listing.saw(secret_id)
-                entries.append(state.entry(secret_id))
-            entries.sort(key=lambda e: e.secret_id)
-            for entry in entries:
-                yield entry
+                states.append((secret_id, state))
+            states.sort(key=lambda found: found[0])
+            # One chunk per step of the iteration: each stays a few round trips long.
+            for start in range(0, len(states), self._check_at_once):
+                chunk = states[start : start + self._check_at_once]
+                for entry in await asyncio.gather(*(self._checked(*found) for found in chunk)):
+                    yield entry
             token = page.get("nextPageToken")
             if not token:
                 break
             params = {**params, "pageToken": str(token)}
         listing.complete()
+
+    async def _checked(self, secret_id: str, state: _State) -> Entry:
+        """The listed entry, held against the version GCP serves as ``latest`` (1 access).
+
+        Readers of the secret read ``latest``: a version added, disabled or
+        destroyed by hand changes what they read without touching the labels.
+        """
+        entry = state.entry(secret_id)
+        if entry.deleted or entry.foreign_write:
+            return entry
+        try:
+            number, _ = await self._access(self._settings.name_prefix + secret_id, "latest")
+        except (StoreNotFound, _Precondition):
+            number = None  # no version, or the newest one disabled or destroyed
+        if number == state.gcp_version:
+            return entry
+        self._remembered.forget(secret_id)
+        return replace(entry, foreign_write=True)
 
     # -- steps of put and delete --
 
