@@ -85,6 +85,14 @@ class Keyring:
         except InvalidTag:
             raise DecryptionError() from None
 
+    def opens(self, envelope: bytes, aad: bytes) -> bool:
+        """True when ``envelope`` decrypts: for listings that report unreadable entries."""
+        try:
+            self.decrypt(envelope, aad)
+        except DecryptionError:
+            return False
+        return True
+
     def needs_reencryption(self, envelope: bytes) -> bool:
         return envelope[1 : 1 + _KEY_ID_LEN] != self._primary_id
 

@@ -125,8 +125,15 @@ class SchemaMismatch(SecretMirrorError):
 
 
 class DecryptionError(SecretMirrorError):
-    """A ciphertext could not be decrypted with any configured key."""
+    """A ciphertext could not be decrypted with any configured key.
 
+    Raised by ``crypto.Keyring`` for a corrupt, moved or foreign-keyed
+    ciphertext. It is never an answer of its own: a store entry that raises it
+    is a failed read of that store (``RoleStore`` turns it into
+    ``StoreUnreadable``, reads fall back, verify reports ``unreadable``).
+    """
+
+    status = 503
     code = "decryption_failed"
 
 
@@ -167,6 +174,12 @@ class StoreConflict(StoreError):
     """The store holds an entry this deployment does not own, or a concurrent change won."""
 
     reason = "conflict"
+
+
+class StoreUnreadable(StoreError):
+    """The store holds the entry, but its ciphertext does not decrypt."""
+
+    reason = "unreadable"
 
 
 class StoreNotFound(StoreError):

@@ -95,7 +95,7 @@ http_request_duration = Histogram(
 
 #: The divergence classes of spec section 7 reported by ``secretmirror_divergent_secrets``
 #: (``in_sync`` is not a divergence and is left out).
-DIVERGENCE_KINDS = ("missing", "stale", "mismatch", "orphan")
+DIVERGENCE_KINDS = ("missing", "stale", "mismatch", "unreadable", "orphan")
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,7 @@ def status(body: dict[str, Any]) -> None:
 
 # -- reconcile jobs -------------------------------------------------------------
 
-_CLASSES = ("in_sync", "missing", "stale", "mismatch", "orphan", "moved")
+_CLASSES = ("in_sync", "missing", "stale", "mismatch", "unreadable", "orphan", "moved")
 
 
 def job(body: dict[str, Any]) -> None:

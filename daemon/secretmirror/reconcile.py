@@ -8,15 +8,18 @@ with the number of secrets.
 
 Classes per store: ``in_sync``, ``missing``, ``stale`` (older version),
 ``mismatch`` (same version, other content, or a value written behind our
-back), ``orphan`` (an entry of this deployment with no live secret), and
-``moved`` (a tombstone left on purpose by ``delete_secrets``). A secret whose
+back), ``unreadable`` (the entry's ciphertext does not decrypt: corrupted, or
+copied from another entry; spec section 14), ``orphan`` (an entry of this
+deployment with no live secret), and ``moved`` (a tombstone left on purpose
+by ``delete_secrets``). A secret whose
 delivery to that store is still in flight is not drift: replication is about
 to write it, so it counts as ``in_sync``.
 
 Repairs: missing and stale entries get the current version written directly
-(fenced, so racing the worker is harmless); a mismatch is re-issued through
-the outbox as a new version with the same values, which every store accepts
-over the foreign content; orphans are deleted.
+(fenced, so racing the worker is harmless); a mismatch or an unreadable entry
+is re-issued through the outbox as a new version with the same values, which
+every store accepts over what it holds at the current version; orphans are
+deleted.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from secretmirror.stores.sql import DB_DOWN
 log = structlog.get_logger("secretmirror.reconcile")
 
 MODES = ("verify", "repair", "backup", "restore")
-CLASSES = ("in_sync", "missing", "stale", "mismatch", "orphan", "moved")
+CLASSES = ("in_sync", "missing", "stale", "mismatch", "unreadable", "orphan", "moved")
 _PAGE = 500
 _SAMPLES = 100
 _FAILURES = 1000
@@ -225,7 +228,10 @@ class Scanner:
         return replace(finding, expected_version=row["version"])
 
 
-_DRIFT = frozenset({"missing", "stale", "mismatch", "orphan"})
+_DRIFT = frozenset({"missing", "stale", "mismatch", "unreadable", "orphan"})
+#: Classes a write at the current version cannot fix (the store holds that version
+#: already): the secret is re-issued as a new version through the outbox.
+_REISSUE = frozenset({"mismatch", "unreadable"})
 
 
 def _classify(entry: Entry, row: Any, in_flight_is_sync: bool) -> str | None:
@@ -242,6 +248,8 @@ def _classify(entry: Entry, row: Any, in_flight_is_sync: bool) -> str | None:
         return "in_sync" if in_flight else "stale"
     if entry.version > expected or entry.foreign_write:
         return "mismatch"
+    if entry.unreadable:
+        return "unreadable"
     if entry.hash is not None and entry.hash != row["hash"]:
         return "mismatch"
     return "in_sync"
@@ -401,7 +409,7 @@ class Job:
                 tombstone = f.entry.version + 1
                 await _retrying(lambda: store.delete(f.secret_id, tombstone))
                 self.report.add("deleted")
-            elif f.cls == "mismatch":
+            elif f.cls in _REISSUE:
                 await self._reissue(f.secret_id)
                 self.report.add("copied")
             else:
@@ -495,6 +503,12 @@ class Job:
 
     async def _copy_one(self, source: RoleStore, dest: RoleStore, f: Finding) -> None:
         try:
+            if f.cls == "unreadable":
+                # ``dest`` holds the current version already, so a copy would be a no-op:
+                # a new version through the outbox replaces the entry (and is not evacuated).
+                await self._reissue(f.secret_id)
+                self.report.add("copied")
+                return
             if not await self._write_current(dest, f.secret_id, source.get):
                 return
         except _Deleted:

@@ -23,6 +23,7 @@ from secretmirror import deliveries, metrics
 from secretmirror.crypto import secret_aad
 from secretmirror.errors import (
     AmbiguousName,
+    DecryptionError,
     Gone,
     Invalid,
     NameTaken,
@@ -295,12 +296,21 @@ class SecretService:
             meta = SecretMeta.from_row(row)
             if not meta.visible_to(principal):
                 raise NotFound("no such secret")
-            if row["stored_version"] == meta.version and row["ciphertext"] is not None:
-                values = self._open(meta.id, meta.version, row["ciphertext"])
-                return ReadResult(meta, values, "primary")
-            return await self._read_fallback(meta, skip_primary=True)
+            return await self._from_row(meta, row)
         meta = await self.meta(principal, secret_id)
         return await self._read_fallback(meta, skip_primary=False)
+
+    async def _from_row(self, meta: SecretMeta, row: Any) -> ReadResult:
+        """The sql primary's value read with the metadata; the fallback when it is older,
+        missing, or does not decrypt (a failed read of the primary, like any other)."""
+        if row["stored_version"] == meta.version and row["ciphertext"] is not None:
+            try:
+                values = self._open(meta.id, meta.version, row["ciphertext"])
+            except DecryptionError:
+                log.warning("secret.unreadable", secret_id=meta.id, source="primary")
+            else:
+                return ReadResult(meta, values, "primary")
+        return await self._read_fallback(meta, skip_primary=True)
 
     async def _read_fallback(self, meta: SecretMeta, *, skip_primary: bool) -> ReadResult:
         sources = [] if skip_primary else [self.rt.primary]
@@ -331,14 +341,22 @@ class SecretService:
         row = await self._db_row(Q.event_snapshot, _uuid(secret_id), version)
         if row is None or row["snapshot"] is None:
             raise Gone()
-        values = self._open(meta.id, version, row["snapshot"])
+        try:
+            values = self._open(meta.id, version, row["snapshot"])
+        except DecryptionError:
+            log.warning("secret.unreadable", secret_id=meta.id, source="log", version=version)
+            raise Unavailable("that version's snapshot cannot be decrypted") from None
         return ReadResult(replace(meta, version=version), values, "log")
 
     async def _from_log(self, secret_id: str, version: int) -> dict[str, str] | None:
         row = await self._db_row(Q.event_snapshot, _uuid(secret_id), version)
         if row is None or row["snapshot"] is None:
             return None
-        return self._open(secret_id, version, row["snapshot"])
+        try:
+            return self._open(secret_id, version, row["snapshot"])
+        except DecryptionError:
+            log.warning("secret.unreadable", secret_id=secret_id, source="log")
+            return None
 
     def _open(self, secret_id: str, version: int, blob: bytes) -> dict[str, str]:
         values: dict[str, str] = json.loads(
@@ -429,12 +447,7 @@ class SecretService:
         rows = await self._db_fetch(Q.secret_list_with_values, *args, self.rt.deployment_id)
         results: list[ReadResult] = []
         for row in rows:
-            meta = SecretMeta.from_row(row)
-            if row["stored_version"] == meta.version and row["ciphertext"] is not None:
-                values = self._open(meta.id, meta.version, row["ciphertext"])
-                results.append(ReadResult(meta, values, "primary"))
-            else:
-                results.append(await self._read_fallback(meta, skip_primary=True))
+            results.append(await self._from_row(SecretMeta.from_row(row), row))
         return results
 
     async def history(self, principal: Principal, secret_id: str) -> list[dict[str, Any]]:

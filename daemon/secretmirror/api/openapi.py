@@ -9,6 +9,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from secretmirror.reconcile import CLASSES
+
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"}
 _TS = {"type": "string", "format": "date-time"}
 
@@ -484,7 +486,25 @@ def _admin_schemas() -> dict[str, Any]:
                 "created": _TS,
                 "started": _NULLABLE_TS,
                 "finished": _NULLABLE_TS,
-                "counts": {"type": "object"},
+                "counts": {
+                    "type": "object",
+                    "description": (
+                        "stores: per store, the classes verify and repair found (before "
+                        "repairing); unreadable = the entry's ciphertext does not decrypt"
+                    ),
+                    "properties": {
+                        **dict.fromkeys(
+                            ("total", "scanned", "copied", "skipped", "deleted", "failed"), counts
+                        ),
+                        "stores": {
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": dict.fromkeys(CLASSES, counts),
+                            },
+                        },
+                    },
+                },
                 "samples": {"type": "object"},
                 "failures": {"type": "array", "items": {"type": "object"}},
                 "error": {"type": ["string", "null"]},

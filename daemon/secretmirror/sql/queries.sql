@@ -319,7 +319,8 @@ SELECT version, hash, ciphertext FROM secretmirror_values
 WHERE deployment_id = $1 AND secret_id = $2 AND NOT deleted
 
 -- sql_store_list --
-SELECT secret_id::text, version, hash, deleted FROM secretmirror_values
+-- With the ciphertexts: verify reports an entry that no longer decrypts as unreadable.
+SELECT secret_id::text, version, hash, deleted, ciphertext FROM secretmirror_values
 WHERE deployment_id = $1 AND ($2::uuid IS NULL OR secret_id > $2)
 ORDER BY secret_id
 LIMIT $3

@@ -44,7 +44,9 @@ class Entry:
     ``hash`` is None where the provider's listing does not carry it;
     ``foreign_write`` is True where the provider shows the current value was
     not written by secretmirror (for AWS, an ``AWSCURRENT`` VersionId that is
-    not one of secretmirror's request tokens).
+    not one of secretmirror's request tokens). ``unreadable`` is True where a
+    store that encrypts its entries (sql, file) found the entry's ciphertext
+    does not decrypt (corrupted, or copied from another entry).
     """
 
     secret_id: str
@@ -52,6 +54,7 @@ class Entry:
     hash: str | None
     deleted: bool = False
     foreign_write: bool = False
+    unreadable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,11 @@ class SecretStore(Protocol):
         ...
 
     async def get(self, secret_id: str) -> StoredValue | None:
-        """The newest stored version, or None when missing or deleted."""
+        """The newest stored version, or None when missing or deleted.
+
+        An entry whose ciphertext does not decrypt raises ``DecryptionError``
+        (``StoreUnreadable`` once through ``RoleStore``).
+        """
         ...
 
     async def delete(self, secret_id: str, version: int) -> None:

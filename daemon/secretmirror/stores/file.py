@@ -6,10 +6,14 @@ and then, for a live entry, a keyring envelope::
     {"d":false,"dep":"<deployment>","fmt":1,"h":"<hash>","id":"<secret id>","v":7}\\n
     <envelope of {"h":"<hash>","values":{...}}, AAD = secret_aad(id, 7)>
 
-The header is what ``list`` and the version fence read, so neither decrypts
-anything. The AAD binds the ciphertext to the secret id and version in the
-header, and the hash is repeated inside the envelope, so an edited header
-fails ``get`` instead of serving values under the wrong version. A tombstone
+The header is what the version fence reads. The AAD binds the ciphertext to
+the secret id and version in the header, and the hash is repeated inside the
+envelope, so an edited header fails ``get`` instead of serving values under
+the wrong version. An entry that does not open (a flipped byte, a file copied
+over another secret's) raises ``DecryptionError`` from ``get``, which reads
+treat as a failed read of this store, and ``list`` reports it ``unreadable``
+(it opens every entry, so verify finds corruption, not only drift); the next
+version written replaces it. A tombstone
 is a header with ``"d":true`` and no envelope. Secret ids that are not plain
 file names are stored as ``_<sha256 of the id>.secret`` (the header still
 names the id).
@@ -52,7 +56,13 @@ from typing import Any, TypeVar
 import structlog
 
 from secretmirror.crypto import Keyring, secret_aad
-from secretmirror.errors import ConfigError, StoreConflict, StoreRejected, StoreUnavailable
+from secretmirror.errors import (
+    ConfigError,
+    DecryptionError,
+    StoreConflict,
+    StoreRejected,
+    StoreUnavailable,
+)
 from secretmirror.ratelimit import KeyedLock
 from secretmirror.settings import FileStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
@@ -182,10 +192,20 @@ class FileStore:
         header, body = self._split(secret_id, data)
         if header.deployment != self._deployment_id or header.deleted:
             return None
-        inner = json.loads(self._keyring.decrypt(body, secret_aad(secret_id, header.version)))
+        if header.secret_id != secret_id:
+            raise DecryptionError(f"the file store entry of {secret_id} holds another secret's")
+        return self._open(header, body)
+
+    def _open(self, header: _Header, body: bytes) -> StoredValue:
+        """The values of a live entry; ``DecryptionError`` when it does not open."""
+        inner = json.loads(
+            self._keyring.decrypt(body, secret_aad(header.secret_id, header.version))
+        )
         if inner.get("h") != header.hash or header.hash is None:
-            raise StoreRejected(f"the file store entry of {secret_id} has an altered header")
-        return StoredValue(secret_id, header.version, header.hash, inner["values"])
+            raise DecryptionError(
+                f"the file store entry of {header.secret_id} has an altered header"
+            )
+        return StoredValue(header.secret_id, header.version, header.hash, inner["values"])
 
     async def delete(self, secret_id: str, version: int) -> None:
         header = _Header(secret_id, version, None, True, self._deployment_id)
@@ -241,7 +261,8 @@ class FileStore:
                     raise StoreConflict(
                         f"the file store entry of {header.secret_id} belongs to another deployment"
                     )
-                if current.version >= header.version:
+                # A file copied over from another secret fences nothing: it is replaced.
+                if current.secret_id == header.secret_id and current.version >= header.version:
                     return False
             self._replace(path, header.encode() + body)
             return True
@@ -283,8 +304,6 @@ class FileStore:
             header = _Header.decode(line)
         except ValueError:
             raise StoreRejected(f"the file store entry of {secret_id} is malformed") from None
-        if header.secret_id != secret_id:
-            raise StoreRejected(f"the file store entry of {secret_id} names another secret")
         return header, body
 
     def _scan(self) -> builtins.list[tuple[str, str]]:
@@ -306,11 +325,35 @@ class FileStore:
     def _entries(self, names: builtins.list[tuple[str, str]]) -> builtins.list[Entry]:
         entries = []
         for secret_id, name in names:
-            header = self._header_or_none(self._dir / name)
-            if header is None or header.deployment != self._deployment_id:
+            data = _read_or_none(self._dir / name)
+            if data is None:
+                continue  # deleted since the directory was read
+            try:
+                header, body = self._split(secret_id, data)
+            except StoreRejected:
+                log.warning("file_store.malformed_entry", file=name)
                 continue
-            entries.append(Entry(secret_id, header.version, header.hash, header.deleted))
+            if header.deployment != self._deployment_id:
+                continue
+            entries.append(
+                Entry(
+                    secret_id,
+                    header.version,
+                    header.hash,
+                    header.deleted,
+                    unreadable=not header.deleted and not self._opens(secret_id, header, body),
+                )
+            )
         return entries
+
+    def _opens(self, secret_id: str, header: _Header, body: bytes) -> bool:
+        if header.secret_id != secret_id:
+            return False
+        try:
+            self._open(header, body)
+        except (DecryptionError, ValueError, KeyError):
+            return False
+        return True
 
     def _header_or_none(self, path: Path) -> _Header | None:
         """For listing: a malformed file is logged and skipped, not fatal to the whole listing."""

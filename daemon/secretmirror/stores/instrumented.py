@@ -20,7 +20,14 @@ from typing import TypeVar
 import structlog
 
 from secretmirror import metrics
-from secretmirror.errors import StoreError, StoreNotFound, StoreThrottled, StoreUnavailable
+from secretmirror.errors import (
+    DecryptionError,
+    StoreError,
+    StoreNotFound,
+    StoreThrottled,
+    StoreUnavailable,
+    StoreUnreadable,
+)
 from secretmirror.remote_clock import RemoteClock
 from secretmirror.stores.base import Entry, PutOutcome, SecretStore, StoredValue
 
@@ -72,6 +79,13 @@ class RoleStore:
             outcome = "not_found"
             self._up()
             raise
+        except DecryptionError as exc:
+            # One entry does not decrypt: a failed read of this store, which is up.
+            outcome = StoreUnreadable.reason
+            self._up()
+            raise StoreUnreadable(
+                f"the {self.role} store's entry does not decrypt ({exc.message})"
+            ) from None
         except StoreError as exc:
             outcome = exc.reason
             if isinstance(exc, StoreUnavailable):

@@ -107,10 +107,25 @@ class SqlStore:
         while True:
             rows = await self._fetch(Q.sql_store_list, self._deployment_id, after, _PAGE)
             for row in rows:
-                yield Entry(row["secret_id"], row["version"], row["hash"], row["deleted"])
+                yield Entry(
+                    row["secret_id"],
+                    row["version"],
+                    row["hash"],
+                    row["deleted"],
+                    unreadable=self._unreadable(row),
+                )
             if len(rows) < _PAGE:
                 return
             after = rows[-1]["secret_id"]
+
+    def _unreadable(self, row: Any) -> bool:
+        """A live entry whose ciphertext does not decrypt (a tombstone holds none)."""
+        if row["deleted"]:
+            return False
+        if row["ciphertext"] is None:
+            return True
+        aad = secret_aad(row["secret_id"], row["version"])
+        return not self._keyring.opens(row["ciphertext"], aad)
 
     async def _fetchval(self, query: str, *args: Any) -> Any:
         try:
