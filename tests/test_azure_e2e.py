@@ -203,7 +203,8 @@ async def test_verify_and_repair_fix_drift_made_in_key_vault(
     azure_prefix: str,
     daemons: list[DaemonProcess],  # noqa: F811
 ) -> None:
-    """Purged, hand-deleted, rolled-back, hand-overwritten and orphan entries: found, then fixed."""
+    """Purged, hand-deleted, rolled-back, hand-overwritten (also with secretmirror's tags copied
+    onto the new version, or the latest version disabled) and orphan entries: found, then fixed."""
     daemon = new_daemon(
         daemons, tmp_path, database, key, azure_env("backup", azure_fake, azure_prefix)
     )
@@ -211,7 +212,7 @@ async def test_verify_and_repair_fix_drift_made_in_key_vault(
     async with Load([daemon.url]) as load, sdk_client(azure_fake) as sdk:
         ids = await seed(load, 10, clients=1)
         await until(lambda: drained(daemon), 60, "the first drain")
-        purged, hand_deleted, rolled_back, overwritten = ids[:4]
+        purged, hand_deleted, rolled_back, overwritten, tags_kept, disabled = ids[:6]
         name = {sid: f"{azure_prefix}{sid}" for sid in ids}
         first = await sdk.get_secret(name[rolled_back])
         await load._call("PATCH", f"/api/v1/secrets/{rolled_back}", {"values": {"v": "newer"}})
@@ -228,6 +229,16 @@ async def test_verify_and_repair_fix_drift_made_in_key_vault(
             tags=first.properties.tags,
         )
         await sdk.set_secret(name[overwritten], '{"v":"changed behind our back"}')
+        # A new version carries only the tags it is given: these copy ours, so the listing
+        # shows exactly what secretmirror wrote; only the value differs.
+        ours = await sdk.get_secret(name[tags_kept])
+        await sdk.set_secret(
+            name[tags_kept],
+            '{"v":"edited, tags copied"}',
+            content_type="application/json",
+            tags=ours.properties.tags,
+        )
+        await sdk.update_secret_properties(name[disabled], enabled=False)
         orphan = str(uuid.uuid4())
         own = first.properties.tags[TAG_DEPLOYMENT]
         await sdk.set_secret(
@@ -240,14 +251,11 @@ async def test_verify_and_repair_fix_drift_made_in_key_vault(
 
         found = await reconcile(daemon, "verify")
         assert found["status"] == "succeeded", found
-        assert drift_counts(found, "backup") == (2, 1, 1, 1)
+        assert drift_counts(found, "backup") == (2, 1, 3, 1)
         samples = found["samples"]["backup"]
         assert sorted(samples["missing"]) == sorted([purged, hand_deleted])
-        assert (samples["stale"], samples["mismatch"], samples["orphan"]) == (
-            [rolled_back],
-            [overwritten],
-            [orphan],
-        )
+        assert sorted(samples["mismatch"]) == sorted([overwritten, tags_kept, disabled])
+        assert (samples["stale"], samples["orphan"]) == ([rolled_back], [orphan])
 
         repaired = await reconcile(daemon, "repair")
         assert repaired["status"] == "succeeded", repaired

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import socket
@@ -62,7 +63,12 @@ def _hash(secret_id: str, values: dict[str, str]) -> str:
 
 @pytest.fixture
 def ctx() -> StoreContext:
-    return StoreContext(deployment_id=str(uuid.uuid4()), keyring=Keyring([os.urandom(32)]))
+    """A deployment's context as the daemon builds it (its content hash included)."""
+    return StoreContext(
+        deployment_id=str(uuid.uuid4()),
+        keyring=Keyring([os.urandom(32)]),
+        content_hash=functools.partial(content_hash, HASH_KEY),
+    )
 
 
 @pytest.fixture
@@ -451,6 +457,52 @@ async def test_a_hand_written_version_lists_as_a_foreign_write(
     await sdk.set_secret(f"{azure_prefix}{secret}", "by hand")
     listed = {e.secret_id: e async for e in fresh.list()}
     assert (listed[secret].foreign_write, listed[secret].version) == (True, 3)
+
+
+async def test_a_hand_written_version_with_our_tags_copied_lists_as_a_foreign_write(
+    store: AzureStore, fresh: AzureStore, azure_prefix: str, sdk: Any
+) -> None:
+    """A new version carries only the tags it is given: with ours copied onto another value it
+    lists like ours, so the listing holds the value against the hash tag."""
+    secret, untouched = sid(), sid()
+    await put(store, secret, 3, {"a": "1"})
+    await put(store, untouched, 1, {"a": "1"})
+    ours = await sdk.get_secret(f"{azure_prefix}{secret}")
+    await sdk.set_secret(
+        f"{azure_prefix}{secret}",
+        '{"a":"edited by hand"}',
+        content_type="application/json",
+        tags=ours.properties.tags,
+    )
+    listed = {e.secret_id: e async for e in fresh.list()}
+    assert (listed[secret].foreign_write, listed[secret].version) == (True, 3)
+    assert (listed[untouched].foreign_write, listed[untouched].hash) == (
+        False,
+        _hash(untouched, {"a": "1"}),
+    )
+
+
+async def test_a_latest_version_disabled_by_hand_lists_as_a_foreign_write(
+    store: AzureStore, fresh: AzureStore, azure_prefix: str, sdk: Any
+) -> None:
+    """Readers of a disabled latest version get 403: the entry is not what secretmirror wrote."""
+    secret = sid()
+    await put(store, secret, 2, {"a": "1"})
+    await sdk.update_secret_properties(f"{azure_prefix}{secret}", enabled=False)
+    listed = {e.secret_id: e async for e in fresh.list()}
+    assert listed[secret].foreign_write is True
+
+
+async def test_listing_reads_each_live_entry_once(
+    store: AzureStore, azure_fake: AzureFake, azure_prefix: str
+) -> None:
+    """What a verify costs on Key Vault: the listing pages, and one get per live entry."""
+    for _ in range(3):
+        await put(store, sid(), 1, {"a": "1"})
+    mark = azure_fake.mark()
+    assert len([e async for e in store.list()]) == 3
+    assert sorted(azure_fake.calls(mark, azure_prefix)) == ["get", "get", "get"]
+    assert sorted(azure_fake.calls(mark)) == ["get", "get", "get", "list", "list_deleted"]
 
 
 async def test_a_hand_written_version_is_never_served(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import ssl
 import sys
@@ -20,7 +21,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from secretmirror import db, feed, shared_gauges
+from secretmirror import crypto, db, feed, shared_gauges
 from secretmirror.api import jobs as api_jobs
 from secretmirror.api.admin import LAST_VERIFY, SHARED_GAUGES
 from secretmirror.api.app import build_app
@@ -83,6 +84,7 @@ async def open_runtime(
             pool,
             str(settings.data_dir),
             list_concurrency=settings.reconcile.concurrency,
+            content_hash=functools.partial(crypto.content_hash, hash_key),
         )
         timeout = max(settings.replication.lease_s / 3, 1.0)
         primary, backup = build_stores(settings, ctx, dsn, timeout)

@@ -21,7 +21,12 @@ taken, checked before any call). Key Vault keeps tags per secret *version*;
 every secretmirror write creates one Key Vault version tagged
 ``secretmirror-deployment`` (this deployment's id: ownership),
 ``secretmirror-version`` and ``secretmirror-hash`` (the content hash), so a
-listing of secret properties tells what is in sync without reading a value.
+listing of secret properties tells which version each entry holds. It cannot
+tell a value set by hand with those tags copied onto it (a new version
+carries only the tags it is given, so a copy lists exactly like ours): the
+listing reads each live entry's latest value once and holds it against the
+hash (the deployment's key, ``StoreContext.content_hash``); a mismatch, or a
+latest version disabled by hand, lists as ``Entry.foreign_write``.
 Tags that are not secretmirror's (an operator's) are carried to new versions.
 
 Fencing. Key Vault has no conditional write: a set always adds a version. So
@@ -46,7 +51,8 @@ one read of the latest version. Per operation:
   finishes it. A soft delete made by hand carries no tombstone tag: it lists
   as deleted at version 0 (verify: missing), and a put of the version it
   held only recovers it (1 write).
-- get: 1 read; list: 1 call per 25 live entries + 1 per 25 soft-deleted ones.
+- get: 1 read; list: 1 call per 25 live entries + 1 per 25 soft-deleted ones,
+  + 1 read per live entry of this deployment (``list_concurrency`` at a time).
 
 Ownership. A secret whose latest version carries another deployment's tag is
 never written, recovered or deleted (``StoreConflict``) and never listed. A
@@ -282,6 +288,8 @@ class AzureStore:
         self._ssl_context = ssl_context
         self._authority = authority
         self._bucket = TokenBucket(settings.max_writes_per_s)
+        self._check_at_once = max(1, ctx.list_concurrency)
+        self._content_hash = ctx.content_hash
         self._remembered: Remembered[_State] = Remembered()
         self._session: aiohttp.ClientSession | None = None
         self._credential: AsyncTokenCredential | None = None
@@ -412,6 +420,7 @@ class AzureStore:
         repair writes them again instead of trusting the belief.
         """
         listing = self._remembered.listing(lambda state: state.exists or state.soft_deleted)
+        live: builtins.list[tuple[str, str, _State]] = []
         async for item in self._pages("secrets", "list"):
             secret_id, name = self._listed(item)
             if secret_id is None:
@@ -424,7 +433,13 @@ class AzureStore:
                 continue
             self._observe(secret_id, state)
             listing.saw(secret_id)
-            yield state.entry(secret_id)
+            live.append((secret_id, name, state))
+            if len(live) >= self._check_at_once:
+                for entry in await asyncio.gather(*(self._held_to_value(*found) for found in live)):
+                    yield entry
+                live = []
+        for entry in await asyncio.gather(*(self._held_to_value(*found) for found in live)):
+            yield entry
         async for item in self._pages("deletedsecrets", "list_deleted"):
             secret_id, _ = self._listed(item)
             tags = _tags_of(item)
@@ -435,6 +450,36 @@ class AzureStore:
             listing.saw(secret_id)
             yield state.entry(secret_id)
         listing.complete()
+
+    async def _held_to_value(self, secret_id: str, name: str, state: _State) -> Entry:
+        """The listed entry, its latest value held against the hash its tags record (1 read).
+
+        Key Vault keeps tags per version, and a version set by hand with
+        secretmirror's tags copied onto it (``az keyvault secret set --tags``
+        with the old tags) lists exactly like secretmirror's own. Only its value
+        tells, so verify reads it and hashes it with the deployment's key; a
+        disabled latest version (readers get 403) counts as changed too.
+        """
+        entry = state.entry(secret_id)
+        if self._content_hash is None or entry.deleted or entry.foreign_write:
+            return entry
+        reply = await self._request("GET", f"secrets/{name}/", "get")
+        if reply.status == 200:
+            tags = _tags_of(reply.body)
+            value = reply.body.get("value")
+            fresh = _State.of(tags, exists=True)
+            if (
+                tags.get(TAG_DEPLOYMENT) == self._deployment_id
+                and isinstance(value, str)
+                and fresh.hash == self._content_hash(secret_id, value.encode())
+            ):
+                if (fresh.version, fresh.hash) != (state.version, state.hash):
+                    return fresh.entry(secret_id)  # written again since the page was listed
+                return entry
+        elif reply.status not in (403, 404):
+            _expect(reply, 200, f"read {name}")
+        self._remembered.forget(secret_id)
+        return replace(entry, foreign_write=True)
 
     # -- steps of put and delete ---------------------------------------------------------
 

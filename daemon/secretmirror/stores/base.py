@@ -16,7 +16,7 @@ against every back-end.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -35,6 +35,9 @@ class StoreContext:
     #: Per-entry checks a listing may run at once where the provider's listing cannot
     #: tell (gcp, azure): ``reconcile.concurrency``.
     list_concurrency: int = 16
+    #: The deployment's keyed content hash of (secret id, canonical JSON), for a store that
+    #: must hold a value it reads against the hash it recorded (azure); None: no such check.
+    content_hash: Callable[[str, bytes], str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
