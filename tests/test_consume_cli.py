@@ -18,9 +18,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 
+from secretmirror.stores.file import file_name
 from tests.conftest import ADMIN_TOKEN
 from tests.daemon_proc import DaemonProcess
 from tests.pg import TestPostgres
@@ -388,3 +390,108 @@ def wait_for(condition: Any, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(0.02)
+
+
+# -- jobs, status and exit code 4 ---------------------------------------------------
+
+
+@pytest.fixture
+async def ops(
+    postgres: TestPostgres, template: str, tmp_path: Path
+) -> AsyncIterator[tuple[Sm, Path, str]]:
+    """A daemon of its own with a file backup (drift made by hand stays in this test)."""
+    db_name = await postgres.create_database(template)
+    dsn = postgres.dsn(db_name)
+    backup = tmp_path / "backup-store"
+    proc = DaemonProcess(
+        {
+            "SECRETMIRROR_DATABASE_URL": dsn,
+            "SECRETMIRROR_ENCRYPTION_KEYS": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            "SECRETMIRROR_BACKUP__TYPE": "file",
+            "SECRETMIRROR_BACKUP__PATH": str(backup),
+            "SECRETMIRROR_REPLICATION__POLL_INTERVAL_S": "0.2",
+            "SECRETMIRROR_RECONCILE__VERIFY_INTERVAL_S": "0",
+        },
+        tmp_path / "ops-data",
+        tmp_path / "ops.log",
+    )
+    proc.start(timeout=60)
+    try:
+        yield Sm(proc.url, tmp_path), backup, dsn
+    finally:
+        proc.stop()
+        await postgres.drop_database(db_name)
+
+
+def delivered(sm: Sm) -> bool:
+    backup = sm.json("status")["replication"]["backup"]
+    return bool(backup["pending"] == 0 and backup["applied"] > 0)
+
+
+def test_reconcile_exits_4_on_drift_and_names_the_secrets(ops: tuple[Sm, Path, str]) -> None:
+    """A verify that finds drift exits 4 and names the secrets; a repair leaves none (exit 0)."""
+    sm, backup, _ = ops
+    sm.ok("secret", "create", "kept", "k=v")
+    lost = sm.json("secret", "create", "lost-one", "k=v")
+    wait_for(lambda: delivered(sm), 30, "the backup delivery")
+    (backup / file_name(lost["id"])).unlink()
+    done = sm("reconcile")
+    assert done.returncode == 4, done.stderr
+    assert "backup missing: lost-one" in done.stdout
+    assert "FOUND" in done.stdout
+    assert "AFTER" in done.stdout
+    repaired = sm("reconcile", "--repair")
+    assert repaired.returncode == 0, repaired.stdout
+    assert sm("reconcile").returncode == 0
+
+
+def test_status_fits_100_columns_and_says_what_verify_found(ops: tuple[Sm, Path, str]) -> None:
+    """status: no line over 100 columns, the last verify in words, exit 0 when all is well."""
+    sm, _, dsn = ops
+    sm.ok("secret", "create", "one", "k=v")
+    wait_for(lambda: delivered(sm), 30, "the backup delivery")
+    assert sm("reconcile").returncode == 0
+    done = sm("status")
+    assert done.returncode == 0, done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 100
+    assert "backup in sync (1)" in done.stdout
+    assert dsn not in done.stdout
+
+
+async def test_status_exits_4_with_dead_letters(ops: tuple[Sm, Path, str]) -> None:
+    """Dead letters make status exit 4; `dead-letters list` names the secret."""
+    sm, _, dsn = ops
+    sm.ok("secret", "create", "stuck", "k=v")
+    wait_for(lambda: delivered(sm), 30, "the backup delivery")
+    conn = await asyncpg.connect(dsn)
+    try:  # a delivery that ran out of attempts (what the worker leaves after max_attempts)
+        await conn.execute(
+            "UPDATE deliveries SET dead = true, version = applied_version + 1, "
+            "last_error = 'rejected: refused'"
+        )
+    finally:
+        await conn.close()
+    done = sm("status")
+    assert done.returncode == 4
+    assert "dead-lettered deliveries to backup" in done.stdout
+    listed = sm.json("dead-letters", "list")
+    assert [(d["target"], d["name"]) for d in listed] == [("backup", "stuck")]
+    assert "stuck" in sm.ok("dead-letters", "list")
+
+
+def test_jobs_list_show_cancel(ops: tuple[Sm, Path, str]) -> None:
+    """jobs list shows a finished job; jobs show prints it; cancel answers its status."""
+    sm, _, _ = ops
+    job = sm.json("reconcile")
+    assert job["id"] in sm.ok("jobs", "list")
+    assert f"job {job['id']} (verify): succeeded" in sm.ok("jobs", "show", job["id"])
+    assert sm.json("jobs", "show", job["id"])["sample_names"] == {}
+    assert "succeeded" in sm.ok("jobs", "cancel", job["id"])
+
+
+def test_token_revoke_by_name(sm: Sm, name: str) -> None:
+    """`token revoke NAME` revokes the token of that name."""
+    created = sm.json("token", "create", "--name", name)
+    sm.ok("token", "revoke", name)
+    assert created["id"] not in sm.ok("token", "list")
+    assert sm("token", "revoke", name).returncode == 1

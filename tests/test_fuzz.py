@@ -242,6 +242,7 @@ async def test_openapi_document_is_served_and_valid(base_url: str) -> None:
         "GET /admin/v1/jobs/{id}",
         "POST /admin/v1/jobs/{id}/cancel",
         "GET /admin/v1/status",
+        "GET /admin/v1/dead-letters",
         "POST /admin/v1/dead-letters/retry",
         "GET /healthz",
         "GET /readyz",

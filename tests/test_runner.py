@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from secretmirror.api.admin import redact_location
 from secretmirror.runner import CONCEALED, Masker, SelectionError, environment
 
 SECRET = b"hunter2-secret"
@@ -57,3 +58,20 @@ def test_two_secrets_setting_one_variable_name_both() -> None:
     message = str(caught.value)
     assert ("first" in message, "second" in message, "$db_user" in message) == (True, True, True)
     assert "value-" not in message
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("https://user:s3cret@vault.example:8200/v1/secret/data/sm/", "https://***@vault.example"),
+        ("postgresql://app:pw@db:5432/x?sslmode=require", "postgresql://***@db:5432/x"),
+        ("host=db password=pw dbname=x", "password=***"),
+    ],
+)
+def test_status_locations_carry_no_credentials(location: str, shown: str) -> None:
+    """A location in status keeps where it is and drops who and with what password."""
+    redacted = redact_location(location)
+    assert shown in redacted
+    assert "s3cret" not in redacted
+    assert ":pw" not in redacted
+    assert "=pw" not in redacted

@@ -5,7 +5,9 @@ The client commands address secrets by name: a name is resolved to an id with
 They print tables for people and, with ``-o json``, JSON for scripts.
 
 Exit codes: 0 success, 1 error (one line on stderr, the server's message when
-it sent one), 2 usage, 3 a job finished with failures.
+it sent one), 2 usage, 3 a job finished with failures, 4 the command worked and
+found a problem (drift left after reconcile; a store down or dead letters in
+status).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, NoReturn, TypeVar
@@ -44,6 +47,9 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 #: A job (backup, restore, reconcile) finished, but some secrets failed.
 EXIT_JOB_FAILED = 3
+#: The command worked and found a problem: drift left after a reconcile, a store down or
+#: dead letters in status.
+EXIT_FOUND_PROBLEM = 4
 
 
 class CliError(click.ClickException):
@@ -717,6 +723,8 @@ def _run_job(mode: str, output: str, no_wait: bool, **options: bool) -> None:
         sys.exit(EXIT_JOB_FAILED)
     if job["status"] in ("failed", "cancelled"):
         sys.exit(EXIT_ERROR)
+    if show.drift_left(job):
+        sys.exit(EXIT_FOUND_PROBLEM)
 
 
 def _follow(api: Client, job: dict[str, Any], *, progress: bool) -> dict[str, Any]:
@@ -761,7 +769,10 @@ def restore(delete_secrets: bool, no_wait: bool, output: str) -> None:
 @_no_wait_option
 @output_option()
 def reconcile(repair: bool, dry_run: bool, no_wait: bool, output: str) -> None:
-    """Verify that both stores hold what they should; --repair fixes drift (admin)."""
+    """Verify that both stores hold what they should; --repair fixes drift (admin).
+
+    Exits 4 when drift is left: found by a verify or a dry run, or not repaired.
+    """
     if dry_run and not repair:
         raise click.UsageError("--dry-run goes with --repair")
     _run_job("repair" if repair else "verify", output, no_wait, dry_run=dry_run)
@@ -773,17 +784,70 @@ def reconcile(repair: bool, dry_run: bool, no_wait: bool, output: str) -> None:
 @main.command()
 @output_option()
 def status(output: str) -> None:
-    """Stores, replication backlog and the last verify (admin)."""
+    """Stores, replication backlog and the last verify (admin); exit 4 on a problem."""
     body = _api().get("/admin/v1/status")
     if output == "json":
         show.emit_json(body)
     else:
         show.status(body)
+    if show.status_problems(body):
+        sys.exit(EXIT_FOUND_PROBLEM)
+
+
+@main.group("jobs")
+def jobs_group() -> None:
+    """Reconcile jobs: backup, restore, verify, repair (admin)."""
+
+
+@jobs_group.command("list")
+@output_option()
+def jobs_list(output: str) -> None:
+    """The most recent jobs, newest first."""
+    items = _api().get("/admin/v1/jobs")["items"]
+    if output == "json":
+        show.emit_json(items)
+    else:
+        show.jobs(items)
+
+
+@jobs_group.command("show")
+@click.argument("job_id", metavar="ID")
+@output_option()
+def jobs_show(job_id: str, output: str) -> None:
+    """One job: counts, what it found and left per store, the secrets by name."""
+    body = _api().get(f"/admin/v1/jobs/{urllib.parse.quote(job_id, safe='')}")
+    if output == "json":
+        show.emit_json(body)
+    else:
+        show.job(body)
+
+
+@jobs_group.command("cancel")
+@click.argument("job_id", metavar="ID")
+@output_option()
+def jobs_cancel(job_id: str, output: str) -> None:
+    """Ask a queued or running job to stop."""
+    body = _api().request("POST", f"/admin/v1/jobs/{urllib.parse.quote(job_id, safe='')}/cancel")
+    if output == "json":
+        show.emit_json(body)
+    else:
+        click.echo(f"job {body['id']} ({body['mode']}): {body['status']}")
 
 
 @main.group("dead-letters")
 def dead_letters() -> None:
     """Deliveries that ran out of attempts."""
+
+
+@dead_letters.command("list")
+@output_option()
+def dead_letters_list(output: str) -> None:
+    """The dead-lettered deliveries: store, secret, version, attempts, last error (admin)."""
+    items = _api().get("/admin/v1/dead-letters")["items"]
+    if output == "json":
+        show.emit_json(items)
+    else:
+        show.dead_letters(items)
 
 
 @dead_letters.command("retry")
@@ -880,8 +944,26 @@ def token_list(output: str) -> None:
 
 
 @token.command("revoke")
-@click.argument("token_id", metavar="ID")
-def token_revoke(token_id: str) -> None:
-    """Revoke the token ID."""
-    _api().request("DELETE", f"/api/v1/tokens/{token_id}")
-    click.echo(f"revoked token {token_id}")
+@click.argument("token_ref", metavar="ID|NAME")
+def token_revoke(token_ref: str) -> None:
+    """Revoke a token by its id or its name (a name several tokens share is refused)."""
+    api = _api()
+    token_id = token_ref
+    if not _looks_like_uuid(token_ref):
+        found = [t for t in api.get("/api/v1/tokens")["items"] if t["name"] == token_ref]
+        if not found:
+            raise CliError(f"no token named {token_ref!r}")
+        if len(found) > 1:
+            ids = ", ".join(f"{t['id']} ({t['user']})" for t in found)
+            raise CliError(f"{len(found)} tokens are named {token_ref!r}: {ids}; give the id")
+        token_id = found[0]["id"]
+    api.request("DELETE", f"/api/v1/tokens/{urllib.parse.quote(token_id, safe='')}")
+    click.echo(f"revoked token {token_ref}" + (f" ({token_id})" if token_id != token_ref else ""))
+
+
+def _looks_like_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

@@ -92,19 +92,26 @@ def when(stamp: str | None) -> str:
     return parsed.strftime("%Y-%m-%d %H:%M:%S%z")
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
+def table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    title: str | None = None,
+    max_width: int | None = None,
+) -> None:
+    """A table; ``max_width`` caps it (long cells wrap) on a terminal and off one."""
     grid = Table(title=title, title_justify="left", header_style="bold")
     for column in columns:
         # An id is what the next command needs (`token revoke ID`): never cut it short.
         whole = column == "ID"
-        grid.add_column(column, no_wrap=whole, min_width=36 if whole else None)
+        grid.add_column(column, no_wrap=whole, min_width=36 if whole else None, overflow="fold")
     for row in rows:
         grid.add_row(*(Text("-" if cell is None else str(cell)) for cell in row))
     # Off a terminal (a pipe, a file) rich would squeeze the table into 80 columns.
     console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=_PIPE_WIDTH)
-    console.print(grid)
+    width = console.width if console.is_terminal else _PIPE_WIDTH
+    if max_width is not None:
+        width = min(width, max_width)
+    Console(highlight=False, width=width).print(grid)
 
 
 def secret(body: dict[str, Any]) -> None:
@@ -172,57 +179,138 @@ def tokens(items: list[dict[str, Any]]) -> None:
     )
 
 
+#: ``status`` fits this many columns, on a terminal or off one.
+STATUS_WIDTH = 100
+_DRIFT = ("missing", "stale", "mismatch", "orphan", "moved", "unreadable")
+
+
 def status(body: dict[str, Any]) -> None:
+    """Stores, replication and what the last verify found, in 100 columns."""
     click.echo(f"deployment {body.get('deployment_id', '-')}")
     table(
-        ("STORE", "TYPE", "LOCATION", "UP", "LAST ERROR"),
+        ("STORE", "TYPE", "UP", "LOCATION", "LAST ERROR"),
         (
             (
                 role,
                 s.get("type"),
-                s.get("location"),
                 "yes" if s.get("up") else "NO",
+                s.get("location"),
                 s.get("last_error"),
             )
             for role, s in body.get("stores", {}).items()
         ),
         title="Stores",
+        max_width=STATUS_WIDTH,
     )
     replication = body.get("replication", {})
     if replication:
         table(
-            ("TARGET", "PENDING", "DEAD", "OLDEST PENDING (S)", "APPLIED"),
+            ("TARGET", "PENDING", "DEAD", "OLDEST PENDING", "APPLIED"),
             (
                 (
                     target,
                     r.get("pending"),
                     r.get("dead"),
-                    f"{float(r.get('oldest_pending_age_s') or 0):.1f}",
+                    f"{float(r.get('oldest_pending_age_s') or 0):.1f}s",
                     r.get("applied"),
                 )
                 for target, r in replication.items()
             ),
             title="Replication",
+            max_width=STATUS_WIDTH,
         )
-    last_verify = body.get("last_verify")
-    if last_verify is None:
-        click.echo("last verify: never")
-    elif isinstance(last_verify, dict):
-        summary = ", ".join(
-            f"{k}={v}" for k, v in last_verify.items() if not isinstance(v, dict | list)
+    for line in status_problems(body):
+        click.echo(f"problem: {line}")
+    click.echo(f"last verify: {last_verify_summary(body.get('last_verify'))}")
+
+
+def status_problems(body: dict[str, Any]) -> list[str]:
+    """What needs a person: stores down and dead letters (``status`` then exits 4)."""
+    problems = [
+        f"store {role} is down: {s.get('last_error') or 'no answer'}"
+        for role, s in body.get("stores", {}).items()
+        if not s.get("up")
+    ]
+    problems += [
+        f"{r['dead']} dead-lettered deliveries to {target} "
+        "(see `dead-letters list`, then `dead-letters retry`)"
+        for target, r in body.get("replication", {}).items()
+        if r.get("dead")
+    ]
+    return problems
+
+
+def last_verify_summary(last: Any) -> str:
+    """One line: when, and what it found per store (drift classes only, or "in sync")."""
+    if not last:
+        return "never"
+    if not isinstance(last, dict):
+        return str(last)
+    head = f"{when(last.get('finished'))} ({last.get('mode', 'verify')}, {last.get('status')})"
+    stores = last.get("stores") or {}
+    if not stores:
+        return head
+    parts = []
+    for store, per in stores.items():
+        found = [f"{per[c]} {c}" for c in _DRIFT if per.get(c)]
+        parts.append(
+            f"{store} " + (", ".join(found) if found else f"in sync ({per.get('in_sync', 0)})")
         )
-        click.echo(f"last verify: {summary}")
-    else:
-        click.echo(f"last verify: {last_verify}")
+    return f"{head}: " + "; ".join(parts)
 
 
 # -- reconcile jobs -------------------------------------------------------------
 
-_CLASSES = ("in_sync", "missing", "stale", "mismatch", "unreadable", "orphan", "moved")
+
+def jobs(items: list[dict[str, Any]]) -> None:
+    table(
+        ("ID", "MODE", "STATUS", "CREATED", "FINISHED", "SCANNED", "COPIED", "FAILED"),
+        (
+            (
+                j["id"],
+                j["mode"] + (" (dry run)" if j.get("dry_run") else ""),
+                j["status"],
+                when(j.get("created")),
+                when(j.get("finished")),
+                (j.get("counts") or {}).get("scanned", 0),
+                (j.get("counts") or {}).get("copied", 0),
+                (j.get("counts") or {}).get("failed", 0),
+            )
+            for j in items
+        ),
+    )
+
+
+def dead_letters(items: list[dict[str, Any]]) -> None:
+    table(
+        ("TARGET", "SECRET", "VERSION", "ATTEMPTS", "LAST ERROR"),
+        (
+            (
+                d["target"],
+                d.get("name") or d["secret_id"],
+                d["version"],
+                d["attempts"],
+                d["last_error"],
+            )
+            for d in items
+        ),
+        max_width=STATUS_WIDTH,
+    )
+
+
+def drift_left(body: dict[str, Any]) -> int:
+    """Drifted entries a finished verify or repair leaves behind (``reconcile`` exits 4)."""
+    if body.get("mode") not in ("verify", "repair") or body.get("status") != "succeeded":
+        return 0
+    stores = (body.get("counts") or {}).get("stores") or {}
+    found = int(sum(per.get(c, 0) for per in stores.values() for c in _DRIFT))
+    if body["mode"] == "verify" or body.get("dry_run"):
+        return found
+    return min(found, int((body.get("counts") or {}).get("failed", 0)))
 
 
 def job(body: dict[str, Any]) -> None:
-    """A job's summary: its state, the counts, drift per store and the first failures."""
+    """A job: its state, the counts, per store what it found and what is left, the names."""
     counts = body.get("counts") or {}
     click.echo(
         f"job {body['id']} ({body['mode']}{', dry run' if body.get('dry_run') else ''}): "
@@ -233,10 +321,15 @@ def job(body: dict[str, Any]) -> None:
     stores = counts.get("stores") or {}
     if stores:
         table(
-            ("STORE", *(c.upper() for c in _CLASSES)),
-            ((name, *(per.get(c, 0) for c in _CLASSES)) for name, per in stores.items()),
-            title="Stores",
+            ("STORE", "CLASS", "FOUND", "AFTER"),
+            _found_and_after(body, stores),
+            title="Stores: found before the job, and left after it",
         )
+    names = body.get("sample_names") or {}
+    for store, per in names.items():
+        for cls, listed in per.items():
+            if listed:
+                click.echo(f"{store} {cls}: {', '.join(listed)}")
     failures = body.get("failures") or []
     if failures:
         table(
@@ -246,6 +339,26 @@ def job(body: dict[str, Any]) -> None:
         )
     if body.get("error"):
         click.echo(f"error: {body['error']}")
+
+
+def _found_and_after(body: dict[str, Any], stores: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Rows per store and class. A verify (or dry run) changes nothing: after = found. A
+    repair leaves at most its failures for that store."""
+    changes = body["mode"] == "repair" and not body.get("dry_run")
+    failed: dict[str, int] = {}
+    for failure in body.get("failures") or []:
+        failed[failure["store"]] = failed.get(failure["store"], 0) + 1
+    rows: list[tuple[Any, ...]] = []
+    for store, per in stores.items():
+        drift = sum(per.get(c, 0) for c in _DRIFT)
+        left = min(drift, failed.get(store, 0)) if changes else drift
+        in_sync = per.get("in_sync", 0)
+        rows.append((store, "in_sync", in_sync, in_sync + drift - left if changes else in_sync))
+        for cls in _DRIFT:
+            if per.get(cls):
+                after = per[cls] if not changes else (f"<={left}" if left else 0)
+                rows.append((store, cls, per[cls], after))
+    return rows
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from secretmirror.api.keys import RUNTIME
 from secretmirror.api.routes import check_query, principal_of
 from secretmirror.errors import Forbidden, Unavailable
 from secretmirror.model import Principal
+from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
 from secretmirror.stores.sql import DB_DOWN
 
@@ -30,13 +32,22 @@ async def admin_of(request: web.Request, *params: str) -> Principal:
     return principal
 
 
+_USERINFO = re.compile(r"://[^/@\s]*@")
+_SECRET_PARAM = re.compile(r"(?i)\b(password|passwd|token|secret|key)=[^&;\s]*")
+
+
+def redact_location(location: str) -> str:
+    """A location for people: no ``user:password@`` in a URL, no ``password=`` parameter."""
+    return _SECRET_PARAM.sub(r"\1=***", _USERINFO.sub("://***@", location))
+
+
 async def status_json(rt: Runtime, last_verify: Any = None) -> dict[str, Any]:
     stores: dict[str, Any] = {}
     for role in (rt.primary, rt.backup):
         if role is not None:
             stores[role.role] = {
                 "type": role.type,
-                "location": role.location,
+                "location": redact_location(role.location),
                 "up": role.up,
                 "last_error": role.last_error,
             }
@@ -70,6 +81,31 @@ async def retry_dead_letters(request: web.Request) -> web.Response:
     return web.json_response({"requeued": count})
 
 
+async def list_dead_letters(request: web.Request) -> web.Response:
+    """The dead-lettered deliveries of the configured stores (at most 1000)."""
+    principal = await admin_of(request)
+    rt = request.app[RUNTIME]
+    try:
+        rows = await rt.pool.fetch(
+            Q.delivery_dead_list, rt.keys_of(rt.targets), 1000, principal.user_id
+        )
+    except DB_DOWN:
+        raise Unavailable("the database is unavailable") from None
+    items = [
+        {
+            "target": rt.role_of(r["target"]),
+            "secret_id": r["secret_id"],
+            "name": r["name"],
+            "version": r["version"],
+            "attempts": r["attempts"],
+            "last_error": r["last_error"],
+        }
+        for r in rows
+    ]
+    return web.json_response({"items": items})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/v1/status", status)
+    app.router.add_get("/admin/v1/dead-letters", list_dead_letters)
     app.router.add_post("/admin/v1/dead-letters/retry", retry_dead_letters)

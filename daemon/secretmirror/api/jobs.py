@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 from aiohttp import web
 
 from secretmirror.api.admin import admin_of
+from secretmirror.api.keys import RUNTIME
 from secretmirror.api.routes import _allowed, json_body
-from secretmirror.errors import Invalid
+from secretmirror.errors import Invalid, Unavailable
+from secretmirror.model import Principal
+from secretmirror.queries import Q
 from secretmirror.reconcile import MODES, Jobs
+from secretmirror.stores.sql import DB_DOWN
 
 JOBS: web.AppKey[Jobs] = web.AppKey("jobs")
 
@@ -35,8 +42,30 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    await admin_of(request)
-    return web.json_response(await request.app[JOBS].get(request.match_info["id"]))
+    """The job, and the names of its sample secrets the caller may see (``sample_names``)."""
+    principal = await admin_of(request)
+    job = await request.app[JOBS].get(request.match_info["id"])
+    job["sample_names"] = await _sample_names(request, principal, job.get("samples") or {})
+    return web.json_response(job)
+
+
+async def _sample_names(
+    request: web.Request, principal: Principal, samples: dict[str, Any]
+) -> dict[str, dict[str, list[str]]]:
+    ids = {i for per in samples.values() for listed in per.values() for i in listed}
+    if not ids:
+        return {}
+    try:
+        rows = await request.app[RUNTIME].pool.fetch(
+            Q.secret_names_of, [uuid.UUID(i) for i in ids], principal.user_id
+        )
+    except DB_DOWN:
+        raise Unavailable("the database is unavailable") from None
+    names = {r["id"]: r["name"] for r in rows}
+    return {
+        store: {cls: sorted(names[i] for i in listed if i in names) for cls, listed in per.items()}
+        for store, per in samples.items()
+    }
 
 
 async def cancel_job(request: web.Request) -> web.Response:

@@ -506,6 +506,11 @@ def _admin_schemas() -> dict[str, Any]:
                     },
                 },
                 "samples": {"type": "object"},
+                "sample_names": {
+                    "type": "object",
+                    "description": "GET /admin/v1/jobs/{id} only: the names of the sample "
+                    "secrets you may see, per store and class",
+                },
                 "failures": {"type": "array", "items": {"type": "object"}},
                 "error": {"type": ["string", "null"]},
             },
@@ -620,6 +625,47 @@ def _admin_paths(common: tuple[int, ...]) -> dict[str, Any]:
                 "summary": "Stores, replication per target and the last verify (admin)",
                 "responses": {
                     "200": {"description": "Status", **_json(_ref("Status"))},
+                    **_errors(*common, 403),
+                },
+            },
+        },
+        "/admin/v1/dead-letters": {
+            "get": {
+                "summary": "The dead-lettered deliveries of the configured stores (admin)",
+                "responses": {
+                    "200": {
+                        "description": "At most 1000; name is null where you may not see it",
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {
+                                    "items": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": [
+                                                "target",
+                                                "secret_id",
+                                                "name",
+                                                "version",
+                                                "attempts",
+                                                "last_error",
+                                            ],
+                                            "properties": {
+                                                "target": {"type": "string"},
+                                                "secret_id": {"type": "string"},
+                                                "name": {"type": ["string", "null"]},
+                                                "version": {"type": "integer"},
+                                                "attempts": {"type": "integer"},
+                                                "last_error": {"type": ["string", "null"]},
+                                            },
+                                        },
+                                    }
+                                },
+                            }
+                        ),
+                    },
                     **_errors(*common, 403),
                 },
             },

@@ -224,6 +224,16 @@ WHERE name = $1 AND secretmirror_visible(private, owner, $2)
   AND ($3::boolean IS NULL OR private = $3)
 ORDER BY private
 
+-- secret_names_of --
+-- The names of the secrets $1 (live, or as their last event had it) that user $2 may see.
+SELECT DISTINCT ON (e.secret_id) e.secret_id::text AS id, COALESCE(s.name, e.name) AS name
+FROM unnest($1::uuid[]) AS i(id)
+JOIN events e ON e.secret_id = i.id
+LEFT JOIN secrets s ON s.id = i.id
+WHERE secretmirror_visible(COALESCE(s.private, e.private), COALESCE(s.owner, e.owner), $2)
+  AND COALESCE(s.name, e.name) IS NOT NULL
+ORDER BY e.secret_id, e.version DESC
+
 -- secret_count --
 SELECT count(*) FROM secrets
 
@@ -446,6 +456,17 @@ CROSS JOIN LATERAL (
     FROM deliveries d
     WHERE d.target = t.target AND d.version > d.applied_version AND NOT d.dead
 ) p
+
+-- delivery_dead_list --
+-- The dead deliveries of the configured targets ($1), up to $2; a secret's name only
+-- where user $3 may see it (a private secret's name is its owner's business).
+SELECT d.target, d.secret_id::text, d.version, d.attempts, d.last_error,
+       CASE WHEN secretmirror_visible(s.private, s.owner, $3) THEN s.name END AS name
+FROM deliveries d
+LEFT JOIN secrets s ON s.id = d.secret_id
+WHERE d.dead AND d.target = ANY($1::text[])
+ORDER BY d.target, d.secret_id
+LIMIT $2
 
 -- delivery_retry_dead --
 -- Requeue the dead deliveries of the configured targets ($1); a removed store's stay.
