@@ -352,3 +352,15 @@ async def test_feed_never_skips_an_event_committed_late(api: Api, runtime: Runti
             await conn.close()
     body = await feed(api, after=start["last_seq"], wait=5)
     assert summary(body["events"]) == [("slow", 1, "create"), ("fast", 1, "create")]
+
+
+async def test_deleted_history_is_private_to_who_could_see_it(api: Api) -> None:
+    """A deleted private secret's history is its owner's; others get 404."""
+    alice = api.as_token(await api.make_user("alice", "writer"))
+    mine = await alice.create("gone", {"k": "1"}, private=True)
+    await alice.request("DELETE", f"{SECRETS}/{mine['id']}")
+    path = f"{SECRETS}/by-name/gone/history"
+    body = await get_ok(alice, path, deleted="true")
+    assert [i["kind"] for i in body["items"]] == ["create", "delete"]
+    status, _, _ = await api.request("GET", path, params={"deleted": "true"})
+    assert status == 404

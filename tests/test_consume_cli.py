@@ -495,3 +495,17 @@ def test_token_revoke_by_name(sm: Sm, name: str) -> None:
     sm.ok("token", "revoke", name)
     assert created["id"] not in sm.ok("token", "list")
     assert sm("token", "revoke", name).returncode == 1
+
+
+def test_history_of_a_deleted_secret(sm: Sm, name: str) -> None:
+    """`secret history NAME --deleted` shows the versions of a secret that is gone."""
+    sm.ok("secret", "create", name, "k=1")
+    sm.ok("secret", "update", name, "k=2")
+    sm.ok("secret", "delete", name, "-y")
+    assert sm("secret", "history", name).returncode == 1
+    items = sm.json("secret", "history", name, "--deleted")
+    assert [(i["version"], i["kind"]) for i in items] == [
+        (1, "create"),
+        (2, "update"),
+        (3, "delete"),
+    ]

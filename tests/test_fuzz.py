@@ -231,6 +231,7 @@ async def test_openapi_document_is_served_and_valid(base_url: str) -> None:
         "DELETE /api/v1/secrets/{id}",
         "GET /api/v1/secrets/{id}/history",
         "GET /api/v1/secrets/by-name/{name}",
+        "GET /api/v1/secrets/by-name/{name}/history",
         "GET /api/v1/events",
         "POST /api/v1/users",
         "GET /api/v1/users",

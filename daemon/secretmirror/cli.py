@@ -505,11 +505,16 @@ def secret_delete(name: str, yes: bool) -> None:
 
 @secret.command("history")
 @click.argument("name")
+@click.option("--deleted", is_flag=True, help="The history of the last deleted secret called NAME.")
 @output_option()
-def secret_history(name: str, output: str) -> None:
+def secret_history(name: str, deleted: bool, output: str) -> None:
     """The changes to the secret NAME: version, kind, actor, time (never values)."""
     api = _api()
-    items = api.get(f"/api/v1/secrets/{api.secret_id(name)}/history")["items"]
+    if deleted:
+        quoted = urllib.parse.quote(name, safe="")
+        items = api.get(f"/api/v1/secrets/by-name/{quoted}/history", deleted="true")["items"]
+    else:
+        items = api.get(f"/api/v1/secrets/{api.secret_id(name)}/history")["items"]
     if output == "json":
         show.emit_json(items)
     else:

@@ -403,12 +403,19 @@ class SecretService:
         A caller who sees a private and a shared secret of that name must pick
         one with ``private``: guessing could hand a tool the wrong credentials.
         """
+        meta = await self.by_name_meta(principal, name, private)
+        return await self.read(principal, meta.id)
+
+    async def by_name_meta(
+        self, principal: Principal, name: str, private: bool | None
+    ) -> SecretMeta:
+        """The metadata of the secret called ``name`` (409 ``ambiguous_name`` as ``by_name``)."""
         rows = await self._db_fetch(Q.secret_by_exact_name, name, principal.user_id, private)
         if not rows:
             raise NotFound("no such secret")
         if len(rows) > 1:
             raise AmbiguousName()
-        return await self.read(principal, rows[0]["id"])
+        return SecretMeta.from_row(rows[0])
 
     async def list_with_values(
         self,
@@ -450,8 +457,18 @@ class SecretService:
             results.append(await self._from_row(SecretMeta.from_row(row), row))
         return results
 
+    async def deleted_history(self, principal: Principal, name: str) -> list[dict[str, Any]]:
+        """The history of the most recently deleted secret called ``name`` the caller could see."""
+        found = await self._db_val(Q.secret_deleted_by_name, name, principal.user_id)
+        if found is None:
+            raise NotFound("no deleted secret of that name")
+        return await self._events_of(str(found))
+
     async def history(self, principal: Principal, secret_id: str) -> list[dict[str, Any]]:
         await self.meta(principal, secret_id)
+        return await self._events_of(secret_id)
+
+    async def _events_of(self, secret_id: str) -> list[dict[str, Any]]:
         rows = await self._db_fetch(Q.event_history, _uuid(secret_id))
         return [
             {

@@ -297,6 +297,38 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _secret_response("The secret"), **_errors(*common, 404, 409)},
             },
         },
+        "/api/v1/secrets/by-name/{name}/history": {
+            "get": {
+                "summary": "The history of the secret called name (never values); "
+                "deleted=true: of the last deleted secret of that name",
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": _NAME},
+                    {
+                        "name": "private",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    },
+                    {
+                        "name": "deleted",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Events",
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {"items": {"type": "array", "items": _ref("Event")}},
+                            }
+                        ),
+                    },
+                    **_errors(*common, 404, 409),
+                },
+            },
+        },
         "/api/v1/events": {
             "get": {
                 "summary": "The change feed in commit order, long-polled (never values)",

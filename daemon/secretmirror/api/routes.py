@@ -142,6 +142,22 @@ async def get_secret_by_name(request: web.Request) -> web.Response:
     return secret_response(await request.app[SERVICE].by_name(principal, name, private))
 
 
+async def history_by_name(request: web.Request) -> web.Response:
+    """The history of the secret called ``name``; ``deleted=true``: of the last deleted one."""
+    principal = await principal_of(request)
+    check_query(request, "private", "deleted")
+    private = _bool_param(request.query.get("private"), "private")
+    deleted = _bool_param(request.query.get("deleted"), "deleted")
+    name = request.match_info["name"]
+    if "\x00" in name:
+        raise NotFound("no such secret")
+    service = request.app[SERVICE]
+    if deleted:
+        return web.json_response({"items": await service.deleted_history(principal, name)})
+    meta = await service.by_name_meta(principal, name, private)
+    return web.json_response({"items": await service.history(principal, meta.id)})
+
+
 async def list_events(request: web.Request) -> web.Response:
     """The change feed, long-polled: returns at the first event after ``after``, or at ``wait``."""
     principal = await principal_of(request)
@@ -328,6 +344,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/secrets", list_secrets)
     # Before the {id} routes: "/by-name/history" must not read as the history of "by-name".
     r.add_get("/api/v1/secrets/by-name/{name}", get_secret_by_name)
+    r.add_get("/api/v1/secrets/by-name/{name}/history", history_by_name)
     r.add_get("/api/v1/secrets/{id}", get_secret)
     r.add_patch("/api/v1/secrets/{id}", patch_secret)
     r.add_put("/api/v1/secrets/{id}", put_secret)

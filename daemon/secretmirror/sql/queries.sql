@@ -234,6 +234,16 @@ WHERE secretmirror_visible(COALESCE(s.private, e.private), COALESCE(s.owner, e.o
   AND COALESCE(s.name, e.name) IS NOT NULL
 ORDER BY e.secret_id, e.version DESC
 
+-- secret_deleted_by_name --
+-- The most recently deleted secret called $1 that user $2 could see when it was deleted
+-- (and that was not created again under the same id). No index on names in the log: a
+-- scan of the delete events, fine for a command a person types.
+SELECT e.secret_id::text FROM events e
+WHERE e.kind = 'delete' AND e.name = $1 AND secretmirror_visible(e.private, e.owner, $2)
+  AND NOT EXISTS (SELECT 1 FROM secrets s WHERE s.id = e.secret_id)
+ORDER BY e.seq DESC
+LIMIT 1
+
 -- secret_count --
 SELECT count(*) FROM secrets
 
