@@ -245,6 +245,8 @@ async def test_openapi_document_is_served_and_valid(base_url: str) -> None:
         "GET /admin/v1/status",
         "GET /admin/v1/dead-letters",
         "POST /admin/v1/dead-letters/retry",
+        "GET /admin/v1/keys",
+        "POST /admin/v1/keys/rotate",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",

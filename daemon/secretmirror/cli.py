@@ -718,6 +718,11 @@ def _run_job(mode: str, output: str, no_wait: bool, **options: bool) -> None:
     """POST the job, then (unless --no-wait) follow it to the end; exit 3 on failures."""
     api = _api()
     job = api.request("POST", "/admin/v1/reconcile", body={"mode": mode, **options})
+    _finish_job(api, job, output, no_wait)
+
+
+def _finish_job(api: Client, job: dict[str, Any], output: str, no_wait: bool) -> None:
+    """Follow a started job to the end (unless --no-wait), show it, exit 3 on failures."""
     if not no_wait:
         job = _follow(api, job, progress=output == "table" and sys.stderr.isatty())
     if output == "json":
@@ -864,6 +869,39 @@ def dead_letters_retry(output: str) -> None:
         show.emit_json(body)
     else:
         click.echo(f"requeued {body['requeued']} dead-lettered deliveries")
+
+
+# -- keys ---------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """Encryption keys: what each one holds, and re-encrypting under the first (admin)."""
+
+
+@keys.command("status")
+@output_option()
+def keys_status(output: str) -> None:
+    """Ciphertexts per configured key (position 0 encrypts) and under unknown keys."""
+    body = _api().get("/admin/v1/keys")
+    if output == "json":
+        show.emit_json(body)
+    else:
+        show.key_inventory(body)
+
+
+@keys.command("rotate")
+@_no_wait_option
+@output_option()
+def keys_rotate(no_wait: bool, output: str) -> None:
+    """Re-encrypt every stored ciphertext under the first configured key (a rekey job).
+
+    Afterwards `keys status` shows 0 for every other key, and they can be removed
+    from the configuration.
+    """
+    api = _api()
+    job = api.request("POST", "/admin/v1/keys/rotate")
+    _finish_job(api, job, output, no_wait)
 
 
 # -- users and tokens ---------------------------------------------------------

@@ -30,6 +30,16 @@ def key_id(key: bytes) -> bytes:
     return hashlib.sha256(b"secretmirror-key-id:" + key).digest()[:_KEY_ID_LEN]
 
 
+def envelope_key_id(envelope: bytes) -> bytes:
+    """The key id an envelope names (what the ``key_id`` columns of migration 0005 hold)."""
+    return envelope[1 : 1 + _KEY_ID_LEN]
+
+
+def key_id_hex(kid: bytes) -> str:
+    """How a key id is shown: 16 hex digits (the API, the CLI, start-up errors)."""
+    return kid.hex()
+
+
 def generate_key() -> str:
     """A fresh base64 key for ``encryption_keys``."""
     return base64.b64encode(secrets.token_bytes(32)).decode()
@@ -67,6 +77,15 @@ class Keyring:
     def primary_key_id(self) -> bytes:
         return self._primary_id
 
+    @property
+    def key_ids(self) -> list[bytes]:
+        """The configured key ids in order; the first encrypts."""
+        return [key_id(k) for k in self._keys]
+
+    def knows(self, kid: bytes) -> bool:
+        """True when a configured key can decrypt envelopes that name ``kid``."""
+        return kid in self._ciphers
+
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(_NONCE_LEN)
         body = self._ciphers[self._primary_id].encrypt(nonce, plaintext, aad)
@@ -94,7 +113,7 @@ class Keyring:
         return True
 
     def needs_reencryption(self, envelope: bytes) -> bool:
-        return envelope[1 : 1 + _KEY_ID_LEN] != self._primary_id
+        return envelope_key_id(envelope) != self._primary_id
 
 
 def secret_aad(secret_id: str, version: int) -> bytes:

@@ -21,7 +21,8 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from secretmirror import crypto, db, feed, shared_gauges
+from secretmirror import crypto, db, feed, keys, shared_gauges
+from secretmirror.api import encryption as api_encryption
 from secretmirror.api import jobs as api_jobs
 from secretmirror.api.admin import LAST_VERIFY, SHARED_GAUGES
 from secretmirror.api.app import build_app
@@ -76,6 +77,7 @@ async def open_runtime(
             if migrate:
                 await db.upgrade(conn)
             await db.check_schema(conn)
+            await keys.check_startup(conn, keyring, settings, str(settings.data_dir))
             deployment_id, hash_key = await init_deployment(conn, keyring)
             await init_admin(conn, admin_token)
         ctx = StoreContext(
@@ -153,6 +155,7 @@ def make_app(rt: Runtime) -> web.Application:
     app.on_cleanup.append(lambda _app: jobs.shutdown())
     app[LAST_VERIFY] = jobs.last_verify
     api_jobs.add_routes(app)
+    api_encryption.add_routes(app)
     return app
 
 

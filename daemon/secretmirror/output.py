@@ -316,7 +316,9 @@ def job(body: dict[str, Any]) -> None:
         f"job {body['id']} ({body['mode']}{', dry run' if body.get('dry_run') else ''}): "
         f"{body['status']}"
     )
-    keys = ("total", "scanned", "copied", "skipped", "deleted", "failed")
+    keys: tuple[str, ...] = ("total", "scanned", "copied", "skipped", "deleted", "failed")
+    if body["mode"] == "rekey":
+        keys = ("total", "scanned", "rekeyed", "skipped", "failed", "unknown")
     table([k.upper() for k in keys], [[counts.get(k, 0) for k in keys]], title="Counts")
     stores = counts.get("stores") or {}
     if stores:
@@ -359,6 +361,33 @@ def _found_and_after(body: dict[str, Any], stores: dict[str, Any]) -> list[tuple
                 after = per[cls] if not changes else (f"<={left}" if left else 0)
                 rows.append((store, cls, per[cls], after))
     return rows
+
+
+def key_inventory(body: dict[str, Any]) -> None:
+    """``keys status``: the configured keys in order, then any unknown key (a problem)."""
+
+    def where(entry: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(entry.get("stored_in", {}).items()))
+
+    table(
+        ("KEY ID", "POSITION", "CIPHERTEXTS", "STORED IN"),
+        (
+            (
+                k["id"],
+                f"{k['position']} (encrypts)" if k["position"] == 0 else k["position"],
+                k["ciphertexts"],
+                where(k),
+            )
+            for k in body["keys"]
+        ),
+        title="Configured keys",
+    )
+    if body["unknown"]:
+        table(
+            ("KEY ID", "CIPHERTEXTS", "STORED IN"),
+            ((k["id"], k["ciphertexts"], where(k)) for k in body["unknown"]),
+            title="Unknown keys (not configured: these ciphertexts cannot be read)",
+        )
 
 
 @contextlib.contextmanager

@@ -269,8 +269,10 @@ async def _pages(entries: AsyncIterator[Entry], size: int) -> AsyncIterator[list
 class Job:
     """One persisted job run to completion by this process."""
 
-    def __init__(self, rt: Runtime, row: Any) -> None:
+    def __init__(self, rt: Runtime, row: Any, *, resumed: bool = False) -> None:
         self.rt = rt
+        #: Taken over from a process that died while running it (rekey jobs resume).
+        self.resumed = resumed
         self.id = str(row["id"])
         self.mode: str = row["mode"]
         self.dry_run: bool = row["dry_run"]
@@ -287,9 +289,10 @@ class Job:
         status, error = "succeeded", None
         try:
             async with self.rt.pool.acquire() as conn:
-                row = await conn.fetchrow(Q.job_start, uuid.UUID(self.id), self.rt.node)
-                if row is None:
-                    return  # cancelled while queued
+                if not self.resumed:
+                    row = await conn.fetchrow(Q.job_start, uuid.UUID(self.id), self.rt.node)
+                    if row is None:
+                        return  # cancelled while queued
                 self.log.info("job.started")
                 scanner = Scanner(self.rt, conn, self.report, self._cancelled)
                 self.report.counts["total"] = await conn.fetchval(Q.secret_count)
@@ -300,8 +303,9 @@ class Job:
                 finally:
                     ticker.cancel()
                     await asyncio.gather(ticker, return_exceptions=True)
-                    with contextlib.suppress(*DB_DOWN):
-                        await conn.execute(Q.scan_seen_clear)
+                    if self.mode in MODES:  # the scans' table (a rekey job scans none)
+                        with contextlib.suppress(*DB_DOWN):
+                            await conn.execute(Q.scan_seen_clear)
                 if scanner.cancelled.is_set():
                     status = "cancelled"
         except asyncio.CancelledError:
@@ -627,8 +631,14 @@ class Jobs:
         self._launch(row)
         return job_json(row)
 
-    def _launch(self, row: Any) -> None:
-        job = Job(self.rt, row)
+    def _launch(self, row: Any, *, resumed: bool = False) -> None:
+        job: Job
+        if row["mode"] == "rekey":
+            from secretmirror.rekey import RekeyJob  # rekey builds on this module
+
+            job = RekeyJob(self.rt, row, resumed=resumed)
+        else:
+            job = Job(self.rt, row)
         task = asyncio.create_task(job.run(), name=f"job-{job.id}")
         self._running[job.id] = task
         self._jobs[job.id] = job
@@ -684,6 +694,13 @@ class Jobs:
         cfg = self.rt.settings.reconcile
         while not stop.is_set():
             with contextlib.suppress(*DB_DOWN):
+                # A rekey job is resumed where its dead runner stopped; the others fail.
+                resumed = await self.rt.pool.fetchrow(
+                    Q.job_resume_abandoned_rekey, _ABANDONED_S, self.rt.node
+                )
+                if resumed is not None:
+                    log.warning("job.resumed", job_id=str(resumed["id"]), mode="rekey")
+                    self._launch(resumed, resumed=True)
                 for row in await self.rt.pool.fetch(Q.job_fail_abandoned, _ABANDONED_S):
                     log.warning("job.abandoned", job_id=str(row["id"]), mode=row["mode"])
                 if cfg.verify_interval_s > 0:

@@ -150,6 +150,14 @@ class HistorySettings(BaseModel):
     keep_versions: int = Field(default=10, ge=1)
 
 
+class EncryptionSettings(BaseModel):
+    """How stored ciphertexts are sealed and re-sealed (spec section 14)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Ciphertexts the rekey job re-encrypts per batch (one SELECT and one UPDATE).
+    rekey_batch_size: int = Field(default=200, ge=1, le=10_000)
+
+
 def _default_data_dir() -> Path:
     return Path("~/.local/share/secretmirror").expanduser()
 
@@ -177,6 +185,7 @@ class Settings(BaseSettings):
     replication: ReplicationSettings = Field(default_factory=ReplicationSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     history: HistorySettings = Field(default_factory=HistorySettings)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
 
     @field_validator("listen")
     @classmethod

@@ -508,7 +508,10 @@ def _admin_schemas() -> dict[str, Any]:
             ],
             "properties": {
                 "id": {"type": "string", "format": "uuid"},
-                "mode": {"type": "string", "enum": ["verify", "repair", "backup", "restore"]},
+                "mode": {
+                    "type": "string",
+                    "enum": ["verify", "repair", "backup", "restore", "rekey"],
+                },
                 "status": {
                     "type": "string",
                     "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
@@ -547,6 +550,7 @@ def _admin_schemas() -> dict[str, Any]:
                 "error": {"type": ["string", "null"]},
             },
         },
+        "KeyInventory": _key_inventory_schema(),
         "Status": {
             "type": "object",
             "required": ["deployment_id", "stores", "replication", "last_verify"],
@@ -579,6 +583,41 @@ def _admin_schemas() -> dict[str, Any]:
                     },
                 },
                 "last_verify": {"type": ["object", "null"]},
+            },
+        },
+    }
+
+
+def _key_inventory_schema() -> dict[str, Any]:
+    count = {"type": "integer", "minimum": 0}
+    stored_in = {"type": "object", "additionalProperties": count}
+    key_id = {"type": "string", "pattern": "^[0-9a-f]{16}$"}
+    return {
+        "type": "object",
+        "required": ["keys", "unknown"],
+        "properties": {
+            "keys": {
+                "type": "array",
+                "description": "The configured keys in order; position 0 encrypts",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "position", "ciphertexts"],
+                    "properties": {
+                        "id": key_id,
+                        "position": count,
+                        "ciphertexts": count,
+                        "stored_in": stored_in,
+                    },
+                },
+            },
+            "unknown": {
+                "type": "array",
+                "description": "Keys that seal stored ciphertexts but are not configured",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "ciphertexts"],
+                    "properties": {"id": key_id, "ciphertexts": count, "stored_in": stored_in},
+                },
             },
         },
     }
@@ -650,6 +689,24 @@ def _admin_paths(common: tuple[int, ...]) -> dict[str, Any]:
                 "summary": "Cancel a job (admin)",
                 "parameters": [_ID_PARAM],
                 "responses": {"200": job, **_errors(*common, 403, 404)},
+            },
+        },
+        "/admin/v1/keys": {
+            "get": {
+                "summary": "Stored ciphertexts per encryption key, and under unknown keys (admin)",
+                "responses": {
+                    "200": {"description": "The key inventory", **_json(_ref("KeyInventory"))},
+                    **_errors(*common, 403),
+                },
+            },
+        },
+        "/admin/v1/keys/rotate": {
+            "post": {
+                "summary": "Start the rekey job: re-encrypt everything under the first key (admin)",
+                "responses": {
+                    "202": {"description": "Started (mode rekey)", **_json(_ref("Job"))},
+                    **_errors(*common, 403, 409),
+                },
             },
         },
         "/admin/v1/status": {

@@ -47,11 +47,26 @@ WHERE id = $1 AND status IN ('queued', 'running')
 RETURNING *
 
 -- job_fail_abandoned --
--- Jobs whose runner stopped heart-beating (a crash or restart) are marked failed.
+-- Jobs whose runner stopped heart-beating (a crash or restart) are marked failed
+-- (a running rekey job is resumed instead: job_resume_abandoned_rekey).
 UPDATE jobs SET status = 'failed', finished = now(),
     error = 'interrupted: the daemon running this job stopped; start it again'
 WHERE status IN ('queued', 'running') AND heartbeat < now() - make_interval(secs => $1)
+  AND NOT (mode = 'rekey' AND status = 'running')
 RETURNING id, mode
+
+-- job_resume_abandoned_rekey --
+-- Take over a running rekey job whose runner stopped heart-beating: this process
+-- ($2) continues it. Rekeying is idempotent, so resuming repeats nothing harmful.
+UPDATE jobs SET owner = $2, heartbeat = now()
+WHERE id = (
+    SELECT id FROM jobs
+    WHERE mode = 'rekey' AND status = 'running'
+      AND heartbeat < now() - make_interval(secs => $1)
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *
 
 -- job_last_verify --
 SELECT * FROM jobs WHERE mode IN ('verify', 'repair') AND status IN ('succeeded', 'failed')

@@ -319,6 +319,7 @@ CREATE TABLE IF NOT EXISTS secretmirror_values (
     ciphertext     bytea,
     deleted        boolean NOT NULL DEFAULT false,
     updated        timestamptz NOT NULL DEFAULT now(),
+    key_id         bytea GENERATED ALWAYS AS (substring(ciphertext FROM 2 FOR 8)) STORED,
     PRIMARY KEY (deployment_id, secret_id)
 )
 

@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from secretmirror.crypto import Keyring, secret_aad
+from secretmirror.crypto import Keyring, envelope_key_id, secret_aad
 from secretmirror.errors import (
     ConfigError,
     DecryptionError,
@@ -218,6 +218,91 @@ class FileStore:
         for start in range(0, len(names), _PAGE):
             for entry in await self._run(self._entries, names[start : start + _PAGE]):
                 yield entry
+
+    # -- the key inventory and the rekey job (keys.py) --
+
+    async def key_ids(self) -> dict[bytes, int]:
+        """How many entries each key id seals: one header read per file, nothing decrypted."""
+        return await self._run(self._count_key_ids)
+
+    async def rekey(
+        self, keyring: Keyring, kid: bytes, after: str | None, limit: int
+    ) -> tuple[int, int, builtins.list[tuple[str, str]], str | None]:
+        """Re-encrypt under ``keyring``'s first key up to ``limit`` entries sealed by ``kid``.
+
+        Entries are visited in file-name order after ``after``; returns (seen,
+        rekeyed, failures as (secret id, reason), the cursor for the next call or
+        None at the end). Each file is rewritten under its lock, so a concurrent
+        write wins or waits, never interleaves.
+        """
+        return await self._run(self._rekey_files, keyring, kid, after, limit)
+
+    def _count_key_ids(self) -> dict[bytes, int]:
+        counts: dict[bytes, int] = {}
+        for name in os.listdir(self._dir):
+            if name.startswith(".") or not name.endswith(_SUFFIX):
+                continue
+            kid = self._key_id_of(self._dir / name)
+            if kid is not None:
+                counts[kid] = counts.get(kid, 0) + 1
+        return counts
+
+    def _key_id_of(self, path: Path) -> bytes | None:
+        """The key id of a live entry of this deployment; None for anything else."""
+        try:
+            with path.open("rb") as handle:
+                line = handle.readline(_MAX_HEADER)
+                head = handle.read(1 + 8)
+            header = _Header.decode(line)
+        except (FileNotFoundError, ValueError):
+            return None
+        if header.deployment != self._deployment_id or header.deleted or len(head) < 9:
+            return None
+        return envelope_key_id(head)
+
+    def _rekey_files(
+        self, keyring: Keyring, kid: bytes, after: str | None, limit: int
+    ) -> tuple[int, int, builtins.list[tuple[str, str]], str | None]:
+        names = sorted(
+            n
+            for n in os.listdir(self._dir)
+            if not n.startswith(".") and n.endswith(_SUFFIX) and (after is None or n > after)
+        )
+        seen = rekeyed = 0
+        failures: builtins.list[tuple[str, str]] = []
+        for name in names:
+            path = self._dir / name
+            if self._key_id_of(path) != kid:
+                continue
+            seen += 1
+            header = self._header_or_none(path)
+            if header is not None:
+                try:
+                    rekeyed += self._rekey_file(header.secret_id, keyring, kid)
+                except (DecryptionError, StoreRejected) as exc:
+                    failures.append((header.secret_id, exc.message))
+            if seen >= limit:
+                return seen, rekeyed, failures, name
+        return seen, rekeyed, failures, None
+
+    def _rekey_file(self, secret_id: str, keyring: Keyring, kid: bytes) -> int:
+        """1 when the entry of ``secret_id`` was re-encrypted, 0 when it changed meanwhile."""
+        path = self._path(secret_id)
+        with self._flock(secret_id):
+            data = _read_or_none(path)
+            if data is None:
+                return 0
+            header, body = self._split(secret_id, data)
+            if (
+                header.deployment != self._deployment_id
+                or header.deleted
+                or envelope_key_id(body) != kid
+            ):
+                return 0
+            aad = secret_aad(secret_id, header.version)
+            plain = keyring.decrypt(body, aad)
+            self._replace(path, header.encode() + keyring.encrypt(plain, aad))
+            return 1
 
     # -- blocking helpers, run in worker threads --
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import structlog
 
 from secretmirror import db
 from secretmirror.crypto import Keyring, secret_aad
@@ -24,6 +25,7 @@ from secretmirror.settings import SqlStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
 
 _PAGE = 500
+log = structlog.get_logger("secretmirror.stores.sql")
 
 #: What asyncpg raises when the server is away or the connection broke.
 DB_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
@@ -52,6 +54,11 @@ class SqlStore:
         return self._location
 
     @property
+    def pool(self) -> Any:
+        """The pool the values live in (None before ``open``): the key inventory counts there."""
+        return self._pool
+
+    @property
     def max_value_bytes(self) -> int | None:
         return None
 
@@ -63,6 +70,12 @@ class SqlStore:
             self._pool = await db.create_pool(self._own_dsn, min_size=1, max_size=10)
             async with self._pool.acquire() as conn:
                 await conn.execute(Q.sql_store_schema)
+                try:
+                    await conn.execute(Q.sql_store_key_id_column)
+                    await conn.execute(Q.sql_store_key_id_index)
+                except asyncpg.PostgresError as exc:
+                    # Values still work; only the key inventory cannot count this store.
+                    log.warning("sql_store.key_ids_unavailable", sqlstate=exc.sqlstate)
         except DB_DOWN as exc:
             raise StoreUnavailable(
                 f"the sql store database is unreachable ({type(exc).__name__})"
