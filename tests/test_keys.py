@@ -231,3 +231,14 @@ async def test_rekey_job_fails_naming_unknown_keys(tmp_path: Path, database: str
         assert job["status"] == "failed"
         assert kid(key_x) in job["error"]
         assert job["counts"]["unknown"] == 1
+
+
+async def test_allow_unknown_keys_starts_anyway(tmp_path: Path, database: str) -> None:
+    """encryption.allow_unknown_keys: a key lost for good does not keep the daemon down."""
+    key_a, key_c = new_key(), new_key()
+    async with serving(tmp_path, database, key_a) as (rt, api):
+        await seed(rt, api, 1)
+    settings = make_settings(tmp_path, database, key_c, encryption={"allow_unknown_keys": True})
+    async with open_runtime(settings, database) as rt, TestClient(TestServer(make_app(rt))) as c:
+        body = await inventory(Api(c))
+    assert [u["id"] for u in body["unknown"]] == [kid(key_a)]

@@ -78,7 +78,9 @@ async def open_runtime(
                 await db.upgrade(conn)
             await db.check_schema(conn)
             await keys.check_startup(conn, keyring, settings, str(settings.data_dir))
-            deployment_id, hash_key = await init_deployment(conn, keyring)
+            deployment_id, hash_key = await init_deployment(
+                conn, keyring, replace_lost=settings.encryption.allow_unknown_keys
+            )
             await init_admin(conn, admin_token)
         ctx = StoreContext(
             deployment_id,

@@ -291,8 +291,12 @@ async def check_startup(
             await _count_other_database(
                 inventory, store_settings.database_url.get_secret_value(), deployment_id, role
             )
-    if inventory.unknown(keyring):
-        raise KeysMissing(missing_keys_message(inventory, keyring))
+    if not inventory.unknown(keyring):
+        return
+    if settings.encryption.allow_unknown_keys:
+        log.warning("keys.unknown_keys_allowed", reason=missing_keys_message(inventory, keyring))
+        return
+    raise KeysMissing(missing_keys_message(inventory, keyring))
 
 
 async def _count_other_database(

@@ -15,7 +15,7 @@ import structlog
 
 from secretmirror import crypto
 from secretmirror.auth import TokenCache
-from secretmirror.errors import ConfigError
+from secretmirror.errors import ConfigError, DecryptionError
 from secretmirror.feed import ChangeHub
 from secretmirror.queries import Q
 from secretmirror.settings import Settings
@@ -150,12 +150,26 @@ def write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
-async def init_deployment(conn: asyncpg.Connection, keyring: crypto.Keyring) -> tuple[str, bytes]:
-    """The deployment id and content-hash key, created once and kept in the database."""
+async def init_deployment(
+    conn: asyncpg.Connection, keyring: crypto.Keyring, *, replace_lost: bool = False
+) -> tuple[str, bytes]:
+    """The deployment id and content-hash key, created once and kept in the database.
+
+    ``replace_lost`` (``encryption.allow_unknown_keys``): a hash key sealed by a
+    key that is gone is replaced by a new one; every stored content hash then
+    differs, which ``secretmirror reconcile --repair`` rewrites.
+    """
     wrapped = keyring.encrypt(pysecrets.token_bytes(32), b"deployment-hash-key")
     await conn.execute(Q.deployment_init, uuid.uuid4(), wrapped)
     row = await conn.fetchrow(Q.deployment_get)
-    hash_key = keyring.decrypt(row["hash_key"], b"deployment-hash-key")
+    try:
+        hash_key = keyring.decrypt(row["hash_key"], b"deployment-hash-key")
+    except DecryptionError:
+        if not replace_lost:
+            raise
+        log.warning("crypto.hash_key_replaced", reason="sealed by a key that is not configured")
+        await conn.execute(Q.deployment_set_hash_key, wrapped)
+        return row["id"], keyring.decrypt(wrapped, b"deployment-hash-key")
     if keyring.needs_reencryption(row["hash_key"]):
         await conn.execute(
             Q.deployment_set_hash_key, keyring.encrypt(hash_key, b"deployment-hash-key")

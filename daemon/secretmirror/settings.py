@@ -156,6 +156,9 @@ class EncryptionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     #: Ciphertexts the rekey job re-encrypts per batch (one SELECT and one UPDATE).
     rekey_batch_size: int = Field(default=200, ge=1, le=10_000)
+    #: Start even though stored ciphertexts use keys that are not configured (a key
+    #: that is lost for good): reads of those fall back to the backup store.
+    allow_unknown_keys: bool = False
 
 
 def _default_data_dir() -> Path:
