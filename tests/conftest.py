@@ -116,13 +116,20 @@ class Api:
         return body
 
     async def make_user(self, name: str, role: str) -> str:
-        """Create a user and a token for it; returns the token."""
+        """Create a user and a token it made itself (one that reads its private secrets).
+
+        The admin makes the user's first token; the user makes its own with it.
+        """
         status, body, _ = await self.request(
             "POST", "/api/v1/users", json={"name": name, "role": role}
         )
         assert status == 201, body
         status, body, _ = await self.request(
-            "POST", "/api/v1/tokens", json={"user": name, "name": f"{name}-token"}
+            "POST", "/api/v1/tokens", json={"user": name, "name": f"{name}-first"}
+        )
+        assert status == 201, body
+        status, body, _ = await self.as_token(body["token"]).request(
+            "POST", "/api/v1/tokens", json={"name": f"{name}-token"}
         )
         assert status == 201, body
         return str(body["token"])

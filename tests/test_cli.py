@@ -418,11 +418,12 @@ async def test_token_create_prints_only_the_token_on_stdout(run: Cli) -> None:
 
 
 async def test_token_create_for_a_user_acts_as_that_user(run: Cli) -> None:
-    """An admin creates a token for another user; writes with it are that user's."""
+    """An admin creates a token for another user; writes with it are that user's, made
+    through the admin (spec section 13: the actor names both)."""
     await run.ok("user", "create", "wendy", "--role", "writer")
     token = (await run.json("token", "create", "--user", "wendy", "--name", "t"))["token"]
     await run.ok("secret", "create", "s", "k=v", token=token)
-    assert [e["actor"] for e in await run.json("secret", "history", "s")] == ["wendy"]
+    assert [e["actor"] for e in await run.json("secret", "history", "s")] == ["wendy via admin"]
 
 
 async def test_token_expires_in_sets_the_expiry(run: Cli) -> None:

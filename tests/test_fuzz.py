@@ -115,7 +115,9 @@ def fuzz(base_url: str, known: dict[str, str]) -> list[str]:
             runs.append((GenerationMode.POSITIVE, {"path_parameters": {"name": "fuzz-target"}}))
         if "{id}" in operation.path:
             # Random ids are all 404; also aim at an object that exists.
-            kind = next(k for k in ("token", "job", "secret") if f"/{k}s/" in operation.path)
+            kind = next(
+                k for k in ("token", "job", "secret", "user") if f"/{k}s/" in operation.path
+            )
             runs.append((GenerationMode.POSITIVE, {"path_parameters": {"id": known[kind]}}))
         for mode, fixed in runs:
             failure = _fuzz_operation(operation, base_url, mode, fixed)
@@ -137,7 +139,12 @@ async def test_api_matches_its_openapi_document(api: Api, base_url: str) -> None
     _, page, _ = await api.request("GET", "/api/v1/secrets", params={"limit": "1"})
     status, job, _ = await api.request("POST", "/admin/v1/reconcile", json={"mode": "verify"})
     assert status == 202
+    status, user, _ = await api.request(
+        "POST", "/api/v1/users", json={"name": "fuzz-user", "role": "reader"}
+    )
+    assert status == 201
     known = {
+        "user": user["id"],
         "secret": secret["id"],
         "token": token["id"],
         "job": job["id"],
@@ -235,6 +242,8 @@ async def test_openapi_document_is_served_and_valid(base_url: str) -> None:
         "GET /api/v1/events",
         "POST /api/v1/users",
         "GET /api/v1/users",
+        "PATCH /api/v1/users/{id}",
+        "DELETE /api/v1/users/{id}",
         "POST /api/v1/tokens",
         "GET /api/v1/tokens",
         "DELETE /api/v1/tokens/{id}",

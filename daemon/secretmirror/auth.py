@@ -10,8 +10,9 @@ from typing import Any
 import asyncpg
 
 from secretmirror import crypto
+from secretmirror.access import Principal, parse_scopes, scopes_from_db, scopes_json
 from secretmirror.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized, Unavailable
-from secretmirror.model import Principal, check_name, check_role
+from secretmirror.model import check_name, check_role
 from secretmirror.queries import Q
 from secretmirror.stores.sql import DB_DOWN
 
@@ -69,7 +70,15 @@ async def authenticate(
         raise Unavailable("the database is unavailable") from None
     if row is None:
         raise Unauthorized("the token is unknown, expired or revoked")
-    principal = Principal(row["user_id"], row["name"], row["role"])
+    principal = Principal(
+        row["user_id"],
+        row["name"],
+        row["role"],
+        token_id=row["token_id"],
+        scopes=scopes_from_db(row["scopes"]),
+        own_token=row["own_token"],
+        creator=row["creator"],
+    )
     if cache is not None:
         cache.put(digest, principal, row["expires"])
     return principal
@@ -81,16 +90,19 @@ def user_json(row: Any) -> dict[str, Any]:
         "name": row["name"],
         "role": row["role"],
         "created": row["created"].isoformat(),
+        "disabled": row["disabled"],
     }
 
 
-def token_json(row: Any, user: str) -> dict[str, Any]:
+def token_json(row: Any, user: str, created_by: str | None) -> dict[str, Any]:
     return {
         "id": row["id"],
         "name": row["name"],
         "user": user,
         "created": row["created"].isoformat(),
         "expires": row["expires"].isoformat() if row["expires"] else None,
+        "scopes": scopes_json(scopes_from_db(row["scopes"])),
+        "created_by": created_by,
     }
 
 
@@ -113,10 +125,67 @@ class Accounts:
         _require_admin(principal)
         return [user_json(r) for r in await self.pool.fetch(Q.user_list)]
 
-    async def create_token(
-        self, principal: Principal, user: Any, name: Any, expires_in_s: Any
+    async def update_user(
+        self, principal: Principal, user_id: str, role: Any, disabled: Any
     ) -> dict[str, Any]:
+        """Change a user's role or disable it; its tokens stop working at once here
+        (the token cache is emptied) and within the cache's 1 s on other replicas."""
+        _require_admin(principal)
+        uid = _user_uuid(user_id)
+        role = check_role(role) if role is not None else None
+        if disabled is not None and not isinstance(disabled, bool):
+            raise Invalid("disabled must be true or false")
+        current = await self.pool.fetchrow(Q.user_get, uid)
+        if current is None:
+            raise NotFound("no such user")
+        if current["name"] == BUILTIN_ADMIN and (
+            disabled is True or (role is not None and role != "admin")
+        ):
+            raise BuiltinUser()
+        row = await self.pool.fetchrow(Q.user_update, uid, role, disabled)
+        if row is None:
+            raise NotFound("no such user")
+        if self.cache is not None:
+            self.cache.clear()
+        return user_json(row)
+
+    async def delete_user(self, principal: Principal, user_id: str) -> None:
+        """Delete a user and its tokens; its shared secrets pass to the built-in admin.
+
+        409 while it owns private secrets: no one else can ever see those, so they
+        would be lost (the owner deletes them, or makes them shared, first).
+        """
+        _require_admin(principal)
+        uid = _user_uuid(user_id)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                name = await conn.fetchval(Q.user_lock, uid)
+                if name is None:
+                    raise NotFound("no such user")
+                if name == BUILTIN_ADMIN:
+                    raise BuiltinUser()
+                if await conn.fetchval(Q.user_private_secrets, uid):
+                    raise UserOwnsSecrets()
+                admin_id = await conn.fetchval(Q.user_by_name, BUILTIN_ADMIN)
+                await conn.execute(Q.user_hand_over_shared, uid, admin_id)
+                await conn.execute(Q.user_delete, uid)
+        except asyncpg.ForeignKeyViolationError:
+            # A private secret created by the user while this ran.
+            raise UserOwnsSecrets() from None
+        if self.cache is not None:
+            self.cache.clear()
+
+    async def create_token(
+        self,
+        principal: Principal,
+        user: Any,
+        name: Any,
+        expires_in_s: Any,
+        scopes: Any = None,
+    ) -> dict[str, Any]:
+        _require_unscoped(principal)
         name = check_name(name)
+        parsed = parse_scopes(scopes)
         if isinstance(expires_in_s, float) and expires_in_s.is_integer():
             expires_in_s = int(expires_in_s)  # JSON Schema counts 600.0 as an integer
         if expires_in_s is not None and (
@@ -143,17 +212,21 @@ class Accounts:
             name,
             crypto.token_hash(token),
             float(expires_in_s) if expires_in_s is not None else None,
+            scopes_json(parsed),
+            uuid.UUID(principal.user_id),
         )
-        body = token_json(row, owner_name)
+        body = token_json(row, owner_name, principal.name)
         body["token"] = token
         return body
 
     async def list_tokens(self, principal: Principal) -> list[dict[str, Any]]:
+        _require_unscoped(principal)
         scope = None if principal.is_admin else uuid.UUID(principal.user_id)
         rows = await self.pool.fetch(Q.token_list, scope)
-        return [token_json(r, r["user"]) for r in rows]
+        return [token_json(r, r["user"], r["created_by"]) for r in rows]
 
     async def revoke_token(self, principal: Principal, token_id: str) -> None:
+        _require_unscoped(principal)
         try:
             tid = uuid.UUID(token_id)
         except ValueError:
@@ -165,6 +238,35 @@ class Accounts:
             self.cache.clear()
 
 
+BUILTIN_ADMIN = "admin"
+
+
+class BuiltinUser(Conflict):
+    """The built-in admin user cannot be deleted, disabled or demoted."""
+
+    code = "builtin_user"
+
+
+class UserOwnsSecrets(Conflict):
+    """The user owns private secrets; they must be deleted or shared first."""
+
+    code = "user_owns_secrets"
+
+
 def _require_admin(principal: Principal) -> None:
+    _require_unscoped(principal)
     if not principal.is_admin:
         raise Forbidden("only an admin can do this")
+
+
+def _require_unscoped(principal: Principal) -> None:
+    """Scoped tokens are for reaching secrets: accounts and tokens need an unscoped one."""
+    if principal.scoped:
+        raise Forbidden("a scoped token cannot manage users or tokens")
+
+
+def _user_uuid(user_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(user_id)
+    except ValueError:
+        raise NotFound("no such user") from None

@@ -938,6 +938,80 @@ def user_list(output: str) -> None:
         show.users(items)
 
 
+def _user_id(api: Client, name: str) -> str:
+    for found in api.get("/api/v1/users")["items"]:
+        if found["name"] == name:
+            return str(found["id"])
+    raise ClientError(f"no user named {name!r}", 404, "not_found")
+
+
+@user.command("update")
+@click.argument("name")
+@click.option(
+    "--role", default=None, type=click.Choice(["admin", "writer", "reader"]), help="A new role."
+)
+@click.option(
+    "--disable/--enable",
+    "disabled",
+    default=None,
+    help="Disable the user (its tokens stop working at once) or enable it again.",
+)
+@output_option()
+def user_update(name: str, role: str | None, disabled: bool | None, output: str) -> None:
+    """Change the role of the user NAME, or disable or enable it."""
+    body: dict[str, Any] = {}
+    if role is not None:
+        body["role"] = role
+    if disabled is not None:
+        body["disabled"] = disabled
+    if not body:
+        raise click.UsageError("give --role, --disable or --enable")
+    api = _api()
+    changed = api.request("PATCH", f"/api/v1/users/{_user_id(api, name)}", body=body)
+    if output == "json":
+        show.emit_json(changed)
+    else:
+        state = "disabled" if changed["disabled"] else "enabled"
+        click.echo(f"updated user {changed['name']} ({changed['role']}, {state})")
+
+
+@user.command("delete")
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def user_delete(name: str, yes: bool) -> None:
+    """Delete the user NAME and its tokens (its shared secrets pass to admin)."""
+    if not yes:
+        if not _interactive():
+            raise click.UsageError("not asking on a non-interactive stdin: pass -y to delete")
+        click.confirm(f"Delete user {name!r} and its tokens?", abort=True)
+    api = _api()
+    api.request("DELETE", f"/api/v1/users/{_user_id(api, name)}")
+    click.echo(f"deleted user {name}")
+
+
+def parse_scope(text: str) -> dict[str, Any]:
+    """``read:app-*`` or ``read,list:app-*`` as one scope of the tokens API."""
+    actions, sep, glob = text.partition(":")
+    if not sep or not glob or not actions:
+        raise ValueError(f"{text!r} is not ACTIONS:GLOB, like read:app-* or read,list:ci-*")
+    wanted = [a.strip() for a in actions.split(",")]
+    unknown = [a for a in wanted if a not in ("read", "list", "write")]
+    if unknown:
+        raise ValueError(f"unknown action {unknown[0]!r}: use read, list or write")
+    return {"names": [glob], "actions": wanted}
+
+
+def _scopes(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> list[dict[str, Any]] | None:
+    if not value:
+        return None
+    try:
+        return [parse_scope(text) for text in value]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 @main.group()
 def token() -> None:
     """API tokens: yours, or anyone's as an admin."""
@@ -953,14 +1027,32 @@ def token() -> None:
     metavar="DURATION",
     help="Lifetime such as 30d, 12h, 15m or 90s (default: never expires).",
 )
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    callback=_scopes,
+    metavar="ACTIONS:GLOB",
+    help="Limit the token to secret names matching GLOB (* and ?) for ACTIONS "
+    "(read, list, write; comma-separated), e.g. read:app-*. Repeatable. "
+    "Default: everything the user's role allows.",
+)
 @output_option()
-def token_create(user_name: str | None, name: str, expires_in: int | None, output: str) -> None:
+def token_create(
+    user_name: str | None,
+    name: str,
+    expires_in: int | None,
+    scopes: list[dict[str, Any]] | None,
+    output: str,
+) -> None:
     """Create a token; it is printed once and cannot be shown again."""
     body: dict[str, Any] = {"name": name}
     if user_name is not None:
         body["user"] = user_name
     if expires_in is not None:
         body["expires_in_s"] = expires_in
+    if scopes is not None:
+        body["scopes"] = scopes
     created = _api().request("POST", "/api/v1/tokens", body=body)
     if output == "json":
         show.emit_json(created)

@@ -127,12 +127,14 @@ async def read(
     not see, so the next call does not read them again.
     """
     deadline = time.monotonic() + wait_s
+    # The feed is metadata: the list scope (spec section 13; access.py).
+    user_id, own, patterns = principal.sql_visibility("list")
     try:
         position = await _start(pool, after)
         while True:
             woken = hub.waiter()
             rows = await pool.fetch(
-                Q.feed_page, position.tx, position.seq, PAGE, principal.user_id, name_prefix
+                Q.feed_page, position.tx, position.seq, PAGE, user_id, name_prefix, own, patterns
             )
             events: list[dict[str, Any]] = []
             behind_running = False

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from secretmirror.access import Principal
 from secretmirror.errors import Invalid, TooLarge
+
+__all__ = ["Principal", "SecretMeta"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _KEY = re.compile(r"[A-Za-z0-9_.-]{1,255}")
@@ -57,23 +60,6 @@ def check_role(role: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Principal:
-    """The authenticated caller."""
-
-    user_id: str
-    name: str
-    role: str
-
-    @property
-    def can_write(self) -> bool:
-        return self.role in ("admin", "writer")
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
-@dataclass(frozen=True, slots=True)
 class SecretMeta:
     id: str
     name: str
@@ -97,8 +83,9 @@ class SecretMeta:
             body["values"] = values
         return body
 
-    def visible_to(self, principal: Principal) -> bool:
-        return not self.private or self.owner == principal.user_id
+    def visible_to(self, principal: Principal, action: str = "read") -> bool:
+        """Whether this secret exists for ``principal`` doing ``action`` (see ``access``)."""
+        return principal.sees(self.private, self.owner, self.name, action)
 
     @classmethod
     def from_row(cls, row: Any) -> SecretMeta:

@@ -158,19 +158,37 @@ def history(items: list[dict[str, Any]]) -> None:
 
 def users(items: list[dict[str, Any]]) -> None:
     table(
-        ("NAME", "ID", "ROLE", "CREATED"),
-        ((u["name"], u["id"], u["role"], when(u["created"])) for u in items),
+        ("NAME", "ID", "ROLE", "DISABLED", "CREATED"),
+        (
+            (
+                u["name"],
+                u["id"],
+                u["role"],
+                "yes" if u.get("disabled") else "no",
+                when(u["created"]),
+            )
+            for u in items
+        ),
     )
+
+
+def scopes_text(scopes: list[dict[str, Any]] | None) -> str:
+    """``read,list:app-* write:ci-*``; ``-`` for an unscoped token."""
+    if not scopes:
+        return "-"
+    return " ".join(f"{','.join(s['actions'])}:{name}" for s in scopes for name in s["names"])
 
 
 def tokens(items: list[dict[str, Any]]) -> None:
     table(
-        ("ID", "NAME", "USER", "CREATED", "EXPIRES"),
+        ("ID", "NAME", "USER", "CREATED BY", "SCOPES", "CREATED", "EXPIRES"),
         (
             (
                 t["id"],
                 t["name"],
                 t["user"],
+                t.get("created_by") or "-",
+                scopes_text(t.get("scopes")),
                 when(t["created"]),
                 when(t["expires"]) if t.get("expires") else "never",
             )

@@ -24,6 +24,7 @@ from secretmirror.crypto import secret_aad
 from secretmirror.errors import (
     AmbiguousName,
     DecryptionError,
+    Forbidden,
     Gone,
     Invalid,
     NameTaken,
@@ -64,6 +65,9 @@ class SecretService:
         name = check_name(name)
         private = _check_private(private)
         values, blob = check_values(values, self.rt.size_cap)
+        if not principal.allows("write", name):
+            # Decided on the name alone, before any lookup: nothing about other secrets leaks.
+            raise Forbidden("the token's scopes do not allow writing a secret of this name")
         secret_id = str(uuid.uuid4())
         snapshot, content_hash = self._seal(secret_id, 1, blob)
         inline = self._inline_targets()
@@ -76,7 +80,7 @@ class SecretService:
                 principal.user_id,
                 private,
                 content_hash,
-                principal.name,
+                principal.actor,
                 snapshot,
                 self.rt.deployment_id,
                 snapshot if self.rt.primary_in_db else None,
@@ -118,10 +122,14 @@ class SecretService:
                 if not (isinstance(value, str) or (merge and value is None)):
                     raise Invalid("every value in values must be a string")
         for _ in range(_MERGE_RETRIES):
-            current = await self.read(principal, secret_id)
+            current = await self._read_for_write(principal, secret_id)
             meta = current.meta
             if if_match is not None and if_match != meta.version:
                 raise PreconditionFailed()
+            if new_private is not None and new_private != meta.private:
+                _check_may_set_private(principal, meta)
+            if new_name is not None and not principal.allows("write", new_name):
+                raise Forbidden("the token's scopes do not allow the new name")
             merged = dict(current.values)
             if values is not None and merge:
                 for key, value in values.items():
@@ -155,7 +163,7 @@ class SecretService:
         raise Unavailable("the secret is being changed too often; try again")
 
     async def delete(self, principal: Principal, secret_id: str, if_match: int | None) -> None:
-        meta = await self.meta(principal, secret_id)
+        meta = await self.meta(principal, secret_id, "write")
         if if_match is not None and if_match != meta.version:
             raise PreconditionFailed()
         while True:
@@ -166,7 +174,7 @@ class SecretService:
                 return
             if if_match is not None:
                 raise PreconditionFailed()
-            meta = await self.meta(principal, secret_id)
+            meta = await self.meta(principal, secret_id, "write")
 
     async def _change(
         self,
@@ -194,7 +202,7 @@ class SecretService:
                 private,
                 content_hash,
                 kind,
-                principal.name,
+                principal.actor,
                 snapshot,
                 self.rt.deployment_id,
                 snapshot if self.rt.primary_in_db else None,
@@ -277,27 +285,35 @@ class SecretService:
 
     # -- reads ------------------------------------------------------------
 
-    async def meta(self, principal: Principal, secret_id: str) -> SecretMeta:
+    async def meta(self, principal: Principal, secret_id: str, action: str = "read") -> SecretMeta:
+        """The secret's metadata; 404 when it does not exist for ``principal`` doing ``action``."""
         row = await self._db_row(Q.secret_get, _uuid(secret_id))
         if row is None:
             raise NotFound("no such secret")
         meta = SecretMeta.from_row(row)
-        if not meta.visible_to(principal):
+        if not meta.visible_to(principal, action):
             raise NotFound("no such secret")
         return meta
 
     async def read(self, principal: Principal, secret_id: str) -> ReadResult:
         """The current values: primary, then backup, then the event log snapshot."""
+        return await self._read(principal, secret_id, "read")
+
+    async def _read_for_write(self, principal: Principal, secret_id: str) -> ReadResult:
+        """The current values as a change starts from them (needs ``write``, not ``read``)."""
+        return await self._read(principal, secret_id, "write")
+
+    async def _read(self, principal: Principal, secret_id: str, action: str) -> ReadResult:
         sid = _uuid(secret_id)
         if self.rt.primary_in_db:
             row = await self._db_row(Q.secret_get_with_value, sid, self.rt.deployment_id)
             if row is None:
                 raise NotFound("no such secret")
             meta = SecretMeta.from_row(row)
-            if not meta.visible_to(principal):
+            if not meta.visible_to(principal, action):
                 raise NotFound("no such secret")
             return await self._from_row(meta, row)
-        meta = await self.meta(principal, secret_id)
+        meta = await self.meta(principal, secret_id, action)
         return await self._read_fallback(meta, skip_primary=False)
 
     async def _from_row(self, meta: SecretMeta, row: Any) -> ReadResult:
@@ -339,6 +355,9 @@ class SecretService:
         if version < 1 or version > meta.version:
             raise NotFound("no such version")
         row = await self._db_row(Q.event_snapshot, _uuid(secret_id), version)
+        if row is not None and row["private"] and not principal.reads_private_of(meta.owner):
+            # Written while the secret was private: still the owner's alone.
+            raise NotFound("no such version")
         if row is None or row["snapshot"] is None:
             raise Gone()
         try:
@@ -370,7 +389,7 @@ class SecretService:
             return str(uuid.UUID(name_or_id))
         except ValueError:
             pass
-        found = await self._db_val(Q.secret_by_name, name_or_id, principal.user_id)
+        found = await self._db_val(Q.secret_by_name, name_or_id, *principal.sql_visibility("read"))
         if found is None:
             raise NotFound("no such secret")
         return str(found)
@@ -385,15 +404,18 @@ class SecretService:
         limit: int,
         after: tuple[str, str] | None,
     ) -> list[SecretMeta]:
+        user_id, own_token, patterns = principal.sql_visibility("list")
         rows = await self._db_fetch(
             Q.secret_list,
-            principal.user_id,
+            user_id,
             name,
             name_prefix,
             private,
             after[0] if after else None,
             after[1] if after else None,
             limit,
+            own_token,
+            patterns,
         )
         return [SecretMeta.from_row(r) for r in rows]
 
@@ -407,10 +429,13 @@ class SecretService:
         return await self.read(principal, meta.id)
 
     async def by_name_meta(
-        self, principal: Principal, name: str, private: bool | None
+        self, principal: Principal, name: str, private: bool | None, action: str = "read"
     ) -> SecretMeta:
         """The metadata of the secret called ``name`` (409 ``ambiguous_name`` as ``by_name``)."""
-        rows = await self._db_fetch(Q.secret_by_exact_name, name, principal.user_id, private)
+        user_id, own_token, patterns = principal.sql_visibility(action)
+        rows = await self._db_fetch(
+            Q.secret_by_exact_name, name, user_id, private, own_token, patterns
+        )
         if not rows:
             raise NotFound("no such secret")
         if len(rows) > 1:
@@ -433,8 +458,10 @@ class SecretService:
         whole request fails (503) when one of them cannot be served, rather than
         handing back a partial set that looks complete.
         """
+        # Values are what a bulk read returns: it needs the read scope (spec section 13).
+        user_id, own_token, patterns = principal.sql_visibility("read")
         args = (
-            principal.user_id,
+            user_id,
             name,
             name_prefix,
             private,
@@ -443,7 +470,10 @@ class SecretService:
             limit,
         )
         if not self.rt.primary_in_db:
-            metas = [SecretMeta.from_row(r) for r in await self._db_fetch(Q.secret_list, *args)]
+            metas = [
+                SecretMeta.from_row(r)
+                for r in await self._db_fetch(Q.secret_list, *args, own_token, patterns)
+            ]
             gate = asyncio.Semaphore(_BULK_CONCURRENCY)
 
             async def one(meta: SecretMeta) -> ReadResult:
@@ -451,7 +481,9 @@ class SecretService:
                     return await self._read_fallback(meta, skip_primary=False)
 
             return list(await asyncio.gather(*(one(m) for m in metas)))
-        rows = await self._db_fetch(Q.secret_list_with_values, *args, self.rt.deployment_id)
+        rows = await self._db_fetch(
+            Q.secret_list_with_values, *args, self.rt.deployment_id, own_token, patterns
+        )
         results: list[ReadResult] = []
         for row in rows:
             results.append(await self._from_row(SecretMeta.from_row(row), row))
@@ -459,13 +491,15 @@ class SecretService:
 
     async def deleted_history(self, principal: Principal, name: str) -> list[dict[str, Any]]:
         """The history of the most recently deleted secret called ``name`` the caller could see."""
-        found = await self._db_val(Q.secret_deleted_by_name, name, principal.user_id)
+        found = await self._db_val(
+            Q.secret_deleted_by_name, name, *principal.sql_visibility("list")
+        )
         if found is None:
             raise NotFound("no deleted secret of that name")
         return await self._events_of(str(found))
 
     async def history(self, principal: Principal, secret_id: str) -> list[dict[str, Any]]:
-        await self.meta(principal, secret_id)
+        await self.meta(principal, secret_id, "list")
         return await self._events_of(secret_id)
 
     async def _events_of(self, secret_id: str) -> list[dict[str, Any]]:
@@ -508,6 +542,13 @@ def _uuid(secret_id: str) -> uuid.UUID:
         return uuid.UUID(secret_id)
     except ValueError:
         raise NotFound("no such secret") from None
+
+
+def _check_may_set_private(principal: Principal, meta: SecretMeta) -> None:
+    """Only the owner or an admin changes ``private``: a writer making someone else's
+    shared secret private would hide it from everyone, admins included."""
+    if meta.owner != principal.user_id and not principal.is_admin:
+        raise Forbidden("only the secret's owner or an admin can change private")
 
 
 def _check_private(private: Any) -> bool:

@@ -26,6 +26,8 @@ LAST_VERIFY: web.AppKey[Callable[[], Awaitable[Any]]] = web.AppKey("last_verify"
 async def admin_of(request: web.Request, *params: str) -> Principal:
     """The admin making the request; 400 for a query parameter the route does not take."""
     principal = await principal_of(request)
+    if principal.scoped:
+        raise Forbidden("a scoped token cannot use the admin routes")
     if not principal.is_admin:
         raise Forbidden("only an admin can do this")
     check_query(request, *params)

@@ -57,7 +57,7 @@ async def _sample_names(
         return {}
     try:
         rows = await request.app[RUNTIME].pool.fetch(
-            Q.secret_names_of, [uuid.UUID(i) for i in ids], principal.user_id
+            Q.secret_names_of, [uuid.UUID(i) for i in ids], *principal.sql_visibility("list")
         )
     except DB_DOWN:
         raise Unavailable("the database is unavailable") from None

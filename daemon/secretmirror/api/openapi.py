@@ -58,6 +58,37 @@ def _secret_response(description: str) -> dict[str, Any]:
     return {"description": description, "headers": _SECRET_HEADERS, **_json(_ref("Secret"))}
 
 
+def _written_response(description: str) -> dict[str, Any]:
+    """After a change: the values only when the token may also read the secret."""
+    return {
+        "description": description + " (values only when the token's scopes allow read)",
+        "headers": _SECRET_HEADERS,
+        **_json(_ref("SecretWritten")),
+    }
+
+
+_ACTIONS = {"type": "string", "enum": ["read", "list", "write"]}
+_SCOPES = {
+    "type": ["array", "null"],
+    "minItems": 1,
+    "maxItems": 50,
+    "items": {
+        "type": "object",
+        "required": ["names", "actions"],
+        "additionalProperties": False,
+        "properties": {
+            "names": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 100,
+                "items": {"type": "string", "pattern": "^[A-Za-z0-9_.*?-]{1,255}$"},
+            },
+            "actions": {"type": "array", "minItems": 1, "items": _ACTIONS},
+        },
+    },
+}
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     common = (400, 401, 503)
@@ -96,6 +127,17 @@ def openapi_document() -> dict[str, Any]:
                 "created": _TS,
                 "updated": _TS,
             },
+        },
+        "SecretWritten": {
+            "allOf": [
+                _ref("SecretMeta"),
+                {
+                    "type": "object",
+                    "properties": {
+                        "values": {"type": "object", "additionalProperties": {"type": "string"}}
+                    },
+                },
+            ],
         },
         "Secret": {
             "allOf": [
@@ -157,23 +199,26 @@ def openapi_document() -> dict[str, Any]:
         },
         "User": {
             "type": "object",
-            "required": ["id", "name", "role", "created"],
+            "required": ["id", "name", "role", "created", "disabled"],
             "properties": {
                 "id": {"type": "string"},
                 "name": _NAME,
                 "role": {"type": "string", "enum": ["admin", "writer", "reader"]},
                 "created": _TS,
+                "disabled": {"type": "boolean"},
             },
         },
         "Token": {
             "type": "object",
-            "required": ["id", "name", "user", "created", "expires"],
+            "required": ["id", "name", "user", "created", "expires", "scopes", "created_by"],
             "properties": {
                 "id": {"type": "string"},
                 "name": {"type": "string"},
                 "user": {"type": "string"},
                 "created": _TS,
                 "expires": {"type": ["string", "null"], "format": "date-time"},
+                "scopes": _SCOPES,
+                "created_by": {"type": ["string", "null"]},
                 "token": {"type": "string"},
             },
         },
@@ -214,7 +259,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_ID_PARAM, _IF_MATCH],
             "requestBody": {"required": True, **_json(_ref("PatchSecret"))},
             "responses": {
-                "200": _secret_response("The changed secret"),
+                "200": _written_response("The changed secret"),
                 **_errors(*common, 403, 404, 409, 412, 413, 422),
             },
         },
@@ -223,7 +268,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_ID_PARAM, _IF_MATCH],
             "requestBody": {"required": True, **_json(_ref("PutSecret"))},
             "responses": {
-                "200": _secret_response("The replaced secret"),
+                "200": _written_response("The replaced secret"),
                 **_errors(*common, 403, 404, 409, 412, 413, 422),
             },
         },
@@ -417,6 +462,38 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
         },
+        "/api/v1/users/{id}": {
+            "patch": {
+                "summary": "Change a user's role or disable it (admin)",
+                "parameters": [_ID_PARAM],
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "role": {"type": "string", "enum": ["admin", "writer", "reader"]},
+                                "disabled": {"type": "boolean"},
+                            },
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": {"description": "The changed user", **_json(_ref("User"))},
+                    **_errors(*common, 403, 404, 409, 422),
+                },
+            },
+            "delete": {
+                "summary": "Delete a user and its tokens (admin); 409 while it owns private "
+                "secrets",
+                "parameters": [_ID_PARAM],
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    **_errors(*common, 403, 404, 409),
+                },
+            },
+        },
         "/api/v1/tokens": {
             "post": {
                 "summary": "Create a token; its secret string is shown once",
@@ -435,6 +512,7 @@ def openapi_document() -> dict[str, Any]:
                                     "minimum": 1,
                                     "maximum": 315360000,
                                 },
+                                "scopes": _SCOPES,
                             },
                         }
                     ),
@@ -457,7 +535,7 @@ def openapi_document() -> dict[str, Any]:
                             }
                         ),
                     },
-                    **_errors(*common),
+                    **_errors(*common, 403),
                 },
             },
         },
@@ -465,7 +543,7 @@ def openapi_document() -> dict[str, Any]:
             "delete": {
                 "summary": "Revoke a token",
                 "parameters": [_ID_PARAM],
-                "responses": {"204": {"description": "Revoked"}, **_errors(*common, 404)},
+                "responses": {"204": {"description": "Revoked"}, **_errors(*common, 403, 404)},
             },
         },
     }

@@ -154,7 +154,7 @@ async def history_by_name(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     if deleted:
         return web.json_response({"items": await service.deleted_history(principal, name)})
-    meta = await service.by_name_meta(principal, name, private)
+    meta = await service.by_name_meta(principal, name, private, "list")
     return web.json_response({"items": await service.history(principal, meta.id)})
 
 
@@ -219,7 +219,9 @@ async def _update(request: web.Request, *, merge: bool) -> web.Response:
         merge=merge,
         if_match=expected,
     )
-    return secret_response(result)
+    # A token that may write but not read a secret gets its metadata only: a merge
+    # would otherwise show it the keys it did not send.
+    return secret_response(result, values=principal.allows("read", result.meta.name))
 
 
 async def delete_secret(request: web.Request) -> web.Response:
@@ -252,14 +254,37 @@ async def list_users(request: web.Request) -> web.Response:
     return web.json_response({"items": await request.app[ACCOUNTS].list_users(principal)})
 
 
+async def update_user(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    check_query(request)
+    body = await json_body(request)
+    _allowed(body, {"role", "disabled"})
+    _not_null(body, "role", "disabled")
+    user = await request.app[ACCOUNTS].update_user(
+        principal, request.match_info["id"], body.get("role"), body.get("disabled")
+    )
+    return web.json_response(user)
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    principal = await principal_of(request)
+    check_query(request)
+    await request.app[ACCOUNTS].delete_user(principal, request.match_info["id"])
+    return web.Response(status=204)
+
+
 async def create_token(request: web.Request) -> web.Response:
     principal = await principal_of(request)
     check_query(request)
     body = await json_body(request)
-    _allowed(body, {"user", "name", "expires_in_s"})
+    _allowed(body, {"user", "name", "expires_in_s", "scopes"})
     _not_null(body, "user", "expires_in_s")
     token = await request.app[ACCOUNTS].create_token(
-        principal, body.get("user"), body.get("name"), body.get("expires_in_s")
+        principal,
+        body.get("user"),
+        body.get("name"),
+        body.get("expires_in_s"),
+        body.get("scopes"),
     )
     return web.json_response(token, status=201)
 
@@ -353,6 +378,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/events", list_events)
     r.add_post("/api/v1/users", create_user)
     r.add_get("/api/v1/users", list_users)
+    r.add_patch("/api/v1/users/{id}", update_user)
+    r.add_delete("/api/v1/users/{id}", delete_user)
     r.add_post("/api/v1/tokens", create_token)
     r.add_get("/api/v1/tokens", list_tokens)
     r.add_delete("/api/v1/tokens/{id}", revoke_token)

@@ -40,7 +40,7 @@ RETURNING id
 
 -- token_upsert_bootstrap --
 -- The bootstrap token row always holds the hash of the configured admin token.
-INSERT INTO tokens (id, user_id, name, hash) VALUES ($1, $2, 'bootstrap', $3)
+INSERT INTO tokens (id, user_id, name, hash, created_by) VALUES ($1, $2, 'bootstrap', $3, $2)
 ON CONFLICT (hash) DO UPDATE SET revoked = NULL, expires = NULL
 
 -- token_revoke_old_bootstrap --
@@ -48,28 +48,58 @@ UPDATE tokens SET revoked = now()
 WHERE user_id = $1 AND name = 'bootstrap' AND hash <> $2 AND revoked IS NULL
 
 -- authenticate --
-SELECT u.id::text AS user_id, u.name, u.role, t.expires
+-- A disabled user's tokens fail like unknown ones (a deleted user's are gone with it).
+SELECT u.id::text AS user_id, u.name, u.role, t.expires, t.id::text AS token_id, t.scopes,
+       t.created_by IS NOT DISTINCT FROM t.user_id AS own_token, c.name AS creator
 FROM tokens t JOIN users u ON u.id = t.user_id
+LEFT JOIN users c ON c.id = t.created_by
 WHERE t.hash = $1 AND t.revoked IS NULL AND (t.expires IS NULL OR t.expires > now())
+  AND NOT u.disabled
 
 -- user_create --
 INSERT INTO users (id, name, role) VALUES ($1, $2, $3)
-RETURNING id::text, name, role, created
+RETURNING id::text, name, role, created, disabled
 
 -- user_list --
-SELECT id::text, name, role, created FROM users ORDER BY name
+SELECT id::text, name, role, created, disabled FROM users ORDER BY name
 
 -- user_by_name --
-SELECT id::text, name, role, created FROM users WHERE name = $1
+SELECT id::text, name, role, created, disabled FROM users WHERE name = $1
+
+-- user_get --
+SELECT id::text, name, role, created, disabled FROM users WHERE id = $1
+
+-- user_update --
+-- NULL leaves a field as it is.
+UPDATE users SET role = COALESCE($2, role), disabled = COALESCE($3, disabled)
+WHERE id = $1
+RETURNING id::text, name, role, created, disabled
+
+-- user_lock --
+SELECT name FROM users WHERE id = $1 FOR UPDATE
+
+-- user_private_secrets --
+SELECT count(*) FROM secrets WHERE owner = $1 AND private
+
+-- user_hand_over_shared --
+-- A deleted user's shared secrets pass to the built-in admin ($2): every user sees
+-- them anyway, and ownership only decides who may make them private.
+UPDATE secrets SET owner = $2 WHERE owner = $1 AND NOT private
+
+-- user_delete --
+-- Its tokens go with it (ON DELETE CASCADE).
+DELETE FROM users WHERE id = $1
 
 -- token_create --
-INSERT INTO tokens (id, user_id, name, hash, expires)
-VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
-RETURNING id::text, name, created, expires
+INSERT INTO tokens (id, user_id, name, hash, expires, scopes, created_by)
+VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), $6, $7)
+RETURNING id::text, name, created, expires, scopes
 
 -- token_list --
-SELECT t.id::text, t.name, u.name AS "user", t.created, t.expires
+SELECT t.id::text, t.name, u.name AS "user", t.created, t.expires, t.scopes,
+       c.name AS created_by
 FROM tokens t JOIN users u ON u.id = t.user_id
+LEFT JOIN users c ON c.id = t.created_by
 WHERE t.revoked IS NULL AND ($1::uuid IS NULL OR t.user_id = $1)
 ORDER BY t.created, t.id
 
@@ -183,16 +213,18 @@ WHERE s.id = $1
 
 -- secret_by_name --
 -- A private secret of the caller wins over a shared one of the same name.
+-- ($2, $3, $4: Principal.sql_visibility, see secretmirror_sees in migration 0004.)
 SELECT id::text FROM secrets
-WHERE name = $1 AND secretmirror_visible(private, owner, $2)
+WHERE name = $1 AND secretmirror_sees(private, owner, name, $2, $3, $4)
 ORDER BY private DESC LIMIT 1
 
 -- secret_list --
--- Visibility is secretmirror_visible (migration 0006): the one rule this list, the bulk
--- read, the by-name route and the change feed share.
+-- Visibility is secretmirror_sees (migration 0004): the one rule this list, the bulk
+-- read, the by-name route and the change feed share. $1, $8, $9 are the caller's
+-- Principal.sql_visibility (user id, own token, scope LIKE patterns or NULL).
 SELECT id::text, name, owner::text, private, version, created, updated
 FROM secrets
-WHERE secretmirror_visible(private, owner, $1)
+WHERE secretmirror_sees(private, owner, name, $1, $8, $9)
   AND ($2::text IS NULL OR name = $2)
   AND ($3::text IS NULL OR starts_with(name, $3))
   AND ($4::boolean IS NULL OR private = $4)
@@ -202,12 +234,12 @@ LIMIT $7
 
 -- secret_list_with_values --
 -- The bulk read for the sql primary in the main database ($8 the deployment): the list
--- (as secret_list) with each secret's stored value, in one statement.
+-- (as secret_list; $9, $10 as its $8, $9) with each secret's stored value, in one statement.
 SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated,
        v.version AS stored_version, v.ciphertext
 FROM secrets s
 LEFT JOIN secretmirror_values v ON v.deployment_id = $8 AND v.secret_id = s.id AND NOT v.deleted
-WHERE secretmirror_visible(s.private, s.owner, $1)
+WHERE secretmirror_sees(s.private, s.owner, s.name, $1, $9, $10)
   AND ($2::text IS NULL OR s.name = $2)
   AND ($3::text IS NULL OR starts_with(s.name, $3))
   AND ($4::boolean IS NULL OR s.private = $4)
@@ -216,30 +248,34 @@ ORDER BY s.name, s.id
 LIMIT $7
 
 -- secret_by_exact_name --
--- The secrets called $1 the caller ($2) may see: at most a shared one and its own private
--- one; $3 picks one of them by its private flag.
+-- The secrets called $1 the caller ($2, $4, $5: Principal.sql_visibility) may see: at most
+-- a shared one and its own private one; $3 picks one of them by its private flag.
 SELECT id::text, name, owner::text, private, version, created, updated
 FROM secrets
-WHERE name = $1 AND secretmirror_visible(private, owner, $2)
+WHERE name = $1 AND secretmirror_sees(private, owner, name, $2, $4, $5)
   AND ($3::boolean IS NULL OR private = $3)
 ORDER BY private
 
 -- secret_names_of --
--- The names of the secrets $1 (live, or as their last event had it) that user $2 may see.
+-- The names of the secrets $1 (live, or as their last event had it) that the caller ($2,
+-- $3, $4: Principal.sql_visibility("list")) may see.
 SELECT DISTINCT ON (e.secret_id) e.secret_id::text AS id, COALESCE(s.name, e.name) AS name
 FROM unnest($1::uuid[]) AS i(id)
 JOIN events e ON e.secret_id = i.id
 LEFT JOIN secrets s ON s.id = i.id
-WHERE secretmirror_visible(COALESCE(s.private, e.private), COALESCE(s.owner, e.owner), $2)
+WHERE secretmirror_sees(COALESCE(s.private, e.private), COALESCE(s.owner, e.owner),
+                        COALESCE(s.name, e.name), $2, $3, $4)
   AND COALESCE(s.name, e.name) IS NOT NULL
 ORDER BY e.secret_id, e.version DESC
 
 -- secret_deleted_by_name --
--- The most recently deleted secret called $1 that user $2 could see when it was deleted
--- (and that was not created again under the same id). No index on names in the log: a
--- scan of the delete events, fine for a command a person types.
+-- The most recently deleted secret called $1 that the caller ($2, $3, $4:
+-- Principal.sql_visibility("list")) could see when it was deleted (and that was not
+-- created again under the same id). No index on names in the log: a scan of the delete
+-- events, fine for a command a person types.
 SELECT e.secret_id::text FROM events e
-WHERE e.kind = 'delete' AND e.name = $1 AND secretmirror_visible(e.private, e.owner, $2)
+WHERE e.kind = 'delete' AND e.name = $1
+  AND secretmirror_sees(e.private, e.owner, e.name, $2, $3, $4)
   AND NOT EXISTS (SELECT 1 FROM secrets s WHERE s.id = e.secret_id)
 ORDER BY e.seq DESC
 LIMIT 1
@@ -248,7 +284,7 @@ LIMIT 1
 SELECT count(*) FROM secrets
 
 -- event_snapshot --
-SELECT kind, hash, snapshot FROM events WHERE secret_id = $1 AND version = $2
+SELECT kind, hash, snapshot, private FROM events WHERE secret_id = $1 AND version = $2
 
 -- event_history --
 SELECT version, kind, actor, recorded_at FROM events WHERE secret_id = $1 ORDER BY version
@@ -257,13 +293,14 @@ SELECT version, kind, actor, recorded_at FROM events WHERE secret_id = $1 ORDER 
 -- The change feed after position ($1 tx, $2 seq), in (tx, seq) order (see migration
 -- 0006), up to $3 rows. safe: the event's transaction is older than every one still
 -- running, so nothing can appear before it later; the caller stops at the first unsafe
--- row. visible: the caller $4 may see it (as it was at that version) and its name starts
--- with $5. Rows the caller may not see come back too (the caller drops them) so that
--- its position moves past them.
+-- row. visible: the caller ($4, $6, $7: Principal.sql_visibility("list")) may see it (as
+-- it was at that version) and its name starts with $5. Rows the caller may not see come
+-- back too (the caller drops them) so that its position moves past them.
 SELECT e.seq, COALESCE(e.tx, '0'::xid8)::text AS tx,
        COALESCE(e.tx, '0'::xid8) < pg_snapshot_xmin(pg_current_snapshot()) AS safe,
-       COALESCE(secretmirror_visible(COALESCE(e.private, s.private),
-                                     COALESCE(e.owner, s.owner), $4)
+       COALESCE(secretmirror_sees(COALESCE(e.private, s.private),
+                                  COALESCE(e.owner, s.owner),
+                                  COALESCE(e.name, s.name), $4, $6, $7)
                 AND ($5::text IS NULL OR starts_with(COALESCE(e.name, s.name), $5)),
                 false) AS visible,
        e.secret_id::text, COALESCE(e.name, s.name) AS name, e.version, e.kind, e.recorded_at
