@@ -89,7 +89,10 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     try:
         rows = await rt.pool.fetch(
-            Q.delivery_dead_list, rt.keys_of(rt.targets), 1000, principal.user_id
+            Q.delivery_dead_list,
+            rt.keys_of(rt.targets),
+            1000,
+            *principal.sql_visibility("list"),
         )
     except DB_DOWN:
         raise Unavailable("the database is unavailable") from None

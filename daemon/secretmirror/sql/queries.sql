@@ -507,9 +507,11 @@ CROSS JOIN LATERAL (
 
 -- delivery_dead_list --
 -- The dead deliveries of the configured targets ($1), up to $2; a secret's name only
--- where user $3 may see it (a private secret's name is its owner's business).
+-- where the caller ($3, $4, $5: Principal.sql_visibility("list")) may see it (a private
+-- secret's name is its owner's business).
 SELECT d.target, d.secret_id::text, d.version, d.attempts, d.last_error,
-       CASE WHEN secretmirror_visible(s.private, s.owner, $3) THEN s.name END AS name
+       CASE WHEN secretmirror_sees(s.private, s.owner, s.name, $3, $4, $5) THEN s.name END
+           AS name
 FROM deliveries d
 LEFT JOIN secrets s ON s.id = d.secret_id
 WHERE d.dead AND d.target = ANY($1::text[])
