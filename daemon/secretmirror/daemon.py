@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import signal
 import ssl
 import sys
@@ -21,7 +20,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from secretmirror import crypto, db, feed, keys, shared_gauges
+from secretmirror import crypto, db, feed, keys, kms_keys, shared_gauges
 from secretmirror.api import encryption as api_encryption
 from secretmirror.api import jobs as api_jobs
 from secretmirror.api.admin import LAST_VERIFY, SHARED_GAUGES
@@ -29,6 +28,7 @@ from secretmirror.api.app import build_app
 from secretmirror.api.jobs import JOBS
 from secretmirror.auth import Accounts
 from secretmirror.errors import SchemaMismatch, StoreError
+from secretmirror.kms import KmsKeyring
 from secretmirror.output import startup_banner
 from secretmirror.reconcile import Jobs
 from secretmirror.runtime import (
@@ -77,18 +77,25 @@ async def open_runtime(
             if migrate:
                 await db.upgrade(conn)
             await db.check_schema(conn)
+            if isinstance(keyring, KmsKeyring):
+                await kms_keys.open_keyring(conn, keyring)
             await keys.check_startup(conn, keyring, settings, str(settings.data_dir))
-            deployment_id, hash_key = await init_deployment(
-                conn, keyring, replace_lost=settings.encryption.allow_unknown_keys
-            )
+            if isinstance(keyring, KmsKeyring) and not keyring.ready:
+                deployment_id, hash_key = await kms_keys.deployment_without_keys(conn, keyring)
+            else:
+                deployment_id, hash_key = await init_deployment(
+                    conn, keyring, replace_lost=settings.encryption.allow_unknown_keys
+                )
             await init_admin(conn, admin_token)
+        hash_keys: list[bytes] = []  # filled once the runtime exists (see content_hash below)
         ctx = StoreContext(
             deployment_id,
             keyring,
             pool,
             str(settings.data_dir),
             list_concurrency=settings.reconcile.concurrency,
-            content_hash=functools.partial(crypto.content_hash, hash_key),
+            # Late-bound: with a KMS down at start the hash key arrives later.
+            content_hash=lambda sid, canon: crypto.content_hash(hash_keys[0], sid, canon),
         )
         timeout = max(settings.replication.lease_s / 3, 1.0)
         primary, backup = build_stores(settings, ctx, dsn, timeout)
@@ -96,6 +103,8 @@ async def open_runtime(
         rt = Runtime(
             settings, pool, dsn, keyring, deployment_id, hash_key, primary, backup, worker_pool
         )
+        hash_keys.append(hash_key)
+        rt.hash_cell = hash_keys
         for role in (primary, backup):
             if role is None:
                 continue
@@ -118,6 +127,9 @@ async def open_runtime(
                     with contextlib.suppress(Exception):
                         await role.close()
     finally:
+        if isinstance(keyring, KmsKeyring):
+            with contextlib.suppress(Exception):
+                await keyring.kms.close()
         try:
             await asyncio.wait_for(pool.close(), 10)
         except TimeoutError:
@@ -141,6 +153,8 @@ def make_readiness(rt: Runtime) -> Callable[[], Awaitable[list[str]]]:
             found.append(exc.message)
         except (*DB_DOWN, asyncpg.PostgresError):
             found.append("postgresql is unavailable")
+        if isinstance(rt.keyring, KmsKeyring) and not rt.keyring.ready:
+            found.append(f"the KMS is unavailable: {rt.keyring.error} (retrying)")
         return found
 
     return reasons

@@ -28,6 +28,7 @@ import structlog
 
 from secretmirror.crypto import key_id_hex
 from secretmirror.keys import FIX, Holder, holders, take_inventory
+from secretmirror.kms import REFRESH_S, KmsKeyring
 from secretmirror.reconcile import Job, Scanner
 from secretmirror.runtime import Runtime
 
@@ -59,6 +60,12 @@ class RekeyJob(Job):
         done_before = counts["scanned"] if self.resumed else 0
         counts.setdefault("rekeyed", 0)
         keyring = self.rt.keyring
+        if isinstance(keyring, KmsKeyring) and not self.resumed:
+            # A new data key, wrapped under the KMS key's current version, then
+            # everything re-encrypted under it: this is how a KMS key rotation
+            # reaches what is stored.
+            async with self.rt.pool.acquire() as conn:
+                await keyring.new_data_key(conn)
         found = holders_of(self.rt)
         for attempt in range(_PASSES):
             inventory = await take_inventory(found)
@@ -70,7 +77,11 @@ class RekeyJob(Job):
                 counts["total"] = done_before + remaining
             else:
                 counts["total"] = counts["scanned"] + remaining
-            if not old or self._cancelled.is_set():
+            if self._cancelled.is_set():
+                return
+            if not old:
+                if isinstance(keyring, KmsKeyring) and not await self._retire(keyring, found):
+                    continue  # another daemon wrote under an old data key meanwhile
                 break
             for holder in found:
                 for kid in old:
@@ -83,6 +94,22 @@ class RekeyJob(Job):
                 f"{counts['unknown']} ciphertext(s) use keys that are not configured "
                 f"({named}); {FIX}"
             )
+
+    async def _retire(self, keyring: KmsKeyring, found: list[Holder]) -> bool:
+        """Delete the rows of data keys that seal nothing now; False if one still does.
+
+        Other daemons learn the new data key within ``REFRESH_S``; until then they
+        may seal a write with the old one. So the job waits that long, counts
+        again, and retires only keys that still hold nothing.
+        """
+        await asyncio.sleep(REFRESH_S + 1)
+        inventory = await take_inventory(found)
+        primary = keyring.primary_key_id
+        if any(inventory.totals.get(k) for k in keyring.key_ids if k != primary):
+            return False
+        async with self.rt.pool.acquire() as conn:
+            await keyring.retire(conn, keyring.key_ids)
+        return True
 
     async def _finish(self, status: str, error: str | None) -> None:
         if status == "succeeded" and self._unknown is not None:

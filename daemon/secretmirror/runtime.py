@@ -15,7 +15,7 @@ import structlog
 
 from secretmirror import crypto
 from secretmirror.auth import TokenCache
-from secretmirror.errors import ConfigError, DecryptionError
+from secretmirror.errors import ConfigError, DecryptionError, Unavailable
 from secretmirror.feed import ChangeHub
 from secretmirror.queries import Q
 from secretmirror.settings import Settings
@@ -49,6 +49,13 @@ class Runtime:
     notify: asyncio.Event = field(default_factory=asyncio.Event)
     #: Wakes this process's change-feed readers (see ``feed``).
     changes: ChangeHub = field(default_factory=ChangeHub)
+    #: The hash key as the stores' ``content_hash`` reads it (see ``set_hash_key``).
+    hash_cell: list[bytes] = field(default_factory=list)
+
+    def set_hash_key(self, key: bytes) -> None:
+        """The content-hash key, once a KMS that was down at start-up unwraps it."""
+        self.hash_key = key
+        self.hash_cell[:] = [key]
 
     def committed(self) -> None:
         """A write committed: wake this worker and feed readers now, the other processes soon.
@@ -113,11 +120,20 @@ class Runtime:
         return min(caps)
 
     def content_hash(self, secret_id: str, canonical: bytes) -> str:
+        if not self.hash_key:  # a KMS that was down at start: the hash key is still sealed
+            raise Unavailable("encryption keys are unavailable: the KMS has not answered yet")
         return crypto.content_hash(self.hash_key, secret_id, canonical)
 
 
 def load_keyring(settings: Settings) -> crypto.Keyring:
-    """The configured keys, or a key generated once into ``data_dir`` with a warning."""
+    """The configured keys, or a key generated once into ``data_dir`` with a warning.
+
+    With ``encryption.kms`` an empty keyring the KMS fills at start (``kms.py``).
+    """
+    if settings.encryption.kms is not None:
+        from secretmirror.kms import KmsKeyring, build_kms
+
+        return KmsKeyring(build_kms(settings.encryption.kms))
     if settings.encryption_keys is not None:
         return crypto.Keyring(crypto.parse_keys(settings.encryption_keys.get_secret_value()))
     path = settings.data_dir / "encryption-key"

@@ -11,7 +11,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -150,10 +158,44 @@ class HistorySettings(BaseModel):
     keep_versions: int = Field(default=10, ge=1)
 
 
+class AwsKmsSettings(_Store):
+    """AWS KMS: data keys from GenerateDataKey under ``key_id``, unwrapped with Decrypt."""
+
+    type: Literal["aws"] = "aws"
+    key_id: str
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    auth_method: Literal["implicit", "secret-key", "sts-token", "iam-role"] = "implicit"
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    role_arn: str | None = None
+
+
+class HashicorpKmsSettings(_Store):
+    """Vault/OpenBao Transit: data keys from ``datakey/plaintext``, unwrapped with ``decrypt``."""
+
+    type: Literal["hashicorp"] = "hashicorp"
+    url: str = "http://127.0.0.1:8200"
+    mount: str = "transit"
+    key_name: str
+    auth_method: Literal["token", "approle"] = "token"
+    token: SecretStr | None = None
+    role_id: str | None = None
+    secret_id: SecretStr | None = None
+    namespace: str | None = None
+    ca_cert: Path | None = None
+
+
+KmsSettings = Annotated[AwsKmsSettings | HashicorpKmsSettings, Field(discriminator="type")]
+
+
 class EncryptionSettings(BaseModel):
     """How stored ciphertexts are sealed and re-sealed (spec section 14)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Envelope encryption with a KMS instead of ``encryption_keys``.
+    kms: KmsSettings | None = None
     #: Ciphertexts the rekey job re-encrypts per batch (one SELECT and one UPDATE).
     rekey_batch_size: int = Field(default=200, ge=1, le=10_000)
     #: Start even though stored ciphertexts use keys that are not configured (a key
@@ -189,6 +231,12 @@ class Settings(BaseSettings):
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     history: HistorySettings = Field(default_factory=HistorySettings)
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Settings:
+        if self.encryption.kms is not None and self.encryption_keys is not None:
+            raise ValueError("set encryption_keys or encryption.kms, not both")
+        return self
 
     @field_validator("listen")
     @classmethod

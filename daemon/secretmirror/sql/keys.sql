@@ -66,3 +66,13 @@ ALTER TABLE secretmirror_values ADD COLUMN IF NOT EXISTS key_id bytea
 -- sql_store_key_id_index --
 CREATE INDEX IF NOT EXISTS secretmirror_values_key_id
     ON secretmirror_values (deployment_id, key_id, secret_id) WHERE key_id IS NOT NULL
+
+-- kms_data_keys --
+-- The wrapped data keys, newest (the one that encrypts) first.
+SELECT id, wrapped FROM kms_data_keys ORDER BY created DESC, id
+
+-- kms_data_key_add --
+INSERT INTO kms_data_keys (id, kms, wrapped) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING
+
+-- kms_data_keys_delete --
+DELETE FROM kms_data_keys WHERE id = ANY($1::bytea[])

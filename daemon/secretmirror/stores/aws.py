@@ -402,58 +402,7 @@ class AwsStore:
         )
 
     async def _session(self, stack: contextlib.AsyncExitStack) -> tuple[AioSession, _Keys]:
-        """The session for Secrets Manager and the static keys to pass to its client.
-
-        implicit: botocore's default chain. secret-key / sts-token: the configured
-        keys. iam-role: AssumeRole on ``role_arn``, signed with the configured keys
-        if any (else the default chain), refreshed before the role session expires.
-        """
-        s = self._settings
-        keys = _Keys()
-        if s.aws_access_key_id and s.aws_secret_access_key:
-            keys = _Keys(
-                s.aws_access_key_id,
-                s.aws_secret_access_key.get_secret_value(),
-                s.aws_session_token.get_secret_value() if s.aws_session_token else None,
-            )
-        if s.auth_method == "implicit":
-            return AioSession(), _Keys()
-        if s.auth_method != "iam-role":
-            return AioSession(), keys
-        sts: STSClient = await stack.enter_async_context(
-            AioSession().create_client(
-                "sts",
-                region_name=s.region,
-                endpoint_url=self._sts_endpoint(),
-                config=_config(),
-                aws_access_key_id=keys.access_key,
-                aws_secret_access_key=keys.secret_key,
-                aws_session_token=keys.token,
-            )
-        )
-        assert s.role_arn is not None  # checked by _check
-        role_arn, session_name = s.role_arn, f"secretmirror-{self._deployment_id[:8]}"
-
-        async def assume() -> dict[str, str]:
-            answer = await sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name)
-            creds = answer["Credentials"]
-            return {
-                "access_key": creds["AccessKeyId"],
-                "secret_key": creds["SecretAccessKey"],
-                "token": creds["SessionToken"],
-                "expiry_time": creds["Expiration"].isoformat(),
-            }
-
-        return _RoleSession(AioDeferredRefreshableCredentials(assume, "assume-role")), _Keys()
-
-    def _sts_endpoint(self) -> str | None:
-        """An emulator's endpoint serves STS too; an AWS endpoint is Secrets Manager's only."""
-        url = self._settings.endpoint_url
-        if not url or (urlsplit(url).hostname or "").endswith(
-            (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
-        ):
-            return None  # botocore's regional STS endpoint (or AWS_ENDPOINT_URL_STS)
-        return url
+        return await open_session(self._settings, stack, f"secretmirror-{self._deployment_id[:8]}")
 
     # -- the store interface --
 
@@ -786,6 +735,63 @@ class AwsStore:
             if _is_deleted_error(exc):
                 raise _Stale from None
             raise
+
+
+async def open_session(
+    s: AwsStoreSettings, stack: contextlib.AsyncExitStack, session_name: str
+) -> tuple[AioSession, _Keys]:
+    """The session for an AWS client and the static keys to pass to it.
+
+    implicit: botocore's default chain. secret-key / sts-token: the configured
+    keys. iam-role: AssumeRole on ``role_arn``, signed with the configured keys
+    if any (else the default chain), refreshed before the role session expires.
+    Shared by the store and by KMS envelope encryption (``kms.py``).
+    """
+    keys = _Keys()
+    if s.aws_access_key_id and s.aws_secret_access_key:
+        keys = _Keys(
+            s.aws_access_key_id,
+            s.aws_secret_access_key.get_secret_value(),
+            s.aws_session_token.get_secret_value() if s.aws_session_token else None,
+        )
+    if s.auth_method == "implicit":
+        return AioSession(), _Keys()
+    if s.auth_method != "iam-role":
+        return AioSession(), keys
+    sts: STSClient = await stack.enter_async_context(
+        AioSession().create_client(
+            "sts",
+            region_name=s.region,
+            endpoint_url=_sts_endpoint(s.endpoint_url),
+            config=_config(),
+            aws_access_key_id=keys.access_key,
+            aws_secret_access_key=keys.secret_key,
+            aws_session_token=keys.token,
+        )
+    )
+    assert s.role_arn is not None  # checked by _check
+    role_arn = s.role_arn
+
+    async def assume() -> dict[str, str]:
+        answer = await sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name)
+        creds = answer["Credentials"]
+        return {
+            "access_key": creds["AccessKeyId"],
+            "secret_key": creds["SecretAccessKey"],
+            "token": creds["SessionToken"],
+            "expiry_time": creds["Expiration"].isoformat(),
+        }
+
+    return _RoleSession(AioDeferredRefreshableCredentials(assume, "assume-role")), _Keys()
+
+
+def _sts_endpoint(url: str | None) -> str | None:
+    """An emulator's endpoint serves STS too; an AWS endpoint is Secrets Manager's only."""
+    if not url or (urlsplit(url).hostname or "").endswith(
+        (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
+    ):
+        return None  # botocore's regional STS endpoint (or AWS_ENDPOINT_URL_STS)
+    return url
 
 
 def _config() -> AioConfig:
