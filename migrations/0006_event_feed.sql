@@ -26,3 +26,8 @@ CREATE INDEX events_feed ON events ((COALESCE(tx, '0'::xid8)), seq);
 CREATE FUNCTION secretmirror_visible(is_private boolean, owner_id uuid, caller uuid)
 RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT NOT is_private OR owner_id = caller $$;
+
+-- A name prefix (the list, bulk reads) is a range of names in byte order; this index
+-- serves it whatever the database's collation (a restart storm of 200 prefix reads over
+-- 4,000 secrets: a scan each without it).
+CREATE INDEX IF NOT EXISTS secrets_name_c ON secrets ((name COLLATE "C"), id);

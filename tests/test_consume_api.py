@@ -364,3 +364,12 @@ async def test_deleted_history_is_private_to_who_could_see_it(api: Api) -> None:
     assert [i["kind"] for i in body["items"]] == ["create", "delete"]
     status, _, _ = await api.request("GET", path, params={"deleted": "true"})
     assert status == 404
+
+
+async def test_name_prefix_matches_exactly_the_names_starting_with_it(api: Api) -> None:
+    """A prefix selects by bytes: no neighbour in sort order slips in, with or without values."""
+    for name in ("ap", "app-", "app-x", "app-x.y", "app.x", "app_x", "app0", "APP-x"):
+        await api.create(name, {"k": name})
+    for params in ({}, {"values": "true"}):
+        page = await get_ok(api, SECRETS, name_prefix="app-", **params)
+        assert [i["name"] for i in page["items"]] == ["app-", "app-x", "app-x.y"]

@@ -48,6 +48,8 @@ class ChangeHub:
 
     def __init__(self) -> None:
         self._changed = asyncio.Event()
+        self._generation = 0
+        self._reads: dict[tuple[Any, ...], asyncio.Future[list[Any]]] = {}
         #: True while the LISTEN connection is up: waiters then need no poll of their own.
         self.listening = False
 
@@ -55,10 +57,27 @@ class ChangeHub:
         """Something committed: wake every current waiter."""
         self._changed.set()
         self._changed = asyncio.Event()
+        self._generation += 1
 
-    def waiter(self) -> asyncio.Event:
+    def waiter(self) -> tuple[asyncio.Event, int]:
         """Take this before reading the log, then wait on it: no wake-up is lost in between."""
-        return self._changed
+        return self._changed, self._generation
+
+    async def page(self, pool: asyncpg.Pool, generation: int, *args: Any) -> list[Any]:
+        """``feed_page`` for ``args``, read once for every waiter of one generation.
+
+        A hundred clients woken by one commit at the same position cost one query.
+        Sharing is safe within a generation: a commit that a shared read started
+        too early to see bumps the generation when it is announced, which wakes
+        every waiter that joined the read.
+        """
+        key = (generation, *(tuple(a) if isinstance(a, list) else a for a in args))
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(pool.fetch(Q.feed_page, *args))
+            self._reads[key] = read
+            read.add_done_callback(lambda _r: self._reads.pop(key, None))
+        return await asyncio.shield(read)
 
     async def listen(self, dsn: str, stop: asyncio.Event) -> None:
         """Hold the process's one LISTEN connection; reconnect after failures."""
@@ -132,9 +151,17 @@ async def read(
     try:
         position = await _start(pool, after)
         while True:
-            woken = hub.waiter()
-            rows = await pool.fetch(
-                Q.feed_page, position.tx, position.seq, PAGE, user_id, name_prefix, own, patterns
+            woken, generation = hub.waiter()
+            rows = await hub.page(
+                pool,
+                generation,
+                position.tx,
+                position.seq,
+                PAGE,
+                user_id,
+                name_prefix,
+                own,
+                patterns,
             )
             events: list[dict[str, Any]] = []
             behind_running = False

@@ -221,12 +221,15 @@ ORDER BY private DESC LIMIT 1
 -- secret_list --
 -- Visibility is secretmirror_sees (migration 0004): the one rule this list, the bulk
 -- read, the by-name route and the change feed share. $1, $8, $9 are the caller's
--- Principal.sql_visibility (user id, own token, scope LIKE patterns or NULL).
+-- Principal.sql_visibility (user id, own token, scope LIKE patterns or NULL). A name
+-- prefix is a range in byte order (the index secrets_name_c of migration 0006):
+-- starts_with() cannot use an index, and a range in the database's own collation need
+-- not hold every name with that prefix.
 SELECT id::text, name, owner::text, private, version, created, updated
 FROM secrets
 WHERE secretmirror_sees(private, owner, name, $1, $8, $9)
   AND ($2::text IS NULL OR name = $2)
-  AND ($3::text IS NULL OR starts_with(name, $3))
+  AND ($3::text IS NULL OR ((name COLLATE "C") >= $3 AND (name COLLATE "C") < ($3 || chr(1114111))))
   AND ($4::boolean IS NULL OR private = $4)
   AND ($5::text IS NULL OR (name, id) > ($5, $6::uuid))
 ORDER BY name, id
@@ -241,7 +244,8 @@ FROM secrets s
 LEFT JOIN secretmirror_values v ON v.deployment_id = $8 AND v.secret_id = s.id AND NOT v.deleted
 WHERE secretmirror_sees(s.private, s.owner, s.name, $1, $9, $10)
   AND ($2::text IS NULL OR s.name = $2)
-  AND ($3::text IS NULL OR starts_with(s.name, $3))
+  AND ($3::text IS NULL
+       OR ((s.name COLLATE "C") >= $3 AND (s.name COLLATE "C") < ($3 || chr(1114111))))
   AND ($4::boolean IS NULL OR s.private = $4)
   AND ($5::text IS NULL OR (s.name, s.id) > ($5, $6::uuid))
 ORDER BY s.name, s.id

@@ -1,0 +1,277 @@
+"""Consuming secrets: a restart storm (single vs bulk reads) and the change feed's latency.
+
+Restart storm: 200 clients start at once, each reading its own 20 secrets, once
+with 20 single GETs (``/api/v1/secrets/by-name/{name}``, one keep-alive
+connection per client) and once with one bulk read (``?values=true``). Beside
+them, the raw limit: the same rows read by 200 tasks straight from PostgreSQL
+with asyncpg (the daemon's bulk query, a pool of 20 connections, no HTTP, no
+decryption). Target: bulk >= 20,000 values/s.
+
+Change feed: 100 clients long-poll ``/api/v1/events``; a writer creates secrets
+one at a time; each client records when each event reaches it. Latency is from
+the event's ``recorded_at`` (taken in the writing transaction, same host clock)
+to its arrival. Target: p99 <= 100 ms.
+
+The daemon is one ``secretmirror serve`` subprocess (sql primary in the main
+database, no backup) on a pgserver PostgreSQL, as bench/api.py runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from bench._common import (
+    latency_summary,
+    machine_info,
+    machine_load,
+    now_iso,
+    print_load,
+    print_targets,
+    run_standalone,
+)
+from bench.api import ADMIN_TOKEN, BenchPostgres, Daemon, values_for
+from secretmirror.queries import Q
+
+NAME = "consume"
+CLIENTS = 200
+PER_CLIENT = 20
+ROUNDS = 3
+FEED_CLIENTS = 100
+FEED_EVENTS = 60
+FEED_GAP_S = 0.1
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def secret_name(client: int, i: int) -> str:
+    return f"app{client:03d}-s{i:02d}"
+
+
+async def seed(base_url: str) -> None:
+    """CLIENTS x PER_CLIENT secrets through the API, 32 at a time."""
+    gate = asyncio.Semaphore(32)
+    async with aiohttp.ClientSession(headers=AUTH) as session:
+
+        async def one(c: int, i: int) -> None:
+            async with gate:
+                body = {"name": secret_name(c, i), "values": values_for(c * PER_CLIENT + i)}
+                async with session.post(base_url + "/api/v1/secrets", json=body) as resp:
+                    if resp.status != 201:
+                        raise RuntimeError(f"seeding answered {resp.status}")
+
+        await asyncio.gather(*(one(c, i) for c in range(CLIENTS) for i in range(PER_CLIENT)))
+
+
+async def storm(base_url: str, bulk: bool) -> float:
+    """One restart storm; values per second over the whole storm."""
+    start = asyncio.Event()
+
+    async def client(c: int) -> int:
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(headers=AUTH, connector=connector) as session:
+            await start.wait()
+            if bulk:
+                params = {"values": "true", "name_prefix": f"app{c:03d}-", "limit": "1000"}
+                async with session.get(base_url + "/api/v1/secrets", params=params) as resp:
+                    body = await resp.json()
+                    if resp.status != 200:
+                        raise RuntimeError(f"bulk read answered {resp.status}")
+                    return sum(1 for item in body["items"] if item["values"])
+            read = 0
+            for i in range(PER_CLIENT):
+                path = f"/api/v1/secrets/by-name/{secret_name(c, i)}"
+                async with session.get(base_url + path) as resp:
+                    body = await resp.json()
+                    if resp.status != 200:
+                        raise RuntimeError(f"single read answered {resp.status}")
+                    read += 1 if body["values"] else 0
+            return read
+
+    tasks = [asyncio.create_task(client(c)) for c in range(CLIENTS)]
+    await asyncio.sleep(0.5)  # every client has its session; then they all go at once
+    started = time.perf_counter()
+    start.set()
+    counts = await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    if sum(counts) != CLIENTS * PER_CLIENT:
+        raise RuntimeError(f"read {sum(counts)} values, expected {CLIENTS * PER_CLIENT}")
+    return sum(counts) / elapsed
+
+
+async def raw_storm(dsn: str, pool: asyncpg.Pool) -> float:
+    """The same rows straight from PostgreSQL: the daemon's bulk query per client."""
+    deployment = await pool.fetchval("SELECT id FROM deployment")
+    admin = await pool.fetchval("SELECT id FROM users WHERE name = 'admin'")
+
+    async def client(c: int) -> int:
+        rows = await pool.fetch(
+            Q.secret_list_with_values,
+            admin,
+            None,
+            f"app{c:03d}-",
+            None,
+            None,
+            None,
+            1001,
+            deployment,
+        )
+        return sum(1 for r in rows if r["ciphertext"] is not None)
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(client(c) for c in range(CLIENTS)))
+    return sum(counts) / (time.perf_counter() - started)
+
+
+async def feed_latency(base_url: str) -> dict[str, Any]:
+    """FEED_CLIENTS long-pollers; FEED_EVENTS writes; arrival minus recorded_at per event."""
+    latencies: list[float] = []
+    missed = 0
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession(
+        headers=AUTH, connector=aiohttp.TCPConnector(limit=FEED_CLIENTS + 8)
+    ) as session:
+        async with session.get(base_url + "/api/v1/events") as resp:
+            head = (await resp.json())["last_seq"]
+
+        async def poller() -> int:
+            position, seen = head, 0
+            while not stop.is_set():
+                params = {"after": str(position), "wait": "5", "name_prefix": "feed-"}
+                async with session.get(base_url + "/api/v1/events", params=params) as resp:
+                    body = await resp.json()
+                arrived = time.time()
+                for event in body["events"]:
+                    recorded = datetime.fromisoformat(event["recorded_at"]).timestamp()
+                    latencies.append(arrived - recorded)
+                    seen += 1
+                position = body["last_seq"]
+            return seen
+
+        pollers = [asyncio.create_task(poller()) for _ in range(FEED_CLIENTS)]
+        await asyncio.sleep(1.0)  # every poller is waiting
+        for n in range(FEED_EVENTS):
+            body = {"name": f"feed-{n:04d}", "values": {"k": "v"}}
+            async with session.post(base_url + "/api/v1/secrets", json=body) as resp:
+                if resp.status != 201:
+                    raise RuntimeError(f"a feed write answered {resp.status}")
+            await asyncio.sleep(FEED_GAP_S)
+        await asyncio.sleep(1.0)
+        stop.set()
+        seen = await asyncio.gather(*pollers)
+        missed = sum(FEED_EVENTS - s for s in seen)
+    summary = latency_summary(latencies)
+    return {"deliveries": len(latencies), "missed": missed, "latency_ms": summary}
+
+
+async def _measure(dsn: str, workdir: Path, out: dict[str, Any]) -> None:
+    daemon = Daemon(dsn, workdir)
+    daemon.start()
+    try:
+        await daemon.wait_ready()
+        seeded = time.perf_counter()
+        await seed(daemon.base_url)
+        out["seed_s"] = round(time.perf_counter() - seeded, 1)
+        single = [await storm(daemon.base_url, bulk=False) for _ in range(ROUNDS)]
+        bulk = [await storm(daemon.base_url, bulk=True) for _ in range(ROUNDS)]
+        pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
+        try:
+            raw = [await raw_storm(dsn, pool) for _ in range(ROUNDS)]
+        finally:
+            await pool.close()
+        out["storm"] = {
+            "single_values_per_s": [round(v) for v in single],
+            "bulk_values_per_s": [round(v) for v in bulk],
+            "raw_asyncpg_values_per_s": [round(v) for v in raw],
+            "single_median": round(statistics.median(single)),
+            "bulk_median": round(statistics.median(bulk)),
+            "raw_median": round(statistics.median(raw)),
+        }
+        out["feed"] = await feed_latency(daemon.base_url)
+    finally:
+        daemon.stop()
+
+
+def _targets(out: dict[str, Any]) -> dict[str, Any]:
+    bulk = (out.get("storm") or {}).get("bulk_median")
+    p99 = ((out.get("feed") or {}).get("latency_ms") or {}).get("p99_ms")
+    missed = (out.get("feed") or {}).get("missed")
+    return {
+        "storm_bulk_values_per_s": {
+            "target": ">= 20000",
+            "measured": bulk,
+            "pass": bulk is not None and bulk >= 20000,
+        },
+        "feed_p99_ms": {
+            "target": "<= 100",
+            "measured": p99,
+            "pass": p99 is not None and p99 <= 100 and missed == 0,
+        },
+    }
+
+
+def print_summary(out: dict[str, Any]) -> None:
+    storm_out = out.get("storm") or {}
+    print(f"restart storm: {CLIENTS} clients x {PER_CLIENT} secrets, {ROUNDS} rounds (values/s)")
+    print(f"  single GETs   {storm_out.get('single_values_per_s')}")
+    print(f"  bulk read     {storm_out.get('bulk_values_per_s')}")
+    print(f"  raw asyncpg   {storm_out.get('raw_asyncpg_values_per_s')}")
+    feed = out.get("feed") or {}
+    print(
+        f"change feed: {FEED_CLIENTS} long-pollers, {FEED_EVENTS} events: "
+        f"{feed.get('deliveries')} deliveries, missed {feed.get('missed')}, "
+        f"latency ms {feed.get('latency_ms')}"
+    )
+    print_targets(out)
+    print_load(out)
+
+
+async def main() -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "benchmark": NAME,
+        "started": now_iso(),
+        "machine": machine_info(),
+        "load_start": machine_load(),
+        "config": {
+            "clients": CLIENTS,
+            "secrets_per_client": PER_CLIENT,
+            "rounds": ROUNDS,
+            "feed_clients": FEED_CLIENTS,
+            "feed_events": FEED_EVENTS,
+            "feed_gap_s": FEED_GAP_S,
+            "raw": "asyncpg pool of 20, Q.secret_list_with_values per client, no decryption",
+        },
+    }
+    pg = BenchPostgres()
+    workdir = Path(tempfile.mkdtemp(prefix="sm-bench-consume-"))
+    try:
+        dsn = await asyncio.to_thread(pg.start)
+        await pg.create_database()
+        await _measure(dsn, workdir, out)
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        print(f"consume bench failed: {out['error']}", file=sys.stderr)
+    finally:
+        with contextlib.suppress(Exception):
+            await pg.drop_database()
+        await asyncio.to_thread(pg.stop)
+        shutil.rmtree(workdir, ignore_errors=True)
+    out["load_end"] = machine_load()
+    out["finished"] = now_iso()
+    out["targets"] = _targets(out)
+    print_summary(out)
+    return out
+
+
+if __name__ == "__main__":
+    run_standalone(NAME, main)
