@@ -373,3 +373,37 @@ async def test_name_prefix_matches_exactly_the_names_starting_with_it(api: Api) 
     for params in ({}, {"values": "true"}):
         page = await get_ok(api, SECRETS, name_prefix="app-", **params)
         assert [i["name"] for i in page["items"]] == ["app-", "app-x", "app-x.y"]
+
+
+async def scoped_token(api: Api, names: list[str], actions: list[str]) -> Api:
+    status, body, _ = await api.request(
+        "POST",
+        "/api/v1/tokens",
+        json={
+            "name": f"scoped-{uuid.uuid4().hex[:8]}",
+            "scopes": [{"names": names, "actions": actions}],
+        },
+    )
+    assert status == 201, body
+    return api.as_token(body["token"])
+
+
+async def test_feed_leaves_out_secrets_outside_the_tokens_list_scope(api: Api) -> None:
+    """A token scoped to app-* (list) sees only app-* events; a read-only scope sees none."""
+    await api.create("app-db", {"k": "1"})
+    await api.create("ci-deploy", {"k": "1"})
+    listing = await scoped_token(api, ["app-*"], ["list"])
+    reading = await scoped_token(api, ["app-*", "ci-*"], ["read"])
+    assert summary((await feed(listing, after=0))["events"]) == [("app-db", 1, "create")]
+    assert (await feed(reading, after=0))["events"] == []
+
+
+async def test_bulk_read_needs_the_read_scope(api: Api) -> None:
+    """values=true returns only the secrets the token may read; a list-only scope gets none."""
+    await api.create("app-db", {"k": "app"})
+    await api.create("ci-deploy", {"k": "ci"})
+    reading = await scoped_token(api, ["app-*"], ["read"])
+    listing = await scoped_token(api, ["app-*", "ci-*"], ["list"])
+    items = (await get_ok(reading, SECRETS, values="true"))["items"]
+    assert [(i["name"], i["values"]) for i in items] == [("app-db", {"k": "app"})]
+    assert (await get_ok(listing, SECRETS, values="true"))["items"] == []
