@@ -32,6 +32,8 @@ from secretmirror.stores.file import FileStore
 from tests.conftest import ADMIN_TOKEN
 from tests.daemon_proc import DaemonProcess
 from tests.load import Load
+from tests.moto import ACCESS_KEY, REGION, SECRET_KEY
+from tests.test_kms import kms_client, new_cmk, transit  # noqa: F401 - transit is a fixture
 
 pytestmark = pytest.mark.acceptance
 
@@ -61,17 +63,19 @@ class Deployment:
         self.daemon: DaemonProcess | None = None
         self.runs = 0
 
-    def env(self, keys: str, **extra: str) -> dict[str, str]:
+    def env(self, keys: str | dict[str, str], **extra: str) -> dict[str, str]:
+        """``keys``: encryption_keys, or the SECRETMIRROR_ENCRYPTION__KMS__* variables."""
+        source = keys if isinstance(keys, dict) else {"SECRETMIRROR_ENCRYPTION_KEYS": keys}
         return {
             "SECRETMIRROR_DATABASE_URL": self.database,
-            "SECRETMIRROR_ENCRYPTION_KEYS": keys,
+            **source,
             "SECRETMIRROR_BACKUP__TYPE": "file",
             "SECRETMIRROR_BACKUP__PATH": str(self.files),
             **FAST,
             **extra,
         }
 
-    def start(self, keys: str, **extra: str) -> DaemonProcess:
+    def start(self, keys: str | dict[str, str], **extra: str) -> DaemonProcess:
         self.stop()
         self.runs += 1
         self.daemon = DaemonProcess(
@@ -255,6 +259,75 @@ async def test_rotation_end_to_end_under_writes(deployment: Deployment) -> None:
     live = [s for s in ids if not (load.acked.get(s) and load.acked[s].values is None)]
     assert await asyncio.to_thread(file_entries_read, deployment, key_b, live) == len(live)
     assert deployment.cli_json("keys", "status")["unknown"] == []
+    assert_verify_clean(deployment)
+
+
+def kms_env(fields: dict[str, str]) -> dict[str, str]:
+    return {f"SECRETMIRROR_ENCRYPTION__KMS__{k.upper()}": v for k, v in fields.items()}
+
+
+@pytest.mark.parametrize("kms", ["aws", "hashicorp"])
+async def test_kms_rotation_end_to_end_under_writes(
+    deployment: Deployment, kms: str, request: pytest.FixtureRequest
+) -> None:
+    """Rotate the KMS key, keys rotate under 4 writers, retire the old KMS key: all reads."""
+    if kms == "aws":
+        endpoint = request.getfixturevalue("moto_server")
+        first, second = await new_cmk(endpoint), await new_cmk(endpoint)
+        base = {
+            "type": "aws",
+            "region": REGION,
+            "endpoint_url": endpoint,
+            "auth_method": "secret-key",
+            "aws_access_key_id": ACCESS_KEY,
+            "aws_secret_access_key": SECRET_KEY,
+        }
+        before, after = kms_env({**base, "key_id": first}), kms_env({**base, "key_id": second})
+
+        async def retire_old() -> None:
+            async with kms_client(endpoint) as client:
+                await client.disable_key(KeyId=first)
+
+    else:
+        bao, mount = request.getfixturevalue("transit")
+        before = after = kms_env(
+            {
+                "type": "hashicorp",
+                "url": bao.url,
+                "mount": mount,
+                "key_name": "k",
+                "token": bao.root_token,
+            }
+        )
+
+        async def retire_old() -> None:
+            bao.ok("POST", f"{mount}/keys/k/config", {"min_decryption_version": 2})
+
+    daemon = deployment.start(before)
+    versions = await seed(daemon.url, 100)
+    await asyncio.to_thread(wait_for, lambda: drained(daemon), 120, "the backup to catch up")
+    [old] = deployment.cli_json("keys", "status")["keys"]
+    if kms == "hashicorp":
+        bao.ok("POST", f"{mount}/keys/k/rotate", {})
+
+    daemon = deployment.start(after)
+    ids = list(versions)
+    async with Load([daemon.url], seed=14) as load:
+        rotate = asyncio.create_task(asyncio.to_thread(deployment.cli, "keys", "rotate"))
+        while not rotate.done():
+            await load.run(ids, 40, clients=4)
+        done = await rotate
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert load.failed_requests == 0, load.failures[:5]
+    status = deployment.cli_json("keys", "status")
+    assert [k["id"] for k in status["keys"]] != [old["id"]]
+    assert len(status["keys"]) == 1  # the old data key sealed nothing and was deleted
+    assert status["unknown"] == []
+    await asyncio.to_thread(wait_for, lambda: drained(daemon), 120, "the backup to catch up")
+
+    await retire_old()
+    daemon = deployment.start(after)
+    await check_reads(daemon.url, versions, load)
     assert_verify_clean(deployment)
 
 
