@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.cloud import secretmanager
 from google.oauth2 import service_account
@@ -482,3 +483,34 @@ async def test_verify_asks_each_live_entry_once(
     found = await run_job(api, "verify")
     assert found["counts"]["stores"]["backup"]["in_sync"] == 6
     assert collections.Counter(gcp_fake.ops(mark)) == {"secrets.list": 1, "versions.access": 6}
+
+
+async def test_verify_sees_a_version_added_by_hand_to_a_tombstone(
+    api: Api,
+    runtime: Runtime,
+    sdk: secretmanager.SecretManagerServiceClient,
+    gcp_prefix: str,
+) -> None:
+    """A deleted secret's GCP secret with a version added by hand serves a value again: an
+    orphan; repair destroys it."""
+    gone = (await api.create("tomb", {"k": "v"}))["id"]
+    await api.create("kept", {"k": "v"})
+    async with worker(runtime):
+        await until(lambda: drained(runtime))
+        status, _, _ = await api.request("DELETE", f"/api/v1/secrets/{gone}")
+        assert status == 204
+        await until(lambda: drained(runtime))
+    name = f"{PARENT}/secrets/{gcp_prefix}{gone}"
+    sdk.add_secret_version(request={"parent": name, "payload": {"data": b"revived by hand"}})
+
+    found = await run_job(api, "verify")
+    assert drift_counts(found, "backup") == (0, 0, 0, 1), found["counts"]
+    assert found["samples"]["backup"]["orphan"] == [gone]
+
+    repaired = await run_job(api, "repair")
+    assert (repaired["status"], repaired["counts"]["deleted"]) == ("succeeded", 1), repaired
+    with pytest.raises(gexc.BadRequest, match="DESTROYED"):
+        sdk.access_secret_version(request={"name": f"{name}/versions/latest"})
+    clean = await run_job(api, "verify")
+    assert drift_counts(clean, "backup") == (0, 0, 0, 0), clean["counts"]
+    assert clean["counts"]["stores"]["backup"]["in_sync"] == 1  # the other secret

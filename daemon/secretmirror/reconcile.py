@@ -238,7 +238,9 @@ def _classify(entry: Entry, row: Any, in_flight_is_sync: bool) -> str | None:
     live = row is not None and row["version"] is not None
     in_flight = live and in_flight_is_sync and bool(row["in_flight"])
     if not live:
-        return None if entry.deleted else "orphan"
+        # A tombstone with something readable on it (GCP: a version added by hand after
+        # the delete) is an entry with no live secret like any other.
+        return None if entry.deleted and not entry.foreign_write else "orphan"
     expected = row["version"]
     if entry.deleted:
         if entry.version >= expected:

@@ -47,7 +47,8 @@ class Entry:
     ``hash`` is None where the provider's listing does not carry it;
     ``foreign_write`` is True where the provider shows the current value was
     not written by secretmirror (for AWS, an ``AWSCURRENT`` VersionId that is
-    not one of secretmirror's request tokens). ``unreadable`` is True where a
+    not one of secretmirror's request tokens); on a ``deleted`` entry, that
+    something readable sits on the tombstone. ``unreadable`` is True where a
     store that encrypts its entries (sql, file) found the entry's ciphertext
     does not decrypt (corrupted, or copied from another entry).
     """

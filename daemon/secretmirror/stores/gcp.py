@@ -78,11 +78,12 @@ Calls per operation (GCP quotas per project: 600 writes/min, 600 reads/min,
   against 90,000/min. An entry whose ``latest`` is not the version the labels
   claim, or cannot be accessed, lists as ``Entry.foreign_write`` (verify:
   mismatch; repair writes the current version on top). ``get`` refuses such
-  a value and the next write supersedes it.
+  a value and the next write supersedes it. A tombstone is checked too (its
+  versions are all destroyed): one with a readable version lists as deleted
+  and foreign (verify: orphan; repair deletes it again).
 
-Limits. A tombstone is not checked: a version added by hand to a deleted
-secret's GCP secret is not reported. Old versions are destroyed best-effort:
-a destroy that fails (throttled) is retried on the next change of that entry.
+Limits. Old versions are destroyed best-effort: a destroy that fails
+(throttled) is retried on the next change of that entry.
 
 Quota discipline: every write takes a slot from one token bucket per store
 (``max_writes_per_s``, default 8 under GCP's 10/s). A 429 /
@@ -516,16 +517,18 @@ class GcpStore:
 
         Readers of the secret read ``latest``: a version added, disabled or
         destroyed by hand changes what they read without touching the labels.
+        A tombstone must have nothing readable; one that has (a version added
+        by hand after the delete) lists as deleted *and* foreign.
         """
         entry = state.entry(secret_id)
-        if entry.deleted or entry.foreign_write:
+        if entry.foreign_write:
             return entry
         try:
             number, _ = await self._access(self._settings.name_prefix + secret_id, "latest")
         except (StoreNotFound, _Precondition):
             number = None  # no version, or the newest one disabled or destroyed
-        if number == state.gcp_version:
-            return entry
+        if number == (None if entry.deleted else state.gcp_version):
+            return entry  # a tombstone's versions are all destroyed: nothing to read
         self._remembered.forget(secret_id)
         return replace(entry, foreign_write=True)
 
