@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -503,6 +504,24 @@ async def test_listing_reads_each_live_entry_once(
     assert len([e async for e in store.list()]) == 3
     assert sorted(azure_fake.calls(mark, azure_prefix)) == ["get", "get", "get"]
     assert sorted(azure_fake.calls(mark)) == ["get", "get", "get", "list", "list_deleted"]
+
+
+async def test_without_the_hash_key_the_listing_fails_instead_of_guessing(
+    store: AzureStore, azure_fake: AzureFake, ctx: StoreContext, azure_prefix: str
+) -> None:
+    """A content hash that cannot be computed yet (a KMS down at start) is no mismatch."""
+    await put(store, sid(), 1, {"a": "1"})
+
+    def unavailable(secret_id: str, canon: bytes) -> str:
+        raise StoreUnavailable("the content-hash key is not available yet")
+
+    keyless = azure_store(azure_fake, replace(ctx, content_hash=unavailable), azure_prefix)
+    await keyless.open()
+    try:
+        with pytest.raises(StoreUnavailable, match="not available yet"):
+            _ = [e async for e in keyless.list()]
+    finally:
+        await keyless.close()
 
 
 async def test_a_hand_written_version_is_never_served(

@@ -27,7 +27,7 @@ from secretmirror.api.admin import LAST_VERIFY, SHARED_GAUGES
 from secretmirror.api.app import build_app
 from secretmirror.api.jobs import JOBS
 from secretmirror.auth import Accounts
-from secretmirror.errors import SchemaMismatch, StoreError
+from secretmirror.errors import SchemaMismatch, StoreError, StoreUnavailable
 from secretmirror.kms import KmsKeyring
 from secretmirror.output import startup_banner
 from secretmirror.reconcile import Jobs
@@ -88,14 +88,21 @@ async def open_runtime(
                 )
             await init_admin(conn, admin_token)
         hash_keys: list[bytes] = []  # filled once the runtime exists (see content_hash below)
+
+        def content_hash(secret_id: str, canon: bytes) -> str:
+            # Late-bound: with a KMS down at start the hash key arrives later; until then
+            # no value can be held against a recorded hash (never a false mismatch).
+            if not hash_keys or not hash_keys[0]:
+                raise StoreUnavailable("the content-hash key is not available yet (the KMS)")
+            return crypto.content_hash(hash_keys[0], secret_id, canon)
+
         ctx = StoreContext(
             deployment_id,
             keyring,
             pool,
             str(settings.data_dir),
             list_concurrency=settings.reconcile.concurrency,
-            # Late-bound: with a KMS down at start the hash key arrives later.
-            content_hash=lambda sid, canon: crypto.content_hash(hash_keys[0], sid, canon),
+            content_hash=content_hash,
         )
         timeout = max(settings.replication.lease_s / 3, 1.0)
         primary, backup = build_stores(settings, ctx, dsn, timeout)
