@@ -387,7 +387,7 @@ class _CountingPool:
 
 
 class _Switchable:
-    """A runtime stand-in whose database can be taken away."""
+    """A runtime stand-in with one configured target."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -403,10 +403,10 @@ async def test_a_scrape_while_postgresql_is_down_serves_the_last_reading(
     registry = CollectorRegistry()
     registry.register(collector)
     rt = _Switchable(runtime)
-    refresh = Refresher(rt, collector, ttl_s=0)
+    refresh = Refresher(rt, collector, ttl_s=0, pool=runtime.pool)
     await refresh()
     before = generate_latest(registry).decode()
-    rt.pool = _DownPool()
+    refresh.pool = _DownPool()
     await refresh()
     after = generate_latest(registry).decode()
     assert value(before, "secretmirror_secrets") == value(after, "secretmirror_secrets") == 0
@@ -416,8 +416,8 @@ async def test_a_scrape_while_postgresql_is_down_serves_the_last_reading(
 async def test_readings_are_cached_between_scrapes(runtime: Runtime) -> None:
     """Within the TTL a second scrape does not query PostgreSQL again."""
     rt = _Switchable(runtime)
-    rt.pool = counting = _CountingPool(runtime.pool)
-    refresh = Refresher(rt, SharedStateCollector(), ttl_s=60)
+    counting = _CountingPool(runtime.pool)
+    refresh = Refresher(rt, SharedStateCollector(), ttl_s=60, pool=counting)
     await refresh()
     first = counting.calls
     await refresh()

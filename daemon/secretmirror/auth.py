@@ -106,9 +106,41 @@ def token_json(row: Any, user: str, created_by: str | None) -> dict[str, Any]:
     }
 
 
+class _Db:
+    """The pool's query methods, with a database outage raised as ``Unavailable`` (503)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        try:
+            return list(await self._pool.fetch(query, *args))
+        except DB_DOWN:
+            raise Unavailable("the database is unavailable") from None
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        try:
+            return await self._pool.fetchrow(query, *args)
+        except DB_DOWN:
+            raise Unavailable("the database is unavailable") from None
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        try:
+            return await self._pool.fetchval(query, *args)
+        except DB_DOWN:
+            raise Unavailable("the database is unavailable") from None
+
+    async def execute(self, query: str, *args: Any) -> str:
+        try:
+            return str(await self._pool.execute(query, *args))
+        except DB_DOWN:
+            raise Unavailable("the database is unavailable") from None
+
+
 class Accounts:
     def __init__(self, pool: asyncpg.Pool, cache: TokenCache | None = None) -> None:
-        self.pool = pool
+        #: Every query goes through ``_Db``: an outage is a 503, never a 500 with a traceback.
+        self.pool = _Db(pool)
         self.cache = cache
 
     async def create_user(self, principal: Principal, name: Any, role: Any) -> dict[str, Any]:

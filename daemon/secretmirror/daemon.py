@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -27,7 +29,7 @@ from secretmirror.api.admin import LAST_VERIFY, SHARED_GAUGES
 from secretmirror.api.app import build_app
 from secretmirror.api.jobs import JOBS
 from secretmirror.auth import Accounts
-from secretmirror.errors import SchemaMismatch, StoreError, StoreUnavailable
+from secretmirror.errors import ListenError, SchemaMismatch, StoreError, StoreUnavailable
 from secretmirror.kms import KmsKeyring
 from secretmirror.output import startup_banner
 from secretmirror.reconcile import Jobs
@@ -48,6 +50,8 @@ from secretmirror.supervisor import Supervisor
 log = structlog.get_logger("secretmirror.daemon")
 
 SHUTDOWN_BUDGET_S = 8.0
+#: What is left of the 10 s for closing the pools and stores once the tasks stopped.
+CLOSE_BUDGET_S = 1.5
 
 
 async def _connect_with_retry(dsn: str, attempts: int = 30) -> asyncpg.Pool:
@@ -72,6 +76,8 @@ async def open_runtime(
     keyring = load_keyring(settings)
     admin_token = load_admin_token(settings)
     pool = await _connect_with_retry(dsn)
+    #: Closing everything shares one budget, within SIGTERM's 10 s (see ``_serve_runtime``).
+    deadline = time.monotonic() + CLOSE_BUDGET_S
     try:
         async with pool.acquire() as conn:
             if migrate:
@@ -125,23 +131,30 @@ async def open_runtime(
         try:
             yield rt
         finally:
-            try:
-                await asyncio.wait_for(rt.worker_pool.close(), 10)
-            except TimeoutError:
-                rt.worker_pool.terminate()
+            deadline = time.monotonic() + CLOSE_BUDGET_S
+            await _close_pool(rt.worker_pool, deadline)
             for role in (backup, primary):
                 if role is not None:
                     with contextlib.suppress(Exception):
-                        await role.close()
+                        await asyncio.wait_for(role.close(), _left(deadline))
     finally:
         if isinstance(keyring, KmsKeyring):
             with contextlib.suppress(Exception):
-                await keyring.kms.close()
-        try:
-            await asyncio.wait_for(pool.close(), 10)
-        except TimeoutError:
-            log.warning("db.pool_close_timeout")
-            pool.terminate()
+                await asyncio.wait_for(keyring.kms.close(), _left(deadline))
+        await _close_pool(pool, deadline)
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.01)
+
+
+async def _close_pool(pool: asyncpg.Pool, deadline: float) -> None:
+    """Close ``pool`` gracefully until ``deadline``, then drop its connections."""
+    try:
+        await asyncio.wait_for(pool.close(), _left(deadline))
+    except TimeoutError:
+        log.warning("db.pool_close_timeout")
+        pool.terminate()
 
 
 def make_readiness(rt: Runtime) -> Callable[[], Awaitable[list[str]]]:
@@ -172,7 +185,10 @@ def make_app(rt: Runtime) -> web.Application:
     accounts = Accounts(rt.pool, rt.tokens)
     app = build_app(rt, service, accounts, make_readiness(rt))
     app.cleanup_ctx.append(feed.listener(rt.changes, rt.dsn))
-    app[SHARED_GAUGES] = shared_gauges.refresher(rt)
+    gauges = shared_gauges.refresher(rt)
+    refresh: Callable[[], Awaitable[None]] = gauges
+    app[SHARED_GAUGES] = refresh
+    app.on_cleanup.append(lambda _app: gauges.close())
     jobs = Jobs(rt)
     app[JOBS] = jobs
     app.on_cleanup.append(lambda _app: jobs.shutdown())
@@ -190,21 +206,44 @@ def start_background(rt: Runtime, supervisor: Supervisor, app: web.Application) 
 
 
 async def serve(settings: Settings) -> None:
-    embedded = None
-    dsn = settings.database_url.get_secret_value() if settings.database_url else None
-    if dsn is None:
-        embedded = db.EmbeddedPostgres(settings.data_dir)
-        dsn = await embedded.astart()
-        log.info("db.embedded_started", pgdata=str(embedded.pgdata))
+    # Bind before anything else: a taken port must not leave a data dir, a key, a
+    # token or a started job behind, only one line saying why.
+    listener = bind_listener(settings)
     try:
-        async with open_runtime(settings, dsn) as rt:
-            await _serve_runtime(rt, settings)
+        embedded = None
+        dsn = settings.database_url.get_secret_value() if settings.database_url else None
+        if dsn is None:
+            embedded = db.EmbeddedPostgres(settings.data_dir)
+            dsn = await embedded.astart()
+            log.info("db.embedded_started", pgdata=str(embedded.pgdata))
+        try:
+            async with open_runtime(settings, dsn) as rt:
+                await _serve_runtime(rt, settings, listener)
+        finally:
+            if embedded is not None:
+                embedded.stop()
     finally:
-        if embedded is not None:
-            embedded.stop()
+        listener.close()
 
 
-async def _serve_runtime(rt: Runtime, settings: Settings) -> None:
+def bind_listener(settings: Settings) -> socket.socket:
+    """The listening socket of ``settings.listen``; ``ListenError`` naming it and why."""
+    host, port = settings.listen_host, settings.listen_port
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        # create_server's own message repeats the address; the errno says it plainly.
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
+        reason = reason.lower()
+        raise ListenError(f"cannot listen on {settings.listen}: {reason}") from None
+    except UnicodeError:
+        raise ListenError(f"cannot listen on {settings.listen}: invalid host name") from None
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve_runtime(rt: Runtime, settings: Settings, listener: socket.socket) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -218,13 +257,7 @@ async def _serve_runtime(rt: Runtime, settings: Settings) -> None:
     if settings.tls_cert_file and settings.tls_key_file:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-    site = web.TCPSite(
-        runner,
-        settings.listen_host,
-        settings.listen_port,
-        ssl_context=ssl_context,
-        reuse_address=True,
-    )
+    site = web.SockSite(runner, listener, ssl_context=ssl_context)
     await site.start()
     scheme = "https" if ssl_context else "http"
     log.info(

@@ -150,6 +150,12 @@ async def release(pool: Any, leases: list[tuple[str, str, str]], *, uncount: boo
     )
 
 
+async def due_now(pool: asyncpg.Pool, key: str) -> int:
+    """Make every pending delivery of the delivery ``key`` due now; how many moved."""
+    done = await pool.execute(Q.delivery_due_now, key)
+    return int(done.split()[-1])
+
+
 async def status(pool: asyncpg.Pool, targets: Mapping[str, str]) -> dict[str, TargetStatus]:
     """Per role, from ``targets`` (role -> delivery key, ``Runtime.target_keys``)."""
     rows = await pool.fetch(Q.delivery_status, list(targets.values()))

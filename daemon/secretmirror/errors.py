@@ -29,6 +29,12 @@ class ConfigError(SecretMirrorError):
     code = "invalid_configuration"
 
 
+class ListenError(SecretMirrorError):
+    """The HTTP listener cannot be opened."""
+
+    code = "cannot_listen"
+
+
 class BadRequest(SecretMirrorError):
     """The request is malformed."""
 

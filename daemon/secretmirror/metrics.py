@@ -72,6 +72,11 @@ fallback = Counter(
     ["operation", "source"],
     registry=REGISTRY,
 )
+#: Every (operation, source) the daemon counts, shown at 0 from start-up so a
+#: dashboard panel reads 0 rather than "No data" until the first fallback.
+FALLBACKS = (("read", "backup"), ("read", "log"), ("write", "backup"))
+for _operation, _source in FALLBACKS:
+    fallback.labels(_operation, _source)
 reconcile_jobs = Counter(
     "secretmirror_reconcile_jobs_total",
     "Reconcile jobs finished, by mode and outcome.",

@@ -44,6 +44,8 @@ class Replicator:
         #: The claims of the deliveries in flight (their lease tokens), released at shutdown.
         self._claims: dict[tuple[str, str], Claim] = {}
         self._done: list[tuple[Claim, datetime]] = []
+        #: Targets seen down: when one is up again its backlog is made due at once.
+        self._down: set[str] = set()
         self._slot_freed = asyncio.Event()
 
     # -- main loop ----------------------------------------------------------
@@ -81,7 +83,26 @@ class Replicator:
             for waiter in waiters:
                 waiter.cancel()
 
+    async def _recovered(self) -> None:
+        """Cut short the backoff of a store that is up again.
+
+        While a store is down its deliveries collect backoff (up to
+        ``backoff_max_s``); once a probe or a delivery finds it up, waiting
+        that out would leave the backlog pending for minutes for nothing.
+        """
+        for target, key in self.rt.target_keys.items():
+            if not self.rt.store_for(target).up:
+                self._down.add(target)
+            elif target in self._down:
+                try:
+                    moved = await deliveries.due_now(self.rt.worker_pool, key)
+                except DB_DOWN:
+                    return  # tried again on the next round
+                self._down.discard(target)
+                log.info("replication.store_recovered", target=target, made_due=moved)
+
     async def _claim_and_start(self) -> int:
+        await self._recovered()
         free = self.cfg.concurrency - len(self._in_flight)
         if free <= 0:
             return 0
@@ -290,8 +311,11 @@ async def probe_stores(rt: Runtime, stop: asyncio.Event) -> None:
             if role is None:
                 continue
             started = time.monotonic()
+            was_up = role.up
             with contextlib.suppress(StoreError):
                 await role.health()
+            if role.up and not was_up:
+                rt.wake.set()  # the worker makes the store's backlog due at once
             if not role.up:
                 log.debug(
                     "store.probe_failed",

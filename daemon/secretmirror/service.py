@@ -40,7 +40,7 @@ from secretmirror.stores.sql import DB_DOWN
 
 log = structlog.get_logger("secretmirror.service")
 
-#: Optimistic-concurrency retries for a PATCH without If-Match racing another write.
+#: Optimistic-concurrency retries for a PATCH or DELETE without If-Match racing other writes.
 _MERGE_RETRIES = 20
 #: Secrets of one bulk read fetched from an external store at the same time.
 _BULK_CONCURRENCY = 16
@@ -166,7 +166,7 @@ class SecretService:
         meta = await self.meta(principal, secret_id, "write")
         if if_match is not None and if_match != meta.version:
             raise PreconditionFailed()
-        while True:
+        for _ in range(_MERGE_RETRIES):
             done = await self._change(
                 principal, meta, "delete", meta.name, meta.private, None, None
             )
@@ -175,6 +175,7 @@ class SecretService:
             if if_match is not None:
                 raise PreconditionFailed()
             meta = await self.meta(principal, secret_id, "write")
+        raise Unavailable("the secret is being changed too often; try again")
 
     async def _change(
         self,

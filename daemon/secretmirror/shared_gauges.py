@@ -7,19 +7,25 @@ same truth. A reading is cached for ``ttl_s`` so several scrapers (or a
 dashboard refresh storm) cost one round of queries, and when PostgreSQL is
 down a scrape serves the last reading instead of failing;
 ``secretmirror_shared_state_age_seconds`` then shows how old it is.
+
+The reading has a connection of its own. On the API's pool it queued behind
+every request in flight, so a busy API made scrapes time out and serve the
+reading from before the load (a lag of seconds after the drain): its four
+queries are cheap (they read pending and dead rows through partial indexes),
+the wait for a pool connection was not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
 import structlog
 
-from secretmirror import deliveries, metrics
+from secretmirror import db, deliveries, metrics
 from secretmirror.metrics import DIVERGENCE_KINDS, SharedState, SharedStateCollector
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
@@ -82,6 +88,7 @@ class Refresher:
         rt: Runtime,
         collector: SharedStateCollector = metrics.shared_state,
         ttl_s: float = TTL_S,
+        pool: Any = None,
     ) -> None:
         self.rt = rt
         self.collector = collector
@@ -89,15 +96,17 @@ class Refresher:
         self._lock = asyncio.Lock()
         self._tried_at = float("-inf")
         self._failing = False
+        #: The connection of the readings: by default a pool of one of its own, made on
+        #: first use, that reconnects by itself.
+        self.pool: Any = pool
+        self._own_pool = pool is None
 
     async def __call__(self) -> None:
         async with self._lock:
             if time.monotonic() - self._tried_at < self.ttl_s:
                 return
             try:
-                reading = await asyncio.wait_for(
-                    read_shared_state(self.rt.pool, self.rt.target_keys), READ_TIMEOUT_S
-                )
+                reading = await asyncio.wait_for(self._read(), READ_TIMEOUT_S)
             except (*DB_DOWN, asyncpg.PostgresError) as exc:
                 # Serve the last reading; try again on a scrape after the TTL.
                 self._failed(exc, unexpected=False)
@@ -112,6 +121,19 @@ class Refresher:
                 log.info("metrics.shared_state_recovered")
             self._failing = False
 
+    async def _read(self) -> SharedState:
+        if self.pool is None:
+            # Connects on first use (and again after an outage), not at start-up.
+            self.pool = await db.create_pool(self.rt.dsn, min_size=0, max_size=1)
+        return await read_shared_state(self.pool, self.rt.target_keys)
+
+    async def close(self) -> None:
+        if self._own_pool and self.pool is not None:
+            try:
+                await asyncio.wait_for(self.pool.close(), 1.0)
+            except TimeoutError:
+                self.pool.terminate()
+
     def _failed(self, exc: Exception, *, unexpected: bool) -> None:
         self._tried_at = time.monotonic()
         if unexpected:
@@ -121,6 +143,6 @@ class Refresher:
         self._failing = True
 
 
-def refresher(rt: Runtime) -> Callable[[], Awaitable[None]]:
-    """The function the daemon sets as ``app[SHARED_GAUGES]``."""
+def refresher(rt: Runtime) -> Refresher:
+    """The callable the daemon sets as ``app[SHARED_GAUGES]`` (closed on app cleanup)."""
     return Refresher(rt)

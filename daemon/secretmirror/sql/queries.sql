@@ -495,6 +495,12 @@ SET version = GREATEST(d.version, $4),
     leased_until = NULL, leased_by = NULL
 WHERE d.target = $1 AND d.secret_id = $2 AND d.leased_by = $3 AND NOT (d.version = 0 AND $4 = 0)
 
+-- delivery_due_now --
+-- A store is up again: its pending deliveries stop waiting out the backoff they
+-- collected while it was down (deliveries_due: only this target's pending rows).
+UPDATE deliveries SET next_attempt_at = now()
+WHERE target = $1 AND version > applied_version AND NOT dead AND next_attempt_at > now()
+
 -- delivery_status --
 -- Per target; reads only pending and dead rows (the partial indexes of 0002), so a
 -- scrape costs what is pending, not what is stored.
