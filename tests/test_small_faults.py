@@ -129,6 +129,8 @@ async def test_accounts_answer_503_when_the_database_is_down(runtime: Runtime) -
     calls = [
         accounts.create_user(admin, "newcomer", "reader"),
         accounts.list_users(admin),
+        accounts.update_user(admin, str(uuid.uuid4()), "writer", None),
+        accounts.delete_user(admin, str(uuid.uuid4())),
         accounts.create_token(admin, None, "t", None),
         accounts.create_token(admin, "someone", "t", None),
         accounts.list_tokens(admin),

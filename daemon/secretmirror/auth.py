@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -133,6 +135,15 @@ class _Db:
     async def execute(self, query: str, *args: Any) -> str:
         try:
             return str(await self._pool.execute(query, *args))
+        except DB_DOWN:
+            raise Unavailable("the database is unavailable") from None
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for a transaction; an outage while getting or using it is a 503."""
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
         except DB_DOWN:
             raise Unavailable("the database is unavailable") from None
 
