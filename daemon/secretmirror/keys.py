@@ -124,7 +124,8 @@ class SqlValues:
         return {r["key_id"]: r["n"] for r in rows}
 
     async def rekey(self, keyring: Keyring, kid: bytes, after: Any, limit: int) -> Batch:
-        rows = await self._db.fetch(Q.keys_values_batch, self._deployment, kid, after, limit)
+        start = after or "00000000-0000-0000-0000-000000000000"
+        rows = await self._db.fetch(Q.keys_values_batch, self._deployment, kid, start, limit)
         batch = Batch(seen=len(rows))
         ids, versions, olds, news = [], [], [], []
         for row in rows:

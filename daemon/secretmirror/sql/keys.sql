@@ -34,9 +34,10 @@ WITH done AS (
 SELECT count(*) FROM done
 
 -- keys_values_batch --
--- The next $4 sql store values of deployment $1 sealed by key $2 after secret $3.
+-- The next $4 sql store values of deployment $1 sealed by key $2 after secret $3 (the
+-- nil uuid to start: a plain range keeps the index bound in a generic plan).
 SELECT secret_id::text, version, ciphertext FROM secretmirror_values
-WHERE deployment_id = $1 AND key_id = $2 AND ($3::uuid IS NULL OR secret_id > $3)
+WHERE deployment_id = $1 AND key_id = $2 AND secret_id > $3
 ORDER BY deployment_id, key_id, secret_id
 LIMIT $4
 
