@@ -125,6 +125,8 @@ async def raw_storm(dsn: str, pool: asyncpg.Pool) -> float:
             None,
             1001,
             deployment,
+            None,  # unscoped token (Principal.sql_visibility)
+            None,
         )
         return sum(1 for r in rows if r["ciphertext"] is not None)
 

@@ -238,18 +238,28 @@ LIMIT $7
 -- secret_list_with_values --
 -- The bulk read for the sql primary in the main database ($8 the deployment): the list
 -- (as secret_list; $9, $10 as its $8, $9) with each secret's stored value, in one statement.
+-- The page is chosen first, then each value is one primary-key lookup (LATERAL ... LIMIT 1
+-- keeps the planner from hashing the whole values table for a page of 20).
 SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated,
        v.version AS stored_version, v.ciphertext
-FROM secrets s
-LEFT JOIN secretmirror_values v ON v.deployment_id = $8 AND v.secret_id = s.id AND NOT v.deleted
-WHERE secretmirror_sees(s.private, s.owner, s.name, $1, $9, $10)
-  AND ($2::text IS NULL OR s.name = $2)
-  AND ($3::text IS NULL
-       OR ((s.name COLLATE "C") >= $3 AND (s.name COLLATE "C") < ($3 || chr(1114111))))
-  AND ($4::boolean IS NULL OR s.private = $4)
-  AND ($5::text IS NULL OR (s.name, s.id) > ($5, $6::uuid))
+FROM (
+    SELECT id, name, owner, private, version, created, updated
+    FROM secrets
+    WHERE secretmirror_sees(private, owner, name, $1, $9, $10)
+      AND ($2::text IS NULL OR name = $2)
+      AND ($3::text IS NULL
+           OR ((name COLLATE "C") >= $3 AND (name COLLATE "C") < ($3 || chr(1114111))))
+      AND ($4::boolean IS NULL OR private = $4)
+      AND ($5::text IS NULL OR (name, id) > ($5, $6::uuid))
+    ORDER BY name, id
+    LIMIT $7
+) s
+LEFT JOIN LATERAL (
+    SELECT version, ciphertext FROM secretmirror_values
+    WHERE deployment_id = $8 AND secret_id = s.id AND NOT deleted
+    LIMIT 1
+) v ON true
 ORDER BY s.name, s.id
-LIMIT $7
 
 -- secret_by_exact_name --
 -- The secrets called $1 the caller ($2, $4, $5: Principal.sql_visibility) may see: at most
