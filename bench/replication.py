@@ -35,6 +35,14 @@ Phases, in one run (each figure beside the raw limit measured in the same run):
    load generator's) in front of moto; API create p50/p99 at 1 and 8 clients
    without and then with 300 ms added to every backup request.
 
+8. **two daemons** (also alone: ``python -m bench.replication two-daemons``):
+   two daemons on one database, primary and backup both AWS behind the fault
+   proxy (50 ms on every request), PATCH the same 50 secrets at 8 clients
+   each for 15 s while a poller reads every entry's current version from
+   moto; after the drain, verify. Targets: no ``stale`` entry in the backup,
+   no version seen going backwards. Raw limit: a bare ``PutSecretValue`` loop
+   through the same proxy.
+
 Each daemon's log is scanned for ``store.down``/``store.up`` and retries, and
 moto's log for the 500s it answers (moto 5.2.5 can fail a CreateSecret racing
 another with "dictionary changed size during iteration").
@@ -80,6 +88,7 @@ from bench._common import (
     print_load,
     print_targets,
     run_standalone,
+    secretsmanager_client,
 )
 from bench.api import ADMIN_TOKEN, BenchPostgres, Daemon, values_for
 
@@ -101,6 +110,10 @@ UNLIMITED_WRITES_PER_S = 100_000
 PROXY_LATENCY_S = 0.3
 PROXY_PHASE_S = 5.0
 PROXY_CLIENTS = (1, 8)
+TWO_DAEMONS_SECRETS = 50
+TWO_DAEMONS_CLIENTS = 8
+TWO_DAEMONS_LOAD_S = float(os.environ.get("SECRETMIRROR_BENCH_TWO_DAEMONS_S", "15"))
+TWO_DAEMONS_LATENCY_S = 0.05
 DRAIN_TIMEOUT_S = 60.0
 LATENCY_METRIC = "secretmirror_replication_latency_seconds"
 #: The Secrets Manager operations the aws store paces with its token bucket.
@@ -124,20 +137,20 @@ class OpError(Exception):
 
 
 def aws_backup_env(
-    endpoint_url: str, prefix: str, max_writes_per_s: float | None
+    endpoint_url: str, prefix: str, max_writes_per_s: float | None, role: str = "BACKUP"
 ) -> dict[str, str]:
-    """``SECRETMIRROR_BACKUP__*`` for the aws store on moto (None: the default rate)."""
+    """``SECRETMIRROR_<role>__*`` for the aws store on moto (None: the default rate)."""
     env = {
-        "SECRETMIRROR_BACKUP__TYPE": "aws",
-        "SECRETMIRROR_BACKUP__ENDPOINT_URL": endpoint_url,
-        "SECRETMIRROR_BACKUP__REGION": AWS_REGION,
-        "SECRETMIRROR_BACKUP__AUTH_METHOD": "secret-key",
-        "SECRETMIRROR_BACKUP__AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY,
-        "SECRETMIRROR_BACKUP__AWS_SECRET_ACCESS_KEY": AWS_SECRET_KEY,
-        "SECRETMIRROR_BACKUP__NAME_PREFIX": prefix,
+        f"SECRETMIRROR_{role}__TYPE": "aws",
+        f"SECRETMIRROR_{role}__ENDPOINT_URL": endpoint_url,
+        f"SECRETMIRROR_{role}__REGION": AWS_REGION,
+        f"SECRETMIRROR_{role}__AUTH_METHOD": "secret-key",
+        f"SECRETMIRROR_{role}__AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY,
+        f"SECRETMIRROR_{role}__AWS_SECRET_ACCESS_KEY": AWS_SECRET_KEY,
+        f"SECRETMIRROR_{role}__NAME_PREFIX": prefix,
     }
     if max_writes_per_s is not None:
-        env["SECRETMIRROR_BACKUP__MAX_WRITES_PER_S"] = str(max_writes_per_s)
+        env[f"SECRETMIRROR_{role}__MAX_WRITES_PER_S"] = str(max_writes_per_s)
     return env
 
 
@@ -839,7 +852,13 @@ def log_events(path: Path, names: tuple[str, ...]) -> dict[str, int]:
 
 
 #: Daemon log events worth reporting beside the figures.
-LOG_EVENTS = ("store.down", "store.up", "replication.retry", "replication.dead_lettered")
+LOG_EVENTS = (
+    "store.down",
+    "store.up",
+    "replication.retry",
+    "replication.dead_lettered",
+    "replication.lease_lost",
+)
 
 
 class Stack:
@@ -973,6 +992,245 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         await stack.close()
         if proxy is not None:
             await asyncio.to_thread(proxy.stop)
+    out["two_daemons"] = await _two_daemons(workdir, tag)
+
+
+# -- two daemons writing the same secrets ------------------------------------------------
+
+
+async def _poll_versions(
+    endpoint_url: str, names: dict[str, str], stop: asyncio.Event
+) -> dict[str, Any]:
+    """Read every entry's ``AWSCURRENT`` over and over, ending with one whole round begun
+    after ``stop``; count versions that went backwards (an entry read at a lower
+    secretmirror version than seen before)."""
+    from secretmirror.stores.aws import parse_token
+
+    seen: dict[str, int] = {}
+    backwards: list[dict[str, Any]] = []
+    reads = rounds = errors = 0
+    async with secretsmanager_client(endpoint_url, AWS_REGION) as client:
+        last = False
+        while not last:
+            last = stop.is_set()
+            for sid, name in names.items():
+                try:
+                    answer = await client.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")
+                except Exception:  # botocore's errors: counted, the poll goes on
+                    errors += 1
+                    continue
+                reads += 1
+                parsed = parse_token(answer.get("VersionId"))
+                version = parsed[0] if parsed else 0
+                if version < seen.get(sid, 0) and len(backwards) < 20:
+                    backwards.append({"secret_id": sid, "seen": seen[sid], "then": version})
+                seen[sid] = max(seen.get(sid, 0), version)
+            rounds += 1
+    return {"rounds": rounds, "reads": reads, "errors": errors, "backwards": backwards}
+
+
+async def _two_daemons(workdir: Path, tag: str) -> dict[str, Any]:
+    """Two daemons on one database PATCH the same secrets; both stores AWS behind a proxy.
+
+    The primary and the backup are AWS on moto with different prefixes, reached
+    through ``tests/faultproxy.py`` adding ``TWO_DAEMONS_LATENCY_S`` to every
+    request, so each daemon's API writes the primary inline while both workers
+    deliver to both stores: the interleavings of issue #11 part 1 (AWS has no
+    conditional write). A poller reads every entry's current version straight
+    from moto the whole time; afterwards verify runs.
+    """
+    result: dict[str, Any] = {
+        "secrets": TWO_DAEMONS_SECRETS,
+        "clients_per_daemon": TWO_DAEMONS_CLIENTS,
+        "load_s": TWO_DAEMONS_LOAD_S,
+        "added_latency_s": TWO_DAEMONS_LATENCY_S,
+    }
+    pg = BenchPostgres()
+    (workdir / "two-moto").mkdir(parents=True, exist_ok=True)
+    moto = MotoProcess(workdir / "two-moto")
+    proxy: ProxyProcess | None = None
+    daemons: list[AwsDaemon] = []
+    apis: list[Api] = []
+    try:
+        dsn = await asyncio.to_thread(pg.start)
+        await pg.create_database()
+        await asyncio.to_thread(moto.start)
+        proxy = ProxyProcess(moto.port)
+        await asyncio.to_thread(proxy.start)
+        await asyncio.to_thread(proxy.latency, TWO_DAEMONS_LATENCY_S, "upstream")
+        prefixes = {
+            "primary": f"smbench-{tag}/two-primary/",
+            "backup": f"smbench-{tag}/two-backup/",
+        }
+        env = {
+            **aws_backup_env(proxy.url, prefixes["primary"], UNLIMITED_WRITES_PER_S, "PRIMARY"),
+            **aws_backup_env(proxy.url, prefixes["backup"], UNLIMITED_WRITES_PER_S),
+        }
+        key = None
+        for label in ("a", "b"):
+            daemon = AwsDaemon(dsn, workdir / f"two-{label}", env, key, f"two daemons: {label}")
+            daemon.start()
+            await daemon.wait_ready()
+            key = daemon.key
+            daemons.append(daemon)
+            apis.append(Api(daemon.base_url))
+        print(
+            f"two daemons: {TWO_DAEMONS_SECRETS} secrets, PATCHed from both at"
+            f" {TWO_DAEMONS_CLIENTS} clients each for {TWO_DAEMONS_LOAD_S:g} s,"
+            f" +{TWO_DAEMONS_LATENCY_S * 1000:g} ms on every AWS request",
+            flush=True,
+        )
+        ids = [await apis[0].create(f"two-{tag}-{n}", n) for n in range(TWO_DAEMONS_SECRETS)]
+        await _drained(apis[0])
+        print("two daemons: raw PutSecretValue loop through the proxy", flush=True)
+        result["raw_put_via_proxy"] = await aws_raw_loop(
+            proxy.url,
+            f"smbench-{tag}/two-raw/",
+            2 * CONCURRENCY,
+            operation="put",
+            duration_s=RAW_CREATE_S,
+        )
+        before = (await apis[0].status())["replication"]
+        stop = asyncio.Event()
+        pollers = {
+            role: asyncio.create_task(
+                _poll_versions(moto.endpoint_url, {i: prefix + i for i in ids}, stop)
+            )
+            for role, prefix in prefixes.items()
+        }
+        started = time.perf_counter()
+        loads = await asyncio.gather(
+            *(
+                run_ops(
+                    None,
+                    TWO_DAEMONS_CLIENTS,
+                    lambda n, api=api: api.update(ids[n % len(ids)], n),
+                    duration_s=TWO_DAEMONS_LOAD_S,
+                )
+                for api in apis
+            )
+        )
+        await _drained(apis[0])
+        drained_s = time.perf_counter() - started
+        stop.set()  # each poller ends with one whole round read after the drain
+        polls = {role: await task for role, task in pollers.items()}
+        after = (await apis[0].status())["replication"]
+        applied = {
+            role: after[role]["applied"] - before[role]["applied"] for role in ("primary", "backup")
+        }
+        patches = sum(r["ops"] for r in loads)
+        job = await apis[1].post("/admin/v1/reconcile", {"mode": "verify"})
+        while job["status"] in ("queued", "running"):
+            await asyncio.sleep(0.2)
+            job = await apis[1].get(f"/admin/v1/jobs/{job['id']}")
+        raw_put = result["raw_put_via_proxy"]["ops_per_s"]
+        result.update(
+            patches_ok=patches,
+            patches_failed=sum(r["errors"] for r in loads),
+            patch_latency={k: loads[0][k] for k in ("p50_ms", "p99_ms") if k in loads[0]},
+            per_daemon=[{k: r[k] for k in ("ops", "errors", "ops_per_s")} for r in loads],
+            seconds_to_drain=round(drained_s, 2),
+            applied=applied,
+            applied_per_s={r: round(n / drained_s, 1) for r, n in applied.items()},
+            applied_per_s_vs_raw_put=round(sum(applied.values()) / drained_s / raw_put, 3)
+            if raw_put
+            else None,
+            pollers=polls,
+            verify={"status": job["status"], "stores": job["counts"].get("stores")},
+        )
+    finally:
+        for api in apis:
+            await api.close()
+        logs = []
+        for daemon in daemons:
+            await asyncio.to_thread(daemon.stop)
+            logs.append(log_events(daemon.log_path, LOG_EVENTS))
+        result["log_events"] = logs
+        result["moto_500_answers"] = moto.server_errors()
+        if proxy is not None:
+            await asyncio.to_thread(proxy.stop)
+        await asyncio.to_thread(moto.stop)
+        with contextlib.suppress(Exception):
+            await pg.drop_database()
+        await asyncio.to_thread(pg.stop)
+    return result
+
+
+async def _drained(api: Api) -> None:
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while True:
+        replication = (await api.status())["replication"]
+        if all(t["pending"] == 0 for t in replication.values()):
+            return
+        if time.monotonic() > deadline:
+            raise OpError(f"not drained after {DRAIN_TIMEOUT_S:g} s: {replication}")
+        await asyncio.sleep(0.1)
+
+
+def _two_daemon_targets(two: dict[str, Any]) -> dict[str, Any]:
+    stores = (two.get("verify") or {}).get("stores") or {}
+    backup = stores.get("backup", {})
+    polls = two.get("pollers", {})
+    return {
+        "two_daemons_backup_stale_after_drain": _check("<=", 0, backup.get("stale")),
+        "two_daemons_backup_drift_after_drain": _check(
+            "<=",
+            0,
+            sum(backup.get(k, 0) for k in ("missing", "stale", "mismatch", "unreadable", "orphan"))
+            if backup
+            else None,
+            what="missing + stale + mismatch + unreadable + orphan in the backup",
+        ),
+        "two_daemons_backup_versions_backwards": _check(
+            "<=",
+            0,
+            len(polls["backup"]["backwards"]) if "backup" in polls else None,
+            what="entries the poller read at a lower version than before",
+        ),
+    }
+
+
+async def two_daemons_main() -> dict[str, Any]:
+    """Only the two-daemon run (``python -m bench.replication two-daemons``)."""
+    out: dict[str, Any] = {
+        "benchmark": NAME + "_two_daemons",
+        "started": now_iso(),
+        "machine": machine_info(),
+        "load_start": machine_load(),
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="sm-bench-two-"))
+    try:
+        out["two_daemons"] = await _two_daemons(workdir, secrets.token_hex(3))
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        print(f"two-daemon bench failed: {out['error']}", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    out["load_end"] = machine_load()
+    out["finished"] = now_iso()
+    out["targets"] = _two_daemon_targets(out.get("two_daemons", {}))
+    _print_two_daemons(out.get("two_daemons", {}))
+    print_load(out)
+    print_targets(out)
+    return out
+
+
+def _print_two_daemons(two: dict[str, Any]) -> None:
+    if "patches_ok" not in two:
+        return
+    print(
+        f"two daemons: {two['patches_ok']} PATCHes ok, {two['patches_failed']} failed;"
+        f" drained {two['seconds_to_drain']} s after the load began; applied {two['applied']}"
+        f" ({two['applied_per_s']}/s; raw put via proxy"
+        f" {two['raw_put_via_proxy']['ops_per_s']}/s)"
+    )
+    for role, poll in two["pollers"].items():
+        print(
+            f"  poller {role}: {poll['reads']} reads in {poll['rounds']} rounds,"
+            f" {len(poll['backwards'])} went backwards"
+        )
+    print(f"  verify: {two['verify']}")
+    print(f"  log events: {two['log_events']}")
 
 
 def _check(op: str, target: float, measured: float | None, *, what: str = "") -> dict[str, Any]:
@@ -1009,6 +1267,7 @@ def _targets(out: dict[str, Any]) -> dict[str, Any]:
             what="default max_writes_per_s 40 (+5%)",
         ),
     }
+    targets.update(_two_daemon_targets(out.get("two_daemons", {})))
     ratios = out.get("backup_latency", {}).get("ratio_with_over_without", {})
     for key, row in ratios.items():
         for stat in ("p50_ms", "p99_ms"):
@@ -1057,6 +1316,7 @@ def print_summary(out: dict[str, Any]) -> None:
     for daemon in out.get("daemons", []):
         print(f"daemon {daemon['label']!r}: log events {daemon['log_events']}")
     print(f"moto answered {out.get('moto_500_answers')} requests with a 500")
+    _print_two_daemons(out.get("two_daemons", {}))
     print_load(out)
     print_targets(out)
 
@@ -1096,4 +1356,7 @@ async def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run_standalone(NAME, main)
+    if sys.argv[1:] == ["two-daemons"]:
+        run_standalone(NAME + "_two_daemons", two_daemons_main)
+    else:
+        run_standalone(NAME, main)
