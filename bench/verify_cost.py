@@ -1,0 +1,172 @@
+"""What verify's per-entry checks cost where a listing cannot see a hand edit (issue #11 part 5).
+
+A GCP listing carries no version information, and a Key Vault listing shows
+tags a hand-made version may have copied; so a scan (verify, repair, backup,
+restore) asks per entry: GCP one access of ``latest`` (tombstones included),
+Azure one get of each live entry's latest value. This module puts 1,000
+entries through each store on its in-repo fake and measures a full listing,
+the calls the fake served and the wall time, against the raw limit measured
+in the same run: the same listing without the checks (GCP: a store whose
+per-entry check is skipped, the listing as it was before; Azure: no content
+hash, which turns its check off). Calls are exact; times are the fakes' on
+this machine, so only their ratio means anything.
+
+``python -m bench.verify_cost`` (or ``make bench``) writes
+``bench/results/verify_cost.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import os
+import secrets
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.azurefake import AzureFake
+from tests.gcpfake import GcpFake, gcp_settings
+from tests.stores.azure import azure_store
+
+from bench._common import machine_info, machine_load, print_load, print_targets, run_standalone
+from secretmirror.crypto import Keyring, content_hash
+from secretmirror.model import canonical
+from secretmirror.settings import GcpStoreSettings
+from secretmirror.stores.base import Entry, StoreContext
+from secretmirror.stores.gcp import GcpStore, _State
+
+ENTRIES = int(os.environ.get("SECRETMIRROR_BENCH_VERIFY_ENTRIES", "1000"))
+ROUNDS = 3
+
+
+class _UncheckedGcp(GcpStore):
+    """The GCP listing as it was before the per-entry check: labels only."""
+
+    async def _checked(self, secret_id: str, state: _State) -> Entry:
+        return state.entry(secret_id)
+
+
+async def _fill(store: Any, hash_key: bytes) -> None:
+    gate = asyncio.Semaphore(32)
+
+    async def one(i: int) -> None:
+        secret_id, values = str(uuid.uuid4()), {"k": f"v{i}"}
+        async with gate:
+            await store.put(
+                secret_id, 1, values, content_hash(hash_key, secret_id, canonical(values))
+            )
+
+    await asyncio.gather(*(one(i) for i in range(ENTRIES)))
+
+
+async def _listings(
+    stores: dict[str, Any], calls: Callable[[int], list[str]], mark: Callable[[], int]
+) -> dict[str, Any]:
+    """Each store's full listing ``ROUNDS`` times, alternating: entries, calls, median seconds."""
+    seconds: dict[str, list[float]] = {name: [] for name in stores}
+    found: dict[str, Any] = {}
+    for _ in range(ROUNDS):
+        for name, store in stores.items():
+            since = mark()
+            started = time.perf_counter()
+            entries = [e async for e in store.list()]
+            seconds[name].append(time.perf_counter() - started)
+            found[name] = {
+                "entries": len(entries),
+                "foreign": sum(e.foreign_write for e in entries),
+                "calls": dict(sorted(collections.Counter(calls(since)).items())),
+            }
+    for name in stores:
+        found[name]["seconds_median"] = round(statistics.median(seconds[name]), 3)
+        found[name]["seconds"] = [round(s, 3) for s in seconds[name]]
+    return found
+
+
+async def _gcp() -> dict[str, Any]:
+    fake = GcpFake().start()
+    hash_key = secrets.token_bytes(32)
+    ctx = StoreContext(str(uuid.uuid4()), Keyring([secrets.token_bytes(32)]))
+    try:
+        key_file = fake.service_account_file(Path(tempfile.mkdtemp()))
+        settings = GcpStoreSettings(
+            **gcp_settings(fake.url, key_file, "bench-", max_writes_per_s=5000)
+        )
+        checked, raw = GcpStore(settings, ctx), _UncheckedGcp(settings, ctx)
+        for store in (checked, raw):
+            await store.open()
+        try:
+            await _fill(checked, hash_key)
+            return await _listings({"checked": checked, "raw": raw}, fake.ops, fake.mark)
+        finally:
+            for store in (checked, raw):
+                await store.close()
+    finally:
+        fake.stop()
+
+
+async def _azure() -> dict[str, Any]:
+    fake = AzureFake()
+    hash_key = secrets.token_bytes(32)
+    ctx = StoreContext(
+        str(uuid.uuid4()),
+        Keyring([secrets.token_bytes(32)]),
+        content_hash=functools.partial(content_hash, hash_key),
+    )
+    prefix = f"b{uuid.uuid4().hex[:8]}-"
+    try:
+        checked = azure_store(fake, ctx, prefix, max_writes_per_s=5000)
+        raw = azure_store(fake, StoreContext(ctx.deployment_id, ctx.keyring), prefix)
+        for store in (checked, raw):
+            await store.open()
+        try:
+            await _fill(checked, hash_key)
+            return await _listings(
+                {"checked": checked, "raw": raw}, lambda since: fake.calls(since), fake.mark
+            )
+        finally:
+            for store in (checked, raw):
+                await store.close()
+    finally:
+        fake.stop()
+
+
+def _target(name: str, expected: int, found: dict[str, Any]) -> dict[str, Any]:
+    calls = sum(found["checked"]["calls"].values()) - sum(found["raw"]["calls"].values())
+    return {
+        "target": f"== {expected}",
+        "measured": calls,
+        "pass": calls == expected and found["checked"]["foreign"] == 0,
+        "what": f"{name}: extra calls of a listing of {ENTRIES} entries with the checks",
+    }
+
+
+async def main() -> dict[str, Any]:
+    out: dict[str, Any] = {"machine": machine_info(), "load_start": machine_load()}
+    out["entries"] = ENTRIES
+    out["gcp"] = await _gcp()
+    out["azure"] = await _azure()
+    out["load_end"] = machine_load()
+    out["targets"] = {
+        "gcp_extra_calls": _target("gcp", ENTRIES, out["gcp"]),
+        "azure_extra_calls": _target("azure", ENTRIES, out["azure"]),
+    }
+    for provider in ("gcp", "azure"):
+        found = out[provider]
+        print(
+            f"{provider}: {ENTRIES} entries  checked {found['checked']['calls']} "
+            f"{found['checked']['seconds_median']} s  raw {found['raw']['calls']} "
+            f"{found['raw']['seconds_median']} s"
+        )
+    print_targets(out, show_what=True)
+    print_load(out)
+    return out
+
+
+if __name__ == "__main__":
+    run_standalone("verify_cost", main)
