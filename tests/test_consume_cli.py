@@ -7,18 +7,23 @@ or a person would, and uses names of its own.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 import pytest
 import yaml
 
@@ -509,3 +514,53 @@ def test_history_of_a_deleted_secret(sm: Sm, name: str) -> None:
         (2, "update"),
         (3, "delete"),
     ]
+
+
+async def test_daemon_stops_promptly_with_long_polls_waiting(
+    postgres: TestPostgres, template: str, tmp_path: Path
+) -> None:
+    """SIGTERM ends the daemon within its 10 s budget while feed requests wait for 60 s."""
+    db_name = await postgres.create_database(template)
+    proc = DaemonProcess(
+        {
+            "SECRETMIRROR_DATABASE_URL": postgres.dsn(db_name),
+            "SECRETMIRROR_ENCRYPTION_KEYS": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        },
+        tmp_path / "data",
+        tmp_path / "daemon.log",
+    )
+    proc.start(timeout=60)
+    answers: list[Any] = []
+    pollers = [
+        threading.Thread(target=_long_poll, args=(proc.url, answers), daemon=True) for _ in range(5)
+    ]
+    try:
+        for poller in pollers:
+            poller.start()
+        assert proc.proc is not None
+        daemon = psutil.Process(proc.proc.pid)
+        wait_for(lambda: _open_connections(daemon, proc.port) >= 5, 30, "the long polls")
+        assert proc.terminate() < 10
+        for poller in pollers:
+            poller.join(10)
+            assert not poller.is_alive()
+        assert [a["events"] for a in answers] == [[]] * 5  # answered, not cut off
+    finally:
+        proc.stop()
+        await postgres.drop_database(db_name)
+
+
+def _long_poll(url: str, answers: list[Any]) -> None:
+    request = urllib.request.Request(
+        f"{url}/api/v1/events?wait=60", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
+        answers.append(json.loads(urllib.request.urlopen(request, timeout=90).read()))
+
+
+def _open_connections(daemon: psutil.Process, port: int) -> int:
+    return sum(
+        1
+        for c in daemon.net_connections(kind="tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    )

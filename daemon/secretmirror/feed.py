@@ -52,12 +52,19 @@ class ChangeHub:
         self._reads: dict[tuple[Any, ...], asyncio.Future[list[Any]]] = {}
         #: True while the LISTEN connection is up: waiters then need no poll of their own.
         self.listening = False
+        #: Set at shutdown: waiting requests answer what they have instead of being cut off.
+        self.closing = False
 
     def changed(self) -> None:
         """Something committed: wake every current waiter."""
         self._changed.set()
         self._changed = asyncio.Event()
         self._generation += 1
+
+    def close(self) -> None:
+        """The process is stopping: every waiting request answers now."""
+        self.closing = True
+        self.changed()
 
     def waiter(self) -> tuple[asyncio.Event, int]:
         """Take this before reading the log, then wait on it: no wake-up is lost in between."""
@@ -111,7 +118,13 @@ class ChangeHub:
 def listener(hub: ChangeHub, dsn: str) -> Callable[[web.Application], AsyncIterator[None]]:
     """An aiohttp ``cleanup_ctx`` entry: the hub listens while the application runs."""
 
-    async def context(_app: web.Application) -> AsyncIterator[None]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        async def closing(_app: web.Application) -> None:
+            hub.close()
+
+        # on_shutdown runs before the server waits for running handlers: long polls
+        # answer at once instead of being cancelled with the connection.
+        app.on_shutdown.append(closing)
         stop = asyncio.Event()
         task = asyncio.create_task(hub.listen(dsn, stop), name="feed.listen")
         yield
@@ -173,7 +186,7 @@ async def read(
                 if row["visible"]:
                     events.append(_event_json(row))
             left = deadline - time.monotonic()
-            if events or left <= 0:
+            if events or left <= 0 or hub.closing:
                 return {"events": events, "last_seq": position.seq}
             if len(rows) == PAGE and not behind_running:
                 continue  # a full page the caller may not see: read on at once
