@@ -18,6 +18,7 @@ from secretmirror.daemon import make_app, open_runtime
 from secretmirror.keys import KeysMissing
 from secretmirror.runtime import Runtime
 from tests.conftest import Api, make_settings
+from tests.pg import TestPostgres
 from tests.test_reconcile import wait_finished
 from tests.test_replication import drained, until, worker
 
@@ -242,3 +243,49 @@ async def test_allow_unknown_keys_starts_anyway(tmp_path: Path, database: str) -
     async with open_runtime(settings, database) as rt, TestClient(TestServer(make_app(rt))) as c:
         body = await inventory(Api(c))
     assert [u["id"] for u in body["unknown"]] == [kid(key_a)]
+
+
+async def test_rotate_covers_a_sql_store_in_its_own_database(
+    tmp_path: Path, database: str, postgres: TestPostgres
+) -> None:
+    """A sql backup in another database is counted and rekeyed like the main one."""
+    other = await postgres.create_database()
+    try:
+        key_a, key_b = new_key(), new_key()
+        backup = {"type": "sql", "database_url": postgres.dsn(other)}
+        settings = make_settings(
+            tmp_path, database, key_a, backup=backup, reconcile={"verify_interval_s": 0}
+        )
+        async with (
+            open_runtime(settings, database) as rt,
+            TestClient(TestServer(make_app(rt))) as client,
+        ):
+            await seed(rt, Api(client), 5)
+        settings = make_settings(
+            tmp_path,
+            database,
+            f"{key_b},{key_a}",
+            backup=backup,
+            reconcile={"verify_interval_s": 0},
+        )
+        async with (
+            open_runtime(settings, database) as rt,
+            TestClient(TestServer(make_app(rt))) as client,
+        ):
+            api = Api(client)
+            before = await inventory(api)
+            assert before["keys"][1]["stored_in"]["sql (backup)"] == 5
+            _, job, _ = await api.request("POST", "/admin/v1/keys/rotate")
+            job = await wait_finished(api, job["id"])
+            assert job["status"] == "succeeded", job
+            after = await inventory(api)
+            assert after["keys"][1]["ciphertexts"] == 0
+            assert after["keys"][0]["stored_in"]["sql (backup)"] == 5
+        # Back to A alone: B now seals everything, the backup's database included.
+        with pytest.raises(KeysMissing, match=r"\(" + str(10 + 5 + 5 + 1) + r" ciphertexts\)"):
+            async with open_runtime(
+                make_settings(tmp_path, database, key_a, backup=backup), database
+            ):
+                pass
+    finally:
+        await postgres.drop_database(other)

@@ -308,3 +308,21 @@ def test_kms_and_local_keys_are_exclusive() -> None:
             encryption_keys=base64.b64encode(b"k" * 32).decode(),
             encryption={"kms": {"type": "aws", "key_id": "alias/x"}},
         )
+
+
+async def test_a_lost_data_key_row_refuses_start(
+    tmp_path: Path, database: str, moto_server: str
+) -> None:
+    """Ciphertexts whose data key row is gone: start-up names it and the KMS fix."""
+    from secretmirror.keys import KeysMissing
+
+    kms = aws_kms(moto_server, await new_cmk(moto_server))
+    async with serving(tmp_path, database, kms) as (rt, api):
+        await seed(rt, api, 1)
+        [row] = await stored_data_keys(rt)
+        await rt.pool.execute("DELETE FROM kms_data_keys")
+    with pytest.raises(KeysMissing) as raised:
+        async with serving(tmp_path, database, kms):
+            pass
+    assert f"{row['id'].hex()} (5 ciphertexts)" in raised.value.message
+    assert "restore their rows of kms_data_keys from a database backup" in raised.value.message

@@ -41,6 +41,11 @@ log = structlog.get_logger("secretmirror.keys")
 HASH_KEY_AAD = b"deployment-hash-key"
 
 FIX = "add the key back to encryption_keys, then run `secretmirror keys rotate`"
+#: The same with ``encryption.kms``: the data keys live (wrapped) in the database.
+KMS_FIX = (
+    "restore their rows of kms_data_keys from a database backup, "
+    "then run `secretmirror keys rotate`"
+)
 
 
 class KeysMissing(SecretMirrorError):
@@ -264,7 +269,13 @@ def missing_keys_message(inventory: Inventory, keyring: Keyring) -> str:
         f"{key_id_hex(kid)} ({inventory.totals[kid]} ciphertexts)"
         for kid in inventory.unknown(keyring)
     )
-    return f"stored ciphertexts use keys that are not configured: {named}; {FIX}"
+    return f"stored ciphertexts use keys that are not configured: {named}; {fix_for(keyring)}"
+
+
+def fix_for(keyring: Keyring) -> str:
+    from secretmirror.kms import KmsKeyring  # kms builds on this module's neighbours
+
+    return KMS_FIX if isinstance(keyring, KmsKeyring) else FIX
 
 
 async def check_startup(

@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from secretmirror.crypto import key_id_hex
-from secretmirror.keys import FIX, Holder, holders, take_inventory
+from secretmirror.keys import Holder, fix_for, holders, take_inventory
 from secretmirror.kms import REFRESH_S, KmsKeyring
 from secretmirror.reconcile import Job, Scanner
 from secretmirror.runtime import Runtime
@@ -92,7 +92,7 @@ class RekeyJob(Job):
             named = ", ".join(key_id_hex(k) for k in unknown)
             self._unknown = (
                 f"{counts['unknown']} ciphertext(s) use keys that are not configured "
-                f"({named}); {FIX}"
+                f"({named}); {fix_for(keyring)}"
             )
 
     async def _retire(self, keyring: KmsKeyring, found: list[Holder]) -> bool:
