@@ -144,3 +144,30 @@ async def test_verify_reports_unreadable_and_repair_rewrites(
     for n, sid in enumerate(ids):
         status, body, source = await get(api, sid)
         assert (status, body["values"], source) == (200, {"k": f"v{n}"}, "primary")
+
+
+async def test_a_file_copied_over_another_secrets_is_unreadable_and_repaired(
+    api: Api, runtime: Runtime, backup_dir: Path
+) -> None:
+    """A file store entry replaced by another secret's file is reported unreadable (not
+    stale or in sync by its header), and repair writes the right entry over it."""
+    ids = await seeded(api, runtime, 2)
+    assert runtime.backup is not None
+    for _ in range(3):  # the copied secret's entry is newer than the one it replaces
+        status, _, _ = await api.request(
+            "PATCH", f"/api/v1/secrets/{ids[1]}", json={"values": {"k": f"x{_}"}}
+        )
+        assert status == 200
+    async with worker(runtime):
+        await until(lambda: drained(runtime))
+    (backup_dir / file_name(ids[0])).write_bytes((backup_dir / file_name(ids[1])).read_bytes())
+    job = await run_job(api, "verify")
+    assert job["samples"]["backup"] == {"unreadable": [ids[0]]}
+    assert (await run_job(api, "repair"))["status"] == "succeeded"
+    async with worker(runtime):
+        await until(lambda: drained(runtime))
+    stored = await runtime.backup.get(ids[0])
+    assert stored is not None
+    assert stored.values == {"k": "v0"}
+    clean = await run_job(api, "verify")
+    assert clean["counts"]["stores"]["backup"]["in_sync"] == 2

@@ -248,10 +248,10 @@ def _classify(entry: Entry, row: Any, in_flight_is_sync: bool) -> str | None:
         return "in_sync" if in_flight else "missing"
     if entry.version < expected:
         return "in_sync" if in_flight else "stale"
+    if entry.unreadable:
+        return "unreadable"  # its version and hash are not to be trusted either
     if entry.version > expected or entry.foreign_write:
         return "mismatch"
-    if entry.unreadable:
-        return "unreadable"
     if entry.hash is not None and entry.hash != row["hash"]:
         return "mismatch"
     return "in_sync"
