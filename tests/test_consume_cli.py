@@ -282,6 +282,14 @@ def test_run_puts_the_values_in_the_environment(sm: Sm, name: str) -> None:
     assert out == f"{HOSTILE}|5432"
 
 
+@pytest.mark.parametrize("flags", [(), ("--mask",)])
+def test_run_does_not_pass_the_cli_token_on(sm: Sm, name: str, flags: tuple[str, ...]) -> None:
+    """The command gets its secrets, not SECRETMIRROR_TOKEN (the right to read all the rest)."""
+    sm.ok("secret", "create", name, "k=v")
+    script = "import os; print(os.environ.get('SECRETMIRROR_TOKEN'), os.environ['k'])"
+    assert sm.ok("run", *flags, "--name", name, "--", sys.executable, "-c", script) == "None v\n"
+
+
 def test_run_execs_the_command(sm: Sm, name: str) -> None:
     """Without --watch/--mask the command replaces the CLI: same process id."""
     sm.ok("secret", "create", name, "k=v")

@@ -138,11 +138,22 @@ def pump(source: IO[bytes], sink: IO[bytes], masker: Masker) -> None:
 # -- running the command ------------------------------------------------------------
 
 
+#: Not passed on to the command: the CLI's own credential. The command gets its secrets,
+#: not the right to read every other secret the token can.
+WITHHELD = ("SECRETMIRROR_TOKEN",)
+
+
+def child_environment(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without the CLI's token, plus the secrets (which win)."""
+    inherited = {k: v for k, v in os.environ.items() if k not in WITHHELD}
+    return {**inherited, **env}
+
+
 def exec_command(command: list[str], env: dict[str, str]) -> None:
     """Replace this process with ``command`` (never returns; OSError if it cannot start)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvpe(command[0], command, {**os.environ, **env})  # noqa: S606 - no shell
+    os.execvpe(command[0], command, child_environment(env))  # noqa: S606 - no shell
 
 
 def exit_code(returncode: int) -> int:
@@ -159,7 +170,7 @@ class Child:
 
     @classmethod
     def start(cls, command: list[str], env: dict[str, str], mask: bool) -> Child:
-        full_env = {**os.environ, **env}
+        full_env = child_environment(env)
         if not mask:
             return cls(subprocess.Popen(command, env=full_env), [])
         process = subprocess.Popen(
