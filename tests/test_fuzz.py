@@ -108,6 +108,8 @@ def fuzz(base_url: str, known: dict[str, str]) -> list[str]:
             # A cursor is opaque: only one the server issued is valid data. Random
             # ones (400) are still sent in the negative run.
             runs[0] = (GenerationMode.POSITIVE, {"query": {"cursor": known["cursor"]}})
+        if operation.label == "GET /admin/v1/audit":
+            runs[0] = (GenerationMode.POSITIVE, {"query": {"cursor": known["audit_cursor"]}})
         if operation.label == "GET /api/v1/events":
             # A long poll with nothing to report lasts its wait: keep the examples quick.
             runs[0] = (GenerationMode.POSITIVE, {"query": {"wait": 0}})
@@ -143,7 +145,11 @@ async def test_api_matches_its_openapi_document(api: Api, base_url: str) -> None
         "POST", "/api/v1/users", json={"name": "fuzz-user", "role": "reader"}
     )
     assert status == 201
+    for _ in range(2):  # two audited requests: a page of one has a cursor
+        await api.request("GET", f"/api/v1/secrets/{secret['id']}")
+    _, audit_page, _ = await api.request("GET", "/admin/v1/audit", params={"limit": "1"})
     known = {
+        "audit_cursor": audit_page["next_cursor"],
         "user": user["id"],
         "secret": secret["id"],
         "token": token["id"],
@@ -154,7 +160,7 @@ async def test_api_matches_its_openapi_document(api: Api, base_url: str) -> None
     assert failures == [], "\n\n".join(failures)
 
 
-def _cli_config(path: Path, cursor: str) -> Path:
+def _cli_config(path: Path, cursor: str, audit_cursor: str) -> Path:
     """A schemathesis.toml for the command-line run (TOML accepts JSON strings as values)."""
     statuses = json.dumps(EXPECTED_STATUSES)
     path.write_text(
@@ -166,6 +172,10 @@ expected-statuses = {statuses}
 [[operations]]
 include-name = "GET /api/v1/secrets"
 parameters = {{ "query.cursor" = {json.dumps(cursor)} }}
+
+[[operations]]
+include-name = "GET /admin/v1/audit"
+parameters = {{ "query.cursor" = {json.dumps(audit_cursor)} }}
 
 # A long poll with nothing to report lasts its wait: keep the calls quick.
 [[operations]]
@@ -189,7 +199,10 @@ async def test_cli_run_with_every_phase_finds_nothing(
     for name in ("cli-a", "cli-b"):
         await api.create(name, {"a": "1"})
     _, page, _ = await api.request("GET", "/api/v1/secrets", params={"limit": "1"})
-    config = _cli_config(tmp_path / "schemathesis.toml", page["next_cursor"])
+    _, audit_page, _ = await api.request("GET", "/admin/v1/audit", params={"limit": "1"})
+    config = _cli_config(
+        tmp_path / "schemathesis.toml", page["next_cursor"], audit_page["next_cursor"]
+    )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -256,6 +269,7 @@ async def test_openapi_document_is_served_and_valid(base_url: str) -> None:
         "POST /admin/v1/dead-letters/retry",
         "GET /admin/v1/keys",
         "POST /admin/v1/keys/rotate",
+        "GET /admin/v1/audit",
         "GET /healthz",
         "GET /readyz",
         "GET /metrics",

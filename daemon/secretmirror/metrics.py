@@ -83,6 +83,22 @@ reconcile_jobs = Counter(
     ["mode", "outcome"],
     registry=REGISTRY,
 )
+audit_records = Counter(
+    "secretmirror_audit_records_total",
+    "Audit records committed by this process.",
+    registry=REGISTRY,
+)
+audit_write_failures = Counter(
+    "secretmirror_audit_write_failures_total",
+    "Audit batches (or file sink writes) that failed; their requests answered 503.",
+    registry=REGISTRY,
+)
+audit_batch_size = Histogram(
+    "secretmirror_audit_batch_records",
+    "Records per group-committed audit insert.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+    registry=REGISTRY,
+)
 http_requests = Counter(
     "secretmirror_http_requests_total",
     "HTTP requests by route template, method and status.",

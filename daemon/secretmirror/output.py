@@ -491,3 +491,21 @@ def _cli_path() -> str:
         return shlex.quote(str(argv0.resolve().relative_to(Path.cwd().resolve())))
     except ValueError:
         return shlex.quote(str(argv0.resolve()))
+
+
+def audit(items: list[dict[str, Any]]) -> None:
+    table(
+        ("AT", "ACTOR", "ACTION", "SECRET", "OUTCOME", "STATUS", "FROM"),
+        (
+            (
+                when(r["at"]),
+                r["actor"] or "-",
+                r["action"],
+                r["secret_name"] or r["secret_id"] or "-",
+                r["outcome"],
+                r["status"],
+                r["remote_addr"] or "-",
+            )
+            for r in items
+        ),
+    )

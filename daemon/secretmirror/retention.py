@@ -41,6 +41,15 @@ async def purge_once(rt: Runtime) -> int:
     return int(result.split()[-1])
 
 
+async def purge_audit_once(rt: Runtime) -> int:
+    """Delete one batch of audit records older than ``audit.keep_days``; how many went."""
+    async with rt.pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval(Q.retention_lock):
+            return 0
+        result: str = await conn.execute(Q.audit_purge, rt.settings.audit.keep_days, _BATCH)
+    return int(result.split()[-1])
+
+
 def next_wait(wait_s: float, interval_s: float) -> float:
     """The wait after ``wait_s`` of an idle round: doubled, at most ``MAX_INTERVAL_S``."""
     return max(interval_s, min(wait_s * 2, MAX_INTERVAL_S))
@@ -51,8 +60,9 @@ async def run(rt: Runtime, stop: asyncio.Event, interval_s: float = 30.0) -> Non
     while not stop.is_set():
         try:
             purged = await purge_once(rt)
-            if purged:
-                log.info("retention.purged", snapshots=purged)
+            audit_purged = await purge_audit_once(rt)
+            if purged or audit_purged:
+                log.info("retention.purged", snapshots=purged, audit_records=audit_purged)
                 wait_s = interval_s
                 continue
         except DB_DOWN:

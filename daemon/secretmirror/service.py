@@ -51,6 +51,8 @@ class ReadResult:
     meta: SecretMeta
     values: dict[str, str]
     source: str
+    #: The kind of change that produced it ("" for a read or an unchanged write).
+    kind: str = ""
 
 
 class SecretService:
@@ -162,7 +164,10 @@ class SecretService:
                 raise PreconditionFailed()
         raise Unavailable("the secret is being changed too often; try again")
 
-    async def delete(self, principal: Principal, secret_id: str, if_match: int | None) -> None:
+    async def delete(
+        self, principal: Principal, secret_id: str, if_match: int | None
+    ) -> SecretMeta:
+        """Delete the secret; its metadata as it was (for the audit record)."""
         meta = await self.meta(principal, secret_id, "write")
         if if_match is not None and if_match != meta.version:
             raise PreconditionFailed()
@@ -171,7 +176,7 @@ class SecretService:
                 principal, meta, "delete", meta.name, meta.private, None, None
             )
             if done is not None:
-                return
+                return meta
             if if_match is not None:
                 raise PreconditionFailed()
             meta = await self.meta(principal, secret_id, "write")
@@ -221,7 +226,7 @@ class SecretService:
         self.rt.committed()
         await self._write_inline(new_meta, values, content_hash, token, self._leased(row))
         log.info(f"secret.{kind}d", secret_id=meta.id, version=version)
-        return ReadResult(new_meta, values or {}, "primary")
+        return ReadResult(new_meta, values or {}, "primary", kind)
 
     def _seal(self, secret_id: str, version: int, blob: bytes) -> tuple[bytes, str]:
         snapshot = self.rt.keyring.encrypt(blob, secret_aad(secret_id, version))

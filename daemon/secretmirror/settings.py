@@ -153,6 +153,15 @@ class ReconcileSettings(BaseModel):
     concurrency: int = Field(default=16, ge=1, le=1024)
 
 
+class AuditSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Also append every record as a JSON line to this file (created 0600).
+    file: Path | None = None
+    keep_days: int = Field(default=365, ge=1)
+    #: Off only for benchmarks and tests that measure without it.
+    enabled: bool = True
+
+
 class HistorySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     keep_versions: int = Field(default=10, ge=1)
@@ -230,6 +239,7 @@ class Settings(BaseSettings):
     replication: ReplicationSettings = Field(default_factory=ReplicationSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     history: HistorySettings = Field(default_factory=HistorySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
 
     @model_validator(mode="after")

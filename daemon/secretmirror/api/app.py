@@ -11,9 +11,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from secretmirror import metrics
-from secretmirror.api import admin, routes
+from secretmirror.api import admin, audit_routes, auditing, routes
 from secretmirror.api.keys import ACCOUNTS, HEALTH, RUNTIME, SERVICE
 from secretmirror.api.openapi import openapi_document
+from secretmirror.audit import AuditLog
 from secretmirror.auth import Accounts
 from secretmirror.errors import SecretMirrorError, TooLarge
 from secretmirror.runtime import Runtime
@@ -34,7 +35,8 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes the documented error JSON; a 5xx never carries a traceback."""
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+    request_id = _request_id(request.headers.get("X-Request-Id"))
+    request[auditing.REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
     route = _route_template(request)
@@ -64,6 +66,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     metrics.http_requests.labels(route, method, str(response.status)).inc()
     metrics.http_request_duration.labels(route, method).observe(time.perf_counter() - started)
     return response
+
+
+def _request_id(sent: str | None) -> str:
+    """The client's X-Request-Id when it is a plain short id, else a fresh one (it goes
+    into logs and the audit log, so it must not carry arbitrary text)."""
+    if sent and len(sent) <= 64 and sent.isascii() and sent.replace("-", "").isalnum():
+        return sent
+    return uuid.uuid4().hex[:16]
 
 
 def _route_template(request: web.Request) -> str:
@@ -102,7 +112,12 @@ def build_app(
     accounts: Accounts,
     health: Callable[[], Awaitable[list[str]]],
 ) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[errors_middleware, auditing.audit_middleware], client_max_size=MAX_BODY
+    )
+    audit_settings = runtime.settings.audit
+    app[auditing.AUDIT] = AuditLog(runtime.pool, audit_settings.file, audit_settings.enabled)
+    app.on_cleanup.append(lambda _app: _app[auditing.AUDIT].close())
     app[RUNTIME] = runtime
     app[SERVICE] = service
     app[ACCOUNTS] = accounts
@@ -113,4 +128,5 @@ def build_app(
     app.router.add_get("/api/v1/openapi.json", openapi)
     routes.add_routes(app)
     admin.add_routes(app)
+    audit_routes.add_routes(app)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from secretmirror.audit import ACTIONS, OUTCOMES
 from secretmirror.reconcile import CLASSES
 
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"}
@@ -550,6 +551,8 @@ def openapi_document() -> dict[str, Any]:
     schemas.update(_admin_schemas())
     paths.update(_admin_paths(common))
     paths.update(_health_paths())
+    schemas.update(_audit_schemas())
+    paths.update(_audit_paths(common))
     return {
         "openapi": "3.1.0",
         "info": {"title": "secretmirror", "version": "1"},
@@ -894,6 +897,89 @@ def _health_paths() -> dict[str, Any]:
                         "description": "Prometheus text format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
+                },
+            },
+        },
+    }
+
+
+def _audit_schemas() -> dict[str, Any]:
+    nullable = {"type": ["string", "null"]}
+    return {
+        "AuditRecord": {
+            "type": "object",
+            "required": [
+                "id",
+                "at",
+                "actor",
+                "token_id",
+                "action",
+                "secret_id",
+                "secret_name",
+                "outcome",
+                "status",
+                "remote_addr",
+                "request_id",
+            ],
+            "properties": {
+                "id": {"type": "integer"},
+                "at": _TS,
+                "actor": nullable,
+                "token_id": nullable,
+                "action": {"type": "string", "enum": list(ACTIONS)},
+                "secret_id": nullable,
+                "secret_name": nullable,
+                "outcome": {"type": "string", "enum": list(OUTCOMES)},
+                "status": {"type": "integer"},
+                "remote_addr": nullable,
+                "request_id": nullable,
+            },
+        },
+    }
+
+
+def _audit_paths(common: tuple[int, ...]) -> dict[str, Any]:
+    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "description": description, "schema": schema}
+
+    return {
+        "/admin/v1/audit": {
+            "get": {
+                "summary": "The audit log, newest first (admin); never values or tokens",
+                "parameters": [
+                    query("actor", {"type": "string"}, "A user (also 'user via creator')"),
+                    query("secret_id", {"type": "string", "format": "uuid"}, "A secret id"),
+                    query("secret_name", {"type": "string"}, "A secret name"),
+                    query("action", {"type": "string", "enum": list(ACTIONS)}, "An action"),
+                    query("outcome", {"type": "string", "enum": list(OUTCOMES)}, "An outcome"),
+                    query("since", {"type": "string", "format": "date-time"}, "From (ISO 8601)"),
+                    query("until", {"type": "string", "format": "date-time"}, "Before (ISO 8601)"),
+                    query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "Page size (100)",
+                    ),
+                    query(
+                        "cursor",
+                        {"type": "string"},
+                        "The previous page's next_cursor; anything else is 400",
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A page of records",
+                        **_json(
+                            {
+                                "type": "object",
+                                "required": ["items", "next_cursor"],
+                                "properties": {
+                                    "items": {"type": "array", "items": _ref("AuditRecord")},
+                                    "next_cursor": {"type": ["string", "null"]},
+                                },
+                            }
+                        ),
+                    },
+                    **_errors(*common, 403),
                 },
             },
         },

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from secretmirror import feed
+from secretmirror.api import auditing
 from secretmirror.api.keys import ACCOUNTS, RUNTIME, SERVICE
 from secretmirror.auth import authenticate
 from secretmirror.errors import BadRequest, Forbidden, Invalid, NotFound
@@ -25,7 +26,15 @@ _IF_MATCH = re.compile(r'"([0-9]{1,9})"|([0-9]{1,9})', re.ASCII)
 
 async def principal_of(request: web.Request) -> Principal:
     rt = request.app[RUNTIME]
-    return await authenticate(rt.pool, request.headers.get("Authorization"), rt.tokens)
+    principal = await authenticate(rt.pool, request.headers.get("Authorization"), rt.tokens)
+    auditing.note_principal(request, principal)
+    return principal
+
+
+def noted(request: web.Request, result: ReadResult) -> ReadResult:
+    """Name the secret a request read or changed in its audit record."""
+    auditing.note_secret(request, result.meta.id, result.meta.name)
+    return result
 
 
 async def writer_of(request: web.Request) -> Principal:
@@ -95,7 +104,7 @@ async def create_secret(request: web.Request) -> web.Response:
     result = await request.app[SERVICE].create(
         principal, body.get("name"), body.get("values"), body.get("private", False)
     )
-    return secret_response(result, status=201)
+    return secret_response(noted(request, result), status=201)
 
 
 async def list_secrets(request: web.Request) -> web.Response:
@@ -128,6 +137,8 @@ async def list_secrets(request: web.Request) -> web.Response:
     if len(items) > limit:
         items = items[:limit]
         next_cursor = _encode_cursor(items[-1]["name"], items[-1]["id"])
+    if with_values:
+        auditing.note_secrets(request, [(i["id"], i["name"]) for i in items])
     return web.json_response({"items": items, "next_cursor": next_cursor})
 
 
@@ -139,7 +150,8 @@ async def get_secret_by_name(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if "\x00" in name:
         raise NotFound("no such secret")
-    return secret_response(await request.app[SERVICE].by_name(principal, name, private))
+    result = await request.app[SERVICE].by_name(principal, name, private)
+    return secret_response(noted(request, result))
 
 
 async def history_by_name(request: web.Request) -> web.Response:
@@ -155,6 +167,7 @@ async def history_by_name(request: web.Request) -> web.Response:
     if deleted:
         return web.json_response({"items": await service.deleted_history(principal, name)})
     meta = await service.by_name_meta(principal, name, private, "list")
+    auditing.note_secret(request, meta.id, meta.name)
     return web.json_response({"items": await service.history(principal, meta.id)})
 
 
@@ -185,8 +198,10 @@ async def get_secret(request: web.Request) -> web.Response:
     version = request.query.get("version")
     if version is not None:
         number = _int_param(version, "version", 0, 1, 2**31 - 1)
-        return secret_response(await service.read_version(principal, secret_id, number))
-    return secret_response(await service.read(principal, secret_id))
+        return secret_response(
+            noted(request, await service.read_version(principal, secret_id, number))
+        )
+    return secret_response(noted(request, await service.read(principal, secret_id)))
 
 
 async def patch_secret(request: web.Request) -> web.Response:
@@ -219,6 +234,9 @@ async def _update(request: web.Request, *, merge: bool) -> web.Response:
         merge=merge,
         if_match=expected,
     )
+    noted(request, result)
+    if result.kind == "rename":
+        auditing.note_action(request, "secret.rename")
     # A token that may write but not read a secret gets its metadata only: a merge
     # would otherwise show it the keys it did not send.
     return secret_response(result, values=principal.allows("read", result.meta.name))
@@ -228,7 +246,8 @@ async def delete_secret(request: web.Request) -> web.Response:
     principal = await writer_of(request)
     check_query(request)
     expected = if_match(request)
-    await request.app[SERVICE].delete(principal, request.match_info["id"], expected)
+    meta = await request.app[SERVICE].delete(principal, request.match_info["id"], expected)
+    auditing.note_secret(request, meta.id, meta.name)
     return web.Response(status=204)
 
 

@@ -562,3 +562,37 @@ GROUP BY mode
 SELECT CASE WHEN c.reltuples < 100000 THEN (SELECT count(*) FROM secrets)
             ELSE c.reltuples::bigint END
 FROM pg_class c WHERE c.oid = 'secrets'::regclass
+
+-- audit_insert --
+-- One batch of audit records (group commit: see audit.py), in the order given.
+INSERT INTO audit_log (at, actor, token_id, action, secret_id, secret_name, outcome, status,
+                       remote_addr, request_id)
+SELECT at, actor, token_id, action, secret_id, secret_name, outcome, status, remote_addr,
+       request_id
+FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], $5::uuid[],
+                     $6::text[], $7::text[], $8::int[], $9::text[], $10::text[])
+    WITH ORDINALITY AS r(at, actor, token_id, action, secret_id, secret_name, outcome, status,
+                         remote_addr, request_id, n)
+ORDER BY n
+RETURNING id
+
+-- audit_list --
+-- Newest first, before the cursor id $8. actor $1 also matches "<actor> via <creator>".
+SELECT id, at, actor, token_id::text, action, secret_id::text, secret_name, outcome, status,
+       remote_addr, request_id
+FROM audit_log
+WHERE ($1::text IS NULL OR actor = $1 OR starts_with(actor, $1 || ' via '))
+  AND ($2::uuid IS NULL OR secret_id = $2)
+  AND ($3::text IS NULL OR secret_name = $3)
+  AND ($4::text IS NULL OR action = $4)
+  AND ($5::text IS NULL OR outcome = $5)
+  AND ($6::timestamptz IS NULL OR at >= $6)
+  AND ($7::timestamptz IS NULL OR at < $7)
+  AND ($8::bigint IS NULL OR id < $8)
+ORDER BY id DESC
+LIMIT $9
+
+-- audit_purge --
+-- Records older than $1 days, up to $2 per statement (audit.keep_days).
+DELETE FROM audit_log
+WHERE id IN (SELECT id FROM audit_log WHERE at < now() - make_interval(days => $1::int) LIMIT $2)

@@ -1,0 +1,203 @@
+"""The audit log: who read or changed what, written to PostgreSQL before the response.
+
+Every audited request waits until its record is committed; a request whose
+record cannot be written fails closed (503), as Vault does when no audit
+device can write. Records never hold a value, a token or a key: only the
+fields of ``Record``.
+
+Group commit. A fleet restarting reads thousands of secrets at once, and one
+transaction per read would make the audit log the bottleneck. Records of
+concurrent requests queue up while one insert is in flight; the next insert
+takes everything queued (one multi-row ``INSERT ... SELECT FROM unnest``) and
+wakes every request of that batch when it commits. A lone request pays one
+round trip; under load a batch grows with the load instead of the round trips.
+
+``audit.file`` also appends each committed record as a JSON line to a file
+(mode 0600). The file is a copy for shipping: PostgreSQL is the record of
+truth, and a failed file write is logged, never a failed request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from secretmirror import metrics
+from secretmirror.errors import Unavailable
+from secretmirror.queries import Q
+
+log = structlog.get_logger("secretmirror.audit")
+
+ACTIONS = (
+    "secret.read",
+    "secret.read_version",
+    "secret.create",
+    "secret.update",
+    "secret.rename",
+    "secret.delete",
+    "secret.history",
+    "user.create",
+    "user.update",
+    "user.delete",
+    "token.create",
+    "token.revoke",
+    "auth.failed",
+    "job.start",
+    "job.cancel",
+    "dead_letters.retry",
+    "keys.rotate",
+)
+OUTCOMES = ("ok", "denied", "not_found", "error")
+#: Records per insert at most (a batch beyond it waits for the next round trip).
+MAX_BATCH = 2000
+
+
+def outcome_of(status: int) -> str:
+    if 200 <= status < 400:
+        return "ok"
+    if status in (401, 403):
+        return "denied"
+    if status in (404, 410):
+        return "not_found"
+    return "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    at: datetime
+    actor: str | None
+    token_id: str | None
+    action: str
+    secret_id: str | None
+    secret_name: str | None
+    outcome: str
+    status: int
+    remote_addr: str | None
+    request_id: str | None
+
+    def to_json(self, record_id: int) -> dict[str, Any]:
+        body = asdict(self)
+        body["at"] = self.at.isoformat()
+        return {"id": record_id, **body}
+
+
+def row_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "at": row["at"].isoformat(),
+        "actor": row["actor"],
+        "token_id": row["token_id"],
+        "action": row["action"],
+        "secret_id": row["secret_id"],
+        "secret_name": row["secret_name"],
+        "outcome": row["outcome"],
+        "status": row["status"],
+        "remote_addr": row["remote_addr"],
+        "request_id": row["request_id"],
+    }
+
+
+class AuditLog:
+    """Group-committed audit records; ``write`` returns once they are in PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool, file: Path | None = None, enabled: bool = True) -> None:
+        self.pool = pool
+        self.enabled = enabled
+        self._file_path = file
+        self._file: int | None = None
+        self._queue: list[tuple[list[Record], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, records: list[Record]) -> None:
+        """Wait until ``records`` are committed; ``Unavailable`` when they cannot be."""
+        if not self.enabled or not records:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((records, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="audit-flush")
+        # Shielded: a client that goes away must not cancel the insert others wait on.
+        await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch: list[tuple[list[Record], asyncio.Future[None]]] = []
+            count = 0
+            while self._queue and (not batch or count + len(self._queue[0][0]) <= MAX_BATCH):
+                entry = self._queue.pop(0)
+                batch.append(entry)
+                count += len(entry[0])
+            records = [r for recs, _ in batch for r in recs]
+            try:
+                ids = await self._insert(records)
+            except Exception as exc:  # any failure: every waiter of the batch gets a 503
+                metrics.audit_write_failures.inc()
+                log.error("audit.write_failed", error=type(exc).__name__, records=len(records))
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(Unavailable("the audit log cannot be written"))
+                continue
+            metrics.audit_records.inc(len(records))
+            metrics.audit_batch_size.observe(len(records))
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+            if self._file_path is not None:
+                await self._append_file(records, ids)
+
+    async def _insert(self, records: list[Record]) -> list[int]:
+        columns = list(zip(*(_row(r) for r in records), strict=True))
+        rows = await self.pool.fetch(Q.audit_insert, *columns)
+        return [int(r["id"]) for r in rows]
+
+    async def _append_file(self, records: list[Record], ids: list[int]) -> None:
+        lines = "".join(
+            json.dumps(r.to_json(i), separators=(",", ":")) + "\n"
+            for r, i in zip(records, ids, strict=False)
+        ).encode()
+        try:
+            await asyncio.to_thread(self._write_file, lines)
+        except OSError as exc:
+            metrics.audit_write_failures.inc()
+            log.error("audit.file_write_failed", path=str(self._file_path), error=exc.strerror)
+
+    def _write_file(self, data: bytes) -> None:
+        if self._file is None:
+            assert self._file_path is not None
+            self._file = os.open(
+                self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600
+            )
+            os.fchmod(self._file, 0o600)  # an existing file readable by others is tightened
+        os.write(self._file, data)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._flusher), 5)
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
+
+
+def _row(r: Record) -> tuple[Any, ...]:
+    return (
+        r.at,
+        r.actor,
+        r.token_id,
+        r.action,
+        r.secret_id,
+        r.secret_name,
+        r.outcome,
+        r.status,
+        r.remote_addr,
+        r.request_id,
+    )
