@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 from prometheus_client import generate_latest
 
-from secretmirror import deliveries, metrics
+from secretmirror import deliveries, metrics, replication
 from secretmirror.auth import Accounts, authenticate
 from secretmirror.daemon import open_runtime
 from secretmirror.errors import StoreUnavailable, Unavailable
@@ -84,7 +84,7 @@ async def test_the_backlog_is_due_as_soon_as_the_store_is_up_again(
             runtime.key_of("backup"),
         )
         down["on"] = False
-        await backup.health()  # what the store probe does every few seconds
+        await replication.probe_once(runtime)  # what the daemon does every few seconds
         assert backup.up
         await until(lambda: drained_via_worker_pool(runtime), timeout=30)
 

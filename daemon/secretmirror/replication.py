@@ -307,20 +307,29 @@ async def notify_others(rt: Runtime, stop: asyncio.Event, coalesce_s: float = 0.
 async def probe_stores(rt: Runtime, stop: asyncio.Event) -> None:
     """Health-check each store periodically so ``store_up`` recovers without traffic."""
     while not stop.is_set():
-        for role in (rt.primary, rt.backup):
-            if role is None:
-                continue
-            started = time.monotonic()
-            was_up = role.up
-            with contextlib.suppress(StoreError):
-                await role.health()
-            if role.up and not was_up:
-                rt.wake.set()  # the worker makes the store's backlog due at once
-            if not role.up:
-                log.debug(
-                    "store.probe_failed",
-                    store=role.role,
-                    seconds=round(time.monotonic() - started, 3),
-                )
+        await probe_once(rt)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 5.0)
+
+
+async def probe_once(rt: Runtime) -> None:
+    """One health check of each store. A store found up again gets its backlog due at
+    once: its deliveries stop waiting out the backoff collected while it was down."""
+    for role in (rt.primary, rt.backup):
+        if role is None:
+            continue
+        started = time.monotonic()
+        was_up = role.up
+        with contextlib.suppress(StoreError):
+            await role.health()
+        if role.up and not was_up and role.role in rt.targets:
+            with contextlib.suppress(*DB_DOWN):  # else the worker does it (``_recovered``)
+                moved = await deliveries.due_now(rt.worker_pool, rt.key_of(role.role))
+                log.info("replication.store_recovered", target=role.role, made_due=moved)
+            rt.wake.set()
+        if not role.up:
+            log.debug(
+                "store.probe_failed",
+                store=role.role,
+                seconds=round(time.monotonic() - started, 3),
+            )
