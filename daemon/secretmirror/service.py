@@ -431,8 +431,24 @@ class SecretService:
         A caller who sees a private and a shared secret of that name must pick
         one with ``private``: guessing could hand a tool the wrong credentials.
         """
-        meta = await self.by_name_meta(principal, name, private)
-        return await self.read(principal, meta.id)
+        if not self.rt.primary_in_db:
+            meta = await self.by_name_meta(principal, name, private)
+            return await self.read(principal, meta.id)
+        user_id, own_token, patterns = principal.sql_visibility("read")
+        rows = await self._db_fetch(
+            Q.secret_by_exact_name_with_value,
+            name,
+            user_id,
+            private,
+            own_token,
+            patterns,
+            self.rt.deployment_id,
+        )
+        if len(rows) > 1:
+            raise AmbiguousName()
+        if not rows or not SecretMeta.from_row(rows[0]).visible_to(principal, "read"):
+            raise NotFound("no such secret")
+        return await self._from_row(SecretMeta.from_row(rows[0]), rows[0])
 
     async def by_name_meta(
         self, principal: Principal, name: str, private: bool | None, action: str = "read"

@@ -270,6 +270,21 @@ WHERE name = $1 AND secretmirror_sees(private, owner, name, $2, $4, $5)
   AND ($3::boolean IS NULL OR private = $3)
 ORDER BY private
 
+-- secret_by_exact_name_with_value --
+-- secret_by_exact_name with the stored value of the sql primary in the main database ($6
+-- the deployment): a by-name read in one round trip.
+SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated,
+       v.version AS stored_version, v.ciphertext
+FROM secrets s
+LEFT JOIN LATERAL (
+    SELECT version, ciphertext FROM secretmirror_values
+    WHERE deployment_id = $6 AND secret_id = s.id AND NOT deleted
+    LIMIT 1
+) v ON true
+WHERE s.name = $1 AND secretmirror_sees(s.private, s.owner, s.name, $2, $4, $5)
+  AND ($3::boolean IS NULL OR s.private = $3)
+ORDER BY s.private
+
 -- secret_names_of --
 -- The names of the secrets $1 (live, or as their last event had it) that the caller ($2,
 -- $3, $4: Principal.sql_visibility("list")) may see.
