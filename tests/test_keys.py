@@ -289,3 +289,39 @@ async def test_rotate_covers_a_sql_store_in_its_own_database(
                 pass
     finally:
         await postgres.drop_database(other)
+
+
+async def test_a_cancelled_rotate_is_finished_by_the_next(tmp_path: Path, database: str) -> None:
+    """Cancel a rekey job midway; the next keys rotate does only what is left."""
+    key_a, key_b = new_key(), new_key()
+    async with serving(tmp_path, database, key_a) as (rt, api):
+        await seed(rt, api, 40)
+    settings = make_settings(
+        tmp_path,
+        database,
+        f"{key_b},{key_a}",
+        backup={"type": "file", "path": str(tmp_path / "files")},
+        reconcile={"verify_interval_s": 0},
+        encryption={"rekey_batch_size": 1},
+    )
+    async with (
+        open_runtime(settings, database) as rt,
+        TestClient(TestServer(make_app(rt))) as client,
+    ):
+        api = Api(client)
+        _, job, _ = await api.request("POST", "/admin/v1/keys/rotate")
+        deadline = asyncio.get_running_loop().time() + 60
+        while (await inventory(api))["keys"][1]["ciphertexts"] == 40 * 2 + 40 + 40:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        status, _, _ = await api.request("POST", f"/admin/v1/jobs/{job['id']}/cancel")
+        assert status == 200
+        first = await wait_finished(api, job["id"])
+        assert first["status"] == "cancelled", first
+        left = (await inventory(api))["keys"][1]["ciphertexts"]
+        assert 0 < left < 160
+        _, job, _ = await api.request("POST", "/admin/v1/keys/rotate")
+        second = await wait_finished(api, job["id"])
+        assert second["status"] == "succeeded", second
+        assert second["counts"]["rekeyed"] == left
+        assert (await inventory(api))["keys"][1]["ciphertexts"] == 0

@@ -23,6 +23,7 @@ import pytest
 from aiobotocore.session import get_session
 from aiohttp.test_utils import TestClient, TestServer
 
+from secretmirror import metrics
 from secretmirror.daemon import make_app, make_readiness, open_runtime
 from secretmirror.runtime import Runtime
 from secretmirror.settings import Settings
@@ -267,6 +268,7 @@ async def test_kms_down_at_start_fails_readiness(
         async with serving(tmp_path, database, kms) as (rt, api):
             reasons = await make_readiness(rt)()
             assert any("the KMS is unavailable" in r for r in reasons), reasons
+            assert metrics.kms_up._value.get() == 0
             status, body, _ = await api.request("GET", f"/api/v1/secrets/{ids[0]}")
             assert status == 503, body
             assert "values" not in body
@@ -275,6 +277,7 @@ async def test_kms_down_at_start_fails_readiness(
 
             await kms_keys.refresh(rt, rt.keyring)  # type: ignore[arg-type]
             assert await make_readiness(rt)() == []
+            assert metrics.kms_up._value.get() == 1
             status, body, _ = await api.request("GET", f"/api/v1/secrets/{ids[0]}")
             assert status == 200, body
 

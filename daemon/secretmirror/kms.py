@@ -29,6 +29,7 @@ import aiohttp
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from secretmirror import metrics
 from secretmirror.crypto import Keyring, key_id
 from secretmirror.errors import ConfigError, DecryptionError, Unavailable
 from secretmirror.queries import Q
@@ -302,14 +303,22 @@ class KmsKeyring(Keyring):
             if not rows and create:
                 await self.new_data_key(conn)
         except KmsUnavailable as exc:
+            metrics.kms_up.set(0)
             if not was_ready:  # once loaded, the keys in memory keep working
                 self.error = exc.message
             raise
+        if rows or create:
+            metrics.kms_up.set(1)
         self.error = None
 
     async def new_data_key(self, conn: Any) -> bytes:
         """Ask the KMS for a data key, store it wrapped, and make it the one that encrypts."""
-        plain, wrapped = await self.kms.generate()
+        try:
+            plain, wrapped = await self.kms.generate()
+        except KmsUnavailable:
+            metrics.kms_up.set(0)
+            raise
+        metrics.kms_up.set(1)
         kid = self._add(plain)
         await conn.execute(Q.kms_data_key_add, kid, self.kms.name, wrapped)
         self._stored.add(kid)

@@ -46,6 +46,11 @@ store_up = Gauge(
     ["store"],
     registry=REGISTRY,
 )
+kms_up = Gauge(
+    "secretmirror_kms_up",
+    "With encryption.kms: 1 when the KMS answered its last call (unwrap, new data key), else 0.",
+    registry=REGISTRY,
+)
 store_requests = Counter(
     "secretmirror_store_requests_total",
     "Requests to a secrets store by operation and outcome.",
