@@ -42,7 +42,8 @@ class DaemonProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start_no_wait(self) -> None:
+        """Start the process without waiting for it to be ready."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "secretmirror", "serve"],
@@ -52,6 +53,10 @@ class DaemonProcess:
             stdin=subprocess.DEVNULL,
         )
         log.close()
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.start_no_wait()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -17,9 +17,12 @@ import secrets
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -440,3 +443,58 @@ async def test_start_with_a_wrong_key_refuses_and_writes_nothing(
     ]
     assert await _table_digest(deployment.database) == tables
     assert _files_digest(deployment.files) == files
+
+
+async def test_kms_down_at_start_daemon_not_ready_then_recovers(
+    deployment: Deployment, moto_server: str
+) -> None:
+    """A daemon started while its KMS is unreachable serves /readyz 503 naming the KMS,
+    reads are 503, and it becomes ready by itself once the KMS answers."""
+    from tests.faultproxy import ThreadedFaultProxy
+
+    key_id = await new_cmk(moto_server)
+    endpoint = urlsplit(moto_server)
+    with ThreadedFaultProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80) as proxy:
+        env = kms_env(
+            {
+                "type": "aws",
+                "key_id": key_id,
+                "region": REGION,
+                "endpoint_url": proxy.url,
+                "auth_method": "secret-key",
+                "aws_access_key_id": ACCESS_KEY,
+                "aws_secret_access_key": SECRET_KEY,
+            }
+        )
+        daemon = deployment.start(env)
+        versions = await seed(daemon.url, 3)
+        deployment.stop()
+        proxy.down()
+        daemon = DaemonProcess(
+            deployment.env(env), deployment.tmp_path / "data", deployment.tmp_path / "down.log"
+        )
+        deployment.daemon = daemon
+        assert daemon.proc is None
+        daemon.start_no_wait()
+
+        def readyz() -> tuple[int, Any]:
+            try:
+                with urllib.request.urlopen(daemon.url + "/readyz", timeout=2) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+            except OSError:
+                return 0, None
+
+        await asyncio.to_thread(wait_for, lambda: readyz()[0] == 503, 120, "a 503 readyz")
+        _, body = readyz()
+        assert any("the KMS is unavailable" in r for r in body["reasons"]), body
+        sid = next(iter(versions))
+        request = urllib.request.Request(f"{daemon.url}/api/v1/secrets/{sid}", headers=_HEADERS)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 503
+        proxy.pass_through()
+        await asyncio.to_thread(wait_for, lambda: readyz()[0] == 200, 120, "readiness back")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert json.loads(resp.read())["values"] == versions[sid][-1]
