@@ -753,7 +753,9 @@ async def _limiter(
         watcher = asyncio.create_task(watch())
         try:
             writes = await run_ops(
-                LIMITED_UPDATES, API_CLIENTS, lambda n: api.update(ids[n], 30_000_000 + n)
+                LIMITED_UPDATES,
+                API_CLIENTS,
+                lambda n: api.update(ids[n % len(ids)], 30_000_000 + n),
             )
             drained = await progress.until_applied(applied0 + writes["ops"], timeout_s=90)
             await asyncio.sleep(0.3)
