@@ -325,3 +325,51 @@ async def test_a_cancelled_rotate_is_finished_by_the_next(tmp_path: Path, databa
         assert second["status"] == "succeeded", second
         assert second["counts"]["rekeyed"] == left
         assert (await inventory(api))["keys"][1]["ciphertexts"] == 0
+
+
+class _WriteAfterRead:
+    """The holder's database, with another write landing right after the batch's SELECT."""
+
+    def __init__(self, pool: Any, write: Any) -> None:
+        self._pool = pool
+        self._write = write
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        rows = await self._pool.fetch(query, *args)
+        await self._write()
+        return rows
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self._pool.fetchval(query, *args)
+
+
+async def test_rekey_batch_never_overwrites_a_write_made_meanwhile(
+    tmp_path: Path, database: str
+) -> None:
+    """Compare-and-set: a value written between the batch's read and its UPDATE survives."""
+    from secretmirror.keys import SqlValues
+
+    key_a, key_b = new_key(), new_key()
+    async with serving(tmp_path, database, key_a) as (rt, api):
+        ids = await seed(rt, api, 3)
+    async with serving(tmp_path, database, f"{key_b},{key_a}") as (rt, api):
+        racing = ids[1]
+        newer = rt.keyring.encrypt(b'{"v":"new"}', crypto.secret_aad(racing, 3))
+
+        async def write() -> None:  # what the API does for version 3, in short
+            await rt.pool.execute(
+                "UPDATE secretmirror_values SET version = 3, ciphertext = $1 WHERE secret_id = $2",
+                newer,
+                racing,
+            )
+
+        holder = SqlValues(_WriteAfterRead(rt.pool, write), rt.deployment_id)
+        old_kid = crypto.key_id(base64.b64decode(key_a))
+        batch = await holder.rekey(rt.keyring, old_kid, None, 10)
+        assert batch.seen == 3
+        assert batch.rekeyed == 2
+        stored = await rt.pool.fetchrow(
+            "SELECT version, ciphertext FROM secretmirror_values WHERE secret_id = $1", racing
+        )
+        assert stored["version"] == 3
+        assert stored["ciphertext"] == newer
