@@ -1,8 +1,8 @@
 """The change feed (``GET /api/v1/events``): committed changes in order, long-polled.
 
-Waiting costs no queries. A process holds one ``LISTEN`` connection on the
-channel the replication worker is woken by (``ChangeHub.listen``) and fans each
-notification out to every waiting request; a commit made by this process wakes
+Waiting costs no queries. A process holds one ``LISTEN`` connection
+(``ChangeHub.subscribed``) and fans each notification out to every waiting
+request and to the replication worker; a commit made by this process wakes
 them at once without the round trip. A waiter re-reads the log only when woken,
 when its wait ends, or (while the ``LISTEN`` connection is down) once a second.
 
@@ -54,6 +54,8 @@ class ChangeHub:
         self.listening = False
         #: Set at shutdown: waiting requests answer what they have instead of being cut off.
         self.closing = False
+        self._users = 0
+        self._listening: tuple[asyncio.Task[None], asyncio.Event] | None = None
 
     def changed(self) -> None:
         """Something committed: wake every current waiter."""
@@ -85,6 +87,28 @@ class ChangeHub:
             self._reads[key] = read
             read.add_done_callback(lambda _r: self._reads.pop(key, None))
         return await asyncio.shield(read)
+
+    @contextlib.asynccontextmanager
+    async def subscribed(self, dsn: str) -> AsyncIterator[None]:
+        """Keep the process's one LISTEN connection open while any user (the API, the
+        replication worker) needs it: both are woken through this hub."""
+        self._users += 1
+        if self._listening is None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(self.listen(dsn, stop), name="changes.listen")
+            self._listening = (task, stop)
+        try:
+            yield
+        finally:
+            self._users -= 1
+            if self._users == 0 and self._listening is not None:
+                task, stop = self._listening
+                self._listening = None
+                stop.set()
+                try:
+                    await asyncio.wait_for(task, 3)
+                except TimeoutError:
+                    log.warning("feed.listen_stop_timeout")
 
     async def listen(self, dsn: str, stop: asyncio.Event) -> None:
         """Hold the process's one LISTEN connection; reconnect after failures."""
@@ -125,14 +149,8 @@ def listener(hub: ChangeHub, dsn: str) -> Callable[[web.Application], AsyncItera
         # on_shutdown runs before the server waits for running handlers: long polls
         # answer at once instead of being cancelled with the connection.
         app.on_shutdown.append(closing)
-        stop = asyncio.Event()
-        task = asyncio.create_task(hub.listen(dsn, stop), name="feed.listen")
-        yield
-        stop.set()
-        try:
-            await asyncio.wait_for(task, 3)
-        except TimeoutError:
-            log.warning("feed.listen_stop_timeout")
+        async with hub.subscribed(dsn):
+            yield
 
     return context
 

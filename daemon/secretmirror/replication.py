@@ -17,7 +17,6 @@ import json
 import time
 from datetime import UTC, datetime
 
-import asyncpg
 import structlog
 
 from secretmirror import deliveries, metrics
@@ -30,8 +29,6 @@ from secretmirror.runtime import Runtime
 from secretmirror.stores.sql import DB_DOWN
 
 log = structlog.get_logger("secretmirror.replication")
-
-CHANNEL = "secretmirror_deliveries"
 
 
 class Replicator:
@@ -54,18 +51,19 @@ class Replicator:
         if not self.rt.targets:
             await stop.wait()
             return
-        listener = asyncio.create_task(self._listen(stop), name="replication.listen")
-        try:
-            while not stop.is_set():
-                await self._flush_done()
-                claimed = await self._claim_and_start()
-                if claimed and len(self._in_flight) < self.cfg.concurrency:
-                    continue
-                await self._wait(stop)
-        finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
-            await self._drain()
+        async with self.rt.changes.subscribed(self.rt.dsn):
+            listener = asyncio.create_task(self._forward_changes(), name="replication.listen")
+            try:
+                while not stop.is_set():
+                    await self._flush_done()
+                    claimed = await self._claim_and_start()
+                    if claimed and len(self._in_flight) < self.cfg.concurrency:
+                        continue
+                    await self._wait(stop)
+            finally:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+                await self._drain()
 
     async def _wait(self, stop: asyncio.Event) -> None:
         self.rt.wake.clear()
@@ -259,27 +257,13 @@ class Replicator:
 
     # -- wake-ups -------------------------------------------------------------
 
-    async def _listen(self, stop: asyncio.Event) -> None:
-        """Hold a LISTEN connection; reconnect after failures. Polling covers the gaps."""
-        while not stop.is_set():
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self.rt.dsn)
-                closed = asyncio.Event()
-                conn.add_termination_listener(lambda _c, closed=closed: closed.set())
-                await conn.add_listener(CHANNEL, lambda *_a: self.rt.wake.set())
-                self.rt.wake.set()
-                await closed.wait()
-            except asyncio.CancelledError:
-                raise
-            except (*DB_DOWN, asyncpg.PostgresError) as exc:
-                log.debug("replication.listen_failed", error=type(exc).__name__)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+    async def _forward_changes(self) -> None:
+        """Wake the worker on every notification the process's one LISTEN connection gets
+        (``feed.ChangeHub``; it also wakes it when it reconnects). Polling covers the gaps."""
+        while True:
+            woken, _ = self.rt.changes.waiter()
+            await woken.wait()
+            self.rt.wake.set()
 
 
 async def notify_others(rt: Runtime, stop: asyncio.Event, coalesce_s: float = 0.02) -> None:

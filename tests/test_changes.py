@@ -1,0 +1,95 @@
+"""One LISTEN connection per process wakes both the replication worker and feed readers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secretmirror import replication
+from secretmirror.daemon import open_runtime
+from secretmirror.model import Principal
+from secretmirror.runtime import Runtime
+from secretmirror.service import SecretService
+from tests.conftest import Api, make_settings
+
+#: The worker's poll interval here: a delivery long before it proves a wake-up.
+POLL_S = 120.0
+
+
+@pytest.fixture
+def settings_overrides(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "backup": {"type": "file", "path": str(tmp_path / "backup-store")},
+        "replication": {"poll_interval_s": POLL_S},
+        "reconcile": {"verify_interval_s": 0},
+    }
+
+
+@pytest.fixture
+async def worker(runtime: Runtime) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(replication.Replicator(runtime).run(stop))
+    yield
+    stop.set()
+    await task
+
+
+@pytest.fixture
+async def other(runtime: Runtime, tmp_path: Path, encryption_key: str) -> AsyncIterator[Runtime]:
+    """Another process's runtime on the same database, sending its NOTIFYs."""
+    settings = make_settings(
+        tmp_path / "other",
+        runtime.dsn,
+        encryption_key,
+        backup={"type": "file", "path": str(tmp_path / "backup-store")},
+        reconcile={"verify_interval_s": 0},
+    )
+    async with open_runtime(settings, runtime.dsn) as rt:
+        stop = asyncio.Event()
+        notifier = asyncio.create_task(replication.notify_others(rt, stop))
+        yield rt
+        stop.set()
+        await notifier
+
+
+async def listen_connections(rt: Runtime) -> int:
+    count: int = await rt.pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+    )
+    return count
+
+
+async def test_worker_and_feed_share_one_listen_connection(
+    api: Api, runtime: Runtime, worker: None
+) -> None:
+    """With the API and the worker running, the process holds exactly one LISTEN."""
+    deadline = time.monotonic() + 30
+    while await listen_connections(runtime) < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert await listen_connections(runtime) == 1
+
+
+async def test_another_process_commit_wakes_the_worker(
+    api: Api, runtime: Runtime, worker: None, other: Runtime
+) -> None:
+    """A write committed by another process is delivered long before the worker's next poll."""
+    admin_id = await runtime.pool.fetchval("SELECT id::text FROM users WHERE name = 'admin'")
+    admin = Principal(admin_id, "admin", "admin")
+    started = time.monotonic()
+    created = await SecretService(other).create(admin, f"w-{uuid.uuid4().hex[:8]}", {"k": "v"})
+    while time.monotonic() - started < POLL_S / 4:
+        applied = await runtime.pool.fetchval(
+            "SELECT applied_version FROM deliveries WHERE secret_id = $1",
+            uuid.UUID(created.meta.id),
+        )
+        if applied == 1:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail("the worker was not woken by the other process's NOTIFY")
