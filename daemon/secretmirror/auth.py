@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,57 @@ from secretmirror.queries import Q
 from secretmirror.stores.sql import DB_DOWN
 
 _MAX_EXPIRY_S = 10 * 365 * 86400
+_MAX_TOKEN = 512
+
+
+class FailureLimiter:
+    """Failed authentications per client address, a leaky bucket each.
+
+    Each failure adds one; the level drains at ``per_s``. At ``burst`` the address
+    gets 429 with ``Retry-After`` on every request (valid token or not: answering a
+    valid guess differently would let the guessing go on at full speed) until it
+    drains below. Per process: N replicas allow N times the rate, still far below
+    what guessing a 256-bit token needs.
+    """
+
+    def __init__(
+        self,
+        burst: float = 20,
+        per_s: float = 1.0,
+        max_addresses: int = 50_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst = burst
+        self.per_s = per_s
+        self.max_addresses = max_addresses
+        self._clock = clock
+        self._levels: dict[str, tuple[float, float]] = {}
+
+    def _level(self, address: str) -> float:
+        found = self._levels.get(address)
+        if found is None:
+            return 0.0
+        level, at = found
+        return max(0.0, level - (self._clock() - at) * self.per_s)
+
+    def retry_after(self, address: str) -> float:
+        """Seconds until ``address`` may try again; 0 when it may now."""
+        level = self._level(address)
+        if level <= self.burst - 1:
+            return 0.0
+        return (level - (self.burst - 1)) / self.per_s
+
+    def failed(self, address: str) -> None:
+        if len(self._levels) >= self.max_addresses:
+            now = self._clock()
+            self._levels = {
+                a: (lv, at)
+                for a, (lv, at) in self._levels.items()
+                if lv - (now - at) * self.per_s > 0
+            }
+            if len(self._levels) >= self.max_addresses:
+                self._levels.clear()
+        self._levels[address] = (self._level(address) + 1, self._clock())
 
 
 class TokenCache:
@@ -61,7 +112,9 @@ async def authenticate(
     if not header or not header.startswith("Bearer "):
         raise Unauthorized()
     token = header[len("Bearer ") :].strip()
-    if not token:
+    if not token or len(token) > _MAX_TOKEN or not (token.isascii() and token.isprintable()):
+        # Tokens are ASCII; a header that is not (bytes that are not UTF-8 arrive as
+        # lone surrogates) is simply not one, not a reason to fail hashing it.
         raise Unauthorized()
     digest = crypto.token_hash(token)
     if cache is not None and (cached := cache.get(digest)) is not None:

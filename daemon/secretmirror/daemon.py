@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -28,7 +29,8 @@ from secretmirror.api import jobs as api_jobs
 from secretmirror.api.admin import LAST_VERIFY, SHARED_GAUGES
 from secretmirror.api.app import build_app
 from secretmirror.api.jobs import JOBS
-from secretmirror.auth import Accounts
+from secretmirror.api.protocol import HardenedRunner
+from secretmirror.auth import Accounts, FailureLimiter
 from secretmirror.errors import ListenError, SchemaMismatch, StoreError, StoreUnavailable
 from secretmirror.kms import KmsKeyring
 from secretmirror.output import startup_banner
@@ -36,6 +38,7 @@ from secretmirror.reconcile import Jobs
 from secretmirror.runtime import (
     Runtime,
     build_stores,
+    ensure_data_dir,
     init_admin,
     init_deployment,
     load_admin_token,
@@ -118,6 +121,7 @@ async def open_runtime(
         )
         hash_keys.append(hash_key)
         rt.hash_cell = hash_keys
+        rt.auth_failures = FailureLimiter(settings.auth.failed_burst, settings.auth.failed_per_s)
         for role in (primary, backup):
             if role is None:
                 continue
@@ -210,6 +214,8 @@ async def serve(settings: Settings) -> None:
     # token or a started job behind, only one line saying why.
     listener = bind_listener(settings)
     try:
+        ensure_data_dir(settings.data_dir)
+        warn_if_exposed(settings)
         embedded = None
         dsn = settings.database_url.get_secret_value() if settings.database_url else None
         if dsn is None:
@@ -224,6 +230,27 @@ async def serve(settings: Settings) -> None:
                 embedded.stop()
     finally:
         listener.close()
+
+
+def warn_if_exposed(settings: Settings) -> None:
+    """One warning line when tokens and values would cross a network in clear text."""
+    if settings.tls_cert_file is not None or _is_loopback(settings.listen_host):
+        return
+    log.warning(
+        "daemon.listening_without_tls",
+        listen=settings.listen,
+        hint="tokens and values cross the network unencrypted: set tls_cert_file and "
+        "tls_key_file, or listen on 127.0.0.1 behind a TLS proxy",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def bind_listener(settings: Settings) -> socket.socket:
@@ -251,7 +278,7 @@ async def _serve_runtime(rt: Runtime, settings: Settings, listener: socket.socke
     app = make_app(rt)
     supervisor = Supervisor()
     start_background(rt, supervisor, app)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
+    runner = HardenedRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()
     ssl_context = None
     if settings.tls_cert_file and settings.tls_key_file:

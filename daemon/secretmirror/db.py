@@ -163,7 +163,7 @@ class EmbeddedPostgres:
             import pgserver
         except ImportError:  # pragma: no cover - a dependency of the package
             raise ConfigError("the embedded database needs the `pgserver` package") from None
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self.pgdata.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         get_server = pgserver.get_server  # type: ignore[attr-defined]
         try:
             self._server = get_server(self.pgdata, cleanup_mode="stop")

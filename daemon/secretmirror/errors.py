@@ -116,6 +116,24 @@ class Invalid(SecretMirrorError):
     code = "invalid_field"
 
 
+class TooManyRequests(SecretMirrorError):
+    """Too many failed authentications from this address; try again later."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__()
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(SecretMirrorError):
+    """The request body did not arrive in time."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class Unavailable(SecretMirrorError):
     """A dependency is unavailable; try again shortly."""
 

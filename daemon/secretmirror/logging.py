@@ -8,6 +8,7 @@ logger; ``redact`` is a last guard for fields whose names say they are secret.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -52,3 +53,29 @@ def configure(level: str = "INFO", json_lines: bool | None = None) -> None:
     )
     # Libraries' own logging (aiohttp, asyncpg) goes to stderr at WARNING.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    for name in ("aiohttp.server", "aiohttp.access", "aiohttp.web", "aiohttp.internal"):
+        logging.getLogger(name).addFilter(REDACT_LIBRARY)
+
+
+_TOKENS = re.compile(r"(?i)(bearer\s+|token[=:]\s*)\S+|smt_[A-Za-z0-9_-]+")
+
+
+class _RedactLibrary(logging.Filter):
+    """A last guard on aiohttp's own loggers: their errors quote raw request lines (an
+    ``Authorization`` header with them). Tracebacks are dropped (the exception's text is
+    that line) and anything shaped like a token is masked. The HTTP handler
+    (``api.protocol``) already logs parser errors without their text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[0] is not None:
+            message += f" ({record.exc_info[0].__name__})"
+        record.msg = _TOKENS.sub(lambda m: (m.group(1) or "") + "[redacted]", message)
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+REDACT_LIBRARY = _RedactLibrary()

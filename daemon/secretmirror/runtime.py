@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets as pysecrets
 import socket
+import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import asyncpg
 import structlog
 
 from secretmirror import crypto
-from secretmirror.auth import TokenCache
+from secretmirror.auth import FailureLimiter, TokenCache
 from secretmirror.errors import ConfigError, DecryptionError, Unavailable
 from secretmirror.feed import ChangeHub
 from secretmirror.queries import Q
@@ -44,6 +45,8 @@ class Runtime:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Recently authenticated tokens (see ``auth.TokenCache``).
     tokens: TokenCache = field(default_factory=TokenCache)
+    #: Failed authentications per client address (429 beyond the budget).
+    auth_failures: FailureLimiter = field(default_factory=FailureLimiter)
     #: Set on every committed write; the notifier wakes the other processes' workers
     #: and change-feed readers.
     notify: asyncio.Event = field(default_factory=asyncio.Event)
@@ -160,7 +163,7 @@ def load_admin_token(settings: Settings) -> str:
 
 def write_private(path: Path, text: str) -> None:
     """Create ``path`` with mode 0600 (never readable by others, even for a moment)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
@@ -200,6 +203,23 @@ async def init_admin(conn: asyncpg.Connection, token: str) -> None:
         digest = crypto.token_hash(token)
         await conn.execute(Q.token_upsert_bootstrap, uuid.uuid4(), admin_id, digest)
         await conn.execute(Q.token_revoke_old_bootstrap, admin_id, digest)
+        if await conn.fetchval(Q.token_revoked_at, digest) is not None:
+            # Revoking it was a decision: a restart must not undo it. Configure a new one.
+            log.warning(
+                "auth.bootstrap_token_revoked",
+                hint="the configured admin_token was revoked and stays so; "
+                "set a new admin_token (or remove the admin-token file) and restart",
+            )
+
+
+def ensure_data_dir(path: Path) -> None:
+    """The data dir exists and only its owner can enter it (0700): it holds the key,
+    the admin token and the embedded database. A looser one is tightened, with a warning."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        path.chmod(0o700)
+        log.warning("daemon.data_dir_tightened", path=str(path), was=oct(mode))
 
 
 def build_stores(

@@ -30,6 +30,8 @@ from pydantic_settings import (
 from secretmirror.errors import ConfigError
 
 CONFIG_ENV = "SECRETMIRROR_CONFIG"
+#: A shorter configured admin token stops start-up (a generated one is 47 characters).
+MIN_ADMIN_TOKEN = 32
 
 
 class _Store(BaseModel):
@@ -153,6 +155,14 @@ class ReconcileSettings(BaseModel):
     concurrency: int = Field(default=16, ge=1, le=1024)
 
 
+class AuthSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Failed authentications one client address may make before it gets 429 ...
+    failed_burst: int = Field(default=20, ge=1)
+    #: ... and how fast that allowance comes back, per second.
+    failed_per_s: float = Field(default=1.0, gt=0)
+
+
 class AuditSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     #: Also append every record as a JSON line to this file (created 0600).
@@ -240,6 +250,7 @@ class Settings(BaseSettings):
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     history: HistorySettings = Field(default_factory=HistorySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
 
     @model_validator(mode="after")
@@ -247,6 +258,20 @@ class Settings(BaseSettings):
         if self.encryption.kms is not None and self.encryption_keys is not None:
             raise ValueError("set encryption_keys or encryption.kms, not both")
         return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        # One without the other used to serve plain HTTP without a word.
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        return self
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_length(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value().strip()) < MIN_ADMIN_TOKEN:
+            raise ValueError(f"must be at least {MIN_ADMIN_TOKEN} characters")
+        return v
 
     @field_validator("listen")
     @classmethod

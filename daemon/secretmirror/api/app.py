@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from secretmirror.api.keys import ACCOUNTS, HEALTH, RUNTIME, SERVICE
 from secretmirror.api.openapi import openapi_document
 from secretmirror.audit import AuditLog
 from secretmirror.auth import Accounts
-from secretmirror.errors import SecretMirrorError, TooLarge
+from secretmirror.errors import RequestTimeout, SecretMirrorError, TooLarge, TooManyRequests
 from secretmirror.runtime import Runtime
 from secretmirror.service import SecretService
 
@@ -46,6 +47,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status >= 500:
             log.warning("http.unavailable", route=route, code=exc.code, message=exc.message)
         response = error_response(exc.status, exc.code, exc.message)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        if isinstance(exc, RequestTimeout):
+            response.force_close()
     except web.HTTPRequestEntityTooLarge:
         exc_large = TooLarge("the request body exceeds 1 MiB")
         response = error_response(413, exc_large.code, exc_large.message)

@@ -34,6 +34,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         410: "Version no longer kept",
         412: "If-Match is stale",
         413: "Too large",
+        429: "Too many failed authentications from this address (see Retry-After)",
         422: "Invalid field",
         503: "A dependency is unavailable",
     }
@@ -92,7 +93,7 @@ _SCOPES = {
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    common = (400, 401, 503)
+    common = (400, 401, 429, 503)
     values_in = {
         "type": "object",
         "minProperties": 1,

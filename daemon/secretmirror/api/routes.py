@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -14,8 +15,17 @@ from aiohttp import web
 from secretmirror import feed
 from secretmirror.api import auditing
 from secretmirror.api.keys import ACCOUNTS, RUNTIME, SERVICE
+from secretmirror.api.protocol import BODY_TIMEOUT_S
 from secretmirror.auth import authenticate
-from secretmirror.errors import BadRequest, Forbidden, Invalid, NotFound
+from secretmirror.errors import (
+    BadRequest,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RequestTimeout,
+    TooManyRequests,
+    Unauthorized,
+)
 from secretmirror.model import Principal
 from secretmirror.service import ReadResult
 
@@ -26,7 +36,15 @@ _IF_MATCH = re.compile(r'"([0-9]{1,9})"|([0-9]{1,9})', re.ASCII)
 
 async def principal_of(request: web.Request) -> Principal:
     rt = request.app[RUNTIME]
-    principal = await authenticate(rt.pool, request.headers.get("Authorization"), rt.tokens)
+    address = request.remote or "unknown"
+    wait_s = rt.auth_failures.retry_after(address)
+    if wait_s > 0:
+        raise TooManyRequests(wait_s)
+    try:
+        principal = await authenticate(rt.pool, request.headers.get("Authorization"), rt.tokens)
+    except Unauthorized:
+        rt.auth_failures.failed(address)
+        raise
     auditing.note_principal(request, principal)
     return principal
 
@@ -52,7 +70,11 @@ def check_query(request: web.Request, *allowed: str) -> None:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout() from None
     try:
         # ValueError covers bad JSON, bad bytes for the charset and integers too long
         # to convert; LookupError an unknown charset; RecursionError absurd nesting.
@@ -372,6 +394,7 @@ def _decode_cursor(text: str | None) -> tuple[str, str] | None:
         or len(decoded) != 2
         or not all(isinstance(part, str) for part in decoded)
         or "\x00" in decoded[0]
+        or not _encodable(decoded[0])
     ):
         raise BadRequest("cursor is not valid")
     name, secret_id = decoded
@@ -402,3 +425,12 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/tokens", create_token)
     r.add_get("/api/v1/tokens", list_tokens)
     r.add_delete("/api/v1/tokens/{id}", revoke_token)
+
+
+def _encodable(text: str) -> bool:
+    """False for text PostgreSQL cannot take (a lone surrogate from a JSON escape)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

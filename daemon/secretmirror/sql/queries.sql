@@ -39,9 +39,13 @@ ON CONFLICT (name) DO UPDATE SET role = 'admin'
 RETURNING id
 
 -- token_upsert_bootstrap --
--- The bootstrap token row always holds the hash of the configured admin token.
+-- The bootstrap token row holds the hash of the configured admin token. One that was
+-- revoked stays revoked: a restart must not undo a revocation.
 INSERT INTO tokens (id, user_id, name, hash, created_by) VALUES ($1, $2, 'bootstrap', $3, $2)
-ON CONFLICT (hash) DO UPDATE SET revoked = NULL, expires = NULL
+ON CONFLICT (hash) DO NOTHING
+
+-- token_revoked_at --
+SELECT revoked FROM tokens WHERE hash = $1
 
 -- token_revoke_old_bootstrap --
 UPDATE tokens SET revoked = now()

@@ -14,7 +14,11 @@ over another secret's) raises ``DecryptionError`` from ``get``, which reads
 treat as a failed read of this store, and ``list`` reports it ``unreadable``
 (it opens every entry, so verify finds corruption, not only drift); the next
 version written replaces it. A tombstone
-is a header with ``"d":true`` and no envelope. Secret ids that are not plain
+is a header with ``"d":true`` and an envelope of nothing whose AAD names the
+deployment, the secret and the version (``tombstone_aad``), so a forged
+tombstone or version is detected: it fences no write and lists as
+``unreadable`` (repair rewrites it). Symlinks in the directory are never
+followed, and a directory others can write is refused. Secret ids that are not plain
 file names are stored as ``_<sha256 of the id>.secret`` (the header still
 names the id).
 
@@ -47,6 +51,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -121,10 +126,24 @@ class _Header:
 
 
 def _read_or_none(path: Path) -> bytes | None:
+    """The file's bytes; None when there is none. Never through a symlink: a link planted
+    in the directory must not make the store read (or vouch for) a file elsewhere."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreRejected(f"the file store file {path.name} is a symlink") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def tombstone_aad(secret_id: str, version: int, deployment: str) -> bytes:
+    """What a tombstone's envelope authenticates: a forged one (say at version 2**31-1,
+    which would fence off every later write) does not open."""
+    return f"file-tombstone:{deployment}:{secret_id}:{version}".encode()
 
 
 def file_name(secret_id: str) -> str:
@@ -190,7 +209,11 @@ class FileStore:
         if data is None:
             return None
         header, body = self._split(secret_id, data)
-        if header.deployment != self._deployment_id or header.deleted:
+        if header.deployment != self._deployment_id:
+            return None
+        if header.deleted:
+            if not self._authentic(secret_id, header, body):
+                raise DecryptionError(f"the file store tombstone of {secret_id} is not authentic")
             return None
         if header.secret_id != secret_id:
             raise DecryptionError(f"the file store entry of {secret_id} holds another secret's")
@@ -209,8 +232,9 @@ class FileStore:
 
     async def delete(self, secret_id: str, version: int) -> None:
         header = _Header(secret_id, version, None, True, self._deployment_id)
+        body = self._keyring.encrypt(b"", tombstone_aad(secret_id, version, self._deployment_id))
         async with self._locks.hold(secret_id):
-            await self._run(self._write_fenced, header, b"")
+            await self._run(self._write_fenced, header, body)
 
     async def list(self) -> AsyncIterator[Entry]:
         """Entries sorted by secret id; tombstones are listed with ``deleted=True``."""
@@ -318,6 +342,16 @@ class FileStore:
 
     def _prepare(self) -> None:
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(self._dir.stat().st_mode)
+        if mode & 0o022:
+            raise ConfigError(
+                f"file store: {self._dir} can be written by other users (mode {mode:o}); "
+                "chmod 700 it"
+            )
+        if self._lock_dir.is_symlink() or (self._lock_dir.exists() and not self._lock_dir.is_dir()):
+            raise ConfigError(
+                f"file store: {self._lock_dir} is not a plain directory (a symlink?); remove it"
+            )
         self._lock_dir.mkdir(mode=0o700, exist_ok=True)
         cutoff = time.time() - _STALE_TMP_S
         for path in self._dir.glob(_TMP_PREFIX + "*"):
@@ -329,7 +363,7 @@ class FileStore:
     def _flock(self, secret_id: str) -> Iterator[None]:
         """Hold the cross-process lock of one secret."""
         path = self._lock_dir / (file_name(secret_id) + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -340,15 +374,22 @@ class FileStore:
         """Replace the file unless it holds ``header.version`` or newer; True when written."""
         path = self._path(header.secret_id)
         with self._flock(header.secret_id):
-            current = self._read_header(path)
+            current, current_body = self._read_entry(path)
             if current is not None:
                 if current.deployment != self._deployment_id:
                     raise StoreConflict(
                         f"the file store entry of {header.secret_id} belongs to another deployment"
                     )
                 # A file copied over from another secret fences nothing: it is replaced.
+                # Nor does one whose header is not authentic (a forged version or tombstone).
                 if current.secret_id == header.secret_id and current.version >= header.version:
-                    return False
+                    if self._authentic(header.secret_id, current, current_body):
+                        return False
+                    log.warning(
+                        "file_store.forged_entry",
+                        secret_id=header.secret_id,
+                        version=current.version,
+                    )
             self._replace(path, header.encode() + body)
             return True
 
@@ -374,14 +415,40 @@ class FileStore:
     def _read_header(self, path: Path) -> _Header | None:
         """The header of ``path``; None when there is no such file."""
         try:
-            with path.open("rb") as handle:
-                line = handle.readline(_MAX_HEADER)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreRejected(f"the file store file {path.name} is a symlink") from None
+            raise
+        with os.fdopen(fd, "rb") as handle:
+            line = handle.readline(_MAX_HEADER)
         try:
             return _Header.decode(line)
         except ValueError:
             raise StoreRejected(f"the file store file {path.name} is malformed") from None
+
+    def _read_entry(self, path: Path) -> tuple[_Header | None, bytes]:
+        """The header and body of ``path``; (None, b"") when there is no such file."""
+        data = _read_or_none(path)
+        if data is None:
+            return None, b""
+        line, _, body = data.partition(b"\n")
+        try:
+            return _Header.decode(line), body
+        except ValueError:
+            raise StoreRejected(f"the file store file {path.name} is malformed") from None
+
+    def _authentic(self, secret_id: str, header: _Header, body: bytes) -> bool:
+        """The header is the one this store wrote: the envelope opens under it."""
+        if not header.deleted:
+            return self._opens(secret_id, header, body)
+        try:
+            self._keyring.decrypt(body, tombstone_aad(secret_id, header.version, header.deployment))
+        except DecryptionError:
+            return False
+        return True
 
     def _split(self, secret_id: str, data: bytes) -> tuple[_Header, bytes]:
         line, _, body = data.partition(b"\n")
@@ -426,7 +493,7 @@ class FileStore:
                     header.version,
                     header.hash,
                     header.deleted,
-                    unreadable=not header.deleted and not self._opens(secret_id, header, body),
+                    unreadable=not self._authentic(secret_id, header, body),
                 )
             )
         return entries
