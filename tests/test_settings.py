@@ -56,7 +56,7 @@ def test_config_env_variable_names_the_file(
 
 def test_invalid_field_is_named_and_secret_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bad value stops with one line naming the field; a secret beside it never shows."""
-    canary = "canary-" + secrets.token_hex(8)
+    canary = "canary-" + secrets.token_hex(16)  # a valid admin_token (32+ characters)
     monkeypatch.setenv("SECRETMIRROR_ADMIN_TOKEN", canary)
     monkeypatch.setenv("SECRETMIRROR_BACKUP__TYPE", "aws")
     monkeypatch.setenv("SECRETMIRROR_BACKUP__RECOVERY_WINDOW_DAYS", "99")
