@@ -36,7 +36,7 @@ from secretmirror.errors import (
 from secretmirror.model import canonical
 from secretmirror.settings import GcpStoreSettings
 from secretmirror.stores import gcp
-from secretmirror.stores.base import PutOutcome, StoreContext
+from secretmirror.stores.base import Entry, PutOutcome, StoreContext
 from secretmirror.stores.gcp import GcpStore, label_value
 from tests.gcpfake import PROJECT, SCOPE, GcpFake, gcp_settings
 from tests.moto import free_port
@@ -712,3 +712,25 @@ async def test_payload_is_the_canonical_json(
     )
     assert latest.payload.data == canonical(values)
     assert base64.b64encode(latest.payload.data)
+
+
+async def test_a_write_between_the_listing_and_its_check_is_not_foreign(
+    make_store: MakeStore, sid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process writes the entry after the page was listed: the check looks at the
+    labels again instead of calling the newer latest version foreign."""
+    lister, writer = await make_store(), await make_store()
+    await _put(writer, sid, 1, {"k": "1"})
+    access = lister._access
+    wrote: list[int] = []
+
+    async def access_after_a_write(name: str, ref: str) -> tuple[int, bytes]:
+        if not wrote:
+            wrote.append(1)
+            await _put(writer, sid, 2, {"k": "2"})  # the page already holds version 1's labels
+        return await access(name, ref)
+
+    monkeypatch.setattr(lister, "_access", access_after_a_write)
+    listed = {e.secret_id: e async for e in lister.list()}
+    assert wrote == [1]
+    assert listed[sid] == Entry(sid, 2, _hash(sid, {"k": "2"}))

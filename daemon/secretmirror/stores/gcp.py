@@ -181,6 +181,8 @@ _ATTEMPTS = 3
 #: Old versions destroyed per write at most (the rest wait for the next write).
 _PRUNE_MAX = 4
 _THROTTLE_DEFAULT_S = 1.0
+#: Before a listed entry whose ``latest`` is not its claim is looked at again.
+_RECHECK_S = 0.2
 _PAUSE_MAX_S = 5.0
 _REFRESH_TIMEOUT_S = 10.0
 
@@ -519,18 +521,34 @@ class GcpStore:
         destroyed by hand changes what they read without touching the labels.
         A tombstone must have nothing readable; one that has (a version added
         by hand after the delete) lists as deleted *and* foreign.
+
+        Writes go on while a scan runs: the labels may have moved on since the
+        page was listed, or a write may sit between its add-version and its
+        label update. So an entry that looks off is looked at again, labels
+        first (1 read, 1 access more, only for such entries), before it is
+        called foreign; a hand-made version stays off, a write in flight does not.
         """
-        entry = state.entry(secret_id)
-        if entry.foreign_write:
-            return entry
-        try:
-            number, _ = await self._access(self._settings.name_prefix + secret_id, "latest")
-        except (StoreNotFound, _Precondition):
-            number = None  # no version, or the newest one disabled or destroyed
-        if number == (None if entry.deleted else state.gcp_version):
-            return entry  # a tombstone's versions are all destroyed: nothing to read
+        name = self._settings.name_prefix + secret_id
+        for attempt in range(2):
+            entry = state.entry(secret_id)
+            if entry.foreign_write:
+                return entry
+            try:
+                number, _ = await self._access(name, "latest")
+            except StoreNotFound:
+                number = None  # no version (or the secret is gone: the scan's confirm decides)
+            except _Precondition:
+                number = None  # the newest version is disabled or destroyed
+            if number == (None if entry.deleted else state.gcp_version):
+                return entry  # a tombstone's versions are all destroyed: nothing to read
+            if attempt == 0:
+                await local_sleep(_RECHECK_S)  # let a write between its two calls finish
+                try:
+                    state = await self._fetch(secret_id, name)
+                except (StoreNotFound, StoreConflict):
+                    return replace(entry, foreign_write=True)
         self._remembered.forget(secret_id)
-        return replace(entry, foreign_write=True)
+        return replace(state.entry(secret_id), foreign_write=True)
 
     # -- steps of put and delete --
 
