@@ -199,9 +199,10 @@ def free_port() -> int:
 class Daemon:
     """``secretmirror serve`` as a subprocess, configured only through the environment."""
 
-    def __init__(self, dsn: str, workdir: Path) -> None:
+    def __init__(self, dsn: str, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.dsn = dsn
         self.workdir = workdir
+        self.extra_env = extra_env or {}
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.key = base64.b64encode(secrets.token_bytes(32)).decode()
@@ -219,6 +220,7 @@ class Daemon:
             SECRETMIRROR_ADMIN_TOKEN=ADMIN_TOKEN,
             SECRETMIRROR_ENCRYPTION_KEYS=self.key,
         )
+        env.update(self.extra_env)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "secretmirror", "serve"],
