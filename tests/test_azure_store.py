@@ -786,3 +786,35 @@ def socket_closed() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+async def test_an_entry_deleted_between_the_listing_and_its_check_is_not_foreign(
+    store: AzureStore,
+    azure_fake: AzureFake,
+    ctx: StoreContext,
+    azure_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delete by another process after the page was listed is no hand edit: the entry is
+    listed as the page showed it, and the scan's confirmation looks again."""
+    secret = sid()
+    await put(store, secret, 1, {"a": "1"})
+    lister = azure_store(azure_fake, ctx, azure_prefix)
+    await lister.open()
+    request = lister._request
+    deleted: list[int] = []
+
+    async def request_after_a_delete(method: str, target: Any, op: str, **kw: Any) -> Any:
+        if op == "get" and not deleted:
+            deleted.append(1)
+            await store.delete(secret, 2)
+        return await request(method, target, op, **kw)
+
+    monkeypatch.setattr(lister, "_request", request_after_a_delete)
+    try:
+        entries = [e async for e in lister.list()]
+    finally:
+        await lister.close()
+    assert deleted == [1]
+    [live] = [e for e in entries if e.secret_id == secret and not e.deleted]
+    assert live.foreign_write is False

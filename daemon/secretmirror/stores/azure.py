@@ -476,7 +476,9 @@ class AzureStore:
                 if (fresh.version, fresh.hash) != (state.version, state.hash):
                     return fresh.entry(secret_id)  # written again since the page was listed
                 return entry
-        elif reply.status not in (403, 404):
+        elif reply.status == 404:
+            return entry  # deleted since it was listed: the scan's confirmation decides
+        elif reply.status != 403:
             _expect(reply, 200, f"read {name}")
         self._remembered.forget(secret_id)
         return replace(entry, foreign_write=True)

@@ -545,8 +545,10 @@ class GcpStore:
                 await local_sleep(_RECHECK_S)  # let a write between its two calls finish
                 try:
                     state = await self._fetch(secret_id, name)
-                except (StoreNotFound, StoreConflict):
-                    return replace(entry, foreign_write=True)
+                except StoreNotFound:
+                    return entry  # gone since it was listed: the scan's confirmation decides
+                except StoreConflict:
+                    return replace(entry, foreign_write=True)  # no longer carries our labels
         self._remembered.forget(secret_id)
         return replace(state.entry(secret_id), foreign_write=True)
 
