@@ -7,15 +7,22 @@ and who may change ``private``; and the CLI for users and scoped tokens.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from secretmirror.auth import TokenCache
+from secretmirror.daemon import make_app
+from secretmirror.runtime import Runtime
 from tests.blackbox import Http, cli, serve_daemon
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, Api
 from tests.daemon_proc import DaemonProcess
 from tests.pg import TestPostgres
 
@@ -404,3 +411,41 @@ def test_cli_token_list_shows_scopes(daemon: DaemonProcess, admin: Http) -> None
     assert out.returncode == 0, out.stderr
     assert "read:x-*" in out.stdout
     assert "CREATED BY" in out.stdout
+
+
+def test_cli_get_by_name_with_a_read_only_scope(daemon: DaemonProcess, admin: Http) -> None:
+    """A token scoped to `read` alone (no `list`) reads its secret by name with the CLI."""
+    prefix = unique("ro")
+    admin.create(f"{prefix}-db", {"password": "pw"})
+    admin.create(unique("hidden"), {"password": "no"})
+    token = admin.make_token(unique("ci"), scopes=[{"names": [f"{prefix}-*"], "actions": ["read"]}])
+    got = cli(daemon.url, token, "secret", "get", f"{prefix}-db", "--key", "password")
+    assert (got.returncode, got.stdout.strip()) == (0, "pw"), got.stderr
+    missing = cli(daemon.url, token, "secret", "get", unique("hidden"))
+    assert missing.returncode == 1
+    assert "no secret named" in missing.stderr
+
+
+async def test_disabling_reaches_another_replica_within_its_token_cache(
+    runtime: Runtime,
+) -> None:
+    """Another process (its own token cache) refuses a disabled user's token once its
+    cache entry (1 s) lapses; the process that disabled the user refuses it at once."""
+    other = replace(runtime, tokens=TokenCache())
+    async with (
+        TestClient(TestServer(make_app(runtime))) as one_client,
+        TestClient(TestServer(make_app(other))) as two_client,
+    ):
+        one, two = Api(one_client), Api(two_client)
+        token = await one.make_user("replica-user", "reader")
+        users = (await one.request("GET", "/api/v1/users"))[1]["items"]
+        user_id = next(u["id"] for u in users if u["name"] == "replica-user")
+        assert (await two.as_token(token).request("GET", SECRETS))[0] == 200  # now cached
+        await one.request("PATCH", f"/api/v1/users/{user_id}", json={"disabled": True})
+        assert (await one.as_token(token).request("GET", SECRETS))[0] == 401
+        deadline = time.monotonic() + 30
+        status = 200
+        while status != 401 and time.monotonic() < deadline:
+            status = (await two.as_token(token).request("GET", SECRETS))[0]
+            await asyncio.sleep(0.05)
+        assert status == 401

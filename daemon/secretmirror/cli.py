@@ -399,6 +399,22 @@ def secret_create(
     _report(body, output, f"created secret {body['name']} (version {body['version']})")
 
 
+def _read_secret(api: Client, name: str, version: int | None) -> Any:
+    """The secret NAME with its values, in one request by name when it can be.
+
+    By name needs only the ``read`` scope, so a CI token limited to reading its own
+    secrets works here (resolving the name through the list would need ``list`` too).
+    A name that is ambiguous or not found goes the long way, for its clearer errors.
+    """
+    if version is None:
+        try:
+            return api.get(f"/api/v1/secrets/by-name/{urllib.parse.quote(name, safe='')}")
+        except ClientError as exc:
+            if exc.status not in (404, 409):
+                raise
+    return api.get(f"/api/v1/secrets/{api.secret_id(name)}", version=version)
+
+
 @secret.command("get")
 @click.argument("name")
 @click.option("--version", type=click.IntRange(min=1), default=None, help="An older version.")
@@ -416,8 +432,7 @@ def secret_get(name: str, version: int | None, key: str | None, output: str) -> 
     """
     if key is not None and output != "table":
         raise click.UsageError("--key prints one value: it does not go with -o")
-    api = _api()
-    body = api.get(f"/api/v1/secrets/{api.secret_id(name)}", version=version)
+    body = _read_secret(_api(), name, version)
     if key is not None:
         if key not in body["values"]:
             raise CliError(f"secret {body['name']} has no key {key!r}")
