@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from secretmirror.api.admin import redact_location
-from secretmirror.runner import CONCEALED, Masker, SelectionError, environment
+from secretmirror.runner import (
+    CONCEALED,
+    Child,
+    Masker,
+    SelectionError,
+    Supervisor,
+    environment,
+)
 
 SECRET = b"hunter2-secret"
 
@@ -75,3 +84,15 @@ def test_status_locations_carry_no_credentials(location: str, shown: str) -> Non
     assert "s3cret" not in redacted
     assert ":pw" not in redacted
     assert "=pw" not in redacted
+
+
+def test_a_signal_before_the_child_is_recorded_reaches_it() -> None:
+    """A signal in the window between starting the command and recording it is kept, not lost."""
+    supervisor = Supervisor(["sleep", "30"], mask=False)
+    supervisor._forward(signal.SIGTERM, None)  # the command is starting: no child recorded yet
+    child = supervisor._begin(Child.start(["sleep", "30"], {}, mask=False))
+    try:
+        assert child.process.wait(10) == -signal.SIGTERM
+    finally:
+        child.process.kill()
+        child.process.wait()

@@ -216,6 +216,9 @@ class Supervisor:
         self.mask = mask
         self.child: Child | None = None
         self.restart = threading.Event()
+        #: Signals that came while no child was running (before the first one is
+        #: recorded, or between a stop and a restart): delivered to the next one.
+        self._pending: list[int] = []
 
     def run(self, env: dict[str, str], refresh: Callable[[], dict[str, str] | None]) -> int:
         """Run until the child exits by itself; its exit code.
@@ -225,26 +228,41 @@ class Supervisor:
         """
         previous = {s: signal.signal(s, self._forward) for s in FORWARDED}
         try:
-            self.child = Child.start(self.command, env, self.mask)
+            child = self._begin(Child.start(self.command, env, self.mask))
             while True:
                 if self.restart.wait(0.1):
                     self.restart.clear()
                     fresh = refresh()
                     if fresh is not None:
-                        self.child.stop()
+                        self.child = None
+                        child.stop()
                         print(
                             "secretmirror: a secret changed; restarting the command",
                             file=sys.stderr,
                         )
-                        self.child = Child.start(self.command, fresh, self.mask)
-                code = self.child.process.poll()
+                        child = self._begin(Child.start(self.command, fresh, self.mask))
+                code = child.process.poll()
                 if code is not None:
-                    self.child.join()
+                    child.join()
                     return exit_code(code)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
+    def _begin(self, child: Child) -> Child:
+        """Record the running child, then hand it what arrived while there was none.
+
+        The command may run (and a caller see it running) before ``self.child`` is
+        set: a signal in that window is kept, not dropped.
+        """
+        self.child = child
+        while self._pending:
+            child.signal(self._pending.pop(0))
+        return child
+
     def _forward(self, signum: int, _frame: Any) -> None:
-        if self.child is not None:
-            self.child.signal(signum)
+        child = self.child
+        if child is None:
+            self._pending.append(signum)
+        else:
+            child.signal(signum)
