@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from secretmirror import deliveries
 from secretmirror.daemon import make_app, open_runtime
+from secretmirror.errors import StoreUnavailable
 from secretmirror.replication import Replicator
 from secretmirror.runtime import Runtime
 from secretmirror.stores.aws import AwsStore
@@ -42,7 +43,7 @@ def settings_overrides(primary_dsn: str, moto_server: str, aws_prefix: str) -> d
     return {
         "primary": {"type": "sql", "database_url": primary_dsn},
         "backup": {"type": "aws", **aws_settings(moto_server, aws_prefix, max_writes_per_s=5000)},
-        "replication": {"poll_interval_s": 0.2, "lease_s": 60},
+        "replication": {"poll_interval_s": 0.2, "lease_s": 60, "inline_timeout_s": 1},
         "reconcile": {"verify_interval_s": 0},
     }
 
@@ -183,3 +184,47 @@ async def test_an_inline_write_takes_only_free_leases(api: Api, runtime: Runtime
     assert await _row(runtime, sid) == (2, 0, "worker-w/t1")
     assert await deliveries.complete(runtime.pool, [(key, sid, 2, "worker-w/t1")]) == {(key, sid)}
     assert await _row(runtime, sid) == (2, 2, None)
+
+
+async def _leased_until_later(rt: Runtime, target: str, sid: str) -> bool:
+    held: bool = await rt.pool.fetchval(
+        "SELECT leased_until > now() + interval '5 s' FROM deliveries"
+        " WHERE target = $1 AND secret_id = $2",
+        rt.key_of(target),
+        uuid.UUID(sid),
+    )
+    return held
+
+
+async def test_an_inline_write_that_timed_out_keeps_its_lease(api: Api, runtime: Runtime) -> None:
+    """A timed-out inline write may still land: nobody may write that entry (maybe a newer
+    version) until it must have, so its lease is kept, not released."""
+    created = await api.create("slow-inline", {"k": "v1"})
+
+    async def hangs(*_args: Any) -> Any:
+        await asyncio.Event().wait()
+
+    runtime.primary.store.put = hangs  # type: ignore[method-assign]
+    status, _, _ = await api.request(
+        "PATCH", f"/api/v1/secrets/{created['id']}", json={"values": {"k": "v2"}}
+    )
+    assert status == 200
+    assert await _leased_until_later(runtime, "primary", created["id"])
+    claimed = await deliveries.claim(
+        runtime.worker_pool, "another-worker", 10, [runtime.key_of("primary")], 60
+    )
+    assert claimed == []
+
+
+async def test_a_worker_write_that_timed_out_keeps_its_lease(api: Api, runtime: Runtime) -> None:
+    """The same for a worker's delivery that failed as unavailable (cut off mid-request)."""
+    created = await api.create("slow-worker", {"k": "v1"})
+    assert runtime.backup is not None
+
+    async def cut_off(*_args: Any) -> Any:
+        raise StoreUnavailable("connection reset mid-request")
+
+    runtime.backup.store.put = cut_off  # type: ignore[method-assign]
+    assert await _deliver_once(runtime) == 1
+    assert await _leased_until_later(runtime, "backup", created["id"])
+    assert await _deliver_once(runtime) == 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -124,7 +124,10 @@ async def fail(
     reason: str,
     retry_in_s: float,
     dead: bool,
+    hold_s: float = 0.0,
 ) -> None:
+    """Record a failed attempt. ``hold_s`` > 0: the write may still land (it timed out
+    mid-request), so the claim keeps its lease that long before anyone writes again."""
     await pool.execute(
         Q.delivery_fail,
         claim_.target,
@@ -134,6 +137,7 @@ async def fail(
         dead,
         claim_.version,
         claim_.token,
+        hold_s,
     )
 
 
@@ -172,14 +176,31 @@ async def retry_dead(pool: asyncpg.Pool, keys: list[str]) -> int:
 
 
 async def finish_inline(
-    rt: Any, secret_id: str, version: int, token: str, leased: list[str], done: list[str]
+    rt: Any,
+    secret_id: str,
+    version: int,
+    token: str,
+    leased: list[str],
+    done: list[str],
+    unsure: Sequence[str] = (),
 ) -> None:
     """After the API's inline write: mark what it applied, give the rest to the worker.
 
     ``leased`` are the targets the write's commit leased with ``token``; a lease
     that expired during a slow write and was taken over records nothing.
+    ``unsure`` are targets whose write timed out mid-request and may still land:
+    they keep the lease for the store's timeout, so the worker's write of them
+    (maybe of a newer version by then) cannot be overtaken by the late one.
     """
     if done:
         await complete(rt.pool, [(rt.key_of(t), secret_id, version, token) for t in done])
-    rest = [(rt.key_of(t), secret_id, token) for t in leased if t not in done]
+    for target in unsure:
+        await rt.pool.execute(
+            Q.delivery_hold,
+            rt.key_of(target),
+            uuid.UUID(secret_id),
+            token,
+            rt.store_for(target).timeout_s,
+        )
+    rest = [(rt.key_of(t), secret_id, token) for t in leased if t not in done + list(unsure)]
     await release(rt.pool, rest, uncount=False)

@@ -22,7 +22,7 @@ import structlog
 from secretmirror import deliveries, metrics
 from secretmirror.crypto import secret_aad
 from secretmirror.deliveries import Claim, Event
-from secretmirror.errors import DecryptionError, StoreError, StoreRejected
+from secretmirror.errors import DecryptionError, StoreError, StoreRejected, StoreUnavailable
 from secretmirror.queries import Q
 from secretmirror.retry import RetryPolicy
 from secretmirror.runtime import Runtime
@@ -192,6 +192,9 @@ class Replicator:
                 attempts=claim.attempts,
                 retry_in_s=round(decision.retry_in_s, 3),
             )
+        # A write cut off mid-request may still land: keep the lease until it must have.
+        store = self.rt.store_for(self.rt.role_of(claim.target))
+        hold_s = store.timeout_s if isinstance(exc, StoreUnavailable) else 0.0
         for attempt in range(5):
             try:
                 await deliveries.fail(
@@ -200,6 +203,7 @@ class Replicator:
                     f"{reason}: {message}"[:500],
                     decision.retry_in_s,
                     decision.dead,
+                    hold_s,
                 )
                 return
             except DB_DOWN:

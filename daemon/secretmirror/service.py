@@ -31,6 +31,7 @@ from secretmirror.errors import (
     NotFound,
     PreconditionFailed,
     StoreError,
+    StoreUnavailable,
     Unavailable,
 )
 from secretmirror.model import Principal, SecretMeta, check_key, check_name, check_values
@@ -257,12 +258,15 @@ class SecretService:
         Azure): it is left to the worker, which delivers this version next.
 
         The write is already committed: failures here only leave the delivery
-        to the worker (the leases taken in the commit are released).
+        to the worker (the leases taken in the commit are released; one whose
+        write timed out mid-request is kept for the store's timeout first, as
+        that write may still land).
         """
         if not inline:
             return
         timeout = self.rt.settings.replication.inline_timeout_s
         done: list[str] = []
+        unsure: list[str] = []
         for target in inline:
             store = self.rt.store_for(target)
             try:
@@ -279,11 +283,15 @@ class SecretService:
                     reason=exc.reason,
                 )
                 metrics.replication_errors.labels(target, exc.reason).inc()
+                if isinstance(exc, StoreUnavailable):
+                    unsure.append(target)  # timed out or cut off mid-request: may land yet
                 continue
             done.append(target)
             break
         try:
-            await deliveries.finish_inline(self.rt, meta.id, meta.version, token, inline, done)
+            await deliveries.finish_inline(
+                self.rt, meta.id, meta.version, token, inline, done, unsure
+            )
         except DB_DOWN:
             log.warning("secret.inline_release_failed", secret_id=meta.id)
         if "primary" not in done and "backup" in done:

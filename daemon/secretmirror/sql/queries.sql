@@ -481,11 +481,20 @@ SELECT target, secret_id::text FROM done
 -- delivery_fail --
 -- Release after a failed attempt: retry at $4 seconds from now, or dead-letter
 -- when $5 and no newer version arrived meanwhile. Only while the token $7 holds it.
+-- A write that may still land (it timed out mid-request) keeps its lease $8 seconds
+-- more, so no other writer starts before it landed or died.
 UPDATE deliveries
-SET leased_until = NULL, leased_by = NULL, last_error = $3,
+SET leased_until = CASE WHEN $8::float8 > 0 THEN now() + make_interval(secs => $8) END,
+    leased_by = CASE WHEN $8::float8 > 0 THEN leased_by END,
+    last_error = $3,
     next_attempt_at = now() + make_interval(secs => $4),
     dead = ($5 AND version = $6)
 WHERE target = $1 AND secret_id = $2 AND leased_by = $7
+
+-- delivery_hold --
+-- An inline write that may still land keeps its lease (token $3) $4 seconds more.
+UPDATE deliveries SET leased_until = now() + make_interval(secs => $4)
+WHERE target = $1 AND secret_id = $2 AND leased_by = $3
 
 -- delivery_release --
 -- Give back leases without counting an attempt (shutdown, inline write not needed),
