@@ -503,7 +503,12 @@ async def test_listing_reads_each_live_entry_once(
     mark = azure_fake.mark()
     assert len([e async for e in store.list()]) == 3
     assert sorted(azure_fake.calls(mark, azure_prefix)) == ["get", "get", "get"]
-    assert sorted(azure_fake.calls(mark)) == ["get", "get", "get", "list", "list_deleted"]
+    # The listing pages through the whole vault, which other tests share: count its pages
+    # apart; everything else the listing did is the three gets of this test's entries.
+    everything = azure_fake.calls(mark)
+    assert sorted(c for c in everything if c not in ("list", "list_deleted")) == ["get"] * 3
+    assert everything.count("list") >= 1
+    assert everything.count("list_deleted") >= 1
 
 
 async def test_without_the_hash_key_the_listing_fails_instead_of_guessing(
