@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from secretmirror.auth import TokenCache
 from secretmirror.daemon import make_app
 from secretmirror.runtime import Runtime
-from tests.blackbox import Http, cli, serve_daemon
+from tests.blackbox import Http, cli, poll, serve_daemon
 from tests.conftest import ADMIN_TOKEN, Api
 from tests.daemon_proc import DaemonProcess
 from tests.pg import TestPostgres
@@ -449,3 +449,26 @@ async def test_disabling_reaches_another_replica_within_its_token_cache(
             status = (await two.as_token(token).request("GET", SECRETS))[0]
             await asyncio.sleep(0.05)
         assert status == 401
+
+
+def test_change_feed_leaves_out_what_the_scope_does_not_list(world: World) -> None:
+    """GET /api/v1/events with a list-scoped token: events of in-scope secrets only; a
+    token without list sees none."""
+    token = world.scoped("list")
+    reader = world.scoped("read")
+    start = token.ok("GET", "/api/v1/events", params={"wait": "0"})["last_seq"]
+    world.own.ok("PATCH", f"{SECRETS}/{world.ids['out_shared']}", {"values": {"k": "x"}})
+    world.own.ok("PATCH", f"{SECRETS}/{world.ids['in_shared']}", {"values": {"k": "y"}})
+    seen: list[dict[str, Any]] = []
+    position = [start]
+
+    def in_scope_seen() -> bool:
+        body = token.ok("GET", "/api/v1/events", params={"after": str(position[0]), "wait": "1"})
+        seen.extend(body["events"])
+        position[0] = body["last_seq"]
+        return any(e["secret_id"] == world.ids["in_shared"] for e in seen)
+
+    poll(in_scope_seen, 60, "the in-scope event in the feed")
+    assert {e["secret_id"] for e in seen} == {world.ids["in_shared"]}
+    body = reader.ok("GET", "/api/v1/events", params={"after": str(start), "wait": "0"})
+    assert body["events"] == []
