@@ -304,3 +304,11 @@ async def test_retention_purges_records_older_than_keep_days(runtime: Runtime) -
     assert await retention.purge_audit_once(runtime) == 1
     names = await runtime.pool.fetch("SELECT secret_name FROM audit_log WHERE actor = 'bench'")
     assert [r["secret_name"] for r in names] == ["s2"]
+
+
+def test_a_filter_no_record_can_hold_matches_nothing(admin: Http) -> None:
+    """NUL in actor or secret_name is in no record: an empty page, as the secrets list does."""
+    for params in ({"actor": "admin\x00"}, {"secret_name": "a\x00b"}):
+        status, page = admin("GET", "/admin/v1/audit", params=params)
+        assert (status, page) == (200, {"items": [], "next_cursor": None})
+    assert admin("GET", "/admin/v1/audit", params={"actor": "a\x00", "since": "x"})[0] == 400
