@@ -365,3 +365,14 @@ async def test_verify_of_an_empty_deployment_reports_zeros(api: Api) -> None:
     assert set(job["counts"]["stores"]) == {"primary", "backup"}
     _, status, _ = await api.request("GET", "/admin/v1/status")
     assert status["last_verify"]["job_id"] == job["id"]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"reconcile": {"verify_interval_s": 0}}])
+async def test_backup_without_a_backup_store_fails_saying_why(api: Api, runtime: Runtime) -> None:
+    """The job ends failed with its reason, not a crash on the scan table it never made."""
+    assert runtime.backup is None
+    for mode in ("backup", "restore"):
+        job = await run_job(api, mode)
+        assert (job["status"], job["error"]) == ("failed", "no backup store is configured")
+    async with runtime.pool.acquire() as conn:  # no pooled connection keeps the scan table
+        assert await conn.fetchval("SELECT to_regclass('pg_temp.reconcile_seen')") is None

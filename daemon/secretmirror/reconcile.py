@@ -307,12 +307,14 @@ class Job:
                     await asyncio.gather(ticker, return_exceptions=True)
                     if self.mode in MODES:  # the scans' table (a rekey job scans none)
                         with contextlib.suppress(*DB_DOWN):
-                            await conn.execute(Q.scan_seen_clear)
+                            await conn.execute(Q.scan_seen_drop)
                 if scanner.cancelled.is_set():
                     status = "cancelled"
         except asyncio.CancelledError:
             status, error = "failed", "interrupted: the daemon stopped while the job ran"
             raise
+        except NotFound as exc:  # our own message, e.g. no backup store to copy to
+            status, error = "failed", str(exc)
         except (*DB_DOWN, StoreError) as exc:
             status, error = "failed", f"{type(exc).__name__}: the job could not continue"
             self.log.warning("job.failed", error=type(exc).__name__)

@@ -79,6 +79,11 @@ CREATE TEMP TABLE IF NOT EXISTS reconcile_seen (secret_id uuid PRIMARY KEY) ON C
 -- scan_seen_clear --
 TRUNCATE reconcile_seen
 
+-- scan_seen_drop --
+-- After a job: frees the ids seen; the table may never have been made (a job that failed
+-- before its first scan), and the pooled connection must not keep it.
+DROP TABLE IF EXISTS pg_temp.reconcile_seen
+
 -- scan_seen_add --
 INSERT INTO reconcile_seen (secret_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING
 
