@@ -114,8 +114,6 @@ TWO_DAEMONS_SECRETS = 50
 TWO_DAEMONS_CLIENTS = 8
 TWO_DAEMONS_LOAD_S = float(os.environ.get("SECRETMIRROR_BENCH_TWO_DAEMONS_S", "15"))
 TWO_DAEMONS_LATENCY_S = 0.05
-#: Daemon b's added latency in the asymmetric run: its writes reach AWS later than a's.
-TWO_DAEMONS_SLOW_S = 0.3
 DRAIN_TIMEOUT_S = 60.0
 LATENCY_METRIC = "secretmirror_replication_latency_seconds"
 #: The Secrets Manager operations the aws store paces with its token bucket.
@@ -997,10 +995,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         await stack.close()
         if proxy is not None:
             await asyncio.to_thread(proxy.stop)
-    out["two_daemons"] = await _two_daemons(workdir / "two", tag)
-    out["two_daemons_asymmetric"] = await _two_daemons(
-        workdir / "two-asymmetric", tag, (TWO_DAEMONS_LATENCY_S, TWO_DAEMONS_SLOW_S)
-    )
+    out["two_daemons"] = await _two_daemons(workdir, tag)
 
 
 # -- two daemons writing the same secrets ------------------------------------------------
@@ -1037,50 +1032,51 @@ async def _poll_versions(
     return {"rounds": rounds, "reads": reads, "errors": errors, "backwards": backwards}
 
 
-async def _two_daemons(
-    workdir: Path, tag: str, latencies_s: tuple[float, float] = (TWO_DAEMONS_LATENCY_S,) * 2
-) -> dict[str, Any]:
+async def _two_daemons(workdir: Path, tag: str) -> dict[str, Any]:
     """Two daemons on one database PATCH the same secrets; both stores AWS behind a proxy.
 
     The primary and the backup are AWS on moto with different prefixes, reached
-    through ``tests/faultproxy.py`` (one proxy per daemon) adding
-    ``latencies_s`` to every request of daemon a and b, so each daemon's API
-    writes the primary inline while both workers deliver to both stores: the
-    interleavings of issue #11 part 1 (AWS has no conditional write). A poller
-    reads every entry's current version straight from moto the whole time;
-    afterwards verify runs.
+    through ``tests/faultproxy.py`` adding ``TWO_DAEMONS_LATENCY_S`` to every
+    request, so each daemon's API writes the primary inline while both workers
+    deliver to both stores: the interleavings of issue #11 part 1 (AWS has no
+    conditional write). A poller reads every entry's current version straight
+    from moto the whole time; afterwards verify runs.
+
+    Both daemons reach the stores through the same endpoint URL: it is part of a
+    store's location, which keys the delivery rows and so their leases. Two
+    proxies (say, to give one daemon more latency) would make two locations for
+    the same entries: two delivery streams that never wait for each other.
     """
     result: dict[str, Any] = {
         "secrets": TWO_DAEMONS_SECRETS,
         "clients_per_daemon": TWO_DAEMONS_CLIENTS,
         "load_s": TWO_DAEMONS_LOAD_S,
-        "added_latency_s": list(latencies_s),
+        "added_latency_s": TWO_DAEMONS_LATENCY_S,
     }
-    workdir.mkdir(parents=True, exist_ok=True)
     pg = BenchPostgres()
-    moto = MotoProcess(workdir)
-    proxies: list[ProxyProcess] = []
+    (workdir / "two-moto").mkdir(parents=True, exist_ok=True)
+    moto = MotoProcess(workdir / "two-moto")
+    proxy: ProxyProcess | None = None
     daemons: list[AwsDaemon] = []
     apis: list[Api] = []
     try:
         dsn = await asyncio.to_thread(pg.start)
         await pg.create_database()
         await asyncio.to_thread(moto.start)
+        proxy = ProxyProcess(moto.port)
+        await asyncio.to_thread(proxy.start)
+        await asyncio.to_thread(proxy.latency, TWO_DAEMONS_LATENCY_S, "upstream")
         prefixes = {
             "primary": f"smbench-{tag}/two-primary/",
             "backup": f"smbench-{tag}/two-backup/",
         }
+        env = {
+            **aws_backup_env(proxy.url, prefixes["primary"], UNLIMITED_WRITES_PER_S, "PRIMARY"),
+            **aws_backup_env(proxy.url, prefixes["backup"], UNLIMITED_WRITES_PER_S),
+        }
         key = None
-        for label, latency_s in zip(("a", "b"), latencies_s, strict=True):
-            proxy = ProxyProcess(moto.port)
-            await asyncio.to_thread(proxy.start)
-            proxies.append(proxy)
-            await asyncio.to_thread(proxy.latency, latency_s, "upstream")
-            env = {
-                **aws_backup_env(proxy.url, prefixes["primary"], UNLIMITED_WRITES_PER_S, "PRIMARY"),
-                **aws_backup_env(proxy.url, prefixes["backup"], UNLIMITED_WRITES_PER_S),
-            }
-            daemon = AwsDaemon(dsn, workdir / label, env, key, f"two daemons: {label}")
+        for label in ("a", "b"):
+            daemon = AwsDaemon(dsn, workdir / f"two-{label}", env, key, f"two daemons: {label}")
             daemon.start()
             await daemon.wait_ready()
             key = daemon.key
@@ -1089,14 +1085,14 @@ async def _two_daemons(
         print(
             f"two daemons: {TWO_DAEMONS_SECRETS} secrets, PATCHed from both at"
             f" {TWO_DAEMONS_CLIENTS} clients each for {TWO_DAEMONS_LOAD_S:g} s,"
-            f" +{latencies_s[0] * 1000:g} / {latencies_s[1] * 1000:g} ms on every AWS request",
+            f" +{TWO_DAEMONS_LATENCY_S * 1000:g} ms on every AWS request",
             flush=True,
         )
         ids = [await apis[0].create(f"two-{tag}-{n}", n) for n in range(TWO_DAEMONS_SECRETS)]
         await _drained(apis[0])
         print("two daemons: raw PutSecretValue loop through the proxy", flush=True)
         result["raw_put_via_proxy"] = await aws_raw_loop(
-            proxies[0].url,
+            proxy.url,
             f"smbench-{tag}/two-raw/",
             2 * CONCURRENCY,
             operation="put",
@@ -1159,7 +1155,7 @@ async def _two_daemons(
             logs.append(log_events(daemon.log_path, LOG_EVENTS))
         result["log_events"] = logs
         result["moto_500_answers"] = moto.server_errors()
-        for proxy in proxies:
+        if proxy is not None:
             await asyncio.to_thread(proxy.stop)
         await asyncio.to_thread(moto.stop)
         with contextlib.suppress(Exception):
@@ -1179,11 +1175,11 @@ async def _drained(api: Api) -> None:
         await asyncio.sleep(0.1)
 
 
-def _two_daemon_targets(two: dict[str, Any], suffix: str = "") -> dict[str, Any]:
+def _two_daemon_targets(two: dict[str, Any]) -> dict[str, Any]:
     stores = (two.get("verify") or {}).get("stores") or {}
     backup = stores.get("backup", {})
     polls = two.get("pollers", {})
-    targets = {
+    return {
         "two_daemons_backup_stale_after_drain": _check("<=", 0, backup.get("stale")),
         "two_daemons_backup_drift_after_drain": _check(
             "<=",
@@ -1200,10 +1196,6 @@ def _two_daemon_targets(two: dict[str, Any], suffix: str = "") -> dict[str, Any]
             what="entries the poller read at a lower version than before",
         ),
     }
-    return {
-        name.replace("two_daemons", "two_daemons" + suffix): check
-        for name, check in targets.items()
-    }
 
 
 async def two_daemons_main() -> dict[str, Any]:
@@ -1216,11 +1208,7 @@ async def two_daemons_main() -> dict[str, Any]:
     }
     workdir = Path(tempfile.mkdtemp(prefix="sm-bench-two-"))
     try:
-        tag = secrets.token_hex(3)
-        out["two_daemons"] = await _two_daemons(workdir / "two", tag)
-        out["two_daemons_asymmetric"] = await _two_daemons(
-            workdir / "two-asymmetric", tag, (TWO_DAEMONS_LATENCY_S, TWO_DAEMONS_SLOW_S)
-        )
+        out["two_daemons"] = await _two_daemons(workdir, secrets.token_hex(3))
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
         print(f"two-daemon bench failed: {out['error']}", file=sys.stderr)
@@ -1228,12 +1216,8 @@ async def two_daemons_main() -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     out["load_end"] = machine_load()
     out["finished"] = now_iso()
-    out["targets"] = {
-        **_two_daemon_targets(out.get("two_daemons", {})),
-        **_two_daemon_targets(out.get("two_daemons_asymmetric", {}), "_asymmetric"),
-    }
+    out["targets"] = _two_daemon_targets(out.get("two_daemons", {}))
     _print_two_daemons(out.get("two_daemons", {}))
-    _print_two_daemons(out.get("two_daemons_asymmetric", {}))
     print_load(out)
     print_targets(out)
     return out
@@ -1243,8 +1227,7 @@ def _print_two_daemons(two: dict[str, Any]) -> None:
     if "patches_ok" not in two:
         return
     print(
-        f"two daemons (+{two['added_latency_s']} s): {two['patches_ok']} PATCHes ok,"
-        f" {two['patches_failed']} failed;"
+        f"two daemons: {two['patches_ok']} PATCHes ok, {two['patches_failed']} failed;"
         f" drained {two['seconds_to_drain']} s after the load began; applied {two['applied']}"
         f" ({two['applied_per_s']}/s; raw put via proxy"
         f" {two['raw_put_via_proxy']['ops_per_s']}/s)"
@@ -1293,7 +1276,6 @@ def _targets(out: dict[str, Any]) -> dict[str, Any]:
         ),
     }
     targets.update(_two_daemon_targets(out.get("two_daemons", {})))
-    targets.update(_two_daemon_targets(out.get("two_daemons_asymmetric", {}), "_asymmetric"))
     ratios = out.get("backup_latency", {}).get("ratio_with_over_without", {})
     for key, row in ratios.items():
         for stat in ("p50_ms", "p99_ms"):
@@ -1343,7 +1325,6 @@ def print_summary(out: dict[str, Any]) -> None:
         print(f"daemon {daemon['label']!r}: log events {daemon['log_events']}")
     print(f"moto answered {out.get('moto_500_answers')} requests with a 500")
     _print_two_daemons(out.get("two_daemons", {}))
-    _print_two_daemons(out.get("two_daemons_asymmetric", {}))
     print_load(out)
     print_targets(out)
 
