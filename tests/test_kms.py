@@ -13,6 +13,7 @@ import asyncio
 import base64
 import secrets
 import subprocess
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,10 +28,12 @@ from secretmirror import metrics
 from secretmirror.daemon import make_app, make_readiness, open_runtime
 from secretmirror.runtime import Runtime
 from secretmirror.settings import Settings
+from tests.blackbox import serve_daemon
 from tests.conftest import ADMIN_TOKEN, Api
 from tests.faultproxy import FaultProxy
 from tests.moto import ACCESS_KEY, REGION, SECRET_KEY
 from tests.openbao import OpenBao
+from tests.pg import TestPostgres
 from tests.test_keys import inventory, seed
 from tests.test_reconcile import wait_finished
 
@@ -268,7 +271,7 @@ async def test_kms_down_at_start_fails_readiness(
         async with serving(tmp_path, database, kms) as (rt, api):
             reasons = await make_readiness(rt)()
             assert any("the KMS is unavailable" in r for r in reasons), reasons
-            assert metrics.kms_up._value.get() == 0
+            assert metrics.kms_up.labels("aws")._value.get() == 0
             status, body, _ = await api.request("GET", f"/api/v1/secrets/{ids[0]}")
             assert status == 503, body
             assert "values" not in body
@@ -277,7 +280,7 @@ async def test_kms_down_at_start_fails_readiness(
 
             await kms_keys.refresh(rt, rt.keyring)  # type: ignore[arg-type]
             assert await make_readiness(rt)() == []
-            assert metrics.kms_up._value.get() == 1
+            assert metrics.kms_up.labels("aws")._value.get() == 1
             status, body, _ = await api.request("GET", f"/api/v1/secrets/{ids[0]}")
             assert status == 200, body
 
@@ -329,3 +332,16 @@ async def test_a_lost_data_key_row_refuses_start(
             pass
     assert f"{row['id'].hex()} (5 ciphertexts)" in raised.value.message
     assert "restore their rows of kms_data_keys from a database backup" in raised.value.message
+
+
+async def test_local_keys_export_no_kms_up_series(
+    postgres: TestPostgres, template: str, tmp_path: Path
+) -> None:
+    """Only a deployment with a KMS has secretmirror_kms_up: local keys must not read as down."""
+    text = ""
+    async for daemon in serve_daemon(postgres, template, tmp_path / "data"):
+        with urllib.request.urlopen(daemon.url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    assert "# TYPE secretmirror_kms_up gauge" in text
+    samples = [line for line in text.splitlines() if line.startswith("secretmirror_kms_up")]
+    assert samples == []

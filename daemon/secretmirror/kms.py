@@ -303,22 +303,25 @@ class KmsKeyring(Keyring):
             if not rows and create:
                 await self.new_data_key(conn)
         except KmsUnavailable as exc:
-            metrics.kms_up.set(0)
+            self._kms_up(0)
             if not was_ready:  # once loaded, the keys in memory keep working
                 self.error = exc.message
             raise
         if rows or create:
-            metrics.kms_up.set(1)
+            self._kms_up(1)
         self.error = None
+
+    def _kms_up(self, value: int) -> None:
+        metrics.kms_up.labels(self.kms.name.split(":", 1)[0]).set(value)
 
     async def new_data_key(self, conn: Any) -> bytes:
         """Ask the KMS for a data key, store it wrapped, and make it the one that encrypts."""
         try:
             plain, wrapped = await self.kms.generate()
         except KmsUnavailable:
-            metrics.kms_up.set(0)
+            self._kms_up(0)
             raise
-        metrics.kms_up.set(1)
+        self._kms_up(1)
         kid = self._add(plain)
         await conn.execute(Q.kms_data_key_add, kid, self.kms.name, wrapped)
         self._stored.add(kid)

@@ -48,7 +48,9 @@ store_up = Gauge(
 )
 kms_up = Gauge(
     "secretmirror_kms_up",
-    "With encryption.kms: 1 when the KMS answered its last call (unwrap, new data key), else 0.",
+    "With encryption.kms: 1 when the KMS answered its last call (unwrap, new data key), else 0."
+    " No series with local keys, so an alert on 0 never fires for them.",
+    ["type"],
     registry=REGISTRY,
 )
 store_requests = Counter(
