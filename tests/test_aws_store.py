@@ -29,8 +29,9 @@ from botocore.exceptions import (
 from secretmirror.crypto import Keyring, content_hash
 from secretmirror.errors import (
     ConfigError,
-    StoreConflict,
+    StoreContended,
     StoreError,
+    StoreForeignEntry,
     StoreNotFound,
     StoreRejected,
     StoreThrottled,
@@ -242,7 +243,7 @@ async def test_unmanaged_secret_is_not_written(store: AwsStore, raw: Any, aws_pr
     """A put onto an existing secret without this deployment's tags fails and changes nothing."""
     sid = _sid()
     await raw.create_secret(Name=aws_prefix + sid, SecretString="theirs")
-    with pytest.raises(StoreConflict):
+    with pytest.raises(StoreForeignEntry):
         await _put(store, sid, 1, {"a": "mine"})
     got = await raw.get_secret_value(SecretId=aws_prefix + sid, VersionStage="AWSCURRENT")
     versions = await raw.list_secret_version_ids(SecretId=aws_prefix + sid)
@@ -253,7 +254,7 @@ async def test_unmanaged_secret_is_not_deleted(store: AwsStore, raw: Any, aws_pr
     """A delete of a secret without this deployment's tags fails and leaves it in place."""
     sid = _sid()
     await raw.create_secret(Name=aws_prefix + sid, SecretString="theirs")
-    with pytest.raises(StoreConflict):
+    with pytest.raises(StoreForeignEntry):
         await store.delete(sid, 5)
     described = await raw.describe_secret(SecretId=aws_prefix + sid)
     assert described.get("DeletedDate") is None
@@ -266,7 +267,7 @@ async def test_other_deployments_entry_is_not_written(
     sid = _sid()
     tags = [{"Key": TAG_MANAGED, "Value": "true"}, {"Key": TAG_DEPLOYMENT, "Value": "other"}]
     await raw.create_secret(Name=aws_prefix + sid, SecretString="theirs", Tags=tags)
-    with pytest.raises(StoreConflict):
+    with pytest.raises(StoreForeignEntry):
         await _put(store, sid, 1, {"a": "mine"})
 
 
@@ -700,7 +701,7 @@ def _client_error(
         (_client_error("InvalidRequestException"), StoreRejected),
         (_client_error("LimitExceededException"), StoreRejected),
         (_client_error("ResourceNotFoundException"), StoreNotFound),
-        (_client_error("ResourceExistsException"), StoreConflict),
+        (_client_error("ResourceExistsException"), StoreContended),
         (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), StoreUnavailable),
         (ReadTimeoutError(endpoint_url="http://127.0.0.1:1"), StoreUnavailable),
         (NoCredentialsError(), StoreUnavailable),

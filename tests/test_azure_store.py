@@ -27,7 +27,7 @@ import pytest
 from secretmirror.crypto import Keyring, content_hash
 from secretmirror.errors import (
     ConfigError,
-    StoreConflict,
+    StoreForeignEntry,
     StoreRejected,
     StoreThrottled,
     StoreUnavailable,
@@ -403,9 +403,9 @@ async def test_an_untagged_secret_in_the_way_is_never_written(
     """A secret someone else made under our name is a conflict and keeps its value."""
     secret = sid()
     await sdk.set_secret(f"{azure_prefix}{secret}", "theirs")
-    with pytest.raises(StoreConflict, match="not managed by this deployment"):
+    with pytest.raises(StoreForeignEntry, match="not managed by this deployment"):
         await put(store, secret, 1, {"a": "1"})
-    with pytest.raises(StoreConflict):
+    with pytest.raises(StoreForeignEntry):
         await store.delete(secret, 2)
     assert (await sdk.get_secret(f"{azure_prefix}{secret}")).value == "theirs"
 
@@ -423,9 +423,9 @@ async def test_another_deployments_entry_is_left_alone(
     try:
         secret = sid()
         await put(other, secret, 1, {"theirs": "1"})
-        with pytest.raises(StoreConflict):
+        with pytest.raises(StoreForeignEntry):
             await put(store, secret, 2, {"ours": "2"})
-        with pytest.raises(StoreConflict):
+        with pytest.raises(StoreForeignEntry):
             await store.delete(secret, 3)
         assert await store.get(secret) is None
         assert secret not in {e.secret_id async for e in store.list()}
@@ -444,7 +444,7 @@ async def test_someone_elses_soft_deleted_secret_is_not_recovered(
     name = f"{azure_prefix}{secret}"
     await sdk.set_secret(name, "theirs")
     await sdk.delete_secret(name)
-    with pytest.raises(StoreConflict):
+    with pytest.raises(StoreForeignEntry):
         await put(store, secret, 1, {"a": "1"})
     assert (await sdk.get_deleted_secret(name)).name == name
 

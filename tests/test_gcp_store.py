@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from secretmirror.crypto import Keyring, content_hash
 from secretmirror.errors import (
     ConfigError,
-    StoreConflict,
+    StoreForeignEntry,
     StoreRejected,
     StoreThrottled,
     StoreUnavailable,
@@ -416,7 +416,7 @@ async def test_secret_deleted_behind_our_back_is_recreated(
 async def test_unmanaged_secret_is_never_touched(
     store: GcpStore, sdk: secretmanager.SecretManagerServiceClient, gcp_prefix: str, sid: str
 ) -> None:
-    """A secret without this deployment's labels: put and delete raise StoreConflict, no change."""
+    """A secret without our labels: put and delete raise StoreForeignEntry, no change."""
     name = f"{PARENT}/secrets/{gcp_prefix}{sid}"
     sdk.create_secret(
         request={
@@ -426,9 +426,9 @@ async def test_unmanaged_secret_is_never_touched(
         }
     )
     sdk.add_secret_version(request={"parent": name, "payload": {"data": b"theirs"}})
-    with pytest.raises(StoreConflict):
+    with pytest.raises(StoreForeignEntry):
         await _put(store, sid, 1, {"a": "1"})
-    with pytest.raises(StoreConflict):
+    with pytest.raises(StoreForeignEntry):
         await store.delete(sid, 2)
     assert await store.get(sid) is None
     assert [e async for e in store.list()] == []
@@ -444,7 +444,7 @@ async def test_another_deployments_entry_is_not_ours(
     other = await make_store(str(uuid.uuid4()))
     await _put(other, sid, 1, {"a": "1"})
     assert [e async for e in store.list()] == []
-    with pytest.raises(StoreConflict):
+    with pytest.raises(StoreForeignEntry):
         await _put(store, sid, 2, {"a": "2"})
 
 

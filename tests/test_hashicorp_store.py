@@ -21,7 +21,7 @@ import pytest
 from secretmirror.crypto import Keyring, content_hash
 from secretmirror.errors import (
     ConfigError,
-    StoreConflict,
+    StoreForeignEntry,
     StoreThrottled,
     StoreUnavailable,
 )
@@ -284,7 +284,7 @@ async def test_foreign_entry_is_not_overwritten(
     """An entry without this deployment's metadata refuses a put and keeps its value."""
     sid = str(uuid.uuid4())
     openbao.ok("POST", f"secret/data/{prefix}{sid}", {"data": {"theirs": "x"}})
-    with pytest.raises(StoreConflict, match="not an entry of this deployment"):
+    with pytest.raises(StoreForeignEntry, match="not an entry of this deployment"):
         await store.put(sid, 5, {"a": "1"}, _hash(sid, {"a": "1"}))
     meta = _metadata(openbao, f"{prefix}{sid}")
     data = openbao.ok("GET", f"secret/data/{prefix}{sid}")["data"]["data"]
@@ -299,7 +299,7 @@ async def test_foreign_entry_recreated_where_this_process_wrote_is_not_overwritt
     await store.put(sid, 1, {"a": "1"}, _hash(sid, {"a": "1"}))
     openbao.ok("DELETE", f"secret/metadata/{prefix}{sid}")
     openbao.ok("POST", f"secret/data/{prefix}{sid}", {"data": {"theirs": "x"}})
-    with pytest.raises(StoreConflict, match="not an entry of this deployment"):
+    with pytest.raises(StoreForeignEntry, match="not an entry of this deployment"):
         await store.put(sid, 2, {"a": "2"}, _hash(sid, {"a": "2"}))
     meta = _metadata(openbao, f"{prefix}{sid}")
     data = openbao.ok("GET", f"secret/data/{prefix}{sid}")["data"]["data"]
@@ -312,7 +312,7 @@ async def test_foreign_entry_is_not_deleted(
     """An entry without this deployment's metadata refuses a delete and keeps every version."""
     sid = str(uuid.uuid4())
     openbao.ok("POST", f"secret/data/{prefix}{sid}", {"data": {"theirs": "x"}})
-    with pytest.raises(StoreConflict):
+    with pytest.raises(StoreForeignEntry):
         await store.delete(sid, 9)
     meta = _metadata(openbao, f"{prefix}{sid}")
     assert not meta["versions"]["1"]["destroyed"]
@@ -338,7 +338,7 @@ async def test_other_deployments_entries_are_foreign(
     await store.put(sid, 1, {"a": "1"}, _hash(sid, {"a": "1"}))
     other = StoreContext(str(uuid.uuid4()), Keyring([secrets.token_bytes(32)]))
     async with opened(other, url=openbao.url, token=openbao.root_token, path_prefix=prefix) as o:
-        with pytest.raises(StoreConflict):
+        with pytest.raises(StoreForeignEntry):
             await o.put(sid, 2, {"b": "2"}, _hash(sid, {"b": "2"}))
         assert await _entries(o) == {}
 

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from secretmirror.crypto import Keyring, parse_keys
-from secretmirror.errors import ConfigError, StoreConflict, StoreRejected, StoreThrottled
+from secretmirror.errors import (
+    ConfigError,
+    StoreContended,
+    StoreForeignEntry,
+    StoreRejected,
+    StoreThrottled,
+)
 from secretmirror.retry import RetryPolicy
 from secretmirror.runtime import build_stores
 from secretmirror.settings import AwsStoreSettings, FileStoreSettings, load_settings
@@ -136,8 +142,11 @@ def test_serve_with_invalid_config_exits_1_with_one_line(tmp_path: Path) -> None
 def test_retry_policy_backoff_is_capped_full_jitter() -> None:
     """Backoff grows exponentially with full jitter and never exceeds the cap."""
     policy = RetryPolicy(initial_s=0.5, max_s=4.0, max_attempts=10)
-    delays = [policy.decide(attempt, StoreConflict("x")) for attempt in (1, 2)]
-    assert all(d.dead for d in delays)
+    for permanent in (StoreForeignEntry("x"), StoreRejected("x")):
+        assert all(policy.decide(attempt, permanent).dead for attempt in (1, 2))
+    contended = [policy.decide(attempt, StoreContended("x")) for attempt in (1, 2)]
+    assert not any(d.dead for d in contended)
+    assert all(0 <= d.retry_in_s <= 0.5 * 2 ** (n - 1) for n, d in enumerate(contended, 1))
     for attempt in range(1, 9):
         decision = policy.decide(attempt, StoreThrottled("slow", retry_after_s=None))
         assert not decision.dead

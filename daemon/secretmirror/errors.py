@@ -189,15 +189,24 @@ class StoreThrottled(StoreError):
 
 
 class StoreRejected(StoreError):
-    """The secrets store rejected the request permanently."""
+    """The secrets store rejected the request permanently (too large, invalid): never retried."""
 
     reason = "rejected"
 
 
-class StoreConflict(StoreError):
-    """The store holds an entry this deployment does not own, or a concurrent change won."""
+class StoreContended(StoreError):
+    """A concurrent change to the entry won the race; retry the entry (the store is up)."""
 
-    reason = "conflict"
+    reason = "contended"
+
+
+class StoreForeignEntry(StoreError):
+    """The store holds an entry at this name that is not this deployment's: never touched.
+
+    Permanent: the delivery dead-letters at once and is never retried by itself.
+    """
+
+    reason = "foreign_entry"
 
 
 class StoreUnreadable(StoreError):

@@ -41,7 +41,7 @@ from secretmirror.errors import (
     DecryptionError,
     JobRunning,
     NotFound,
-    StoreConflict,
+    StoreContended,
     StoreError,
     StoreThrottled,
     Unavailable,
@@ -535,7 +535,7 @@ class Job:
         try:
             token = await self._lease(source, f.secret_id)
             if token is None:
-                raise StoreConflict("a delivery kept the entry busy; run the job again")
+                raise StoreContended("a delivery kept the entry busy; run the job again")
             try:
                 await _retrying(lambda: source.delete(f.secret_id, version))
             finally:

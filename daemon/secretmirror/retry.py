@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from secretmirror.errors import StoreConflict, StoreRejected, StoreThrottled
+from secretmirror.errors import StoreForeignEntry, StoreRejected, StoreThrottled
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,7 @@ class RetryPolicy:
         return random.uniform(0, ceiling)
 
     def decide(self, attempts: int, error: BaseException) -> Decision:
-        if isinstance(error, StoreRejected | StoreConflict):
+        if isinstance(error, StoreRejected | StoreForeignEntry):
             return Decision(0.0, dead=True)
         if attempts >= self.max_attempts:
             return Decision(0.0, dead=True)

@@ -4,7 +4,7 @@ Entries. Secret ``id`` lives at ``{name_prefix}{id}``; its SecretString is the
 canonical JSON of the values (at most 65536 bytes, checked before any call).
 CreateSecret tags it ``secretmirror:managed=true`` and
 ``secretmirror:deployment=<deployment id>``; an entry without this
-deployment's tags is never written or deleted (``StoreConflict``) and never
+deployment's tags is never written or deleted (``StoreForeignEntry``) and never
 listed.
 
 The version is in the request token. Every write sends
@@ -104,8 +104,9 @@ from botocore.exceptions import (
 
 from secretmirror.errors import (
     ConfigError,
-    StoreConflict,
+    StoreContended,
     StoreError,
+    StoreForeignEntry,
     StoreNotFound,
     StoreRejected,
     StoreThrottled,
@@ -214,7 +215,7 @@ def map_error(exc: BaseException, operation: str) -> StoreError:
         if code in _NOT_FOUND:
             return StoreNotFound(what)
         if code in _EXISTS:
-            return StoreConflict(what)
+            return StoreContended(what)
         if code in _CREDENTIALS:
             return StoreUnavailable(f"{what} (credentials or permissions)")
         if code in _TRANSIENT or status >= 500:
@@ -430,7 +431,7 @@ class AwsStore:
                 except _Stale:
                     self._remembered.forget(secret_id)
                     guess = False
-        raise StoreConflict(f"the AWS entry of {secret_id} kept changing during the write")
+        raise StoreContended(f"the AWS entry of {secret_id} kept changing during the write")
 
     async def get(self, secret_id: str) -> StoredValue | None:
         try:
@@ -475,7 +476,7 @@ class AwsStore:
                     return
                 except _Stale:
                     self._remembered.forget(secret_id)
-        raise StoreConflict(f"the AWS entry of {secret_id} kept changing during the delete")
+        raise StoreContended(f"the AWS entry of {secret_id} kept changing during the delete")
 
     async def list(self) -> AsyncIterator[Entry]:
         """This deployment's entries (tombstones included), sorted by id within each page.
@@ -547,8 +548,8 @@ class AwsStore:
             )
         except StoreNotFound:
             raise _Stale from None
-        except StoreConflict:
-            raise StoreConflict(
+        except StoreContended:
+            raise StoreRejected(
                 f"AWS already holds version {version} of {secret_id} with other content"
             ) from None
         except StoreRejected as exc:
@@ -597,7 +598,7 @@ class AwsStore:
         client = self._require()
         try:
             await self._write("CreateSecret", lambda: client.create_secret(**request))
-        except StoreConflict:
+        except StoreContended:
             raise _Stale from None  # created meanwhile; DescribeSecret decides, ownership too
         except StoreRejected as exc:
             if _is_deleted_error(exc) and guessed:
@@ -681,7 +682,7 @@ class AwsStore:
         except StoreNotFound:
             return _State(exists=False)
         if not self._owns(described):
-            raise StoreConflict(
+            raise StoreForeignEntry(
                 f"the AWS secret {name} is not managed by this deployment; it is left alone"
             )
         state = _State.of(described)

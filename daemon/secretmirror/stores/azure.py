@@ -55,7 +55,7 @@ one read of the latest version. Per operation:
   + 1 read per live entry of this deployment (``list_concurrency`` at a time).
 
 Ownership. A secret whose latest version carries another deployment's tag is
-never written, recovered or deleted (``StoreConflict``) and never listed. A
+never written, recovered or deleted (``StoreForeignEntry``) and never listed. A
 latest version without any secretmirror tag is someone's hand-made write:
 the secret's versions are listed once, and if an older one is this
 deployment's, the entry is ours with a foreign current value
@@ -117,7 +117,8 @@ from yarl import URL
 
 from secretmirror.errors import (
     ConfigError,
-    StoreConflict,
+    StoreContended,
+    StoreForeignEntry,
     StoreRejected,
     StoreThrottled,
     StoreUnavailable,
@@ -367,7 +368,7 @@ class AzureStore:
                 except _Stale:
                     self._remembered.forget(secret_id)
                     state = await self._state(secret_id, name)
-        raise StoreConflict(f"the Key Vault entry of {secret_id} kept changing during the write")
+        raise StoreContended(f"the Key Vault entry of {secret_id} kept changing during the write")
 
     async def get(self, secret_id: str) -> StoredValue | None:
         try:
@@ -408,7 +409,7 @@ class AzureStore:
                     return
                 except _Stale:
                     self._remembered.forget(secret_id)
-        raise StoreConflict(f"the Key Vault entry of {secret_id} kept changing during the delete")
+        raise StoreContended(f"the Key Vault entry of {secret_id} kept changing during the delete")
 
     async def list(self) -> AsyncIterator[Entry]:
         """This deployment's entries: live ones, then soft-deleted ones (tombstones).
@@ -632,8 +633,8 @@ class AzureStore:
             tombstone=max(s.tombstone for s in ours),
         )
 
-    def _not_ours(self, name: str) -> StoreConflict:
-        return StoreConflict(
+    def _not_ours(self, name: str) -> StoreForeignEntry:
+        return StoreForeignEntry(
             f"the Key Vault secret {name} is not managed by this deployment; it is left alone"
         )
 
@@ -935,7 +936,7 @@ def _expect(reply: _Reply, status: int, action: str) -> None:
     if reply.status == 404:
         raise StoreRejected(f"Key Vault could not {action}: not found ({reply.reason()})")
     if reply.status == 409:
-        raise StoreConflict(f"Key Vault could not {action} ({reply.reason()})")
+        raise StoreContended(f"Key Vault could not {action} ({reply.reason()})")
     raise StoreRejected(f"Key Vault could not {action} ({reply.reason()})")
 
 

@@ -7,10 +7,13 @@ holds ``v`` or newer is a no-op, so redelivery is harmless and a store never
 goes back to an older version.
 
 Back-ends translate provider errors into ``secretmirror.errors.Store*``:
-``StoreUnavailable`` (retry, fall back), ``StoreThrottled`` (retry after the
-hint), ``StoreRejected`` (permanent: dead-letter), ``StoreConflict`` (an entry
-this deployment does not own). ``tests/test_store_contract.py`` runs one suite
-against every back-end.
+``StoreNotFound`` (no such entry), ``StoreUnavailable`` (the whole store is
+down: retry, fall back, ``store_up`` 0), ``StoreThrottled`` (retry after the
+hint), ``StoreContended`` (a concurrent change to this entry won: retry the
+entry, the store is up), ``StoreForeignEntry`` (an entry this deployment does
+not own: never written or deleted, dead-lettered at once) and
+``StoreRejected`` (permanent: too large, invalid; dead-lettered).
+``tests/test_store_contract.py`` runs one suite against every back-end.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ from secretmirror.crypto import Keyring, envelope_key_id, secret_aad
 from secretmirror.errors import (
     ConfigError,
     DecryptionError,
-    StoreConflict,
+    StoreForeignEntry,
     StoreRejected,
     StoreUnavailable,
 )
@@ -377,7 +377,7 @@ class FileStore:
             current, current_body = self._read_entry(path)
             if current is not None:
                 if current.deployment != self._deployment_id:
-                    raise StoreConflict(
+                    raise StoreForeignEntry(
                         f"the file store entry of {header.secret_id} belongs to another deployment"
                     )
                 # A file copied over from another secret fences nothing: it is replaced.

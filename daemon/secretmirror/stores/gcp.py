@@ -23,7 +23,7 @@ reading a payload (labels: lowercase keys and values, at most 63 characters):
   ownership. The deployment id is a UUID, written as its 32 hex digits (no
   dashes, so the list filter needs no quoting); any other id as ``h`` + 40 hex
   digits of its SHA-256. An entry without them is never written or deleted
-  (``StoreConflict``) and never listed.
+  (``StoreForeignEntry``) and never listed.
 - ``secretmirror_version=<n>``: the secretmirror version (or the tombstone's).
 - ``secretmirror_hash=<32 hex>``: the deployment's keyed content hash.
 - ``secretmirror_gcp_version=<N>``: the GCP version number holding it.
@@ -122,8 +122,9 @@ import structlog
 
 from secretmirror.errors import (
     ConfigError,
-    StoreConflict,
+    StoreContended,
     StoreError,
+    StoreForeignEntry,
     StoreNotFound,
     StoreRejected,
     StoreThrottled,
@@ -200,7 +201,7 @@ class _Precondition(StoreRejected):
     """FAILED_PRECONDITION: an etag that no longer matches, or a version not enabled."""
 
 
-class _Exists(StoreConflict):
+class _Exists(StoreContended):
     """ALREADY_EXISTS: a create lost to an existing secret."""
 
 
@@ -443,7 +444,7 @@ class GcpStore:
         if state is None or not state.checked or state.gcp_version != number:
             try:
                 state = await self._fetch(secret_id, name)
-            except (StoreNotFound, StoreConflict):
+            except (StoreNotFound, StoreForeignEntry):
                 return None
             if state.gcp_version != number:
                 return None  # the newest version is not the one the labels claim
@@ -458,7 +459,7 @@ class GcpStore:
         """
         try:
             state = await self._fetch(secret_id, name)
-        except (StoreNotFound, StoreConflict):
+        except (StoreNotFound, StoreForeignEntry):
             return None
         if state.deleted or state.gcp_version is None:
             return None
@@ -547,7 +548,7 @@ class GcpStore:
                     state = await self._fetch(secret_id, name)
                 except StoreNotFound:
                     return entry  # gone since it was listed: the scan's confirmation decides
-                except StoreConflict:
+                except StoreForeignEntry:
                     return replace(entry, foreign_write=True)  # no longer carries our labels
         self._remembered.forget(secret_id)
         return replace(state.entry(secret_id), foreign_write=True)
@@ -800,10 +801,10 @@ class GcpStore:
             return _State(exists=False)
 
     async def _fetch(self, secret_id: str, name: str) -> _State:
-        """Read the secret (1 read); ``StoreConflict`` when it is not this deployment's."""
+        """Read the secret (1 read); ``StoreForeignEntry`` when it is not this deployment's."""
         secret = await self._call("GET", f"secrets/{name}", "secrets.get")
         if not _owned(secret, self._deployment):
-            raise StoreConflict(
+            raise StoreForeignEntry(
                 f"the GCP secret {name} is not managed by this deployment; it is left alone"
             )
         state = _State.of(secret)

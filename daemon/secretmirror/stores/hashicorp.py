@@ -33,7 +33,7 @@ that KV and metadata version numbers only grow (which is what makes the
 conditional writes above safe) and an older put arriving late is refused.
 
 Ownership. An entry without this deployment's ``secretmirror.deployment`` is
-never written or deleted (``StoreConflict``) and is not listed.
+never written or deleted (``StoreForeignEntry``) and is not listed.
 
 Auth. ``token`` uses the configured token and renews it (``renew-self``) at
 two thirds of its TTL; a token without a TTL (root) is never renewed.
@@ -65,8 +65,9 @@ import structlog
 
 from secretmirror.errors import (
     ConfigError,
-    StoreConflict,
+    StoreContended,
     StoreError,
+    StoreForeignEntry,
     StoreRejected,
     StoreThrottled,
     StoreUnavailable,
@@ -277,7 +278,7 @@ class HashicorpStore:
                 state = await self._update(path, mark, values, state)
             if state is not None and state.mark.version == version and state.consistent:
                 return PutOutcome.WRITTEN
-        raise StoreConflict(f"hashicorp store: {self._mount}/{path} kept changing; retry later")
+        raise StoreContended(f"hashicorp store: {self._mount}/{path} kept changing")
 
     async def get(self, secret_id: str) -> StoredValue | None:
         path = self._path(secret_id)
@@ -331,7 +332,7 @@ class HashicorpStore:
                     await self._destroy(path, state.stored)
                 return
             state = await self._read_state(path)
-        raise StoreConflict(f"hashicorp store: {self._mount}/{path} kept changing; retry later")
+        raise StoreContended(f"hashicorp store: {self._mount}/{path} kept changing")
 
     async def list(self) -> AsyncIterator[Entry]:
         await self._ready()
@@ -402,7 +403,7 @@ class HashicorpStore:
                 await self._destroy(path, [kv_version])
                 return fresh
             metadata_version, extra = fresh.metadata_version, fresh.extra
-        raise StoreConflict(f"hashicorp store: {self._mount}/{path} kept changing; retry later")
+        raise StoreContended(f"hashicorp store: {self._mount}/{path} kept changing")
 
     async def _write_data(
         self, path: str, values: dict[str, str], cas: int
@@ -451,7 +452,7 @@ class HashicorpStore:
     # -- reads ---------------------------------------------------------------
 
     async def _read_state(self, path: str, *, written: int | None = None) -> _State | None:
-        """This deployment's entry at ``path``; None when missing; ``StoreConflict`` if foreign.
+        """This deployment's entry at ``path``; None when missing; ``StoreForeignEntry`` if foreign.
 
         ``written`` is a KV version this call wrote: it is destroyed again when
         the entry turns out to be someone else's.
@@ -594,8 +595,8 @@ class HashicorpStore:
             raise StoreRejected("hashicorp store: a secret id must be 1-255 of A-Z a-z 0-9 _ . -")
         return f"{self._prefix}{secret_id}"
 
-    def _not_ours(self, path: str) -> StoreConflict:
-        return StoreConflict(
+    def _not_ours(self, path: str) -> StoreForeignEntry:
+        return StoreForeignEntry(
             f"hashicorp store: {self._mount}/{path} is not an entry of this deployment; "
             "it is left untouched"
         )
