@@ -162,6 +162,19 @@ def aws_prefix() -> str:
     return f"smt-{uuid.uuid4().hex[:12]}/"
 
 
+def secrets_client(endpoint_url: str) -> Any:
+    """A plain Secrets Manager client on moto (an async context manager): the console, a tool."""
+    from aiobotocore.session import AioSession
+
+    return AioSession().create_client(
+        "secretsmanager",
+        region_name=REGION,
+        endpoint_url=endpoint_url,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    )
+
+
 def aws_settings(endpoint_url: str, name_prefix: str, **overrides: Any) -> dict[str, Any]:
     """Fields of an ``AwsStoreSettings`` pointing at moto with the fake credentials."""
     fields: dict[str, Any] = {

@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import pytest
-from aiobotocore.session import get_session
 
 from secretmirror.crypto import Keyring
 from secretmirror.settings import AwsStoreSettings, FileStoreSettings
@@ -31,7 +30,7 @@ from tests.conftest import ADMIN_TOKEN
 from tests.daemon_proc import DaemonProcess
 from tests.faultproxy import ThreadedFaultProxy
 from tests.load import Load
-from tests.moto import ACCESS_KEY, REGION, SECRET_KEY, aws_settings
+from tests.moto import aws_settings, secrets_client
 
 pytestmark = pytest.mark.acceptance
 
@@ -176,14 +175,7 @@ async def check_converged(load: Load, ids: list[str], store: Any) -> None:
 
 
 async def aws_version_ids(endpoint: str, name: str) -> list[str]:
-    session = get_session()
-    async with session.create_client(
-        "secretsmanager",
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-    ) as client:
+    async with secrets_client(endpoint) as client:
         ids: list[str] = []
         kwargs: dict[str, Any] = {"SecretId": name, "IncludeDeprecated": True}
         while True:
@@ -437,15 +429,8 @@ async def test_unmanaged_entry_is_never_touched_and_dead_letter_is_superseded(
     env = aws_env("backup", moto_server, aws_prefix)
     daemon = new_daemon(daemons, tmp_path, database, key, env)
     await asyncio.to_thread(daemon.start)
-    session = get_session()
     async with (
-        session.create_client(
-            "secretsmanager",
-            region_name=REGION,
-            endpoint_url=moto_server,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-        ) as client,
+        secrets_client(moto_server) as client,
         Load([daemon.url]) as load,
         aws_view(database, moto_server, aws_prefix) as view,
     ):

@@ -1,4 +1,8 @@
-"""The ``azure`` store on the session's Key Vault fake, under a name prefix of its own."""
+"""The ``azure`` store on the session's Key Vault fake, under a name prefix of its own.
+
+Entries by hand are set with Microsoft's official client (``azure-keyvault-secrets``),
+without secretmirror's tags.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Any
 from secretmirror.settings import AzureStoreSettings
 from secretmirror.stores.azure import AzureStore
 from secretmirror.stores.base import StoreContext
-from tests.azurefake import AzureFake, azure_settings
+from tests.azurefake import AzureFake, azure_settings, sdk_client
+from tests.moto import free_port
 
 
 def azure_store(fake: AzureFake, ctx: StoreContext, prefix: str, **overrides: Any) -> AzureStore:
@@ -18,12 +23,36 @@ def azure_store(fake: AzureFake, ctx: StoreContext, prefix: str, **overrides: An
     return AzureStore(settings, ctx, ssl_context=fake.ssl_context(), authority=fake.url)
 
 
+class AzurePlace:
+    namespaced = None
+
+    def __init__(self, fake: AzureFake, prefix: str, sdk: Any) -> None:
+        self.fake = fake
+        self.prefix = prefix
+        self.sdk = sdk
+
+    def store(self, ctx: StoreContext) -> AzureStore:
+        return azure_store(self.fake, ctx, self.prefix)
+
+    async def plant_foreign(self, secret_id: str) -> None:
+        await self.sdk.set_secret(self.prefix + secret_id, "theirs")
+
+    async def raw(self, secret_id: str) -> Any:
+        secret = await self.sdk.get_secret(self.prefix + secret_id)
+        versions = [
+            (p.version, p.enabled, p.tags)
+            async for p in self.sdk.list_properties_of_secret_versions(self.prefix + secret_id)
+        ]
+        return secret.value, secret.properties.version, secret.properties.tags, sorted(versions)
+
+    def unreachable(self, ctx: StoreContext) -> AzureStore:
+        return azure_store(
+            self.fake, ctx, self.prefix, vault_url=f"https://127.0.0.1:{free_port()}"
+        )
+
+
 @contextlib.asynccontextmanager
-async def make(ctx: StoreContext, request: Any) -> AsyncIterator[AzureStore]:
+async def place(request: Any) -> AsyncIterator[AzurePlace]:
     fake: AzureFake = request.getfixturevalue("azure_fake")
-    store = azure_store(fake, ctx, request.getfixturevalue("azure_prefix"))
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
+    async with sdk_client(fake) as sdk:
+        yield AzurePlace(fake, request.getfixturevalue("azure_prefix"), sdk)
