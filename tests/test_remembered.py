@@ -85,6 +85,18 @@ def test_forgetting_one_entry_keeps_listed_all() -> None:
     assert (remembered.listed_all, "a" in remembered) == (True, False)
 
 
+def test_only_entries_never_forgotten_since_the_listing_count_as_unlisted() -> None:
+    """An entry forgotten after, or during, a complete listing may exist: it is not new."""
+    remembered = _filled(10, "a", "b")
+    listing = remembered.listing(lambda state: True)
+    listing.saw("a")
+    listing.saw("b")
+    remembered.forget("b")  # the listing disagreed with what was remembered of it
+    listing.complete()
+    remembered.forget("a")
+    assert [remembered.unlisted(sid) for sid in ("a", "b", "c")] == [False, False, True]
+
+
 def test_a_listing_that_fills_the_memory_does_not_set_listed_all() -> None:
     """At the bound some entry may have been dropped, so unknown does not mean new."""
     remembered = _filled(2, "a", "b")

@@ -15,6 +15,13 @@ told it is throttled, instead of waiting out the limit first.
 Both wait *locally* (``remote_clock.waiting_locally``): the time a store call
 spends queued here never counts against the store's own timeout.
 
+``Throttle`` is a provider's "slow down" (a 429 with its Retry-After): the
+store holds every further call until the hint passes. A short hold is waited
+out locally, so quota refills of a second or so cost no failed delivery; a
+long one (or one past the caller's time limit) fails fast as
+``StoreThrottled`` carrying what is left, so the retry policy defers the
+work instead of parking workers, leases and API requests behind it.
+
 ``KeyedLock`` serializes work per key (a secret id) inside one process, so a
 read-check-write on one entry is never interleaved with another on the same
 entry, while different keys proceed in parallel.
@@ -27,6 +34,7 @@ import contextlib
 import heapq
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from secretmirror.errors import StoreThrottled
 from secretmirror.remote_clock import patience_left, waiting_locally
@@ -95,6 +103,65 @@ class TokenBucket:
         except BaseException:
             self.give_back(at)
             raise
+
+
+#: Holds at most this long are waited out locally; longer ones fail fast.
+WAIT_MAX_S = 5.0
+#: No hint holds a store longer than this (a misread or hostile Retry-After).
+HOLD_MAX_S = 300.0
+#: The hold when the provider gave no hint: cloud quotas refill per second.
+HOLD_DEFAULT_S = 1.0
+
+E = TypeVar("E", bound=BaseException)
+
+
+class Throttle:
+    """Holds a store's calls after a throttle answer until the provider's hint passes."""
+
+    def __init__(
+        self,
+        wait_max_s: float = WAIT_MAX_S,
+        hold_max_s: float = HOLD_MAX_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wait_max_s = wait_max_s
+        self._hold_max_s = hold_max_s
+        self._clock = clock
+        self._until = 0.0
+
+    def hold(self, seconds: float | None) -> None:
+        """Hold calls ``seconds`` from now (the hint; None: the default), at most ``hold_max_s``."""
+        seconds = HOLD_DEFAULT_S if seconds is None else max(0.0, seconds)
+        self._until = max(self._until, self._clock() + min(seconds, self._hold_max_s))
+
+    def noted(self, error: E) -> E:
+        """``error``, after holding the store's calls when it is ``StoreThrottled``."""
+        if isinstance(error, StoreThrottled):
+            self.hold(error.retry_after_s)
+        return error
+
+    def clear(self) -> None:
+        """Forget the hold (tests, or a store reopened)."""
+        self._until = 0.0
+
+    async def wait(self) -> None:
+        """Return once the store may be called; ``StoreThrottled`` when the hold is too long.
+
+        Too long: beyond ``wait_max_s``, or beyond what is left of the caller's
+        time limit. The wait is local (``waiting_locally``): it never counts
+        against the store's own timeout.
+        """
+        left = self._until - self._clock()
+        if left <= 0:
+            return
+        patience = patience_left()
+        if left > self._wait_max_s or (patience is not None and left > patience):
+            raise StoreThrottled(
+                f"the store asked to slow down; calls are held {left:.1f}s more",
+                retry_after_s=left,
+            )
+        with waiting_locally():
+            await asyncio.sleep(left)
 
 
 class KeyedLock:

@@ -1,90 +1,60 @@
-"""The ``aws`` store: AWS Secrets Manager through aiobotocore.
+"""The ``aws`` store: AWS Secrets Manager through aiobotocore, on the fenced-store template.
 
-Entries. Secret ``id`` lives at ``{name_prefix}{id}``; its SecretString is the
-canonical JSON of the values (at most 65536 bytes, checked before any call).
-CreateSecret tags it ``secretmirror:managed=true`` and
+What every cloud store shares (names, remembered state, the entry lock, the
+stale retry, the fence, listings, pacing and throttling, the error classes)
+is ``fenced.py``'s; this module is AWS's write protocol, auth and error codes.
+
+Entries. The SecretString is the canonical JSON of the values (at most
+65536 bytes). CreateSecret tags the entry ``secretmirror:managed=true`` and
 ``secretmirror:deployment=<deployment id>``; an entry without this
-deployment's tags is never written or deleted (``StoreForeignEntry``) and never
-listed.
+deployment's tags is foreign.
 
 The version is in the request token. Every write sends
 ``ClientRequestToken = "sm1-<version, 10 digits>-<content hash>"`` (47
 characters; AWS and moto take 32-64), which becomes the AWS VersionId. The
-content hash is the deployment's HMAC over the secret id and the values, so
-the token is a pure function of (secret id, version, values): a redelivery
-sends the same token with the same value, which AWS answers without creating
-a version. ListSecrets and DescribeSecret show which VersionId holds
+token is a pure function of (secret id, version, values): a redelivery sends
+the same token with the same value, which AWS answers without creating a
+version. ListSecrets and DescribeSecret show which VersionId holds
 ``AWSCURRENT``, so ``list`` reads every entry's version and hash from listing
 metadata without reading a value; a current VersionId that does not parse
 was written by someone else (``Entry.foreign_write``).
 
-Fencing. AWS has no conditional write: PutSecretValue of an older version
-succeeds and moves ``AWSCURRENT`` back. So the store decides before writing,
-from what it knows of the entry (``_State``: current and newest secretmirror
-version, tombstone, pending deletion, ownership). That knowledge comes from
-the store's own writes, from ``list`` pages, and otherwise from one
-DescribeSecret, which also checks the ownership tags and is counted against
-AWS's read quota, not the ~50/s write quota. Per operation:
+AWS has no conditional write (PutSecretValue of an older version succeeds
+and moves ``AWSCURRENT`` back), so the fence is all secretmirror's. The state
+of an entry comes from DescribeSecret (AWS's read quota, not the ~50/s write
+quota), which also checks the ownership tags. Calls per operation:
 
-- put, entry known to this process (steady state): 1 call, PutSecretValue.
-- put, entry not known yet (first touch since start): DescribeSecret, then
-  PutSecretValue or, for a new entry, CreateSecret: 2 calls, 1 write. After a
-  complete ``list`` (a backup or verify job), an entry the listing did not
-  show is new: 1 call, CreateSecret (if it appeared meanwhile, AWS refuses and
-  the DescribeSecret path takes over).
+- put, entry remembered (steady state): 1 call, PutSecretValue.
+- put, entry not remembered: DescribeSecret, then PutSecretValue or, for a
+  new entry, CreateSecret. After a complete ``list``, an entry the listing did
+  not show is new: CreateSecret alone (if it appeared meanwhile, AWS refuses
+  and DescribeSecret takes over).
 - put over a tombstone: + RestoreSecret (AWS refuses writes to an entry
   pending deletion). put when ``AWSCURRENT`` sits elsewhere while our token
-  already exists (a console rollback, a regression): the re-put is a no-op
-  in AWS, so + UpdateSecretVersionStage to move the label back.
-- put of a version the entry already holds, or older: 0 calls (known) or 1.
-- delete: TagResource ``secretmirror:tombstone=<version>`` then DeleteSecret
-  (+ DescribeSecret when not known): the tag survives the recovery window,
-  so a late older put is refused and a newer one restores the entry.
+  already exists (a console rollback): the re-put is a no-op in AWS, so
+  + UpdateSecretVersionStage to move the label back.
+- delete: TagResource ``secretmirror:tombstone=<version>`` then DeleteSecret:
+  the tag survives the recovery window, so a late older put is refused and a
+  newer one restores the entry. After a force delete
+  (``recovery_window_days = 0``) AWS holds nothing to fence on: the tombstone
+  is kept in this process only.
 - get: 1 GetSecretValue (``VersionStage=AWSCURRENT``); list: 1 ListSecrets
   per 100 entries.
 
-Within a process a per-secret lock serializes the decide-then-write step.
-Across processes the store relies on the replication layer's per-(target,
-secret) lease: one writer per entry at a time, and timeouts (3 s connect,
-10 s read, 2 attempts) keep a write well inside a lease. A write that fails
-or is cancelled (a caller's timeout) may still land in AWS, so it drops what
-the process knew of the entry and the next write reads it again. What this
-process learnt can also go stale when another process writes the same entry;
-the harm is bounded: ``list`` drops knowledge that disagrees with AWS, a
-regression shows as ``stale`` in verify, and repair moves ``AWSCURRENT``
-forward again.
-
-Tombstones kept only in this process: after a force delete
-(``recovery_window_days = 0``) AWS holds nothing to fence on, and a second,
-newer delete of an entry already pending deletion does not rewrite its tag.
-
-``list`` is sorted by secret id within each page of 100, not globally
-(ListSecrets cannot sort by name everywhere; sorting all would hold the whole
-listing in memory). ``location`` is ``aws:<endpoint or "aws">/<region>/<prefix>``
+Timeouts (3 s connect, 10 s read, 2 attempts) keep a write well inside a
+delivery lease. ``location`` is ``aws:<endpoint or "aws">/<region>/<prefix>``
 without the account id, which would cost an STS call: two stores in different
 accounts with the same region and prefix count as one location, so start-up
-refuses that pair; give them different prefixes.
-
-Errors: throttling -> ``StoreThrottled``; connection failures, timeouts, 5xx
--> ``StoreUnavailable``; invalid parameters/requests -> ``StoreRejected``.
-Credential and permission failures (AccessDenied, expired or unrecognised
-keys) -> ``StoreUnavailable``, not rejected: rotated keys and IAM changes
-take effect within seconds to minutes, so retrying with backoff (and reading
-from the other store meanwhile) recovers without an operator, and
-``max_attempts`` still dead-letters a lasting misconfiguration.
-
-Every write (create, put, restore, tag, delete, label move) first takes a
-slot from one token bucket per store, ``max_writes_per_s``, so bulk jobs
-stay under the account's write quota.
+refuses that pair; give them different prefixes. AWS error codes: see
+``map_error``; KMS trouble (a disabled key) is an outage an operator fixes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
@@ -112,11 +82,9 @@ from secretmirror.errors import (
     StoreThrottled,
     StoreUnavailable,
 )
-from secretmirror.model import canonical
-from secretmirror.ratelimit import TokenBucket
 from secretmirror.settings import AwsStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
-from secretmirror.stores.remembered import Remembered
+from secretmirror.stores.fenced import FencedStore, Stale, Write, moves_forward
 
 if TYPE_CHECKING:
     from types_aiobotocore_secretsmanager import SecretsManagerClient
@@ -145,8 +113,6 @@ _MAX_VERSION = 9_999_999_999
 _PAGE = 100
 #: Connections per client: above replication and reconcile concurrency (16 each by default).
 _POOL = 64
-#: A put or delete re-reads the entry at most this often when it changed under it.
-_ATTEMPTS = 3
 
 _THROTTLED = {
     "ThrottlingException",
@@ -260,10 +226,6 @@ class _Keys(NamedTuple):
     token: str | None = None
 
 
-class _Stale(Exception):
-    """What this process knew of an entry was out of date: read it again."""
-
-
 @dataclass(frozen=True, slots=True)
 class _State:
     """What AWS holds for one entry, as this process last saw it."""
@@ -277,15 +239,14 @@ class _State:
     newest: int = 0
     tombstone: int = 0
     pending_deletion: bool = False
+    #: Assumed missing after a complete listing, not read (``FencedStore._unlisted``).
+    guessed: bool = False
 
     def should_write(self, version: int) -> bool:
-        """True when ``version`` moves the entry forward (the version fence)."""
-        if version <= self.tombstone:
-            return False
-        if self.current is not None:
-            return version > self.current
-        # AWSCURRENT is someone else's: put back ours, but never one older than ours.
-        return version >= self.newest
+        """The fence; where AWSCURRENT is someone else's, ours goes back on top."""
+        if self.current is None:
+            return moves_forward(version, held=self.newest, tombstone=self.tombstone, again=True)
+        return moves_forward(version, held=self.current, tombstone=self.tombstone)
 
     @property
     def deleted(self) -> bool:
@@ -339,16 +300,16 @@ class _RoleSession(AioSession):
         return self._role_credentials  # type: ignore[return-value]
 
 
-class AwsStore:
+class AwsStore(FencedStore[_State]):
     type = "aws"
+    provider = "AWS"
+    max_bytes = MAX_VALUE_BYTES
+    name_pattern = _NAME
 
     def __init__(self, settings: AwsStoreSettings, ctx: StoreContext) -> None:
         _check(settings)
+        super().__init__(ctx, settings.name_prefix, settings.max_writes_per_s)
         self._settings = settings
-        self._deployment_id = ctx.deployment_id
-        self._bucket = TokenBucket(settings.max_writes_per_s)
-        #: What this process knows of entries; one forgotten for space costs a DescribeSecret.
-        self._remembered: Remembered[_State] = Remembered()
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: SecretsManagerClient | None = None
         self._filters: list[FilterTypeDef] = [
@@ -360,10 +321,6 @@ class AwsStore:
     def location(self) -> str:
         s = self._settings
         return f"aws:{s.endpoint_url or 'aws'}/{s.region}/{s.name_prefix}"
-
-    @property
-    def max_value_bytes(self) -> int | None:
-        return MAX_VALUE_BYTES
 
     # -- lifecycle --
 
@@ -405,33 +362,7 @@ class AwsStore:
     async def _session(self, stack: contextlib.AsyncExitStack) -> tuple[AioSession, _Keys]:
         return await open_session(self._settings, stack, f"secretmirror-{self._deployment_id[:8]}")
 
-    # -- the store interface --
-
-    async def put(
-        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
-    ) -> PutOutcome:
-        name = self._name(secret_id)
-        blob = canonical(values)
-        if len(blob) > MAX_VALUE_BYTES:
-            raise StoreRejected(
-                f"the values are {len(blob)} bytes; AWS Secrets Manager takes {MAX_VALUE_BYTES}"
-            )
-        token = make_token(version, content_hash)
-        async with self._remembered.writing(secret_id):
-            # After a complete listing, an entry this process does not know did not exist
-            # then: try CreateSecret first (it never overwrites an entry; if one appeared
-            # meanwhile, DescribeSecret decides). Halves the calls of a first backup.
-            guess = self._remembered.listed_all and secret_id not in self._remembered
-            for _ in range(_ATTEMPTS):
-                state = _State(exists=False) if guess else await self._state(secret_id, name)
-                try:
-                    return await self._put_as(
-                        secret_id, name, state, token, blob.decode(), guessed=guess
-                    )
-                except _Stale:
-                    self._remembered.forget(secret_id)
-                    guess = False
-        raise StoreContended(f"the AWS entry of {secret_id} kept changing during the write")
+    # -- reads --
 
     async def get(self, secret_id: str) -> StoredValue | None:
         try:
@@ -458,36 +389,45 @@ class AwsStore:
         parsed = parse_token(answer.get("VersionId"))
         if parsed is None:
             return None  # someone else's value: its version is unknown, so it serves no read
-        values = json.loads(answer.get("SecretString") or "null")
-        if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
-            raise StoreRejected(f"the AWS entry of {secret_id} is not a secretmirror value")
+        values = self._values(secret_id, answer.get("SecretString"))
         return StoredValue(secret_id, parsed[0], parsed[1], values)
 
-    async def delete(self, secret_id: str, version: int) -> None:
-        try:
-            name = self._name(secret_id)
-        except StoreRejected:
-            return
-        async with self._remembered.writing(secret_id):
-            for _ in range(_ATTEMPTS):
-                state = await self._state(secret_id, name)
-                try:
-                    await self._delete_as(secret_id, name, state, version)
-                    return
-                except _Stale:
-                    self._remembered.forget(secret_id)
-        raise StoreContended(f"the AWS entry of {secret_id} kept changing during the delete")
+    # -- the template's hooks --
 
-    async def list(self) -> AsyncIterator[Entry]:
-        """This deployment's entries (tombstones included), sorted by id within each page.
+    def _checked_write(self, version: int, values: dict[str, str], content_hash: str) -> Write:
+        write = super()._checked_write(version, values, content_hash)
+        make_token(write.version, write.hash)  # the version must fit the token
+        return write
 
-        A listing that runs to the end also tells what is gone: entries this
-        process believed to exist but AWS no longer lists (purged, untagged)
-        are forgotten, so a repair writes them again instead of trusting the
-        belief. Bounded by the remembered entries, not by the listing.
-        """
+    async def _load(self, secret_id: str, name: str) -> _State | None:
         client = self._require()
-        listing = self._remembered.listing(lambda state: state.exists)
+        try:
+            described = await self._call(
+                "DescribeSecret", lambda: client.describe_secret(SecretId=name)
+            )
+        except StoreNotFound:
+            return None
+        if not self._owns(described):
+            raise StoreForeignEntry(
+                f"the AWS secret {name} is not managed by this deployment; it is left alone"
+            )
+        return _State.of(described)
+
+    def _absent(self) -> _State:
+        return _State(exists=False)
+
+    def _unlisted(self) -> _State:
+        # CreateSecret never overwrites an entry: if one appeared, DescribeSecret decides.
+        return _State(exists=False, guessed=True)
+
+    def _agrees(self, known: _State, listed: _State) -> bool:
+        # A tombstone newer than AWS's tag is one only this process holds.
+        return known.tombstone >= listed.tombstone and replace(known, tombstone=0) == replace(
+            listed, tombstone=0
+        )
+
+    async def _pages(self) -> AsyncIterator[Sequence[Any]]:
+        client = self._require()
         next_token: str | None = None
         while True:
             request: ListSecretsRequestTypeDef = {
@@ -500,38 +440,24 @@ class AwsStore:
             page = await self._call(
                 "ListSecrets", functools.partial(client.list_secrets, **request)
             )
-            entries = []
-            for item in page.get("SecretList", []):
-                secret_id = self._secret_id_of(item.get("Name", ""))
-                if secret_id is None or not self._owns(item):
-                    continue
-                state = _State.of(item)
-                self._observe(secret_id, state)
-                listing.saw(secret_id)
-                entries.append(state.entry(secret_id))
-            entries.sort(key=lambda e: e.secret_id)
-            for entry in entries:
-                yield entry
+            yield page.get("SecretList", [])
             next_token = page.get("NextToken")
             if not next_token:
-                break
-        listing.complete()
+                return
+
+    async def _listed(self, item: Any) -> tuple[str, str, _State] | None:
+        name = str(item.get("Name", ""))
+        secret_id = self._secret_id_of(name)
+        if secret_id is None or not self._owns(item):
+            return None
+        return secret_id, name, _State.of(item)
 
     # -- steps of put and delete --
 
-    async def _put_as(
-        self,
-        secret_id: str,
-        name: str,
-        state: _State,
-        token: str,
-        secret_string: str,
-        *,
-        guessed: bool = False,
-    ) -> PutOutcome:
-        version, content_hash = parse_token(token) or (0, "")
+    async def _put_as(self, secret_id: str, name: str, state: _State, write: Write) -> PutOutcome:
         if not state.exists:
-            return await self._create(secret_id, name, state, token, secret_string, guessed)
+            return await self._create(secret_id, name, state, write)
+        version, token = write.version, make_token(write.version, write.hash)
         if not state.should_write(version):
             return PutOutcome.UNCHANGED
         client = self._require()
@@ -543,18 +469,18 @@ class AwsStore:
             answer = await self._write(
                 "PutSecretValue",
                 lambda: client.put_secret_value(
-                    SecretId=name, SecretString=secret_string, ClientRequestToken=token
+                    SecretId=name, SecretString=write.text, ClientRequestToken=token
                 ),
             )
         except StoreNotFound:
-            raise _Stale from None
+            raise Stale from None
         except StoreContended:
             raise StoreRejected(
                 f"AWS already holds version {version} of {secret_id} with other content"
             ) from None
         except StoreRejected as exc:
             if _is_deleted_error(exc):
-                raise _Stale from None
+                raise Stale from None
             raise
         if CURRENT not in answer.get("VersionStages", []):
             # The token existed with this value, so AWS changed nothing; the label is elsewhere.
@@ -565,28 +491,20 @@ class AwsStore:
                 state,
                 current_id=token,
                 current=version,
-                current_hash=content_hash,
+                current_hash=write.hash,
                 newest=max(state.newest, version),
                 pending_deletion=False,
             ),
         )
         return PutOutcome.WRITTEN
 
-    async def _create(
-        self,
-        secret_id: str,
-        name: str,
-        state: _State,
-        token: str,
-        secret_string: str,
-        guessed: bool = False,
-    ) -> PutOutcome:
-        version, content_hash = parse_token(token) or (0, "")
+    async def _create(self, secret_id: str, name: str, state: _State, write: Write) -> PutOutcome:
+        version, token = write.version, make_token(write.version, write.hash)
         if version <= state.tombstone:
             return PutOutcome.UNCHANGED  # force-deleted by this process at a newer version
         request: CreateSecretRequestTypeDef = {
             "Name": name,
-            "SecretString": secret_string,
+            "SecretString": write.text,
             "ClientRequestToken": token,
             "Tags": [
                 {"Key": TAG_MANAGED, "Value": "true"},
@@ -599,10 +517,10 @@ class AwsStore:
         try:
             await self._write("CreateSecret", lambda: client.create_secret(**request))
         except StoreContended:
-            raise _Stale from None  # created meanwhile; DescribeSecret decides, ownership too
+            raise Stale from None  # created meanwhile; DescribeSecret decides, ownership too
         except StoreRejected as exc:
-            if _is_deleted_error(exc) and guessed:
-                raise _Stale from None  # pending deletion: DescribeSecret, then restore
+            if _is_deleted_error(exc) and state.guessed:
+                raise Stale from None  # pending deletion: DescribeSecret, then restore
             if _is_deleted_error(exc):
                 raise StoreUnavailable(
                     f"AWS is still deleting the previous entry of {secret_id}; retry later"
@@ -614,7 +532,7 @@ class AwsStore:
                 exists=True,
                 current_id=token,
                 current=version,
-                current_hash=content_hash,
+                current_hash=write.hash,
                 newest=version,
                 tombstone=state.tombstone,
             ),
@@ -636,7 +554,7 @@ class AwsStore:
                 lambda: client.update_secret_version_stage(**request),
             )
         except (StoreRejected, StoreNotFound):
-            raise _Stale from None  # the label moved since we looked: look again
+            raise Stale from None  # the label moved since we looked: look again
 
     async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
         if not state.exists or state.pending_deletion or (state.current or 0) >= version:
@@ -668,59 +586,23 @@ class AwsStore:
             replace(state, exists=not force, tombstone=version, pending_deletion=not force),
         )
 
-    # -- what this process knows of entries --
-
-    async def _state(self, secret_id: str, name: str) -> _State:
-        known = self._remembered.get(secret_id)
-        if known is not None:
-            return known
-        client = self._require()
-        try:
-            described = await self._call(
-                "DescribeSecret", lambda: client.describe_secret(SecretId=name)
-            )
-        except StoreNotFound:
-            return _State(exists=False)
-        if not self._owns(described):
-            raise StoreForeignEntry(
-                f"the AWS secret {name} is not managed by this deployment; it is left alone"
-            )
-        state = _State.of(described)
-        self._remembered.remember(secret_id, state)
-        return state
+    # -- calls --
 
     def _owns(self, described: Mapping[str, Any]) -> bool:
         tags = _tags(described)
         return tags.get(TAG_MANAGED) == "true" and tags.get(TAG_DEPLOYMENT) == self._deployment_id
-
-    def _observe(self, secret_id: str, state: _State) -> None:
-        """A listing saw ``state``: it is fresher than what this process remembered."""
-        self._remembered.remember(secret_id, state)
-
-    # -- calls --
 
     def _require(self) -> SecretsManagerClient:
         if self._client is None:
             raise StoreUnavailable("the aws store is not open")
         return self._client
 
-    def _name(self, secret_id: str) -> str:
-        name = self._settings.name_prefix + secret_id
-        if not _NAME.fullmatch(name):
-            raise StoreRejected(f"secret id {secret_id!r} does not make a valid AWS secret name")
-        return name
-
-    def _secret_id_of(self, name: str) -> str | None:
-        prefix = self._settings.name_prefix
-        if not name.startswith(prefix) or len(name) == len(prefix):
-            return None
-        return name[len(prefix) :]
-
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        await self._throttle.wait()
         try:
             return await call()
         except (BotoCoreError, ClientError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise map_error(exc, operation) from exc
+            raise self._throttle.noted(map_error(exc, operation)) from exc
 
     async def _write(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         await self._bucket.acquire()
@@ -731,10 +613,10 @@ class AwsStore:
         try:
             return await self._write(operation, call)
         except StoreNotFound:
-            raise _Stale from None
+            raise Stale from None
         except StoreRejected as exc:
             if _is_deleted_error(exc):
-                raise _Stale from None
+                raise Stale from None
             raise
 
 

@@ -20,7 +20,8 @@ is that memory, and the rules that keep it honest:
   deleted by hand) and are forgotten, so a repair writes them again instead of
   trusting the belief. And until an entry is dropped for space, every entry
   that exists is remembered, so one that is not remembered did not exist at
-  the listing (``listed_all``).
+  the listing (``listed_all``), unless it was forgotten since: ``unlisted``
+  tells an entry known to be new from one merely forgotten.
 
 Across processes nothing is shared: the replication layer's per-(target,
 secret) lease keeps one writer per entry, and knowledge that goes stale when
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
@@ -50,6 +52,9 @@ class Remembered(Generic[S]):
         self._states: collections.OrderedDict[str, S] = collections.OrderedDict()
         self._locks = KeyedLock()
         self._listed_all = False
+        #: Entries forgotten since the last complete listing: not known to be new.
+        self._doubted: set[str] = set()
+        self._listings: weakref.WeakSet[Listing[S]] = weakref.WeakSet()
 
     def __len__(self) -> int:
         return len(self._states)
@@ -79,15 +84,27 @@ class Remembered(Generic[S]):
     def forget(self, secret_id: str) -> None:
         """Drop what is remembered of the entry, if anything: the next use reads it."""
         self._states.pop(secret_id, None)
+        for listing in self._listings:
+            if len(listing._forgotten) <= self._most:  # past that, the listing proves nothing
+                listing._forgotten.add(secret_id)
+        if self._listed_all:
+            self._doubted.add(secret_id)
+            if len(self._doubted) > self._most:
+                self._listed_all = False
+                self._doubted.clear()
+
+    def unlisted(self, secret_id: str) -> bool:
+        """The entry did not exist at the last complete listing and was not forgotten since."""
+        return self._listed_all and secret_id not in self._states and secret_id not in self._doubted
 
     @property
     def listed_all(self) -> bool:
         """A complete listing put every entry in memory, and none was dropped since.
 
         An entry not remembered then did not exist at that listing, or was
-        forgotten since (a failed write, a read that found it changed), which
-        does not clear the flag: a store that guesses "new" from it must cope
-        with an entry that exists after all.
+        forgotten since (a failed write, a read that found it changed, a
+        listing that disagreed), which does not clear the flag: ``unlisted``
+        tells the two apart.
         """
         return self._listed_all
 
@@ -103,13 +120,18 @@ class Remembered(Generic[S]):
 
     def listing(self, believed: Callable[[S], bool]) -> Listing[S]:
         """Start a listing; remembered entries ``believed`` to be listed are expected in it."""
-        return Listing(self, {sid for sid, state in self._states.items() if believed(state)})
+        listing = Listing(self, {sid for sid, state in self._states.items() if believed(state)})
+        self._listings.add(listing)
+        return listing
 
-    def _listed(self, unseen: set[str]) -> None:
-        """A listing ran to the end without showing ``unseen`` (called by ``Listing``)."""
-        for secret_id in unseen:
-            self.forget(secret_id)
-        self._listed_all = len(self._states) < self._most
+    def _listed(self, listing: Listing[S]) -> None:
+        """``listing`` ran to the end (called by ``Listing``)."""
+        self._listings.discard(listing)
+        for secret_id in listing._unseen:
+            self._states.pop(secret_id, None)
+        # Forgotten while the listing ran: it may have shown them, so they are not new.
+        self._doubted = listing._forgotten
+        self._listed_all = len(self._states) < self._most and len(self._doubted) <= self._most
 
 
 class Listing(Generic[S]):
@@ -118,6 +140,7 @@ class Listing(Generic[S]):
     def __init__(self, remembered: Remembered[S], unseen: set[str]) -> None:
         self._remembered = remembered
         self._unseen = unseen
+        self._forgotten: set[str] = set()
 
     def saw(self, secret_id: str) -> None:
         """The listing showed the entry."""
@@ -125,4 +148,4 @@ class Listing(Generic[S]):
 
     def complete(self) -> None:
         """The listing ran to the end: forget the entries it did not show."""
-        self._remembered._listed(self._unseen)
+        self._remembered._listed(self)
