@@ -5,7 +5,9 @@ with 20 single GETs (``/api/v1/secrets/by-name/{name}``, one keep-alive
 connection per client) and once with one bulk read (``?values=true``). Beside
 them, the raw limit: the same rows read by 200 tasks straight from PostgreSQL
 with asyncpg (the daemon's bulk query, a pool of 20 connections, no HTTP, no
-decryption). Target: bulk >= 20,000 values/s.
+decryption), and the HTTP ceiling: the same storm against a bare aiohttp server
+answering a canned 20-item body (bench/http_ceiling.py). Target: bulk >= 20,000
+values/s.
 
 Change feed: 100 clients long-poll ``/api/v1/events``; a writer creates secrets
 one at a time; each client records when each event reaches it. Latency is from
@@ -42,6 +44,7 @@ from bench._common import (
     run_standalone,
 )
 from bench.api import ADMIN_TOKEN, BenchPostgres, Daemon, values_for
+from bench.http_ceiling import BareServer
 from secretmirror.queries import Q
 
 NAME = "consume"
@@ -185,7 +188,16 @@ async def _measure(dsn: str, workdir: Path, out: dict[str, Any]) -> None:
         await seed(daemon.base_url)
         out["seed_s"] = round(time.perf_counter() - seeded, 1)
         single = [await storm(daemon.base_url, bulk=False) for _ in range(ROUNDS)]
-        bulk = [await storm(daemon.base_url, bulk=True) for _ in range(ROUNDS)]
+        bulk: list[float] = []
+        http: list[float] = []
+        bare = BareServer(PER_CLIENT)
+        try:
+            await asyncio.to_thread(bare.wait_ready)
+            for _ in range(ROUNDS):  # alternated, so both see the same machine
+                bulk.append(await storm(daemon.base_url, bulk=True))
+                http.append(await storm(bare.base_url, bulk=True))
+        finally:
+            bare.stop()
         pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
         try:
             raw = [await raw_storm(dsn, pool) for _ in range(ROUNDS)]
@@ -195,9 +207,12 @@ async def _measure(dsn: str, workdir: Path, out: dict[str, Any]) -> None:
             "single_values_per_s": [round(v) for v in single],
             "bulk_values_per_s": [round(v) for v in bulk],
             "raw_asyncpg_values_per_s": [round(v) for v in raw],
+            "bare_http_values_per_s": [round(v) for v in http],
             "single_median": round(statistics.median(single)),
             "bulk_median": round(statistics.median(bulk)),
             "raw_median": round(statistics.median(raw)),
+            "bare_http_median": round(statistics.median(http)),
+            "bulk_to_bare_http": round(statistics.median(bulk) / statistics.median(http), 2),
         }
         out["feed"] = await feed_latency(daemon.base_url)
     finally:
@@ -228,6 +243,7 @@ def print_summary(out: dict[str, Any]) -> None:
     print(f"  single GETs   {storm_out.get('single_values_per_s')}")
     print(f"  bulk read     {storm_out.get('bulk_values_per_s')}")
     print(f"  raw asyncpg   {storm_out.get('raw_asyncpg_values_per_s')}")
+    print(f"  bare aiohttp  {storm_out.get('bare_http_values_per_s')} (canned body: the ceiling)")
     feed = out.get("feed") or {}
     print(
         f"change feed: {FEED_CLIENTS} long-pollers, {FEED_EVENTS} events: "
@@ -252,6 +268,7 @@ async def main() -> dict[str, Any]:
             "feed_events": FEED_EVENTS,
             "feed_gap_s": FEED_GAP_S,
             "raw": "asyncpg pool of 20, Q.secret_list_with_values per client, no decryption",
+            "bare_http": "an aiohttp process answering a canned 20-item body (http_ceiling.py)",
         },
     }
     pg = BenchPostgres()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,9 +16,10 @@ import asyncpg
 import pytest
 
 from secretmirror import replication
-from secretmirror.daemon import open_runtime
+from secretmirror.daemon import bind_listener, open_runtime
 from secretmirror.runtime import Runtime
 from tests.conftest import Api, make_settings
+from tests.daemon_proc import free_port
 
 SECRETS = "/api/v1/secrets"
 EVENTS = "/api/v1/events"
@@ -411,3 +414,38 @@ async def test_bulk_read_needs_the_read_scope(api: Api) -> None:
     items = (await get_ok(reading, SECRETS, values="true"))["items"]
     assert [(i["name"], i["values"]) for i in items] == [("app-db", {"k": "app"})]
     assert (await get_ok(listing, SECRETS, values="true"))["items"] == []
+
+
+async def test_a_restart_storm_of_connections_is_queued_not_dropped(
+    tmp_path: Path, encryption_key: str
+) -> None:
+    """300 clients connecting at once all complete their handshake before the daemon accepts.
+
+    With the listen queue at 128, the kernel dropped the handshakes past it and each of
+    those clients waited out a 1 s SYN retransmit: a restart storm ran in whole seconds.
+    The handshake is the kernel's work alone (nothing accepts here), so a loaded machine
+    does not slow it: 0.9 s is the retransmit, not a performance limit.
+    """
+    settings = make_settings(
+        tmp_path, "postgresql://unused/db", encryption_key, listen=f"127.0.0.1:{free_port()}"
+    )
+    listener = bind_listener(settings)  # listening, and nothing accepts yet
+    clients: list[socket.socket] = []
+    try:
+        poller = select.poll()
+        for _ in range(300):
+            client = socket.socket()
+            client.setblocking(False)
+            clients.append(client)
+            client.connect_ex(listener.getsockname())
+            poller.register(client, select.POLLOUT)
+        connected: set[int] = set()
+        deadline = time.monotonic() + 0.9
+        while len(connected) < len(clients) and time.monotonic() < deadline:
+            connected.update(fd for fd, _ in poller.poll(50))
+        assert len(connected) == len(clients)
+        assert all(c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for c in clients)
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()

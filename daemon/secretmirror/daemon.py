@@ -253,12 +253,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+#: Connections the kernel queues before the daemon accepts them (capped by net.core.somaxconn).
+#: A restart storm opens hundreds at once; past a full queue the kernel drops the handshake
+#: and each such client waits out a 1 s SYN retransmit.
+_BACKLOG = 4096
+
+
 def bind_listener(settings: Settings) -> socket.socket:
     """The listening socket of ``settings.listen``; ``ListenError`` naming it and why."""
     host, port = settings.listen_host, settings.listen_port
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.create_server((host, port), family=family, backlog=128)
+        sock = socket.create_server((host, port), family=family, backlog=_BACKLOG)
     except OSError as exc:
         # create_server's own message repeats the address; the errno says it plainly.
         reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
