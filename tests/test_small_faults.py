@@ -23,6 +23,7 @@ from prometheus_client import generate_latest
 from secretmirror import deliveries, metrics, replication
 from secretmirror.auth import Accounts, authenticate
 from secretmirror.daemon import open_runtime
+from secretmirror.db import Gateway
 from secretmirror.errors import StoreUnavailable, Unavailable
 from secretmirror.model import Principal
 from secretmirror.runtime import Runtime
@@ -112,8 +113,8 @@ async def test_closing_the_runtime_fits_the_shutdown_budget(
 
     async def run() -> None:
         async with open_runtime(settings, database) as rt:
-            await rt.pool.acquire()
-            await rt.worker_pool.acquire()
+            await rt.pool.pool.acquire()
+            await rt.worker_pool.pool.acquire()
 
     await asyncio.wait_for(run(), 9)
 
@@ -124,7 +125,7 @@ async def test_accounts_answer_503_when_the_database_is_down(runtime: Runtime) -
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     nothing_there = await asyncpg.create_pool(f"postgresql://u@127.0.0.1:{port}/db", min_size=0)
-    accounts = Accounts(nothing_there)
+    accounts = Accounts(Gateway(nothing_there))
     admin = Principal(str(uuid.uuid4()), "admin", "admin")
     calls = [
         accounts.create_user(admin, "newcomer", "reader"),
@@ -161,7 +162,8 @@ async def test_lag_returns_to_zero_after_a_drain_while_the_api_is_busy(
     lag = await scrape_lag()
     assert lag is not None
     assert lag > 0
-    held = [await runtime.pool.acquire() for _ in range(runtime.pool.get_max_size())]
+    pool = runtime.pool.pool
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
     busy = [asyncio.create_task(api.request("GET", "/api/v1/secrets")) for _ in range(10)]
     try:
         async with worker(runtime):
@@ -173,7 +175,7 @@ async def test_lag_returns_to_zero_after_a_drain_while_the_api_is_busy(
         await until(lag_is_zero, timeout=30)
     finally:
         for conn in held:
-            await runtime.pool.release(conn)
+            await pool.release(conn)
         await asyncio.gather(*busy, return_exceptions=True)
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,10 +12,10 @@ import asyncpg
 
 from secretmirror import crypto
 from secretmirror.access import Principal, parse_scopes, scopes_from_db, scopes_json
-from secretmirror.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized, Unavailable
+from secretmirror.db import Gateway
+from secretmirror.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from secretmirror.model import check_name, check_role
 from secretmirror.queries import Q
-from secretmirror.stores.sql import DB_DOWN
 
 _MAX_EXPIRY_S = 10 * 365 * 86400
 _MAX_TOKEN = 512
@@ -107,7 +106,7 @@ class TokenCache:
 
 
 async def authenticate(
-    pool: asyncpg.Pool, header: str | None, cache: TokenCache | None = None
+    pool: Gateway, header: str | None, cache: TokenCache | None = None
 ) -> Principal:
     if not header or not header.startswith("Bearer "):
         raise Unauthorized()
@@ -119,10 +118,7 @@ async def authenticate(
     digest = crypto.token_hash(token)
     if cache is not None and (cached := cache.get(digest)) is not None:
         return cached
-    try:
-        row = await pool.fetchrow(Q.authenticate, digest)
-    except DB_DOWN:
-        raise Unavailable("the database is unavailable") from None
+    row = await pool.fetchrow(Q.authenticate, digest)
     if row is None:
         raise Unauthorized("the token is unknown, expired or revoked")
     principal = Principal(
@@ -161,50 +157,9 @@ def token_json(row: Any, user: str, created_by: str | None) -> dict[str, Any]:
     }
 
 
-class _Db:
-    """The pool's query methods, with a database outage raised as ``Unavailable`` (503)."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    async def fetch(self, query: str, *args: Any) -> list[Any]:
-        try:
-            return list(await self._pool.fetch(query, *args))
-        except DB_DOWN:
-            raise Unavailable("the database is unavailable") from None
-
-    async def fetchrow(self, query: str, *args: Any) -> Any:
-        try:
-            return await self._pool.fetchrow(query, *args)
-        except DB_DOWN:
-            raise Unavailable("the database is unavailable") from None
-
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        try:
-            return await self._pool.fetchval(query, *args)
-        except DB_DOWN:
-            raise Unavailable("the database is unavailable") from None
-
-    async def execute(self, query: str, *args: Any) -> str:
-        try:
-            return str(await self._pool.execute(query, *args))
-        except DB_DOWN:
-            raise Unavailable("the database is unavailable") from None
-
-    @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection for a transaction; an outage while getting or using it is a 503."""
-        try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except DB_DOWN:
-            raise Unavailable("the database is unavailable") from None
-
-
 class Accounts:
-    def __init__(self, pool: asyncpg.Pool, cache: TokenCache | None = None) -> None:
-        #: Every query goes through ``_Db``: an outage is a 503, never a 500 with a traceback.
-        self.pool = _Db(pool)
+    def __init__(self, pool: Gateway, cache: TokenCache | None = None) -> None:
+        self.pool = pool
         self.cache = cache
 
     async def create_user(self, principal: Principal, name: Any, role: Any) -> dict[str, Any]:

@@ -31,7 +31,13 @@ from secretmirror.api.app import build_app
 from secretmirror.api.jobs import JOBS
 from secretmirror.api.protocol import HardenedRunner
 from secretmirror.auth import Accounts, FailureLimiter
-from secretmirror.errors import ListenError, SchemaMismatch, StoreError, StoreUnavailable
+from secretmirror.errors import (
+    ListenError,
+    SchemaMismatch,
+    StoreError,
+    StoreUnavailable,
+    Unavailable,
+)
 from secretmirror.kms import KmsKeyring
 from secretmirror.output import startup_banner
 from secretmirror.reconcile import Jobs
@@ -47,7 +53,6 @@ from secretmirror.runtime import (
 from secretmirror.service import SecretService
 from secretmirror.settings import Settings
 from secretmirror.stores.base import StoreContext
-from secretmirror.stores.sql import DB_DOWN
 from secretmirror.supervisor import Supervisor
 
 log = structlog.get_logger("secretmirror.daemon")
@@ -62,7 +67,7 @@ async def _connect_with_retry(dsn: str, attempts: int = 30) -> asyncpg.Pool:
     for attempt in range(attempts):
         try:
             return await db.create_pool(dsn)
-        except DB_DOWN as exc:
+        except db.DB_DOWN as exc:
             if attempt == attempts - 1:
                 raise
             log.warning("db.unreachable", error=type(exc).__name__, retry_in_s=delay)
@@ -117,7 +122,15 @@ async def open_runtime(
         primary, backup = build_stores(settings, ctx, dsn, timeout)
         worker_pool = await db.create_pool(dsn, min_size=1, max_size=4)
         rt = Runtime(
-            settings, pool, dsn, keyring, deployment_id, hash_key, primary, backup, worker_pool
+            settings,
+            db.Gateway(pool),
+            dsn,
+            keyring,
+            deployment_id,
+            hash_key,
+            primary,
+            backup,
+            db.Gateway(worker_pool),
         )
         hash_keys.append(hash_key)
         rt.hash_cell = hash_keys
@@ -136,7 +149,7 @@ async def open_runtime(
             yield rt
         finally:
             deadline = time.monotonic() + CLOSE_BUDGET_S
-            await _close_pool(rt.worker_pool, deadline)
+            await _close_pool(worker_pool, deadline)
             for role in (backup, primary):
                 if role is not None:
                     with contextlib.suppress(Exception):
@@ -167,7 +180,7 @@ def make_readiness(rt: Runtime) -> Callable[[], Awaitable[list[str]]]:
     async def reasons() -> list[str]:
         found: list[str] = []
         try:
-            async with rt.pool.acquire(timeout=2) as conn:
+            async with rt.pool.acquire(wait_s=2) as conn:
                 if time.monotonic() - checked["schema_ok_at"] > 30:
                     await db.check_schema(conn)
                     checked["schema_ok_at"] = time.monotonic()
@@ -175,7 +188,7 @@ def make_readiness(rt: Runtime) -> Callable[[], Awaitable[list[str]]]:
                     await conn.fetchval("SELECT 1")
         except SchemaMismatch as exc:
             found.append(exc.message)
-        except (*DB_DOWN, asyncpg.PostgresError):
+        except (Unavailable, asyncpg.PostgresError):
             found.append("postgresql is unavailable")
         if isinstance(rt.keyring, KmsKeyring) and not rt.keyring.ready:
             found.append(f"the KMS is unavailable: {rt.keyring.error} (retrying)")

@@ -4,6 +4,11 @@ Migrations are the numbered plain-SQL files in ``migrations/`` (``0001_initial.s
 applied in order inside one transaction under an advisory lock, each recorded
 in ``schema_migrations``. ``serve`` applies pending ones at start and refuses a
 schema newer than it knows.
+
+Every query of the core goes through ``Gateway``, the one place a PostgreSQL
+outage becomes ``Unavailable`` (503): callers above it never name asyncpg's
+error types, and a background loop that outlives an outage catches
+``Unavailable`` like a route lets it through.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +26,13 @@ from typing import Any
 import asyncpg
 import structlog
 
-from secretmirror.errors import ConfigError, SchemaMismatch
+from secretmirror.errors import ConfigError, SchemaMismatch, Unavailable
 from secretmirror.queries import Q
 
 log = structlog.get_logger("secretmirror.db")
+
+#: What asyncpg raises when the server is away or the connection broke.
+DB_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
 
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -142,6 +150,50 @@ async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+class Gateway:
+    """The pool's query methods, with a database outage raised as ``Unavailable`` (503).
+
+    ``acquire`` also translates an outage while the connection is in use, so a
+    transaction run on it needs no handler of its own.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        #: The asyncpg pool itself (to close it).
+        self.pool = pool
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        with _outage():
+            return list(await self.pool.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        with _outage():
+            return await self.pool.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        with _outage():
+            return await self.pool.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        with _outage():
+            return str(await self.pool.execute(query, *args))
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, wait_s: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for several statements or a transaction."""
+        with _outage():
+            async with self.pool.acquire(timeout=wait_s) as conn:
+                yield conn
+
+
+@contextlib.contextmanager
+def _outage() -> Iterator[None]:
+    """The one translation of a PostgreSQL outage; the driver's error stays the cause."""
+    try:
+        yield
+    except DB_DOWN as exc:
+        raise Unavailable("the database is unavailable") from exc
 
 
 # -- the embedded server ------------------------------------------------------

@@ -25,10 +25,9 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from secretmirror.errors import Unavailable
+from secretmirror.db import DB_DOWN, Gateway
 from secretmirror.model import Principal
 from secretmirror.queries import Q
-from secretmirror.stores.sql import DB_DOWN
 
 log = structlog.get_logger("secretmirror.feed")
 
@@ -72,7 +71,7 @@ class ChangeHub:
         """Take this before reading the log, then wait on it: no wake-up is lost in between."""
         return self._changed, self._generation
 
-    async def page(self, pool: asyncpg.Pool, generation: int, *args: Any) -> list[Any]:
+    async def page(self, pool: Gateway, generation: int, *args: Any) -> list[Any]:
         """``feed_page`` for ``args``, read once for every waiter of one generation.
 
         A hundred clients woken by one commit at the same position cost one query.
@@ -162,7 +161,7 @@ class _Position:
 
 
 async def read(
-    pool: asyncpg.Pool,
+    pool: Gateway,
     hub: ChangeHub,
     principal: Principal,
     *,
@@ -179,45 +178,42 @@ async def read(
     deadline = time.monotonic() + wait_s
     # The feed is metadata: the list scope (spec section 13; access.py).
     user_id, own, patterns = principal.sql_visibility("list")
-    try:
-        position = await _start(pool, after)
-        while True:
-            woken, generation = hub.waiter()
-            rows = await hub.page(
-                pool,
-                generation,
-                position.tx,
-                position.seq,
-                PAGE,
-                user_id,
-                name_prefix,
-                own,
-                patterns,
-            )
-            events: list[dict[str, Any]] = []
-            behind_running = False
-            for row in rows:
-                if not row["safe"]:
-                    behind_running = True
-                    break
-                position = _Position(row["tx"], row["seq"])
-                if row["visible"]:
-                    events.append(_event_json(row))
-            left = deadline - time.monotonic()
-            if events or left <= 0 or hub.closing:
-                return {"events": events, "last_seq": position.seq}
-            if len(rows) == PAGE and not behind_running:
-                continue  # a full page the caller may not see: read on at once
-            pause = left if hub.listening else min(left, _UNLISTENED_POLL_S)
-            if behind_running:
-                pause = min(pause, _BEHIND_RUNNING_S)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), pause)
-    except DB_DOWN:
-        raise Unavailable("the database is unavailable") from None
+    position = await _start(pool, after)
+    while True:
+        woken, generation = hub.waiter()
+        rows = await hub.page(
+            pool,
+            generation,
+            position.tx,
+            position.seq,
+            PAGE,
+            user_id,
+            name_prefix,
+            own,
+            patterns,
+        )
+        events: list[dict[str, Any]] = []
+        behind_running = False
+        for row in rows:
+            if not row["safe"]:
+                behind_running = True
+                break
+            position = _Position(row["tx"], row["seq"])
+            if row["visible"]:
+                events.append(_event_json(row))
+        left = deadline - time.monotonic()
+        if events or left <= 0 or hub.closing:
+            return {"events": events, "last_seq": position.seq}
+        if len(rows) == PAGE and not behind_running:
+            continue  # a full page the caller may not see: read on at once
+        pause = left if hub.listening else min(left, _UNLISTENED_POLL_S)
+        if behind_running:
+            pause = min(pause, _BEHIND_RUNNING_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), pause)
 
 
-async def _start(pool: asyncpg.Pool, after: int | None) -> _Position:
+async def _start(pool: Gateway, after: int | None) -> _Position:
     row = await pool.fetchrow(Q.feed_head if after is None else Q.feed_position, *_opt(after))
     return _Position(row["tx"], row["seq"]) if row else _Position("0", 0)
 

@@ -33,7 +33,7 @@ from secretmirror.queries import Q
 from secretmirror.settings import FileStoreSettings, Settings, SqlStoreSettings
 from secretmirror.stores.base import StoreContext
 from secretmirror.stores.file import FileStore
-from secretmirror.stores.sql import DB_DOWN, SqlStore
+from secretmirror.stores.sql import SqlStore
 
 log = structlog.get_logger("secretmirror.keys")
 
@@ -212,7 +212,7 @@ def holders(
         if isinstance(store, FileStore):
             found.append(FileEntries(store, role))
         elif isinstance(store, SqlStore) and not store.in_main_database and store.pool is not None:
-            found.append(SqlValues(store.pool, deployment_id, f"sql ({role})"))
+            found.append(SqlValues(db.Gateway(store.pool), deployment_id, f"sql ({role})"))
     return found
 
 
@@ -321,5 +321,5 @@ async def _count_other_database(
             await other.execute(Q.sql_store_key_id_column)
             await other.execute(Q.sql_store_key_id_index)
             inventory.add(f"sql ({role})", await SqlValues(other, deployment_id).count())
-    except (*DB_DOWN, asyncpg.PostgresError) as exc:
+    except (*db.DB_DOWN, asyncpg.PostgresError) as exc:
         log.warning("keys.startup_check_skipped", store=role, error=type(exc).__name__)

@@ -8,11 +8,10 @@ import contextlib
 import asyncpg
 import structlog
 
-from secretmirror.errors import ConfigError
+from secretmirror.errors import ConfigError, Unavailable
 from secretmirror.kms import REFRESH_S, KmsKeyring, KmsUnavailable
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime, init_deployment
-from secretmirror.stores.sql import DB_DOWN
 
 log = structlog.get_logger("secretmirror.kms")
 
@@ -50,7 +49,7 @@ async def run(rt: Runtime, stop: asyncio.Event) -> None:
     keyring = rt.keyring
     assert isinstance(keyring, KmsKeyring)
     while not stop.is_set():
-        with contextlib.suppress(*DB_DOWN, KmsUnavailable):
+        with contextlib.suppress(Unavailable, KmsUnavailable):
             await refresh(rt, keyring)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), REFRESH_S)

@@ -35,7 +35,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from secretmirror import deliveries, metrics
+from secretmirror import db, deliveries, metrics
 from secretmirror.crypto import secret_aad
 from secretmirror.errors import (
     DecryptionError,
@@ -51,7 +51,6 @@ from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
 from secretmirror.stores.base import Entry, StoredValue
 from secretmirror.stores.instrumented import RoleStore
-from secretmirror.stores.sql import DB_DOWN
 
 log = structlog.get_logger("secretmirror.reconcile")
 
@@ -306,7 +305,7 @@ class Job:
                     ticker.cancel()
                     await asyncio.gather(ticker, return_exceptions=True)
                     if self.mode in MODES:  # the scans' table (a rekey job scans none)
-                        with contextlib.suppress(*DB_DOWN):
+                        with contextlib.suppress(*db.DB_DOWN):  # a raw connection here
                             await conn.execute(Q.scan_seen_drop)
                 if scanner.cancelled.is_set():
                     status = "cancelled"
@@ -315,7 +314,7 @@ class Job:
             raise
         except NotFound as exc:  # our own message, e.g. no backup store to copy to
             status, error = "failed", str(exc)
-        except (*DB_DOWN, StoreError) as exc:
+        except (Unavailable, StoreError) as exc:
             status, error = "failed", f"{type(exc).__name__}: the job could not continue"
             self.log.warning("job.failed", error=type(exc).__name__)
         except Exception as exc:
@@ -328,7 +327,7 @@ class Job:
         if status == "succeeded" and self.report.counts["failed"]:
             status = "failed"
             error = f"{self.report.counts['failed']} secret(s) failed; see failures"
-        with contextlib.suppress(*DB_DOWN):
+        with contextlib.suppress(Unavailable):
             await self.rt.pool.execute(
                 Q.job_finish,
                 uuid.UUID(self.id),
@@ -344,7 +343,7 @@ class Job:
     async def _progress(self) -> None:
         while True:
             await asyncio.sleep(_PROGRESS_S)
-            with contextlib.suppress(*DB_DOWN):
+            with contextlib.suppress(Unavailable):
                 cancel = await self.rt.pool.fetchval(
                     Q.job_progress,
                     uuid.UUID(self.id),
@@ -424,7 +423,7 @@ class Job:
                 await self._write_current(store, f.secret_id, _log_only)
         except _Deleted:
             self.report.add("skipped")
-        except (StoreError, DecryptionError, *DB_DOWN) as exc:
+        except (StoreError, DecryptionError, Unavailable) as exc:
             self.report.fail(f.secret_id, f.store, _reason(exc))
 
     async def _write_current(
@@ -484,7 +483,7 @@ class Job:
         row_key = self._row_key(store, secret_id)
         if row_key is None:
             return
-        with contextlib.suppress(*DB_DOWN):  # else the lease expires by itself
+        with contextlib.suppress(Unavailable):  # else the lease expires by itself
             await self.rt.pool.execute(Q.delivery_release_for_job, *row_key, token, written)
 
     def _row_key(self, store: RoleStore, secret_id: str) -> tuple[str, uuid.UUID] | None:
@@ -522,7 +521,7 @@ class Job:
         except _Deleted:
             self.report.add("skipped")
             return
-        except (StoreError, DecryptionError, *DB_DOWN) as exc:
+        except (StoreError, DecryptionError, Unavailable) as exc:
             self.report.fail(f.secret_id, dest.role, _reason(exc))
             return
         if self.delete_secrets:
@@ -541,7 +540,7 @@ class Job:
             finally:
                 await self._release(source, f.secret_id, token, 0)
             self.report.add("deleted")
-        except (StoreError, *DB_DOWN) as exc:
+        except (StoreError, Unavailable) as exc:
             self.report.fail(f.secret_id, source.role, _reason(exc))
 
     async def _values_from(
@@ -604,7 +603,7 @@ def _reason(exc: BaseException) -> str:
         return f"{exc.reason}: {exc.message}"
     if isinstance(exc, DecryptionError):
         return "decryption failed"
-    return "the database is unavailable"
+    return exc.message if isinstance(exc, Unavailable) else "the database is unavailable"
 
 
 def _flat(counts: dict[str, Any]) -> dict[str, Any]:
@@ -630,8 +629,6 @@ class Jobs:
             )
         except asyncpg.UniqueViolationError:
             raise JobRunning(f"a {mode} job is already running") from None
-        except DB_DOWN:
-            raise Unavailable("the database is unavailable") from None
         self._launch(row)
         return job_json(row)
 
@@ -654,20 +651,17 @@ class Jobs:
         task.add_done_callback(forget)
 
     async def get(self, job_id: str) -> dict[str, Any]:
-        row = await self._fetchrow(Q.job_get, _job_uuid(job_id))
+        row = await self.rt.pool.fetchrow(Q.job_get, _job_uuid(job_id))
         if row is None:
             raise NotFound("no such job")
         return job_json(row)
 
     async def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        try:
-            rows = await self.rt.pool.fetch(Q.job_list, limit)
-        except DB_DOWN:
-            raise Unavailable("the database is unavailable") from None
+        rows = await self.rt.pool.fetch(Q.job_list, limit)
         return [job_json(r) for r in rows]
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
-        row = await self._fetchrow(Q.job_cancel, _job_uuid(job_id))
+        row = await self.rt.pool.fetchrow(Q.job_cancel, _job_uuid(job_id))
         local = self._jobs.get(str(_job_uuid(job_id)))
         if local is not None:
             local.cancel()  # at once here; another process's runner sees the flag
@@ -676,7 +670,7 @@ class Jobs:
         return job_json(row)
 
     async def last_verify(self) -> dict[str, Any] | None:
-        row = await self._fetchrow(Q.job_last_verify)
+        row = await self.rt.pool.fetchrow(Q.job_last_verify)
         if row is None:
             return None
         return {
@@ -687,17 +681,11 @@ class Jobs:
             "stores": row["counts"].get("stores", {}),
         }
 
-    async def _fetchrow(self, query: str, *args: Any) -> Any:
-        try:
-            return await self.rt.pool.fetchrow(query, *args)
-        except DB_DOWN:
-            raise Unavailable("the database is unavailable") from None
-
     async def run_scheduler(self, stop: asyncio.Event) -> None:
         """Scheduled verify (once across all processes) and clean-up of abandoned jobs."""
         cfg = self.rt.settings.reconcile
         while not stop.is_set():
-            with contextlib.suppress(*DB_DOWN):
+            with contextlib.suppress(Unavailable):
                 # A rekey job is resumed where its dead runner stopped; the others fail.
                 resumed = await self.rt.pool.fetchrow(
                     Q.job_resume_abandoned_rekey, _ABANDONED_S, self.rt.node

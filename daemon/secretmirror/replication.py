@@ -22,11 +22,16 @@ import structlog
 from secretmirror import deliveries, metrics
 from secretmirror.crypto import secret_aad
 from secretmirror.deliveries import Claim, Event
-from secretmirror.errors import DecryptionError, StoreError, StoreRejected, StoreUnavailable
+from secretmirror.errors import (
+    DecryptionError,
+    StoreError,
+    StoreRejected,
+    StoreUnavailable,
+    Unavailable,
+)
 from secretmirror.queries import Q
 from secretmirror.retry import RetryPolicy
 from secretmirror.runtime import Runtime
-from secretmirror.stores.sql import DB_DOWN
 
 log = structlog.get_logger("secretmirror.replication")
 
@@ -94,7 +99,7 @@ class Replicator:
             elif target in self._down:
                 try:
                     moved = await deliveries.due_now(self.rt.worker_pool, key)
-                except DB_DOWN:
+                except Unavailable:
                     return  # tried again on the next round
                 self._down.discard(target)
                 log.info("replication.store_recovered", target=target, made_due=moved)
@@ -125,8 +130,8 @@ class Replicator:
             if not claims:
                 return 0
             events = await deliveries.events_for(self.rt.worker_pool, claims)
-        except DB_DOWN as exc:
-            log.warning("replication.db_unavailable", error=type(exc).__name__)
+        except Unavailable as exc:
+            log.warning("replication.db_unavailable", error=type(exc.__cause__).__name__)
             await asyncio.sleep(min(self.cfg.poll_interval_s, 1.0))
             return 0
         for claim in claims:
@@ -206,7 +211,7 @@ class Replicator:
                     hold_s,
                 )
                 return
-            except DB_DOWN:
+            except Unavailable:
                 # The lease expires by itself; retrying the bookkeeping is a courtesy.
                 await asyncio.sleep(0.2 * (attempt + 1))
 
@@ -219,7 +224,7 @@ class Replicator:
                 self.rt.worker_pool,
                 [(c.target, c.secret_id, c.version, c.token) for c, _ in batch],
             )
-        except DB_DOWN:
+        except Unavailable:
             # Not recorded: the lease expires and the fenced store write repeats as a no-op.
             log.warning("replication.complete_failed", count=len(batch))
             return
@@ -251,7 +256,7 @@ class Replicator:
             await asyncio.gather(*pending, return_exceptions=True)
             finished = {(c.target, c.secret_id) for c, _ in self._done}
             unfinished = [c for key, c in claims.items() if key not in finished]
-        with contextlib.suppress(*DB_DOWN):
+        with contextlib.suppress(Unavailable):
             await self._flush_done()
             # A failed attempt already released its own lease (a no-op here, its token
             # no longer holds the row); a cancelled one gives its lease back now.
@@ -287,7 +292,7 @@ async def notify_others(rt: Runtime, stop: asyncio.Event, coalesce_s: float = 0.
         if stop.is_set():
             return
         rt.notify.clear()
-        with contextlib.suppress(*DB_DOWN):
+        with contextlib.suppress(Unavailable):
             await rt.pool.execute(Q.notify_deliveries)
         await asyncio.sleep(coalesce_s)
 
@@ -311,7 +316,7 @@ async def probe_once(rt: Runtime) -> None:
         with contextlib.suppress(StoreError):
             await role.health()
         if role.up and not was_up and role.role in rt.targets:
-            with contextlib.suppress(*DB_DOWN):  # else the worker does it (``_recovered``)
+            with contextlib.suppress(Unavailable):  # else the worker does it (``_recovered``)
                 moved = await deliveries.due_now(rt.worker_pool, rt.key_of(role.role))
                 log.info("replication.store_recovered", target=role.role, made_due=moved)
             rt.wake.set()

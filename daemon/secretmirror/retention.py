@@ -15,9 +15,9 @@ import contextlib
 
 import structlog
 
+from secretmirror.errors import Unavailable
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
-from secretmirror.stores.sql import DB_DOWN
 
 log = structlog.get_logger("secretmirror.retention")
 
@@ -65,7 +65,7 @@ async def run(rt: Runtime, stop: asyncio.Event, interval_s: float = 30.0) -> Non
                 log.info("retention.purged", snapshots=purged, audit_records=audit_purged)
                 wait_s = interval_s
                 continue
-        except DB_DOWN:
+        except Unavailable:
             pass
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), wait_s)

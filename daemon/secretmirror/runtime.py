@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from secretmirror import crypto
+from secretmirror import crypto, db
 from secretmirror.auth import FailureLimiter, TokenCache
 from secretmirror.errors import ConfigError, DecryptionError, Unavailable
 from secretmirror.feed import ChangeHub
@@ -31,7 +31,8 @@ log = structlog.get_logger("secretmirror.runtime")
 @dataclass
 class Runtime:
     settings: Settings
-    pool: asyncpg.Pool
+    #: The main database (every query through the gateway: an outage is ``Unavailable``).
+    pool: db.Gateway
     dsn: str
     keyring: crypto.Keyring
     deployment_id: str
@@ -39,7 +40,7 @@ class Runtime:
     primary: RoleStore
     backup: RoleStore | None
     #: The replication worker's own connections, so a busy API never starves it.
-    worker_pool: asyncpg.Pool
+    worker_pool: db.Gateway
     node: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     #: Set on every committed write so the local worker wakes without a round trip.
     wake: asyncio.Event = field(default_factory=asyncio.Event)

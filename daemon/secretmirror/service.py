@@ -37,7 +37,6 @@ from secretmirror.errors import (
 from secretmirror.model import Principal, SecretMeta, check_key, check_name, check_values
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
-from secretmirror.stores.sql import DB_DOWN
 
 log = structlog.get_logger("secretmirror.service")
 
@@ -76,7 +75,7 @@ class SecretService:
         inline = self._inline_targets()
         token = deliveries.new_token(self.rt.node)
         try:
-            row = await self._db(
+            row = await self.rt.pool.fetchrow(
                 Q.secret_create,
                 secret_id,
                 name,
@@ -201,7 +200,7 @@ class SecretService:
         inline = self._inline_targets()
         token = deliveries.new_token(self.rt.node)
         try:
-            row = await self._db(
+            row = await self.rt.pool.fetchrow(
                 Q.secret_change,
                 meta.id,
                 meta.version,
@@ -292,7 +291,7 @@ class SecretService:
             await deliveries.finish_inline(
                 self.rt, meta.id, meta.version, token, inline, done, unsure
             )
-        except DB_DOWN:
+        except Unavailable:
             log.warning("secret.inline_release_failed", secret_id=meta.id)
         if "primary" not in done and "backup" in done:
             metrics.fallback.labels("write", "backup").inc()
@@ -301,7 +300,7 @@ class SecretService:
 
     async def meta(self, principal: Principal, secret_id: str, action: str = "read") -> SecretMeta:
         """The secret's metadata; 404 when it does not exist for ``principal`` doing ``action``."""
-        row = await self._db_row(Q.secret_get, _uuid(secret_id))
+        row = await self.rt.pool.fetchrow(Q.secret_get, _uuid(secret_id))
         if row is None:
             raise NotFound("no such secret")
         meta = SecretMeta.from_row(row)
@@ -320,7 +319,7 @@ class SecretService:
     async def _read(self, principal: Principal, secret_id: str, action: str) -> ReadResult:
         sid = _uuid(secret_id)
         if self.rt.primary_in_db:
-            row = await self._db_row(Q.secret_get_with_value, sid, self.rt.deployment_id)
+            row = await self.rt.pool.fetchrow(Q.secret_get_with_value, sid, self.rt.deployment_id)
             if row is None:
                 raise NotFound("no such secret")
             meta = SecretMeta.from_row(row)
@@ -368,7 +367,7 @@ class SecretService:
             return await self.read(principal, secret_id)
         if version < 1 or version > meta.version:
             raise NotFound("no such version")
-        row = await self._db_row(Q.event_snapshot, _uuid(secret_id), version)
+        row = await self.rt.pool.fetchrow(Q.event_snapshot, _uuid(secret_id), version)
         if row is not None and row["private"] and not principal.reads_private_of(meta.owner):
             # Written while the secret was private: still the owner's alone.
             raise NotFound("no such version")
@@ -382,7 +381,7 @@ class SecretService:
         return ReadResult(replace(meta, version=version), values, "log")
 
     async def _from_log(self, secret_id: str, version: int) -> dict[str, str] | None:
-        row = await self._db_row(Q.event_snapshot, _uuid(secret_id), version)
+        row = await self.rt.pool.fetchrow(Q.event_snapshot, _uuid(secret_id), version)
         if row is None or row["snapshot"] is None:
             return None
         try:
@@ -403,7 +402,9 @@ class SecretService:
             return str(uuid.UUID(name_or_id))
         except ValueError:
             pass
-        found = await self._db_val(Q.secret_by_name, name_or_id, *principal.sql_visibility("read"))
+        found = await self.rt.pool.fetchval(
+            Q.secret_by_name, name_or_id, *principal.sql_visibility("read")
+        )
         if found is None:
             raise NotFound("no such secret")
         return str(found)
@@ -419,7 +420,7 @@ class SecretService:
         after: tuple[str, str] | None,
     ) -> list[SecretMeta]:
         user_id, own_token, patterns = principal.sql_visibility("list")
-        rows = await self._db_fetch(
+        rows = await self.rt.pool.fetch(
             Q.secret_list,
             user_id,
             name,
@@ -443,7 +444,7 @@ class SecretService:
             meta = await self.by_name_meta(principal, name, private)
             return await self.read(principal, meta.id)
         user_id, own_token, patterns = principal.sql_visibility("read")
-        rows = await self._db_fetch(
+        rows = await self.rt.pool.fetch(
             Q.secret_by_exact_name_with_value,
             name,
             user_id,
@@ -463,7 +464,7 @@ class SecretService:
     ) -> SecretMeta:
         """The metadata of the secret called ``name`` (409 ``ambiguous_name`` as ``by_name``)."""
         user_id, own_token, patterns = principal.sql_visibility(action)
-        rows = await self._db_fetch(
+        rows = await self.rt.pool.fetch(
             Q.secret_by_exact_name, name, user_id, private, own_token, patterns
         )
         if not rows:
@@ -502,7 +503,7 @@ class SecretService:
         if not self.rt.primary_in_db:
             metas = [
                 SecretMeta.from_row(r)
-                for r in await self._db_fetch(Q.secret_list, *args, own_token, patterns)
+                for r in await self.rt.pool.fetch(Q.secret_list, *args, own_token, patterns)
             ]
             gate = asyncio.Semaphore(_BULK_CONCURRENCY)
 
@@ -511,7 +512,7 @@ class SecretService:
                     return await self._read_fallback(meta, skip_primary=False)
 
             return list(await asyncio.gather(*(one(m) for m in metas)))
-        rows = await self._db_fetch(
+        rows = await self.rt.pool.fetch(
             Q.secret_list_with_values, *args, self.rt.deployment_id, own_token, patterns
         )
         results: list[ReadResult] = []
@@ -521,7 +522,7 @@ class SecretService:
 
     async def deleted_history(self, principal: Principal, name: str) -> list[dict[str, Any]]:
         """The history of the most recently deleted secret called ``name`` the caller could see."""
-        found = await self._db_val(
+        found = await self.rt.pool.fetchval(
             Q.secret_deleted_by_name, name, *principal.sql_visibility("list")
         )
         if found is None:
@@ -533,7 +534,7 @@ class SecretService:
         return await self._events_of(secret_id)
 
     async def _events_of(self, secret_id: str) -> list[dict[str, Any]]:
-        rows = await self._db_fetch(Q.event_history, _uuid(secret_id))
+        rows = await self.rt.pool.fetch(Q.event_history, _uuid(secret_id))
         return [
             {
                 "version": r["version"],
@@ -543,28 +544,6 @@ class SecretService:
             }
             for r in rows
         ]
-
-    # -- database access with outage mapping ------------------------------
-
-    async def _db(self, query: str, *args: Any) -> Any:
-        try:
-            return await self.rt.pool.fetchrow(query, *args)
-        except DB_DOWN:
-            raise Unavailable("the database is unavailable") from None
-
-    _db_row = _db
-
-    async def _db_val(self, query: str, *args: Any) -> Any:
-        try:
-            return await self.rt.pool.fetchval(query, *args)
-        except DB_DOWN:
-            raise Unavailable("the database is unavailable") from None
-
-    async def _db_fetch(self, query: str, *args: Any) -> list[Any]:
-        try:
-            return list(await self.rt.pool.fetch(query, *args))
-        except DB_DOWN:
-            raise Unavailable("the database is unavailable") from None
 
 
 def _uuid(secret_id: str) -> uuid.UUID:

@@ -29,7 +29,6 @@ from secretmirror import db, deliveries, metrics
 from secretmirror.metrics import DIVERGENCE_KINDS, SharedState, SharedStateCollector
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
-from secretmirror.stores.sql import DB_DOWN
 
 log = structlog.get_logger("secretmirror.metrics")
 
@@ -107,7 +106,7 @@ class Refresher:
                 return
             try:
                 reading = await asyncio.wait_for(self._read(), READ_TIMEOUT_S)
-            except (*DB_DOWN, asyncpg.PostgresError) as exc:
+            except (*db.DB_DOWN, asyncpg.PostgresError) as exc:
                 # Serve the last reading; try again on a scrape after the TTL.
                 self._failed(exc, unexpected=False)
                 return

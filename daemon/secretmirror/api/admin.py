@@ -11,11 +11,10 @@ from aiohttp import web
 from secretmirror import deliveries
 from secretmirror.api.keys import RUNTIME
 from secretmirror.api.routes import check_query, principal_of
-from secretmirror.errors import Forbidden, Unavailable
+from secretmirror.errors import Forbidden
 from secretmirror.model import Principal
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
-from secretmirror.stores.sql import DB_DOWN
 
 #: Refreshes the gauges read from PostgreSQL before a scrape (set by the daemon).
 SHARED_GAUGES: web.AppKey[Callable[[], Awaitable[None]]] = web.AppKey("shared_gauges")
@@ -53,10 +52,7 @@ async def status_json(rt: Runtime, last_verify: Any = None) -> dict[str, Any]:
                 "up": role.up,
                 "last_error": role.last_error,
             }
-    try:
-        per_target = await deliveries.status(rt.pool, rt.target_keys)
-    except DB_DOWN:
-        raise Unavailable("the database is unavailable") from None
+    per_target = await deliveries.status(rt.pool, rt.target_keys)
     return {
         "deployment_id": rt.deployment_id,
         "stores": stores,
@@ -75,10 +71,7 @@ async def status(request: web.Request) -> web.Response:
 async def retry_dead_letters(request: web.Request) -> web.Response:
     await admin_of(request)
     rt = request.app[RUNTIME]
-    try:
-        count = await deliveries.retry_dead(rt.pool, rt.keys_of(rt.targets))
-    except DB_DOWN:
-        raise Unavailable("the database is unavailable") from None
+    count = await deliveries.retry_dead(rt.pool, rt.keys_of(rt.targets))
     rt.wake.set()
     return web.json_response({"requeued": count})
 
@@ -87,15 +80,12 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     """The dead-lettered deliveries of the configured stores (at most 1000)."""
     principal = await admin_of(request)
     rt = request.app[RUNTIME]
-    try:
-        rows = await rt.pool.fetch(
-            Q.delivery_dead_list,
-            rt.keys_of(rt.targets),
-            1000,
-            *principal.sql_visibility("list"),
-        )
-    except DB_DOWN:
-        raise Unavailable("the database is unavailable") from None
+    rows = await rt.pool.fetch(
+        Q.delivery_dead_list,
+        rt.keys_of(rt.targets),
+        1000,
+        *principal.sql_visibility("list"),
+    )
     items = [
         {
             "target": rt.role_of(r["target"]),

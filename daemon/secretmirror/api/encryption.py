@@ -7,20 +7,15 @@ from aiohttp import web
 from secretmirror.api.admin import admin_of
 from secretmirror.api.jobs import JOBS
 from secretmirror.api.keys import RUNTIME
-from secretmirror.errors import Unavailable
 from secretmirror.keys import take_inventory
 from secretmirror.rekey import holders_of
-from secretmirror.stores.sql import DB_DOWN
 
 
 async def list_keys(request: web.Request) -> web.Response:
     """Ciphertexts per configured key (position 0 encrypts) and under unknown keys."""
     await admin_of(request)
     rt = request.app[RUNTIME]
-    try:
-        inventory = await take_inventory(holders_of(rt))
-    except DB_DOWN:
-        raise Unavailable("the database is unavailable") from None
+    inventory = await take_inventory(holders_of(rt))
     return web.json_response(inventory.to_json(rt.keyring))
 
 

@@ -10,11 +10,10 @@ from aiohttp import web
 from secretmirror.api.admin import admin_of
 from secretmirror.api.keys import RUNTIME
 from secretmirror.api.routes import _allowed, json_body
-from secretmirror.errors import Invalid, Unavailable
+from secretmirror.errors import Invalid
 from secretmirror.model import Principal
 from secretmirror.queries import Q
 from secretmirror.reconcile import MODES, Jobs
-from secretmirror.stores.sql import DB_DOWN
 
 JOBS: web.AppKey[Jobs] = web.AppKey("jobs")
 
@@ -55,12 +54,9 @@ async def _sample_names(
     ids = {i for per in samples.values() for listed in per.values() for i in listed}
     if not ids:
         return {}
-    try:
-        rows = await request.app[RUNTIME].pool.fetch(
-            Q.secret_names_of, [uuid.UUID(i) for i in ids], *principal.sql_visibility("list")
-        )
-    except DB_DOWN:
-        raise Unavailable("the database is unavailable") from None
+    rows = await request.app[RUNTIME].pool.fetch(
+        Q.secret_names_of, [uuid.UUID(i) for i in ids], *principal.sql_visibility("list")
+    )
     names = {r["id"]: r["name"] for r in rows}
     return {
         store: {cls: sorted(names[i] for i in listed if i in names) for cls, listed in per.items()}

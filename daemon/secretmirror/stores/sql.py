@@ -9,8 +9,9 @@ what the worker, reads and reconcile jobs use, and the only path to a
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
@@ -26,9 +27,6 @@ from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValu
 
 _PAGE = 500
 log = structlog.get_logger("secretmirror.stores.sql")
-
-#: What asyncpg raises when the server is away or the connection broke.
-DB_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
 
 
 class SqlStore:
@@ -76,7 +74,7 @@ class SqlStore:
                 except asyncpg.PostgresError as exc:
                     # Values still work; only the key inventory cannot count this store.
                     log.warning("sql_store.key_ids_unavailable", sqlstate=exc.sqlstate)
-        except DB_DOWN as exc:
+        except db.DB_DOWN as exc:
             raise StoreUnavailable(
                 f"the sql store database is unreachable ({type(exc).__name__})"
             ) from exc
@@ -141,24 +139,27 @@ class SqlStore:
         return not self._keyring.opens(row["ciphertext"], aad)
 
     async def _fetchval(self, query: str, *args: Any) -> Any:
-        try:
+        with _store_errors():
             return await self._pool.fetchval(query, *args)
-        except DB_DOWN as exc:
-            raise StoreUnavailable(f"the sql store is unreachable ({type(exc).__name__})") from exc
-        except asyncpg.PostgresError as exc:
-            raise StoreRejected(f"the sql store refused the write ({exc.sqlstate})") from exc
 
     async def _fetchrow(self, query: str, *args: Any) -> Any:
-        try:
+        with _store_errors():
             return await self._pool.fetchrow(query, *args)
-        except DB_DOWN as exc:
-            raise StoreUnavailable(f"the sql store is unreachable ({type(exc).__name__})") from exc
 
     async def _fetch(self, query: str, *args: Any) -> builtins.list[Any]:
-        try:
+        with _store_errors():
             return list(await self._pool.fetch(query, *args))
-        except DB_DOWN as exc:
-            raise StoreUnavailable(f"the sql store is unreachable ({type(exc).__name__})") from exc
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """A database outage is this store being unavailable; a refused statement, rejected."""
+    try:
+        yield
+    except db.DB_DOWN as exc:
+        raise StoreUnavailable(f"the sql store is unreachable ({type(exc).__name__})") from exc
+    except asyncpg.PostgresError as exc:
+        raise StoreRejected(f"the sql store refused the statement ({exc.sqlstate})") from exc
 
 
 def _location_of(dsn: str) -> str:
