@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from secretmirror.crypto import Keyring, content_hash
 from secretmirror.errors import (
     ConfigError,
+    StoreContended,
     StoreForeignEntry,
     StoreRejected,
     StoreThrottled,
@@ -38,6 +39,7 @@ from secretmirror.settings import GcpStoreSettings
 from secretmirror.stores import gcp
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext
 from secretmirror.stores.gcp import GcpStore, label_value
+from secretmirror.stores.http import Reply, retry_after_s
 from tests.gcpfake import PROJECT, SCOPE, GcpFake, gcp_settings
 from tests.moto import free_port
 
@@ -567,7 +569,7 @@ async def test_429_pauses_the_whole_store(store: GcpStore, fake: GcpFake, sid: s
 def test_retry_info_detail_is_honoured() -> None:
     """A google.rpc.RetryInfo detail gives the delay when there is no header."""
     details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2.5s"}]
-    assert gcp._retry_delay(None, details) == 2.5
+    assert retry_after_s({}, details) == 2.5
 
 
 @pytest.mark.parametrize(
@@ -575,7 +577,7 @@ def test_retry_info_detail_is_honoured() -> None:
     [
         (500, "INTERNAL", StoreUnavailable),
         (503, "UNAVAILABLE", StoreUnavailable),
-        (409, "ABORTED", StoreUnavailable),
+        (409, "ABORTED", StoreContended),
         (403, "PERMISSION_DENIED", StoreUnavailable),
         (400, "INVALID_ARGUMENT", StoreRejected),
         (400, "OUT_OF_RANGE", StoreRejected),
@@ -585,7 +587,7 @@ def test_retry_info_detail_is_honoured() -> None:
 async def test_error_mapping(store: GcpStore, status: int, code: str, expected: type) -> None:
     """GCP statuses map to the small set of store errors; messages carry no GCP text."""
     answer = {"error": {"code": status, "message": "secret value p4ss", "status": code}}
-    mapped = store._error("secrets.patch", status, answer, None)
+    mapped = store._error("secrets.patch", Reply(status, answer, {}))
     assert type(mapped) is expected
     assert "p4ss" not in mapped.message
     store._resume_at = 0.0

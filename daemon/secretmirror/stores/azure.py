@@ -82,16 +82,12 @@ loopback host (a local test server). A 401 later (a rotated secret, a vault
 moved to another tenant) re-reads the challenge and fetches a fresh token
 once before giving up.
 
-Errors and quota. 429 -> ``StoreThrottled`` with ``Retry-After``, and the
-whole store holds off for that long (requests fail fast as throttled
-instead of adding load), so bulk work slows down rather than failing;
-connection failures, timeouts, 5xx -> ``StoreUnavailable``; 401/403
-(credentials, role assignment, firewall) -> ``StoreUnavailable`` too, since
-they are fixed store-wide by an operator and retrying recovers without one
-(``max_attempts`` still dead-letters a lasting misconfiguration); other 4xx
--> ``StoreRejected``. Every write (set, tag, delete, recover) first takes a
-slot from one token bucket per store, ``max_writes_per_s`` (default 25, under
-Key Vault's 300 secret sets per 10 s per vault).
+Errors and quota. Answers map as every REST store's do (``stores/http.py``);
+a secret whose latest version is disabled by hand is ``StoreRejected``. A 429
+also holds the whole store off for its ``Retry-After`` (requests fail fast as
+throttled instead of adding load). Every write (set, tag, delete, recover)
+first takes a slot from one token bucket per store, ``max_writes_per_s``
+(default 25, under Key Vault's 300 secret sets per 10 s per vault).
 """
 
 from __future__ import annotations
@@ -118,6 +114,7 @@ from yarl import URL
 from secretmirror.errors import (
     ConfigError,
     StoreContended,
+    StoreError,
     StoreForeignEntry,
     StoreRejected,
     StoreThrottled,
@@ -128,6 +125,7 @@ from secretmirror.ratelimit import TokenBucket
 from secretmirror.remote_clock import local_sleep
 from secretmirror.settings import AzureStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+from secretmirror.stores.http import Reply, Token, TokenSource, error_for, open_session, send
 from secretmirror.stores.remembered import Remembered
 
 if TYPE_CHECKING:
@@ -159,34 +157,13 @@ _ATTEMPTS = 3
 _SETTLE_WAITS = (0.1, 0.2, 0.4, 0.8, 1.5)
 #: Ask azure-identity again this long before a token expires (its own refresh margin).
 _TOKEN_MARGIN_S = 300.0
-_MAX_HOLD_S = 300.0
+_CHECK = (
+    "the credentials and the tenant, the role assignment or access policy, and the vault's firewall"
+)
 
 _DELETED_RECOVERABLE = "ObjectIsDeletedButRecoverable"
 _SETTLING = frozenset({"ObjectIsBeingDeleted", "ObjectIsBeingRecovered"})
 _DISABLED = "SecretDisabled"
-
-
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    status: int
-    body: dict[str, Any]
-    headers: Mapping[str, str]
-
-    @property
-    def code(self) -> str:
-        error = self.body.get("error")
-        return str(error.get("code") or "") if isinstance(error, dict) else ""
-
-    @property
-    def inner(self) -> str:
-        error = self.body.get("error")
-        inner = error.get("innererror") if isinstance(error, dict) else None
-        return str(inner.get("code") or "") if isinstance(inner, dict) else ""
-
-    def reason(self) -> str:
-        """Key Vault's error codes, never its message (which may quote names)."""
-        found = "/".join(c for c in (self.code, self.inner) if c)
-        return f"HTTP {self.status}" + (f" {found}" if found else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,8 +272,7 @@ class AzureStore:
         self._session: aiohttp.ClientSession | None = None
         self._credential: AsyncTokenCredential | None = None
         self._challenge: _Challenge | None = None
-        self._token: AccessToken | None = None
-        self._auth_lock = asyncio.Lock()
+        self._tokens = TokenSource(self._fetch_token, "azure")
         #: Throttled until then (monotonic): requests fail fast instead of adding load.
         self._hold_until = 0.0
 
@@ -317,10 +293,7 @@ class AzureStore:
         from azure.core.pipeline.transport import AioHttpTransport
 
         context = self._ssl_context or ssl.create_default_context()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context, limit=_POOL),
-            timeout=aiohttp.ClientTimeout(total=20, sock_connect=5),
-        )
+        self._session = open_session(ssl_context=context, pool=_POOL, total_s=20)
         # azure-identity talks to Entra ID (or the managed identity endpoint) through the
         # same session: one connection pool and one trust store for the whole back-end.
         transport = AioHttpTransport(session=self._session, session_owner=False)
@@ -339,7 +312,7 @@ class AzureStore:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        self._token = None
+        self._tokens.forget()
 
     async def health(self) -> None:
         reply = await self._request("GET", "secrets", "list", params={"maxresults": "1"})
@@ -376,7 +349,7 @@ class AzureStore:
         except StoreRejected:
             return None  # no such entry can exist
         reply = await self._request("GET", f"secrets/{name}/", "get")
-        if reply.status == 404 or (reply.status == 403 and reply.inner == _DISABLED):
+        if reply.status == 404 or (reply.status == 403 and _inner(reply) == _DISABLED):
             self._forget_if_known_live(secret_id)
             return None
         _expect(reply, 200, f"read {name}")
@@ -508,14 +481,14 @@ class AzureStore:
         body = {"value": value, "contentType": CONTENT_TYPE, "tags": tags}
         for wait in (*_SETTLE_WAITS, None):
             reply = await self._write("PUT", f"secrets/{name}", "set", json_body=body)
-            if reply.status != 409 or reply.inner not in _SETTLING:
+            if reply.status != 409 or _inner(reply) not in _SETTLING:
                 break
             if wait is None:
                 raise StoreUnavailable(
                     f"Key Vault is still finishing a delete or recovery of {name}; retry later"
                 )
             await local_sleep(wait)  # Key Vault finishes deletes and recoveries in the background
-        if reply.status == 409 and reply.inner == _DELETED_RECOVERABLE:
+        if reply.status == 409 and _inner(reply) == _DELETED_RECOVERABLE:
             raise _SoftDeleted
         _expect(reply, 200, f"write {name}")
         self._remembered.remember(
@@ -533,7 +506,7 @@ class AzureStore:
     async def _recover(self, secret_id: str, name: str) -> None:
         for wait in (*_SETTLE_WAITS, None):
             reply = await self._write("POST", f"deletedsecrets/{name}/recover", "recover")
-            if reply.status != 409 or reply.inner not in _SETTLING:
+            if reply.status != 409 or _inner(reply) not in _SETTLING:
                 break
             if wait is None:
                 raise StoreUnavailable(f"Key Vault is still deleting {name}; retry later")
@@ -583,7 +556,7 @@ class AzureStore:
         reply = await self._request("GET", f"secrets/{name}/", "get")
         if reply.status == 404:
             return _State(exists=False)  # a new name, or soft-deleted: the set tells
-        if reply.status == 403 and reply.inner == _DISABLED:
+        if reply.status == 403 and _inner(reply) == _DISABLED:
             state = await self._foreign_state(name)  # a disabled latest version: not ours
         else:
             _expect(reply, 200, f"read {name}")
@@ -696,7 +669,7 @@ class AzureStore:
         query = {"api-version": API_VERSION, **(params or {})}
         return URL(f"{self._vault}/{path}").with_query(query)
 
-    async def _write(self, method: str, path: str, op: str, *, json_body: Any = None) -> _Reply:
+    async def _write(self, method: str, path: str, op: str, *, json_body: Any = None) -> Reply:
         self._check_hold()
         await self._bucket.acquire()
         return await self._request(method, path, op, json_body=json_body)
@@ -709,7 +682,7 @@ class AzureStore:
         *,
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
-    ) -> _Reply:
+    ) -> Reply:
         """One authenticated call; 401 gets a fresh challenge and token, once.
 
         Raises for throttling, unavailability and refused credentials; returns
@@ -717,29 +690,17 @@ class AzureStore:
         """
         self._check_hold()
         url = self._url(target, params) if isinstance(target, str) else target
-        token = await self._bearer()
-        reply = await self._send(method, url, op, token, json_body)
-        if reply.status == 401:
-            token = await self._bearer(refused=reply, used=token)
-            reply = await self._send(method, url, op, token, json_body)
-            if reply.status == 401:
-                raise StoreUnavailable(
-                    f"Key Vault refused the token for {op} ({reply.reason()}): check the "
-                    "credentials and the tenant"
-                )
-        if reply.status == 429:
-            retry_after = _retry_after(reply.headers.get("Retry-After"))
-            self._hold_until = max(self._hold_until, time.monotonic() + retry_after)
-            raise StoreThrottled(
-                f"Key Vault is throttling {op} ({reply.reason()})", retry_after_s=retry_after
-            )
-        if reply.status >= 500:
-            raise StoreUnavailable(f"Key Vault {op} failed ({reply.reason()})")
-        if reply.status == 403 and reply.inner != _DISABLED:
-            raise StoreUnavailable(
-                f"Key Vault refused {op} ({reply.reason()}): check the role assignment or "
-                "access policy, and the vault's firewall"
-            )
+
+        async def send_with(token: str) -> Reply:
+            return await self._send(method, url, op, token, json_body)
+
+        reply = await self._tokens.call(send_with)
+        status = reply.status
+        if status in (401, 408, 429) or status >= 500 or (status == 403 and not _disabled(reply)):
+            error = _error(reply, f"Key Vault {op}")
+            if isinstance(error, StoreThrottled) and error.retry_after_s is not None:
+                self._hold_until = max(self._hold_until, time.monotonic() + error.retry_after_s)
+            raise error
         return reply
 
     def _check_hold(self) -> None:
@@ -749,40 +710,26 @@ class AzureStore:
 
     async def _send(
         self, method: str, url: URL, op: str, token: str | None, json_body: Any
-    ) -> _Reply:
-        if self._session is None:
-            raise StoreUnavailable("the azure store is not open")
+    ) -> Reply:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        try:
-            async with self._session.request(
-                method, url, json=json_body, headers=headers
-            ) as response:
-                text = await response.text()
-                return _Reply(response.status, _json_object(text), dict(response.headers))
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise StoreUnavailable(
-                f"Key Vault {op} failed: {self._vault} is unreachable ({type(exc).__name__})"
-            ) from exc
+        return await send(
+            self._session, method, url, f"Key Vault {op}", headers=headers, json_body=json_body
+        )
 
     # -- auth ---------------------------------------------------------------------------
 
-    async def _bearer(self, refused: _Reply | None = None, used: str | None = None) -> str:
-        """A token for the vault; after a 401 (``refused`` the token ``used``), a fresh one."""
-        token = self._token
-        if refused is None and token is not None and not _due(token):
-            return token.token
-        async with self._auth_lock:
-            if refused is not None:
-                challenge = _parse_challenge(refused.headers.get("WWW-Authenticate", ""))
-                if challenge is not None:
-                    self._challenge = self._checked(challenge)
-                if self._token is not None and self._token.token == used:
-                    self._token = None  # nobody replaced it meanwhile
-            if self._challenge is None:
-                self._challenge = await self._discover()
-            if self._token is None or _due(self._token):
-                self._token = await self._get_token(self._challenge)
-            return self._token.token
+    async def _fetch_token(self, held: Token | None, refused: Reply | None) -> Token:
+        """A token for the vault from azure-identity; after a 401, for the challenge it sent."""
+        if refused is not None:
+            challenge = _parse_challenge(refused.headers.get("WWW-Authenticate", ""))
+            if challenge is not None:
+                self._challenge = self._checked(challenge)
+        if self._challenge is None:
+            self._challenge = await self._discover()
+        access = await self._get_token(self._challenge)
+        # azure-identity refreshes this close to expiry itself, and caches until then.
+        left = access.expires_on - time.time()
+        return Token.lasting(access.token, left, margin_s=_TOKEN_MARGIN_S)
 
     async def _discover(self) -> _Challenge:
         """Key Vault's challenge: an unauthenticated request (no body) answered with 401."""
@@ -792,10 +739,10 @@ class AzureStore:
         challenge = _parse_challenge(reply.headers.get("WWW-Authenticate", ""))
         if reply.status != 401 or challenge is None:
             if reply.status >= 500 or reply.status == 429:
-                raise StoreUnavailable(f"Key Vault did not answer ({reply.reason()})")
+                raise StoreUnavailable(f"Key Vault did not answer (HTTP {reply.status})")
             raise StoreUnavailable(
                 f"{self._vault} did not answer with a Key Vault authentication challenge "
-                f"({reply.reason()}); is vault_url a Key Vault?"
+                f"(HTTP {reply.status}); is vault_url a Key Vault?"
             )
         return self._checked(challenge)
 
@@ -892,11 +839,6 @@ def _vault_url(raw: str) -> str:
     return f"https://{parts.netloc.lower()}"
 
 
-def _due(token: AccessToken) -> bool:
-    """Ask azure-identity again: it refreshes this close to expiry (and caches till then)."""
-    return time.time() >= token.expires_on - _TOKEN_MARGIN_S
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -930,14 +872,29 @@ def _parse_challenge(header: str) -> _Challenge | None:
     return _Challenge(scope, tenant or None)
 
 
-def _expect(reply: _Reply, status: int, action: str) -> None:
-    if reply.status == status:
-        return
-    if reply.status == 404:
-        raise StoreRejected(f"Key Vault could not {action}: not found ({reply.reason()})")
-    if reply.status == 409:
-        raise StoreContended(f"Key Vault could not {action} ({reply.reason()})")
-    raise StoreRejected(f"Key Vault could not {action} ({reply.reason()})")
+def _expect(reply: Reply, status: int, action: str) -> None:
+    if reply.status != status:
+        raise _error(reply, f"Key Vault could not {action}")
+
+
+def _error(reply: Reply, what: str) -> StoreError:
+    """Key Vault's error codes name the cause, never its message (which may quote names)."""
+    if _disabled(reply):
+        return StoreRejected(f"{what}: its latest version is disabled")
+    error = reply.body.get("error")
+    codes = (error, error.get("innererror")) if isinstance(error, dict) else ()
+    found = "/".join(str(c.get("code")) for c in codes if isinstance(c, dict) and c.get("code"))
+    return error_for(reply, what, code=found, check=_CHECK)
+
+
+def _inner(reply: Reply) -> str:
+    error = reply.body.get("error")
+    inner = error.get("innererror") if isinstance(error, dict) else None
+    return str(inner.get("code") or "") if isinstance(inner, dict) else ""
+
+
+def _disabled(reply: Reply) -> bool:
+    return reply.status == 403 and _inner(reply) == _DISABLED
 
 
 def _tags_of(body: Mapping[str, Any]) -> dict[str, str]:
@@ -965,23 +922,6 @@ def _values(raw: Any) -> dict[str, str] | None:
     if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
         return None
     return {str(k): v for k, v in parsed.items()}
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def _retry_after(header: str | None) -> float:
-    try:
-        return min(max(float(header or ""), 0.0), _MAX_HOLD_S)
-    except ValueError:
-        return 1.0
 
 
 def _first_line(text: str) -> str:

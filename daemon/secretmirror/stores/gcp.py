@@ -90,10 +90,9 @@ Quota discipline: every write takes a slot from one token bucket per store
 ``RESOURCE_EXHAUSTED`` answer pauses every request of the store for the
 hinted delay (``Retry-After`` or ``RetryInfo``, else 1 s, at most 5 s) and
 becomes ``StoreThrottled`` carrying it, so deliveries retry later instead of
-failing. 5xx, 408, connection failures, timeouts, 401/403 (credentials and
-IAM are fixed by an operator and take effect without a restart) and
-``ABORTED`` -> ``StoreUnavailable``; other 400s -> ``StoreRejected``.
-Messages name the call and GCP's status, never GCP's message text.
+failing. Other answers map as every REST store's do (``stores/http.py``;
+``ABORTED`` is a lost race: ``StoreContended``). Messages name the call and
+GCP's status, never GCP's message text.
 
 Within a process a per-secret lock serializes each decide-then-write step;
 across processes the replication layer's per-(target, secret) lease does,
@@ -107,6 +106,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -114,6 +114,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -135,6 +136,7 @@ from secretmirror.ratelimit import TokenBucket
 from secretmirror.remote_clock import local_sleep
 from secretmirror.settings import GcpStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+from secretmirror.stores.http import Reply, Token, TokenSource, error_for, retry_after_s, send
 from secretmirror.stores.remembered import Remembered
 
 try:
@@ -173,7 +175,6 @@ _SECRET_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{1,63}")
 _HASH = re.compile(r"[0-9a-f]{32}")
 _PROJECT = re.compile(r"[A-Za-z0-9.:-]{1,100}")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)s")
 #: Entries per listing page (each item is a Secret with its labels, ~0.5 KB).
 _PAGE = 500
 _POOL = 64
@@ -186,6 +187,8 @@ _THROTTLE_DEFAULT_S = 1.0
 _RECHECK_S = 0.2
 _PAUSE_MAX_S = 5.0
 _REFRESH_TIMEOUT_S = 10.0
+#: A token is refreshed once this share of its lifetime has passed.
+_TOKEN_SHARE = 0.9
 
 
 def label_value(deployment_id: str) -> str:
@@ -325,7 +328,6 @@ class GcpStore:
         )
         self._bucket = TokenBucket(settings.max_writes_per_s)
         self._check_at_once = max(1, ctx.list_concurrency)
-        self._auth_lock = asyncio.Lock()
         self._remembered: Remembered[_State] = Remembered()
         self._session: aiohttp.ClientSession | None = None
         self._credentials: Credentials | None = None
@@ -849,48 +851,49 @@ class GcpStore:
         write: bool = False,
     ) -> dict[str, Any]:
         """One API call: paced when it writes, authenticated (one retry after a 401)."""
-        if self._session is None:
-            raise StoreUnavailable("the gcp store is not open")
         if write:
             await self._bucket.acquire()
         pause = self._resume_at - time.monotonic()
         if pause > 0:
             await local_sleep(pause)  # GCP asked for it: not the store's slowness
-        used: str | None = None
-        for _ in range(2):
-            headers, used = await self._auth_headers(refused=used)
-            try:
-                async with self._session.request(
-                    method, f"{self._base}/{path}", params=params, json=body, headers=headers
-                ) as response:
-                    status = response.status
-                    text = await response.text()
-                    retry_after = response.headers.get("Retry-After")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise StoreUnavailable(f"GCP {operation} failed: {type(exc).__name__}") from exc
-            if status != 401:
-                break
-        answer = _json(text)
-        if status < 300:
-            return answer
-        raise self._error(operation, status, answer, retry_after)
+        url = f"{self._base}/{path}"
 
-    async def _auth_headers(self, refused: str | None) -> tuple[dict[str, str], str | None]:
-        """Headers with a valid access token, refreshed first when due or when ``refused``."""
+        async def send_with(token: str) -> Reply:
+            headers: dict[str, str] = {}
+            if self._credentials is not None:
+                # Also the quota project's header, where the credentials name one.
+                self._credentials.apply(headers, token=token)  # type: ignore[no-untyped-call]  # unannotated in google-auth
+            what = f"GCP {operation}"
+            return await send(
+                self._session, method, url, what, headers=headers, json_body=body, params=params
+            )
+
+        reply = await self._tokens.call(send_with)
+        if reply.status < 300:
+            return reply.body
+        raise self._error(operation, reply)
+
+    @functools.cached_property
+    def _tokens(self) -> TokenSource:
+        """The access token; google-auth makes every one (on first use, when due, after a 401)."""
+        return TokenSource(self._fetch_token, "gcp")
+
+    async def _fetch_token(self, held: Token | None, refused: Reply | None) -> Token:
         creds = self._credentials
         if creds is None:
             raise StoreUnavailable("the gcp store is not open")
-        if not creds.valid or (refused is not None and creds.token == refused):
-            async with self._auth_lock:
-                if not creds.valid or (refused is not None and creds.token == refused):
-                    await self._refresh(creds)
-        headers: dict[str, str] = {}
-        creds.apply(headers)  # type: ignore[no-untyped-call]  # unannotated in google-auth
-        return headers, creds.token
+        if held is not None or refused is not None or not creds.valid:
+            await self._refresh(creds)
+        expiry = creds.expiry  # naive UTC, as google-auth keeps it
+        now = datetime.now(UTC).replace(tzinfo=None)
+        left = None if expiry is None else (expiry - now).total_seconds()
+        return Token.lasting(str(creds.token), left, share=_TOKEN_SHARE)
 
     async def _refresh(self, creds: Credentials) -> None:
+        """google-auth's refresh is synchronous: in a thread, with a timeout of its own."""
         request = self._auth_request
-        assert request is not None
+        if request is None:
+            raise StoreUnavailable("the gcp store is not open")
 
         def refresh() -> None:
             def timed(*args: Any, **kwargs: Any) -> Any:
@@ -906,48 +909,24 @@ class GcpStore:
                 f"GCP credentials could not be refreshed ({type(exc).__name__})"
             ) from exc
 
-    def _error(
-        self, operation: str, status: int, answer: Mapping[str, Any], retry_after: str | None
-    ) -> StoreError:
-        found = answer.get("error")
+    def _error(self, operation: str, reply: Reply) -> StoreError:
+        """GCP's canonical codes first (they say more than the status), then the common map."""
+        found = reply.body.get("error")
         error: Mapping[str, Any] = found if isinstance(found, dict) else {}
         code = str(error.get("status") or "")
-        what = f"GCP {operation} failed: {code or 'HTTP'} {status}"
-        if status == 429 or code == "RESOURCE_EXHAUSTED":
-            delay = _retry_delay(retry_after, error.get("details"))
-            self._resume_at = max(self._resume_at, time.monotonic() + min(delay, _PAUSE_MAX_S))
-            return StoreThrottled(what, retry_after_s=delay)
-        if status == 404:
-            return StoreNotFound(what)
+        what = f"GCP {operation}"
+        if reply.status == 429 or code == "RESOURCE_EXHAUSTED":
+            details = error.get("details")
+            delay = retry_after_s(reply.headers, details, default=_THROTTLE_DEFAULT_S)
+            self._resume_at = max(self._resume_at, time.monotonic() + min(delay or 0, _PAUSE_MAX_S))
+            return StoreThrottled(
+                f"{what} failed (HTTP {reply.status} {code}): throttled", retry_after_s=delay
+            )
         if code == "ALREADY_EXISTS":
-            return _Exists(what)
+            return _Exists(f"{what} failed (HTTP {reply.status} {code})")
         if code == "FAILED_PRECONDITION":
-            return _Precondition(what)
-        if status in (401, 403):
-            return StoreUnavailable(f"{what} (credentials or permissions)")
-        if status >= 500 or status in (408, 409):
-            return StoreUnavailable(what)
-        return StoreRejected(what)
-
-
-def _json(text: str) -> dict[str, Any]:
-    try:
-        found = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def _retry_delay(header: str | None, details: Any) -> float:
-    """Seconds to wait: ``Retry-After``, else a ``google.rpc.RetryInfo`` detail, else 1."""
-    with contextlib.suppress(TypeError, ValueError):
-        return max(0.0, float(header))  # type: ignore[arg-type]
-    for detail in details if isinstance(details, list) else []:
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
-            found = _DURATION.fullmatch(str(detail.get("retryDelay", "")))
-            if found:
-                return float(found.group(1))
-    return _THROTTLE_DEFAULT_S
+            return _Precondition(f"{what} failed (HTTP {reply.status} {code})")
+        return error_for(reply, what, code=code, check="the credentials and IAM permissions")
 
 
 def _check(settings: GcpStoreSettings) -> None:

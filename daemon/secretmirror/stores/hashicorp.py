@@ -38,12 +38,10 @@ never written or deleted (``StoreForeignEntry``) and is not listed.
 Auth. ``token`` uses the configured token and renews it (``renew-self``) at
 two thirds of its TTL; a token without a TTL (root) is never renewed.
 ``approle`` logs in, renews the same way, and logs in again when a renewal
-cannot extend the token (max TTL) or a request is refused with 403. A request
-is never sent with a token known to be due; a 403 that survives a fresh login
-(or any 403 with ``token`` auth) is ``StoreUnavailable``: it is a store-wide
-condition (revoked credentials, a policy that does not cover the prefix) that
-an operator fixes, so deliveries retry and reads fall back to the other store
-instead of being dead-lettered one by one.
+cannot extend the token (max TTL) or a request is refused with 403. Answers
+map as every REST store's do (``stores/http.py``), except that 412 (a
+performance standby not caught up yet) and 404 "no handler for route" (no
+such mount) are ``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -54,9 +52,8 @@ import collections
 import contextlib
 import re
 import ssl
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,11 +66,11 @@ from secretmirror.errors import (
     StoreError,
     StoreForeignEntry,
     StoreRejected,
-    StoreThrottled,
     StoreUnavailable,
 )
 from secretmirror.settings import HashicorpStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+from secretmirror.stores.http import Reply, Token, TokenSource, error_for, open_session, send
 
 log = structlog.get_logger("secretmirror.stores")
 
@@ -95,33 +92,9 @@ _PAGE = 200
 _LIST_CONCURRENCY = 16
 #: Conditional writes lost in a row before giving up on one change.
 _MAX_RACES = 5
-
-
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    status: int
-    body: dict[str, Any]
-
-    @property
-    def errors(self) -> builtins.list[str]:
-        found = self.body.get("errors") or []
-        return [str(e) for e in found]
-
-    @property
-    def data(self) -> dict[str, Any]:
-        data = self.body.get("data")
-        return data if isinstance(data, dict) else {}
-
-    @property
-    def warnings(self) -> builtins.list[str]:
-        return [str(w) for w in self.body.get("warnings") or []]
-
-    def says(self, text: str) -> bool:
-        return any(text in e for e in self.errors)
-
-    def reason(self) -> str:
-        """Vault's own error text, short; it names paths, never values or tokens."""
-        return "; ".join(self.errors)[:200] or f"HTTP {self.status}"
+#: A token is renewed once this share of its TTL has passed.
+_RENEW_SHARE = 2 / 3
+_CHECK = "the credentials and that the policy covers the mount and prefix"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,17 +172,13 @@ class HashicorpStore:
         ):
             raise ConfigError("hashicorp store: auth_method approle needs role_id and secret_id")
         self._session: aiohttp.ClientSession | None = None
-        self._token: str | None = None
+        self._tokens = TokenSource(self._fetch_token, "hashicorp")
+        #: The TTL asked for on renewal; None: the token is never renewed.
         self._token_ttl_s: float | None = None
-        self._expires_at: float | None = None
-        self._refresh_at: float | None = None
         self._renewable = False
         self._relogin_due = False
-        self._auth_lock = asyncio.Lock()
         self._mount_checked = False
-        self._token_changed = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
-        self._closing = False
         #: Whether the server honours ``metadata_cas`` (OpenBao); None until a write tells.
         self._metadata_cas: bool | None = None
         self._detailed_listing = True
@@ -231,20 +200,16 @@ class HashicorpStore:
 
     async def open(self) -> None:
         if self._session is None:
-            self._closing = False
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl or True, limit=32),
-                timeout=aiohttp.ClientTimeout(total=30, sock_connect=5),
-            )
+            self._session = open_session(ssl_context=self._ssl or True, pool=32, total_s=30)
+            # Refresh before expiry even when idle: an expired ``token`` cannot be replaced.
             self._renewer = asyncio.create_task(
-                self._keep_token_fresh(), name="secretmirror-hashicorp-token"
+                self._tokens.keep_fresh(), name="secretmirror-hashicorp-token"
             )
         # A store that is down at start-up is retried on first use: nothing here
         # is needed again once it succeeds.
         await self._ready()
 
     async def close(self) -> None:
-        self._closing = True
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -258,7 +223,7 @@ class HashicorpStore:
         await self._ready()
         reply = await self._call("GET", f"sys/internal/ui/mounts/{self._mount}", "GET mount")
         if reply.status != 200:
-            raise StoreUnavailable(f"hashicorp store: health check failed ({reply.reason()})")
+            raise StoreUnavailable(f"hashicorp store: health check failed (HTTP {reply.status})")
 
     async def put(
         self, secret_id: str, version: int, values: dict[str, str], content_hash: str
@@ -284,17 +249,17 @@ class HashicorpStore:
         path = self._path(secret_id)
         await self._ready()
         reply = await self._call("GET", f"{self._mount}/data/{path}", "GET data")
-        if reply.status == 404 and not reply.says(_NO_ROUTE):
+        if reply.status == 404 and not _says(reply, _NO_ROUTE):
             # A deleted or destroyed current version still answers with its metadata.
-            if not reply.data.get("metadata"):
+            if not _data(reply).get("metadata"):
                 return None
         else:
             _expect(reply, 200, "read", path)
-        meta = reply.data.get("metadata") or {}
+        meta = _data(reply).get("metadata") or {}
         mark = self._own_mark(meta.get("custom_metadata"))
         if mark is None or mark.deleted or mark.kv_version is None or mark.hash is None:
             return None
-        data = reply.data.get("data")
+        data = _data(reply).get("data")
         if meta.get("version") != mark.kv_version:
             # Someone wrote after secretmirror, or secretmirror's own write did not
             # finish: serve the version secretmirror recorded, if it still exists.
@@ -304,10 +269,10 @@ class HashicorpStore:
                 "GET data",
                 params={"version": str(mark.kv_version)},
             )
-            if reply.status == 404 and not reply.says(_NO_ROUTE):
+            if reply.status == 404 and not _says(reply, _NO_ROUTE):
                 return None
             _expect(reply, 200, "read", path)
-            data = reply.data.get("data")
+            data = _data(reply).get("data")
         values = _string_map(data)
         if values is None:
             return None
@@ -415,10 +380,10 @@ class HashicorpStore:
             "POST data",
             json={"options": {"cas": cas}, "data": values},
         )
-        if reply.status == 400 and reply.says(_CAS_LOST):
+        if reply.status == 400 and _says(reply, _CAS_LOST):
             return None
         _expect(reply, 200, "write", path)
-        return int(reply.data["version"]), reply.data.get("custom_metadata")
+        return int(_data(reply)["version"]), _data(reply).get("custom_metadata")
 
     async def _write_metadata(
         self, path: str, mark: _Mark, extra: dict[str, str], metadata_version: int | None
@@ -432,12 +397,12 @@ class HashicorpStore:
         reply = await self._call(
             "POST", f"{self._mount}/metadata/{path}", "POST metadata", json=body
         )
-        if reply.status == 400 and reply.says(_CAS_LOST):
+        if reply.status == 400 and _says(reply, _CAS_LOST):
             return False
         _expect(reply, (200, 204), "write the metadata of", path)
         if metadata_version is not None:
             # HashiCorp Vault accepts the write and warns that it ignored the check.
-            self._metadata_cas = not any("metadata_cas" in w for w in reply.warnings)
+            self._metadata_cas = "metadata_cas" not in str(reply.body.get("warnings"))
         return True
 
     async def _destroy(self, path: str, versions: Iterable[int]) -> None:
@@ -458,10 +423,10 @@ class HashicorpStore:
         the entry turns out to be someone else's.
         """
         reply = await self._call("GET", f"{self._mount}/metadata/{path}", "GET metadata")
-        if reply.status == 404 and not reply.says(_NO_ROUTE):
+        if reply.status == 404 and not _says(reply, _NO_ROUTE):
             return None
         _expect(reply, 200, "read the metadata of", path)
-        state = self._state_of(reply.data)
+        state = self._state_of(_data(reply))
         if state is None:
             if written is not None:
                 await self._destroy(path, [written])
@@ -530,13 +495,13 @@ class HashicorpStore:
                 params=_list_params(after),
                 refused_ok=True,
             )
-            if reply.status in (403, 405) or (reply.status == 404 and reply.errors):
+            if reply.status in (403, 405) or (reply.status == 404 and _errors(reply)):
                 raise _NoDetailedListing
             if reply.status == 404:
                 return
             _expect(reply, 200, "list", folder)
-            keys = [str(k) for k in reply.data.get("keys") or []]
-            info = reply.data.get("key_info") or {}
+            keys = [str(k) for k in _data(reply).get("keys") or []]
+            info = _data(reply).get("key_info") or {}
             page: builtins.list[Entry] = []
             for key in keys:
                 if _listed(key, stem) and isinstance(info.get(key), dict):
@@ -558,10 +523,10 @@ class HashicorpStore:
                 "LIST metadata",
                 params=_list_params(after),
             )
-            if reply.status == 404 and not reply.says(_NO_ROUTE):
+            if reply.status == 404 and not _says(reply, _NO_ROUTE):
                 return
             _expect(reply, 200, "list", folder)
-            keys = [str(k) for k in reply.data.get("keys") or []]
+            keys = [str(k) for k in _data(reply).get("keys") or []]
             names = [k for k in keys if _listed(k, stem)]
             # A server that ignores ``limit`` answers everything at once.
             for start in range(0, len(names), _PAGE):
@@ -580,10 +545,10 @@ class HashicorpStore:
                 reply = await self._call(
                     "GET", f"{self._mount}/metadata/{folder}{name}", "GET metadata"
                 )
-            if reply.status == 404 and not reply.says(_NO_ROUTE):
+            if reply.status == 404 and not _says(reply, _NO_ROUTE):
                 return None  # deleted since it was listed
             _expect(reply, 200, "read the metadata of", folder + name)
-            return self._entry(name[len(stem) :], reply.data)
+            return self._entry(name[len(stem) :], _data(reply))
 
         found = await asyncio.gather(*(one(n) for n in names))
         return [e for e in found if e is not None]
@@ -613,10 +578,10 @@ class HashicorpStore:
         if reply.status != 200:
             raise StoreUnavailable(
                 f"hashicorp store: mount {self._mount} does not exist or these credentials "
-                f"may not use it ({reply.reason()})"
+                f"may not use it (HTTP {reply.status})"
             )
-        options = reply.data.get("options") or {}
-        if reply.data.get("type") != "kv" or str(options.get("version")) != "2":
+        options = _data(reply).get("options") or {}
+        if _data(reply).get("type") != "kv" or str(options.get("version")) != "2":
             raise StoreUnavailable(
                 f"hashicorp store: mount {self._mount} is not a KV version 2 secrets engine"
             )
@@ -631,21 +596,19 @@ class HashicorpStore:
         json: Any = None,
         params: dict[str, str] | None = None,
         refused_ok: bool = False,
-    ) -> _Reply:
+    ) -> Reply:
         """One authenticated request; a 403 gets one fresh login (approle) and one retry.
 
         A 403 that remains is ``StoreUnavailable`` unless ``refused_ok``.
         """
-        token = await self._current_token()
-        reply = await self._send(method, path, kind, token=token, json=json, params=params)
-        if reply.status == 403 and self._settings.auth_method == "approle":
-            token = await self._login_again(token)
-            reply = await self._send(method, path, kind, token=token, json=json, params=params)
+
+        async def send_with(token: str) -> Reply:
+            return await self._send(method, path, kind, token=token, json=json, params=params)
+
+        relogin_at = (403,) if self._settings.auth_method == "approle" else ()
+        reply = await self._tokens.call(send_with, relogin_at)
         if reply.status == 403 and not refused_ok:
-            raise StoreUnavailable(
-                f"hashicorp store: permission denied for {kind} "
-                "(check the credentials and that the policy covers the mount and prefix)"
-            )
+            raise _error(reply, f"hashicorp store: {kind}")
         return reply
 
     async def _send(
@@ -657,74 +620,35 @@ class HashicorpStore:
         token: str | None,
         json: Any = None,
         params: dict[str, str] | None = None,
-    ) -> _Reply:
-        """One HTTP request; transport errors, 429 and 5xx become ``Store*`` errors."""
-        if self._session is None:
-            raise StoreUnavailable("hashicorp store: not open")
+    ) -> Reply:
+        """One HTTP request; transport errors, 429, 412 and 5xx become ``Store*`` errors."""
         headers = {}
         if token is not None:
             headers["X-Vault-Token"] = token
         if self._namespace:
             headers["X-Vault-Namespace"] = self._namespace
         self.calls[kind] += 1
-        try:
-            async with self._session.request(
-                method, f"{self._url}/v1/{path}", json=json, params=params, headers=headers
-            ) as response:
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-                text = await response.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise StoreUnavailable(
-                f"hashicorp store: {self._url} is unreachable ({type(exc).__name__})"
-            ) from exc
-        reply = _Reply(status, _json_object(text))
-        if status == 429:
-            raise StoreThrottled(
-                f"hashicorp store: {self._url} is rate limiting ({reply.reason()})",
-                retry_after_s=_seconds(retry_after),
-            )
-        if status >= 500 or status == 412:
-            # 412: a performance standby has not caught up yet; 503: sealed or standby.
-            raise StoreUnavailable(f"hashicorp store: {self._url} answered {reply.reason()}")
+        what = f"hashicorp store: {kind}"
+        url = f"{self._url}/v1/{path}"
+        reply = await send(
+            self._session, method, url, what, headers=headers, json_body=json, params=params
+        )
+        if reply.status in (412, 429) or reply.status >= 500:
+            raise _error(reply, what)
         return reply
 
     # -- auth ------------------------------------------------------------------
 
-    async def _current_token(self) -> str:
-        """The token to send, refreshed first when it is due."""
-        token, due = self._token, self._refresh_at
-        if token is not None and (due is None or time.monotonic() < due):
-            return token
-        async with self._auth_lock:
-            if self._token is None:
-                await self._authenticate()
-            elif self._refresh_at is not None and time.monotonic() >= self._refresh_at:
-                await self._refresh_or_keep()
-            assert self._token is not None
-            return self._token
+    async def _fetch_token(self, held: Token | None, refused: Reply | None) -> Token:
+        """The first token, a renewed one when due, a fresh login when refused (approle)."""
+        if held is None or refused is not None:
+            return await self._authenticate()
+        return await self._renew(held)
 
-    async def _login_again(self, refused: str) -> str:
-        async with self._auth_lock:
-            if self._token == refused:
-                await self._authenticate()
-            assert self._token is not None
-            return self._token
-
-    async def _refresh_or_keep(self) -> None:
-        """Refresh; if that fails while the token is still valid, keep it and try again soon."""
-        try:
-            await self._refresh()
-        except StoreError as exc:
-            now = time.monotonic()
-            if self._expires_at is None or now >= self._expires_at:
-                raise
-            log.warning("hashicorp.token_refresh_failed", reason=exc.message)
-            self._refresh_at = now + min(1.0, (self._expires_at - now) / 4)
-
-    async def _authenticate(self) -> None:
+    async def _authenticate(self) -> Token:
         """Get a token: log in (approle) or look the configured one up (token)."""
         settings = self._settings
+        self._relogin_due = False
         if settings.auth_method == "approle":
             assert settings.secret_id is not None
             reply = await self._send(
@@ -739,115 +663,96 @@ class HashicorpStore:
             )
             if reply.status != 200:
                 raise StoreUnavailable(
-                    f"hashicorp store: approle login refused ({reply.reason()}); "
+                    f"hashicorp store: approle login refused (HTTP {reply.status}); "
                     "check role_id and secret_id"
                 )
             auth = reply.body.get("auth") or {}
             ttl = float(auth.get("lease_duration") or 0)
-            self._set_token(str(auth["client_token"]), ttl, bool(auth.get("renewable")))
+            self._renewable = bool(auth.get("renewable"))
             self._token_ttl_s = ttl or None
             log.info("hashicorp.login", ttl_s=ttl)
-            return
+            return Token.lasting(str(auth["client_token"]), ttl, share=_RENEW_SHARE)
         assert settings.token is not None
         token = settings.token.get_secret_value()
         reply = await self._send(
             "GET", "auth/token/lookup-self", "GET auth/token/lookup-self", token=token
         )
-        if reply.status == 200:
-            data = reply.data
-            ttl = float(data.get("ttl") or 0)
-            self._set_token(token, ttl, bool(data.get("renewable")))
-            self._token_ttl_s = float(data.get("creation_ttl") or ttl) or None
-        else:
+        if reply.status != 200:
             # A token without the default policy cannot look itself up: use it as
             # it is, without renewal; a dead token shows as 403 on use.
-            log.warning("hashicorp.token_lookup_failed", reason=reply.reason())
-            self._set_token(token, 0.0, False)
+            log.warning("hashicorp.token_lookup_failed", status=reply.status)
+            self._renewable = False
+            return Token(token)
+        data = _data(reply)
+        ttl = float(data.get("ttl") or 0)
+        self._renewable = bool(data.get("renewable"))
+        self._token_ttl_s = float(data.get("creation_ttl") or ttl) or None
+        return Token.lasting(token, ttl, share=_RENEW_SHARE)
 
-    async def _refresh(self) -> None:
+    async def _renew(self, held: Token) -> Token:
         """Renew the token; log in again when renewal cannot extend it (approle)."""
         approle = self._settings.auth_method == "approle"
         if approle and (self._relogin_due or not self._renewable):
-            await self._authenticate()
-            return
-        if not self._renewable or self._token is None or self._token_ttl_s is None:
-            self._refresh_at = None
-            return
+            return await self._authenticate()
+        if not self._renewable or self._token_ttl_s is None:
+            return replace(held, refresh_at=None)
         wanted = self._token_ttl_s
         reply = await self._send(
             "POST",
             "auth/token/renew-self",
             "POST auth/token/renew-self",
-            token=self._token,
+            token=held.value,
             json={"increment": f"{int(wanted)}s"},
         )
         if reply.status != 200:
             if approle:
-                await self._authenticate()
-                return
-            log.warning("hashicorp.token_renew_failed", reason=reply.reason())
-            self._refresh_at = None
-            return
+                return await self._authenticate()
+            log.warning("hashicorp.token_renew_failed", status=reply.status)
+            return replace(held, refresh_at=None)
         granted = float((reply.body.get("auth") or {}).get("lease_duration") or 0)
-        self._set_token(self._token, granted, True)
         log.info("hashicorp.token_renewed", ttl_s=granted)
-        if granted < wanted:
-            # The token reached its max TTL. approle: log in again when due;
-            # token: nothing more to renew, it ends when it ends.
-            if approle:
-                self._relogin_due = True
-            else:
-                self._refresh_at = None
-                log.warning("hashicorp.token_max_ttl", expires_in_s=granted)
-
-    def _set_token(self, token: str, ttl_s: float, renewable: bool) -> None:
-        now = time.monotonic()
-        self._token = token
-        self._renewable = renewable
-        self._relogin_due = False
-        if ttl_s <= 0:  # never expires (a root token)
-            self._expires_at = self._refresh_at = None
-        else:
-            self._expires_at = now + ttl_s
-            self._refresh_at = now + ttl_s * 2 / 3
-        self._token_changed.set()
-
-    async def _keep_token_fresh(self) -> None:
-        """Refresh before expiry even when idle: an expired ``token`` cannot be replaced."""
-        while not self._closing:
-            self._token_changed.clear()
-            due = self._refresh_at
-            wait = None if due is None else max(due - time.monotonic(), 0.0)
-            # Not asyncio.wait_for: on 3.11 it swallows a cancellation that arrives as
-            # the event is set, and close() would wait for the next refresh.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._token_changed.wait()
-            if self._closing:
-                return
-            if self._refresh_at is None or time.monotonic() < self._refresh_at:
-                continue
-            try:
-                async with self._auth_lock:
-                    if self._refresh_at is not None and time.monotonic() >= self._refresh_at:
-                        await self._refresh_or_keep()
-            except StoreError as exc:
-                # Expired and not replaceable right now: requests will try again.
-                log.warning("hashicorp.token_refresh_failed", reason=exc.message)
-                self._token = None
-                self._refresh_at = None
+        renewed = Token.lasting(held.value, granted, share=_RENEW_SHARE)
+        if granted >= wanted:
+            return renewed
+        # The token reached its max TTL. approle: log in again when due;
+        # token: nothing more to renew, it ends when it ends.
+        if approle:
+            self._relogin_due = True
+            return renewed
+        log.warning("hashicorp.token_max_ttl", expires_in_s=granted)
+        return replace(renewed, refresh_at=None)
 
 
 class _NoDetailedListing(Exception):
     """The server (HashiCorp Vault) or the policy offers no ``detailed-metadata`` listing."""
 
 
-def _expect(reply: _Reply, status: int | tuple[int, ...], action: str, path: str) -> None:
+def _expect(reply: Reply, status: int | tuple[int, ...], action: str, path: str) -> None:
     if reply.status == status or (isinstance(status, tuple) and reply.status in status):
         return
-    if reply.status == 404 and reply.says(_NO_ROUTE):
-        raise StoreUnavailable(f"hashicorp store: no such mount or path ({reply.reason()})")
-    raise StoreRejected(f"hashicorp store: could not {action} {path} ({reply.reason()})")
+    raise _error(reply, f"hashicorp store: could not {action} {path}")
+
+
+def _error(reply: Reply, what: str) -> StoreError:
+    """Vault's statuses; its error texts name paths and parameters, so they stay out."""
+    if reply.status == 412:
+        return StoreUnavailable(f"{what} failed (HTTP 412): a standby has not caught up yet")
+    if reply.status == 404 and _says(reply, _NO_ROUTE):
+        return StoreUnavailable(f"{what} failed (HTTP 404): no such mount or path")
+    return error_for(reply, what, check=_CHECK)
+
+
+def _data(reply: Reply) -> dict[str, Any]:
+    data = reply.body.get("data")
+    return data if isinstance(data, dict) else {}
+
+
+def _errors(reply: Reply) -> builtins.list[str]:
+    return [str(e) for e in reply.body.get("errors") or []]
+
+
+def _says(reply: Reply, text: str) -> bool:
+    return any(text in e for e in _errors(reply))
 
 
 def _listed(key: str, stem: str) -> bool:
@@ -885,27 +790,6 @@ def _string_map(data: Any) -> dict[str, str] | None:
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         return None
     return {str(k): v for k, v in data.items()}
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    import json
-
-    if not text:
-        return {}
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
-def _seconds(header: str | None) -> float | None:
-    if header is None:
-        return None
-    try:
-        return max(float(header), 0.0)
-    except ValueError:
-        return None
 
 
 def _check_url(url: str) -> str:
