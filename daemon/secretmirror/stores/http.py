@@ -158,7 +158,9 @@ def retry_after_s(
     ``Retry-After`` in seconds or as an HTTP date; else a ``google.rpc.RetryInfo``
     among the error's ``details``; else ``default``.
     """
-    found = _header_delay(headers.get("Retry-After", "").strip()) or _retry_info(details)
+    found = _header_delay(headers.get("Retry-After", "").strip())
+    if found is None:
+        found = _retry_info(details)
     if found is None:
         return default
     return min(max(found, 0.0), MAX_RETRY_AFTER_S)
