@@ -549,7 +549,7 @@ async def test_429_is_throttled_with_retry_after(store: GcpStore, fake: GcpFake,
 
 async def test_429_without_hint_waits_a_second(store: GcpStore, fake: GcpFake, sid: str) -> None:
     """Without Retry-After a throttled call is retried after a second."""
-    store._resume_at = 0.0
+    store._throttle.clear()
     fake.throttle(1)
     with pytest.raises(StoreThrottled) as raised:
         await store.get(sid)
@@ -590,7 +590,7 @@ async def test_error_mapping(store: GcpStore, status: int, code: str, expected: 
     mapped = store._error("secrets.patch", Reply(status, answer, {}))
     assert type(mapped) is expected
     assert "p4ss" not in mapped.message
-    store._resume_at = 0.0
+    store._throttle.clear()
 
 
 async def test_5xx_from_the_fake_is_unavailable(store: GcpStore, fake: GcpFake, sid: str) -> None:

@@ -1,103 +1,68 @@
-"""The ``gcp`` store: Google Secret Manager over its v1 REST API, credentials from google-auth.
+"""The ``gcp`` store: Google Secret Manager over its v1 REST API, on the fenced-store template.
 
-Why REST over aiohttp rather than the official client. The official async
-client (``SecretManagerServiceAsyncClient``) speaks gRPC only: it brings
-grpcio, a second networking stack beside the daemon's aiohttp, and a
-``endpoint_url`` that must be a gRPC server. The REST API is seven plain JSON
-calls; aiohttp already pools connections for the other stores. So the data
-calls are REST on one ``aiohttp.ClientSession``, and only credentials come
-from google-auth (never hand-rolled): application default credentials
-(``GOOGLE_APPLICATION_CREDENTIALS``, workload identity on GKE, the metadata
-server on GCE/Cloud Run, ``gcloud`` user credentials, workload identity
-federation) for ``implicit``, a service-account key file for
-``service-account``. google-auth's refresh is synchronous; it runs in a thread
-under a lock, about once an hour.
+What every cloud store shares (names, remembered state, the entry lock, the
+stale retry, the fence, listings, pacing and throttling, the error classes)
+is ``fenced.py``'s; this module is GCP's write protocol, auth and error codes.
 
-Entries. Secret ``id`` lives in the GCP secret ``{name_prefix}{id}``; each
-secretmirror version is one *secret version* whose payload is the canonical
-JSON of the values (at most 65536 bytes, checked before any call). The GCP
-secret's labels say what it holds, so ``list`` classifies entries without
-reading a payload (labels: lowercase keys and values, at most 63 characters):
+Why REST over aiohttp rather than the official client: the official async
+client speaks gRPC only (grpcio, a second networking stack, an
+``endpoint_url`` that must be a gRPC server), while the REST API is a few
+plain JSON calls. Only credentials come from google-auth (application default
+credentials for ``implicit``, a key file for ``service-account``); its
+synchronous refresh runs in a thread under a lock, about once an hour.
+
+Entries. Each secretmirror version is one *secret version* whose payload is
+the canonical JSON of the values (at most 65536 bytes). The GCP secret's
+labels say what it holds, so ``list`` classifies entries without reading a
+payload (lowercase, at most 63 characters; other tools' labels are kept):
 
 - ``secretmirror_managed=true``, ``secretmirror_deployment=<deployment>``:
-  ownership. The deployment id is a UUID, written as its 32 hex digits (no
-  dashes, so the list filter needs no quoting); any other id as ``h`` + 40 hex
-  digits of its SHA-256. An entry without them is never written or deleted
-  (``StoreForeignEntry``) and never listed.
-- ``secretmirror_version=<n>``: the secretmirror version (or the tombstone's).
-- ``secretmirror_hash=<32 hex>``: the deployment's keyed content hash.
-- ``secretmirror_gcp_version=<N>``: the GCP version number holding it.
-- ``secretmirror_deleted=true``: a tombstone.
+  ownership. A UUID deployment id is written as its 32 hex digits (no dashes,
+  so the list filter needs no quoting), any other as ``h`` + 40 hex digits of
+  its SHA-256.
+- ``secretmirror_version=<n>``, ``secretmirror_hash=<32 hex>``,
+  ``secretmirror_gcp_version=<N>`` (the GCP version holding it) and
+  ``secretmirror_deleted=true`` on a tombstone.
 
-Labels of other tools on the same secret are kept.
+Writes. GCP has no conditional add-version, so the store adds a version,
+then moves the labels with a *conditional* update (the secret's etag): two
+writers cannot both move them. Labels only claim what exists, so a crash
+between the two leaves the old claim (listed as stale, which is true). A
+redelivery after such a crash must not add the version again: an entry this
+process has not written itself first has its newest version read (``access
+latest``: the cheap access quota, not the read quota) and adopted when its
+payload is exactly the one being written. A first write creates the secret
+with labels already claiming version 1, and the same check heals a create
+whose add-version never happened. A patch that loses the etag race re-reads
+the secret; when the winner is newer, the version just added (now shadowing
+the winner's as ``latest``) is put right (``_restore_latest``).
 
-Writes and their order. GCP has no conditional add-version, so fencing and
-dedupe are secretmirror's: the store decides from what it knows of the entry
-(``_State``: the labels and the secret's etag), adds a version, then moves the
-labels with a *conditional* update (the etag), so two writers cannot both
-move them. Labels only claim what exists: they move after the version is
-added, so a crash between the two leaves the old claim (the listing says
-stale, which is true). Redelivery after such a crash must not add the version
-again: when the process has not written the entry itself, it first reads the
-newest version (``access latest``: the cheap access quota, not the read quota)
-and adopts it when its payload is exactly the one being written. A
-first write creates the secret with labels already claiming version 1
-(a new secret's first version is always 1), and the same check finds and
-heals a create whose add-version never happened. A patch that loses the
-etag race re-reads the secret; when the winner is newer, the version just
-added (now shadowing the winner's as ``latest``) is destroyed.
+Calls (GCP quotas per project: 600 writes/min, 600 reads/min, 90,000
+accesses/min; 2 adds or updates per second per secret):
 
-Calls per operation (GCP quotas per project: 600 writes/min, 600 reads/min,
-90,000 accesses/min; 2 adds or updates per second per secret):
-
-- put, entry written by this process before (steady state): add-version and
-  the label update, 2 writes; plus, once the entry holds more than
-  ``KEEP_VERSIONS`` versions, one destroy of the version that fell out of the
-  window (3 writes per change from the fourth change on).
-- put, entry not known yet: + 1 read (get secret) + 1 access (latest).
+- put, entry remembered: add-version and the label update (2 writes), plus
+  one destroy of the version that fell out of the ``KEEP_VERSIONS`` window
+  (best effort: a failed destroy is retried on the next change).
+- put, entry not remembered: + 1 read (get secret) + 1 access (latest).
 - put of a new secret: get (404), create with the claiming labels,
-  add-version: 1 read, 2 writes.
-- put of a version the entry already holds, or older: 0 calls (known) or 2.
-- delete: list versions (1 read), destroy each one not yet destroyed (at most
-  ``KEEP_VERSIONS`` normally), then the tombstone labels with a 30-day ``ttl``
-  so deleted secrets do not pile up (values first: a crash in between leaves
-  a live-looking entry with destroyed values, which verify reports and a
-  redelivery finishes). A put newer than the tombstone adds a version and
-  clears the ttl.
-- get: 1 access (latest); + 1 read when the entry is not known to this
-  process or changed. A latest version the labels do not claim (written by
-  someone else, or half-written) reads as None, never as secretmirror's.
+  add-version.
+- delete: list versions, destroy each live one, then the tombstone labels
+  with a 30-day ``ttl`` (values first: a crash in between leaves a
+  live-looking entry with destroyed values, which verify reports and a
+  redelivery finishes). A newer put adds a version and clears the ttl.
+- get: 1 access (latest); + 1 read when the entry is not remembered or
+  changed. A latest version the labels do not claim reads as None.
 - list: 1 read per 500 entries (filter on the deployment label), plus 1
-  access of ``latest`` per live entry (the access quota), ``list_concurrency``
-  at a time. A version added by someone else (the console, gcloud) leaves
-  the labels as they were, and so does disabling or destroying the newest
-  version by hand: GCP's listing carries no version information, so only
-  asking which version ``latest`` is can tell. ``versions.list`` with
-  ``pageSize=1`` would tell too, but counts against the read quota (600/min
-  per project, shared with the listing and every ``get``); an access counts
-  against 90,000/min. An entry whose ``latest`` is not the version the labels
-  claim, or cannot be accessed, lists as ``Entry.foreign_write`` (verify:
-  mismatch; repair writes the current version on top). ``get`` refuses such
-  a value and the next write supersedes it. A tombstone is checked too (its
-  versions are all destroyed): one with a readable version lists as deleted
-  and foreign (verify: orphan; repair deletes it again).
+  access of ``latest`` per entry (``_checked``): GCP's listing carries no
+  version information, and a version added, disabled or destroyed by hand
+  leaves the labels as they were. An entry whose ``latest`` is not the
+  claimed version lists as ``Entry.foreign_write``; a tombstone with a
+  readable version lists as deleted and foreign.
 
-Limits. Old versions are destroyed best-effort: a destroy that fails
-(throttled) is retried on the next change of that entry.
-
-Quota discipline: every write takes a slot from one token bucket per store
-(``max_writes_per_s``, default 8 under GCP's 10/s). A 429 /
-``RESOURCE_EXHAUSTED`` answer pauses every request of the store for the
-hinted delay (``Retry-After`` or ``RetryInfo``, else 1 s, at most 5 s) and
-becomes ``StoreThrottled`` carrying it, so deliveries retry later instead of
-failing. Other answers map as every REST store's do (``stores/http.py``;
-``ABORTED`` is a lost race: ``StoreContended``). Messages name the call and
-GCP's status, never GCP's message text.
-
-Within a process a per-secret lock serializes each decide-then-write step;
-across processes the replication layer's per-(target, secret) lease does,
-and the etag keeps a stale writer from moving labels backwards. A write that
-fails or is cancelled drops what the process knew of the entry.
+Errors: 429 / ``RESOURCE_EXHAUSTED`` -> ``StoreThrottled`` with
+``Retry-After`` or ``RetryInfo``; ``ALREADY_EXISTS`` (a lost create), a lost
+etag race and ``ABORTED`` -> contended; other answers map as every REST
+store's do (``stores/http.py``).
 """
 
 from __future__ import annotations
@@ -108,11 +73,9 @@ import binascii
 import contextlib
 import functools
 import hashlib
-import json
 import re
-import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -131,13 +94,19 @@ from secretmirror.errors import (
     StoreThrottled,
     StoreUnavailable,
 )
-from secretmirror.model import canonical
-from secretmirror.ratelimit import TokenBucket
 from secretmirror.remote_clock import local_sleep
 from secretmirror.settings import GcpStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+from secretmirror.stores.fenced import (
+    ATTEMPTS,
+    FencedStore,
+    Stale,
+    Write,
+    a_hash,
+    int_or_zero,
+    moves_forward,
+)
 from secretmirror.stores.http import Reply, Token, TokenSource, error_for, retry_after_s, send
-from secretmirror.stores.remembered import Remembered
 
 try:
     import google.auth
@@ -173,19 +142,15 @@ _OURS = (L_MANAGED, L_DEPLOYMENT, L_VERSION, L_HASH, L_GCP_VERSION, L_DELETED)
 
 _SECRET_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{1,63}")
-_HASH = re.compile(r"[0-9a-f]{32}")
 _PROJECT = re.compile(r"[A-Za-z0-9.:-]{1,100}")
 #: Entries per listing page (each item is a Secret with its labels, ~0.5 KB).
 _PAGE = 500
 _POOL = 64
-#: A put or delete re-reads the entry at most this often when it changed under it.
-_ATTEMPTS = 3
 #: Old versions destroyed per write at most (the rest wait for the next write).
 _PRUNE_MAX = 4
 _THROTTLE_DEFAULT_S = 1.0
 #: Before a listed entry whose ``latest`` is not its claim is looked at again.
 _RECHECK_S = 0.2
-_PAUSE_MAX_S = 5.0
 _REFRESH_TIMEOUT_S = 10.0
 #: A token is refreshed once this share of its lifetime has passed.
 _TOKEN_SHARE = 0.9
@@ -206,10 +171,6 @@ class _Precondition(StoreRejected):
 
 class _Exists(StoreContended):
     """ALREADY_EXISTS: a create lost to an existing secret."""
-
-
-class _Stale(Exception):
-    """What this process knew of an entry was out of date: read it again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,10 +195,10 @@ class _State:
     pruned: int = 0
 
     def should_write(self, version: int) -> bool:
-        """The fence: only a newer version, or the claimed one when its write never finished."""
-        if version > self.version:
-            return True
-        return version == self.version and not self.claim_ok and not self.deleted
+        """The fence; the claimed version again when its write never finished."""
+        tombstone = self.version if self.deleted else 0
+        again = not self.claim_ok
+        return moves_forward(version, held=self.version, tombstone=tombstone, again=again)
 
     def covers_delete(self, version: int) -> bool:
         """True when a delete at ``version`` changes nothing (as new a tombstone, newer values)."""
@@ -263,32 +224,18 @@ class _State:
     def of(cls, secret: Mapping[str, Any]) -> _State:
         """From a Secret resource (get or one list item)."""
         labels: Mapping[str, str] = secret.get("labels") or {}
-        gcp_version = _int(labels.get(L_GCP_VERSION))
-        hash_ = labels.get(L_HASH)
+        gcp_version = int_or_zero(labels.get(L_GCP_VERSION)) or None
         return cls(
             exists=True,
             etag=secret.get("etag"),
             others=tuple(sorted((k, v) for k, v in labels.items() if k not in _OURS)),
-            version=_int(labels.get(L_VERSION)) or 0,
-            hash=hash_ if hash_ and _HASH.fullmatch(hash_) else None,
+            version=int_or_zero(labels.get(L_VERSION)),
+            hash=a_hash(labels.get(L_HASH)),
             gcp_version=gcp_version,
             deleted=labels.get(L_DELETED) == "true",
             expires=bool(secret.get("expireTime")),
             pruned=max(0, (gcp_version or 0) - KEEP_VERSIONS),
         )
-
-
-def _stored(secret_id: str, state: _State, data: bytes) -> StoredValue | None:
-    if state.deleted or state.hash is None:
-        return None
-    values = json.loads(data.decode() or "null")
-    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
-        raise StoreRejected(f"the GCP entry of {secret_id} is not a secretmirror value")
-    return StoredValue(secret_id, state.version, state.hash, values)
-
-
-def _int(text: str | None) -> int | None:
-    return int(text) if text and text.isdigit() else None
 
 
 def _owned(secret: Mapping[str, Any], deployment: str) -> bool:
@@ -310,8 +257,12 @@ def _decode(data: str) -> bytes:
         raise StoreRejected("GCP answered a payload that is not base64") from None
 
 
-class GcpStore:
+class GcpStore(FencedStore[_State]):
     type = "gcp"
+    provider = "GCP"
+    max_bytes = MAX_VALUE_BYTES
+    name_pattern = _SECRET_ID
+    name_rule = "secret id"
 
     def __init__(self, settings: GcpStoreSettings, ctx: StoreContext) -> None:
         if _MISSING is not None:
@@ -320,29 +271,22 @@ class GcpStore:
                 f"pip install 'secretmirror[gcp]' ({_MISSING.name or 'google-auth'} is missing)"
             )
         _check(settings)
+        super().__init__(ctx, settings.name_prefix, settings.max_writes_per_s)
         self._settings = settings
         self._deployment = label_value(ctx.deployment_id)
         self._base = (
             f"{(settings.endpoint_url or DEFAULT_ENDPOINT).rstrip('/')}"
             f"/v1/projects/{quote(settings.project_id, safe='')}"
         )
-        self._bucket = TokenBucket(settings.max_writes_per_s)
-        self._check_at_once = max(1, ctx.list_concurrency)
-        self._remembered: Remembered[_State] = Remembered()
         self._session: aiohttp.ClientSession | None = None
         self._credentials: Credentials | None = None
         self._auth_request: google.auth.transport.requests.Request | None = None
-        self._resume_at = 0.0
 
     @property
     def location(self) -> str:
         s = self._settings
         where = f"{s.endpoint_url.rstrip('/')}/" if s.endpoint_url else ""
         return f"gcp:{where}{s.project_id}/{s.name_prefix}"
-
-    @property
-    def max_value_bytes(self) -> int | None:
-        return MAX_VALUE_BYTES
 
     # -- lifecycle --
 
@@ -402,29 +346,7 @@ class GcpStore:
             ) from None
         return found
 
-    # -- the store interface --
-
-    async def put(
-        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
-    ) -> PutOutcome:
-        name = self._name(secret_id)
-        blob = canonical(values)
-        if len(blob) > MAX_VALUE_BYTES:
-            raise StoreRejected(
-                f"the values are {len(blob)} bytes; GCP Secret Manager takes {MAX_VALUE_BYTES}"
-            )
-        if version < 1:
-            raise StoreRejected(f"version {version} is not a secretmirror version")
-        if not _HASH.fullmatch(content_hash):
-            raise StoreRejected("the content hash must be 32 lowercase hex digits")
-        async with self._remembered.writing(secret_id):
-            for _ in range(_ATTEMPTS):
-                state = await self._state(secret_id, name)
-                try:
-                    return await self._put_as(secret_id, name, state, version, content_hash, blob)
-                except _Stale:
-                    self._remembered.forget(secret_id)
-        raise StoreUnavailable(f"the GCP entry of {secret_id} kept changing during the write")
+    # -- reads --
 
     async def get(self, secret_id: str) -> StoredValue | None:
         try:
@@ -451,7 +373,7 @@ class GcpStore:
             if state.gcp_version != number:
                 return None  # the newest version is not the one the labels claim
             self._remembered.remember(secret_id, replace(state, checked=True, claim_ok=True))
-        return _stored(secret_id, state, data)
+        return self._stored(secret_id, state, data)
 
     async def _get_claimed(self, secret_id: str, name: str) -> StoredValue | None:
         """The newest version is disabled or destroyed: serve the one the labels claim, if any.
@@ -469,53 +391,46 @@ class GcpStore:
             _, data = await self._access(name, str(state.gcp_version))
         except (StoreNotFound, _Precondition):
             return None
-        return _stored(secret_id, state, data)
+        return self._stored(secret_id, state, data)
 
-    async def delete(self, secret_id: str, version: int) -> None:
+    def _stored(self, secret_id: str, state: _State, data: bytes) -> StoredValue | None:
+        if state.deleted or state.hash is None:
+            return None
+        return StoredValue(secret_id, state.version, state.hash, self._values(secret_id, data))
+
+    # -- the template's hooks --
+
+    async def _load(self, secret_id: str, name: str) -> _State | None:
         try:
-            name = self._name(secret_id)
-        except StoreRejected:
-            return
-        async with self._remembered.writing(secret_id):
-            for _ in range(_ATTEMPTS):
-                state = await self._state(secret_id, name)
-                try:
-                    await self._delete_as(secret_id, name, state, version)
-                    return
-                except _Stale:
-                    self._remembered.forget(secret_id)
-        raise StoreUnavailable(f"the GCP entry of {secret_id} kept changing during the delete")
+            return await self._fetch(secret_id, name)
+        except StoreNotFound:
+            return None
 
-    async def list(self) -> AsyncIterator[Entry]:
-        """This deployment's entries (tombstones included), sorted by id within each page.
+    def _absent(self) -> _State:
+        return _State(exists=False)
 
-        A listing that runs to the end also forgets entries this process
-        believed to exist but GCP no longer lists (deleted by hand, expired).
-        """
-        listing = self._remembered.listing(lambda state: state.exists)
+    def _agrees(self, known: _State, listed: _State) -> bool:
+        return known.same_claim(listed)
+
+    async def _pages(self) -> AsyncIterator[Sequence[Any]]:
         params = {"filter": self._filter(), "pageSize": str(_PAGE)}
         while True:
             page = await self._call("GET", "secrets", "secrets.list", params=params)
-            states = []
-            for item in page.get("secrets") or []:
-                secret_id = self._secret_id_of(str(item.get("name", "")).rsplit("/", 1)[-1])
-                if secret_id is None or not _owned(item, self._deployment):
-                    continue
-                state = _State.of(item)
-                self._observe(secret_id, state)
-                listing.saw(secret_id)
-                states.append((secret_id, state))
-            states.sort(key=lambda found: found[0])
-            # One chunk per step of the iteration: each stays a few round trips long.
-            for start in range(0, len(states), self._check_at_once):
-                chunk = states[start : start + self._check_at_once]
-                for entry in await asyncio.gather(*(self._checked(*found) for found in chunk)):
-                    yield entry
+            yield page.get("secrets") or []
             token = page.get("nextPageToken")
             if not token:
-                break
+                return
             params = {**params, "pageToken": str(token)}
-        listing.complete()
+
+    async def _listed(self, item: Any) -> tuple[str, str, _State] | None:
+        name = str(item.get("name", "")).rsplit("/", 1)[-1]
+        secret_id = self._secret_id_of(name)
+        if secret_id is None or not _owned(item, self._deployment):
+            return None
+        return secret_id, name, _State.of(item)
+
+    async def _listed_entry(self, secret_id: str, name: str, state: _State) -> Entry:
+        return await self._checked(secret_id, state)
 
     async def _checked(self, secret_id: str, state: _State) -> Entry:
         """The listed entry, held against the version GCP serves as ``latest`` (1 access).
@@ -557,11 +472,10 @@ class GcpStore:
 
     # -- steps of put and delete --
 
-    async def _put_as(
-        self, secret_id: str, name: str, state: _State, version: int, hash_: str, blob: bytes
-    ) -> PutOutcome:
+    async def _put_as(self, secret_id: str, name: str, state: _State, write: Write) -> PutOutcome:
+        version, hash_, blob = write.version, write.hash, write.blob
         if not state.exists:
-            return await self._create(secret_id, name, state, version, hash_, blob)
+            return await self._create(secret_id, name, state, write)
         adopt = None
         if not state.checked and not state.deleted:
             state, adopt = await self._check_claim(name, state, blob)
@@ -588,7 +502,7 @@ class GcpStore:
         when this put ``added`` a version that now shadows the winner's as
         ``latest``, put the winner's value back on top).
         """
-        for _ in range(_ATTEMPTS):
+        for _ in range(ATTEMPTS):
             try:
                 state = await self._claim(name, state, version, hash_, number)
                 break
@@ -605,7 +519,7 @@ class GcpStore:
                     return PutOutcome.UNCHANGED
                 state = fresh
         else:
-            raise _Stale
+            raise Stale
         self._remembered.remember(secret_id, await self._prune(name, state))
         return PutOutcome.WRITTEN
 
@@ -618,15 +532,14 @@ class GcpStore:
             number = await self._add_version(name, data)
             state = await self._claim(name, winner, winner.version, winner.hash or "", number)
             await self._destroy(name, ours)
-        except (StoreError, _Stale) as exc:
+        except (StoreError, Stale) as exc:
             log.info("gcp.restore_latest_failed", reason=str(exc))
             self._remembered.forget(secret_id)
             return
         self._remembered.remember(secret_id, state)
 
-    async def _create(
-        self, secret_id: str, name: str, state: _State, version: int, hash_: str, blob: bytes
-    ) -> PutOutcome:
+    async def _create(self, secret_id: str, name: str, state: _State, write: Write) -> PutOutcome:
+        version, hash_ = write.version, write.hash
         if version <= state.version:
             return PutOutcome.UNCHANGED  # deleted by this process at a newer version
         labels = self._labels((), version=version, hash_=hash_, gcp_version=1)
@@ -640,10 +553,10 @@ class GcpStore:
                 write=True,
             )
         except _Exists:
-            raise _Stale from None  # created meanwhile: a read decides, ownership too
+            raise Stale from None  # created meanwhile: a read decides, ownership too
         claimed = replace(_State.of(created), checked=True, claim_ok=False)
         self._remembered.remember(secret_id, claimed)
-        number = await self._add_version(name, blob)
+        number = await self._add_version(name, write.blob)
         if number != 1:
             # Another writer (a second daemon) added a version between the create and
             # ours, and may have moved the labels too: settle as any other update.
@@ -687,7 +600,7 @@ class GcpStore:
                 write=True,
             )
         except StoreNotFound:
-            raise _Stale from None
+            raise Stale from None
         return replace(_State.of(answer), checked=True, claim_ok=True, pruned=state.pruned)
 
     async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
@@ -710,7 +623,7 @@ class GcpStore:
                 write=True,
             )
         except (StoreNotFound, _Precondition):
-            raise _Stale from None
+            raise Stale from None
         self._remembered.remember(secret_id, replace(_State.of(answer), checked=True))
 
     async def _destroy_all(self, name: str) -> None:
@@ -723,7 +636,7 @@ class GcpStore:
                     "GET", f"secrets/{name}/versions", "versions.list", params=params
                 )
             except StoreNotFound:
-                raise _Stale from None
+                raise Stale from None
             live += [
                 _version_number(str(v.get("name", "")))
                 for v in page.get("versions") or []
@@ -771,7 +684,7 @@ class GcpStore:
                 write=True,
             )
         except StoreNotFound:
-            raise _Stale from None
+            raise Stale from None
         return _version_number(str(answer.get("name", "")))
 
     async def _access(self, name: str, ref: str) -> tuple[int, bytes]:
@@ -793,15 +706,6 @@ class GcpStore:
 
     # -- what this process knows of entries --
 
-    async def _state(self, secret_id: str, name: str) -> _State:
-        known = self._remembered.get(secret_id)
-        if known is not None:
-            return known
-        try:
-            return await self._fetch(secret_id, name)
-        except StoreNotFound:
-            return _State(exists=False)
-
     async def _fetch(self, secret_id: str, name: str) -> _State:
         """Read the secret (1 read); ``StoreForeignEntry`` when it is not this deployment's."""
         secret = await self._call("GET", f"secrets/{name}", "secrets.get")
@@ -812,28 +716,6 @@ class GcpStore:
         state = _State.of(secret)
         self._remembered.remember(secret_id, state)
         return state
-
-    def _observe(self, secret_id: str, state: _State) -> None:
-        """A listing saw ``state``: learn it, or drop what disagrees (it is re-read on use)."""
-        known = self._remembered.peek(secret_id)
-        if known is None:
-            self._remembered.remember(secret_id, state)
-        elif not known.same_claim(state):
-            self._remembered.forget(secret_id)
-
-    # -- names --
-
-    def _name(self, secret_id: str) -> str:
-        name = self._settings.name_prefix + secret_id
-        if not _SECRET_ID.fullmatch(name):
-            raise StoreRejected(f"secret id {secret_id!r} does not make a valid GCP secret id")
-        return name
-
-    def _secret_id_of(self, name: str) -> str | None:
-        prefix = self._settings.name_prefix
-        if not name.startswith(prefix) or len(name) == len(prefix):
-            return None
-        return name[len(prefix) :]
 
     def _filter(self) -> str:
         return f"labels.{L_DEPLOYMENT}={self._deployment}"
@@ -853,9 +735,7 @@ class GcpStore:
         """One API call: paced when it writes, authenticated (one retry after a 401)."""
         if write:
             await self._bucket.acquire()
-        pause = self._resume_at - time.monotonic()
-        if pause > 0:
-            await local_sleep(pause)  # GCP asked for it: not the store's slowness
+        await self._throttle.wait()
         url = f"{self._base}/{path}"
 
         async def send_with(token: str) -> Reply:
@@ -918,9 +798,10 @@ class GcpStore:
         if reply.status == 429 or code == "RESOURCE_EXHAUSTED":
             details = error.get("details")
             delay = retry_after_s(reply.headers, details, default=_THROTTLE_DEFAULT_S)
-            self._resume_at = max(self._resume_at, time.monotonic() + min(delay or 0, _PAUSE_MAX_S))
-            return StoreThrottled(
-                f"{what} failed (HTTP {reply.status} {code}): throttled", retry_after_s=delay
+            return self._throttle.noted(
+                StoreThrottled(
+                    f"{what} failed (HTTP {reply.status} {code}): throttled", retry_after_s=delay
+                )
             )
         if code == "ALREADY_EXISTS":
             return _Exists(f"{what} failed (HTTP {reply.status} {code})")
