@@ -511,8 +511,7 @@ class RawOps:
             content_hash,
             principal["name"],
             snapshot,
-            self.deployment_id,
-            snapshot,
+            self.deployment_id,  # the sql primary in the main database: values commit here
             [],  # targets: sql primary in the main database, no backup
             [],  # inline targets
             self.node,
@@ -572,8 +571,6 @@ class RawOps:
             principal["name"],
             snapshot,
             self.deployment_id,
-            snapshot,
-            True,
             [],
             [],
             self.node,

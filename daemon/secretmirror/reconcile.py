@@ -574,8 +574,7 @@ class Job:
             uuid.UUID(secret_id),
             version,
             snapshot,
-            self.rt.deployment_id,
-            snapshot if self.rt.primary_in_db else None,
+            self.rt.outbox_deployment,
             self.rt.keys_of(self.rt.targets),
         )
         self.rt.committed()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets as pysecrets
 import socket
@@ -21,9 +22,8 @@ from secretmirror.feed import ChangeHub
 from secretmirror.queries import Q
 from secretmirror.settings import Settings
 from secretmirror.stores import build_store
-from secretmirror.stores.base import StoreContext
+from secretmirror.stores.base import StoreContext, WrittenInOutbox
 from secretmirror.stores.instrumented import RoleStore
-from secretmirror.stores.sql import SqlStore
 
 log = structlog.get_logger("secretmirror.runtime")
 
@@ -71,19 +71,26 @@ class Runtime:
         self.changes.changed()
         self.notify.set()
 
-    @property
-    def primary_in_db(self) -> bool:
-        """True when the primary is the ``sql`` store in the main database."""
+    @functools.cached_property
+    def outbox_deployment(self) -> str | None:
+        """The deployment whose values the outbox statements write with each change (the
+        primary's ``WrittenInOutbox`` hook: the sql store in the main database), or None."""
         store = self.primary.store
-        return isinstance(store, SqlStore) and store.in_main_database
+        return store.outbox_deployment() if isinstance(store, WrittenInOutbox) else None
 
     @property
     def targets(self) -> list[str]:
         """The stores every event is delivered to by the worker."""
-        found = [] if self.primary_in_db else ["primary"]
+        found = [] if self.outbox_deployment else ["primary"]
         if self.backup is not None:
             found.append("backup")
         return found
+
+    @property
+    def inline_targets(self) -> list[str]:
+        """The stores the API writes right after the commit: none when the primary
+        committed with it (the backup is then left to the worker)."""
+        return [] if self.outbox_deployment else self.targets
 
     def store_for(self, target: str) -> RoleStore:
         if target == "primary":

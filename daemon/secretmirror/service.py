@@ -1,8 +1,9 @@
 """Secrets: the write path through the outbox and the read path with fallbacks.
 
 Every write is one SQL statement (``secret_create``/``secret_change``) that
-commits the metadata, the event with its encrypted snapshot, the value for a
-``sql`` primary in the main database, and the delivery rows, then NOTIFYs.
+commits the metadata, the event with its encrypted snapshot, the value of a
+primary written in the outbox (``stores.base.WrittenInOutbox``: the ``sql``
+store in the main database), and the delivery rows, then NOTIFYs.
 Nothing is acknowledged before that commit. An external primary is then
 written inline (bounded by ``replication.inline_timeout_s``), the backup
 inline if that fails; whatever is still missing the worker delivers.
@@ -72,7 +73,7 @@ class SecretService:
             raise Forbidden("the token's scopes do not allow writing a secret of this name")
         secret_id = str(uuid.uuid4())
         snapshot, content_hash = self._seal(secret_id, 1, blob)
-        inline = self._inline_targets()
+        inline = self.rt.inline_targets
         token = deliveries.new_token(self.rt.node)
         try:
             row = await self.rt.pool.fetchrow(
@@ -84,8 +85,7 @@ class SecretService:
                 content_hash,
                 principal.actor,
                 snapshot,
-                self.rt.deployment_id,
-                snapshot if self.rt.primary_in_db else None,
+                self.rt.outbox_deployment,
                 self.rt.keys_of(self.rt.targets),
                 self.rt.keys_of(inline),
                 token,
@@ -197,7 +197,7 @@ class SecretService:
         snapshot = content_hash = None
         if blob is not None:
             snapshot, content_hash = self._seal(meta.id, version, blob)
-        inline = self._inline_targets()
+        inline = self.rt.inline_targets
         token = deliveries.new_token(self.rt.node)
         try:
             row = await self.rt.pool.fetchrow(
@@ -210,9 +210,7 @@ class SecretService:
                 kind,
                 principal.actor,
                 snapshot,
-                self.rt.deployment_id,
-                snapshot if self.rt.primary_in_db else None,
-                self.rt.primary_in_db,
+                self.rt.outbox_deployment,
                 self.rt.keys_of(self.rt.targets),
                 self.rt.keys_of(inline),
                 token,
@@ -232,13 +230,10 @@ class SecretService:
         snapshot = self.rt.keyring.encrypt(blob, secret_aad(secret_id, version))
         return snapshot, self.rt.content_hash(secret_id, blob)
 
-    def _inline_targets(self) -> list[str]:
-        return [] if self.rt.primary_in_db else self.rt.targets
-
     def _leased(self, row: Any) -> list[str]:
         """The inline targets whose delivery lease the commit took, in role order."""
         keys = set(row["leased"] or ())
-        return [t for t in self._inline_targets() if self.rt.key_of(t) in keys]
+        return [t for t in self.rt.inline_targets if self.rt.key_of(t) in keys]
 
     async def _write_inline(
         self,
@@ -317,21 +312,20 @@ class SecretService:
         return await self._read(principal, secret_id, "write")
 
     async def _read(self, principal: Principal, secret_id: str, action: str) -> ReadResult:
-        sid = _uuid(secret_id)
-        if self.rt.primary_in_db:
-            row = await self.rt.pool.fetchrow(Q.secret_get_with_value, sid, self.rt.deployment_id)
-            if row is None:
-                raise NotFound("no such secret")
-            meta = SecretMeta.from_row(row)
-            if not meta.visible_to(principal, action):
-                raise NotFound("no such secret")
-            return await self._from_row(meta, row)
-        meta = await self.meta(principal, secret_id, action)
-        return await self._read_fallback(meta, skip_primary=False)
+        row = await self.rt.pool.fetchrow(
+            Q.secret_get_with_value, _uuid(secret_id), self.rt.outbox_deployment
+        )
+        if row is None:
+            raise NotFound("no such secret")
+        meta = SecretMeta.from_row(row)
+        if not meta.visible_to(principal, action):
+            raise NotFound("no such secret")
+        return await self._from_row(meta, row)
 
     async def _from_row(self, meta: SecretMeta, row: Any) -> ReadResult:
-        """The sql primary's value read with the metadata; the fallback when it is older,
-        missing, or does not decrypt (a failed read of the primary, like any other)."""
+        """The value written in the outbox, read with the metadata; the fallback when there
+        is none (no such store), or it is older, missing, or does not decrypt (a failed read
+        of the primary, like any other)."""
         if row["stored_version"] == meta.version and row["ciphertext"] is not None:
             try:
                 values = self._open(meta.id, meta.version, row["ciphertext"])
@@ -339,12 +333,12 @@ class SecretService:
                 log.warning("secret.unreadable", secret_id=meta.id, source="primary")
             else:
                 return ReadResult(meta, values, "primary")
-        return await self._read_fallback(meta, skip_primary=True)
+        return await self._read_fallback(meta)
 
-    async def _read_fallback(self, meta: SecretMeta, *, skip_primary: bool) -> ReadResult:
-        sources = [] if skip_primary else [self.rt.primary]
-        if self.rt.backup is not None:
-            sources.append(self.rt.backup)
+    async def _read_fallback(self, meta: SecretMeta) -> ReadResult:
+        """The stores the worker delivers to (a primary written in the outbox was read with
+        the metadata), then the event log."""
+        sources = [self.rt.store_for(t) for t in self.rt.targets]
         timeout = self.rt.settings.replication.inline_timeout_s
         for store in sources:
             try:
@@ -440,9 +434,6 @@ class SecretService:
         A caller who sees a private and a shared secret of that name must pick
         one with ``private``: guessing could hand a tool the wrong credentials.
         """
-        if not self.rt.primary_in_db:
-            meta = await self.by_name_meta(principal, name, private)
-            return await self.read(principal, meta.id)
         user_id, own_token, patterns = principal.sql_visibility("read")
         rows = await self.rt.pool.fetch(
             Q.secret_by_exact_name_with_value,
@@ -451,7 +442,7 @@ class SecretService:
             private,
             own_token,
             patterns,
-            self.rt.deployment_id,
+            self.rt.outbox_deployment,
         )
         if len(rows) > 1:
             raise AmbiguousName()
@@ -500,7 +491,7 @@ class SecretService:
             after[1] if after else None,
             limit,
         )
-        if not self.rt.primary_in_db:
+        if self.rt.outbox_deployment is None:
             metas = [
                 SecretMeta.from_row(r)
                 for r in await self.rt.pool.fetch(Q.secret_list, *args, own_token, patterns)
@@ -509,11 +500,11 @@ class SecretService:
 
             async def one(meta: SecretMeta) -> ReadResult:
                 async with gate:
-                    return await self._read_fallback(meta, skip_primary=False)
+                    return await self._read_fallback(meta)
 
             return list(await asyncio.gather(*(one(m) for m in metas)))
         rows = await self.rt.pool.fetch(
-            Q.secret_list_with_values, *args, self.rt.deployment_id, own_token, patterns
+            Q.secret_list_with_values, *args, self.rt.outbox_deployment, own_token, patterns
         )
         results: list[ReadResult] = []
         for row in rows:

@@ -125,13 +125,13 @@ WITH s AS (
     RETURNING recorded_at
 ), v AS (
     INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext, deleted)
-    SELECT $4, s.id, s.version, s.hash, $5, false FROM s WHERE $5::bytea IS NOT NULL
+    SELECT $4, s.id, s.version, s.hash, $3, false FROM s WHERE $4::uuid IS NOT NULL
     ON CONFLICT (deployment_id, secret_id) DO UPDATE
         SET version = excluded.version, hash = excluded.hash, ciphertext = excluded.ciphertext,
             deleted = false, updated = now()
 ), d AS (
     INSERT INTO deliveries AS dl (target, secret_id, version, pending_since)
-    SELECT t, s.id, s.version, e.recorded_at FROM s, e, unnest($6::text[]) AS t
+    SELECT t, s.id, s.version, e.recorded_at FROM s, e, unnest($5::text[]) AS t
     ON CONFLICT (target, secret_id) DO UPDATE SET
         version = GREATEST(dl.version, excluded.version),
         pending_since = CASE WHEN dl.version > dl.applied_version AND NOT dl.dead

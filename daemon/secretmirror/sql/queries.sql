@@ -115,9 +115,10 @@ RETURNING id
 -- secret_create --
 -- One statement: metadata, event, sql-store value and deliveries commit together
 -- (the wake-up NOTIFY follows separately: see notify_deliveries).
--- $9 is the sql store ciphertext (NULL when the primary is not the main database).
--- $11 names the targets whose delivery the caller writes inline: their rows are
--- leased with the token $12 for $13 seconds so the worker does not write them twice
+-- $8 is the deployment whose sql store value commits here too (the snapshot $7 is the
+-- ciphertext), NULL when no store is written in the outbox (``outbox_deployment``).
+-- $10 names the targets whose delivery the caller writes inline: their rows are
+-- leased with the token $11 for $12 seconds so the worker does not write them twice
 -- (``leased`` lists them: the rows are new, so the caller gets every one).
 WITH s AS (
     INSERT INTO secrets (id, name, owner, private, version, hash)
@@ -129,7 +130,7 @@ WITH s AS (
     RETURNING seq, recorded_at
 ), v AS (
     INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext)
-    SELECT $8, s.id, s.version, $5, $9 FROM s WHERE $9::bytea IS NOT NULL
+    SELECT $8, s.id, s.version, $5, $7 FROM s WHERE $8::uuid IS NOT NULL
     ON CONFLICT (deployment_id, secret_id) DO UPDATE
         SET version = excluded.version, hash = excluded.hash, ciphertext = excluded.ciphertext,
             deleted = false, updated = now()
@@ -137,20 +138,21 @@ WITH s AS (
 , d AS (
     INSERT INTO deliveries (target, secret_id, version, pending_since, leased_until, leased_by)
     SELECT t, s.id, s.version, e.recorded_at,
-           CASE WHEN t = ANY($11::text[]) THEN now() + make_interval(secs => $13) END,
-           CASE WHEN t = ANY($11::text[]) THEN $12 END
-    FROM s, e, unnest($10::text[]) AS t
+           CASE WHEN t = ANY($10::text[]) THEN now() + make_interval(secs => $12) END,
+           CASE WHEN t = ANY($10::text[]) THEN $11 END
+    FROM s, e, unnest($9::text[]) AS t
     RETURNING target, leased_by
 )
 SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq,
-       ARRAY(SELECT target FROM d WHERE leased_by = $12) AS leased
+       ARRAY(SELECT target FROM d WHERE leased_by = $11) AS leased
 FROM s, e
 
 -- secret_change --
 -- Update, rename or delete under optimistic concurrency ($2 = the version read).
 -- $6 is the kind; a delete removes the metadata row and leaves a tombstone.
--- $13 names the targets the caller would write inline: each row is leased with the
--- token $14 only where its lease is free or expired, never taken from a worker or
+-- $9 is the deployment whose sql store value commits here too (as in secret_create).
+-- $11 names the targets the caller would write inline: each row is leased with the
+-- token $12 only where its lease is free or expired, never taken from a worker or
 -- another request mid-write; ``leased`` lists the targets the caller got.
 WITH upd AS (
     UPDATE secrets SET name = $3, private = $4, version = version + 1, hash = $5, updated = now()
@@ -169,8 +171,8 @@ WITH upd AS (
     RETURNING seq, recorded_at
 ), v AS (
     INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext, deleted)
-    SELECT $9, s.id, s.version, CASE WHEN $6 <> 'delete' THEN $5 END, $10, $6 = 'delete'
-    FROM s WHERE $11
+    SELECT $9, s.id, s.version, CASE WHEN $6 <> 'delete' THEN $5 END, $8, $6 = 'delete'
+    FROM s WHERE $9::uuid IS NOT NULL
     ON CONFLICT (deployment_id, secret_id) DO UPDATE
         SET version = excluded.version, hash = excluded.hash, ciphertext = excluded.ciphertext,
             deleted = excluded.deleted, updated = now()
@@ -178,9 +180,9 @@ WITH upd AS (
 ), d AS (
     INSERT INTO deliveries AS dl (target, secret_id, version, pending_since, leased_until, leased_by)
     SELECT t, s.id, s.version, e.recorded_at,
-           CASE WHEN t = ANY($13::text[]) THEN now() + make_interval(secs => $15) END,
-           CASE WHEN t = ANY($13::text[]) THEN $14 END
-    FROM s, e, unnest($12::text[]) AS t
+           CASE WHEN t = ANY($11::text[]) THEN now() + make_interval(secs => $13) END,
+           CASE WHEN t = ANY($11::text[]) THEN $12 END
+    FROM s, e, unnest($10::text[]) AS t
     ON CONFLICT (target, secret_id) DO UPDATE SET
         version = GREATEST(dl.version, excluded.version),
         pending_since = CASE WHEN dl.version > dl.applied_version AND NOT dl.dead
@@ -195,7 +197,7 @@ WITH upd AS (
     RETURNING dl.target, dl.leased_by
 )
 SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq,
-       ARRAY(SELECT target FROM d WHERE leased_by = $14) AS leased
+       ARRAY(SELECT target FROM d WHERE leased_by = $12) AS leased
 FROM s, e
 
 -- notify_deliveries --
@@ -208,7 +210,8 @@ SELECT id::text, name, owner::text, private, version, hash, created, updated
 FROM secrets WHERE id = $1
 
 -- secret_get_with_value --
--- The fast read for the sql primary in the main database: metadata and value at once.
+-- Metadata and, for a store written in the outbox (deployment $2; NULL: none), its
+-- value at once.
 SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.hash, s.created, s.updated,
        v.version AS stored_version, v.ciphertext
 FROM secrets s
@@ -240,7 +243,7 @@ ORDER BY name, id
 LIMIT $7
 
 -- secret_list_with_values --
--- The bulk read for the sql primary in the main database ($8 the deployment): the list
+-- The bulk read for a store written in the outbox ($8 the deployment): the list
 -- (as secret_list; $9, $10 as its $8, $9) with each secret's stored value, in one statement.
 -- The page is chosen first, then each value is one primary-key lookup (LATERAL ... LIMIT 1
 -- keeps the planner from hashing the whole values table for a page of 20).
@@ -275,8 +278,8 @@ WHERE name = $1 AND secretmirror_sees(private, owner, name, $2, $4, $5)
 ORDER BY private
 
 -- secret_by_exact_name_with_value --
--- secret_by_exact_name with the stored value of the sql primary in the main database ($6
--- the deployment): a by-name read in one round trip.
+-- secret_by_exact_name with the stored value of a store written in the outbox ($6 the
+-- deployment; NULL: none): a by-name read in one round trip.
 SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated,
        v.version AS stored_version, v.ciphertext
 FROM secrets s

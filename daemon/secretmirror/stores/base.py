@@ -132,3 +132,20 @@ class SecretStore(Protocol):
         Reads listing metadata only where the provider has it, never every value.
         """
         ...
+
+
+@runtime_checkable
+class WrittenInOutbox(Protocol):
+    """An optional hook: a store whose entries commit in the outbox statement itself.
+
+    Only the ``sql`` store in the main database has it. The write statements
+    (``secret_create``, ``secret_change``, ``secret_reissue``) then fill its
+    ``secretmirror_values`` row in the same statement as the metadata and the
+    event (one round trip: a second statement in a transaction measured a quarter
+    to a half fewer writes per second), reads take its value with the metadata, and neither
+    the worker nor the API's inline write ever writes it.
+    """
+
+    def outbox_deployment(self) -> str | None:
+        """The deployment whose values the outbox statements write; None: not this store."""
+        ...

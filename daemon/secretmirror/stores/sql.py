@@ -1,9 +1,10 @@
 """The ``sql`` store: encrypted values in PostgreSQL, the main database or another one.
 
-In the main database the API writes values in the same transaction as the
-metadata and the event (``secret_create``/``secret_change``); this class is
-what the worker, reads and reconcile jobs use, and the only path to a
-``sql`` store in another database.
+In the main database as the primary, the API writes values in the same
+statement as the metadata and the event (``secret_create``/``secret_change``;
+``outbox_deployment`` is that hook); this class is what the worker, reads and
+reconcile jobs use otherwise, and the only path to a ``sql`` store in another
+database.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class SqlStore:
     def in_main_database(self) -> bool:
         """True when values commit with the metadata, in the main database."""
         return self._own_dsn is None
+
+    def outbox_deployment(self) -> str | None:
+        """In the main database, the outbox statements write this store's values."""
+        return self._deployment_id if self.in_main_database else None
 
     @property
     def location(self) -> str:
