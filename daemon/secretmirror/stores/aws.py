@@ -76,7 +76,6 @@ from secretmirror.errors import (
     ConfigError,
     StoreContended,
     StoreError,
-    StoreForeignEntry,
     StoreNotFound,
     StoreRejected,
     StoreThrottled,
@@ -84,7 +83,7 @@ from secretmirror.errors import (
 )
 from secretmirror.settings import AwsStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
-from secretmirror.stores.fenced import FencedStore, Stale, Write, moves_forward
+from secretmirror.stores.fenced import FencedStore, Stale, Write, a_hash, moves_forward
 
 if TYPE_CHECKING:
     from types_aiobotocore_secretsmanager import SecretsManagerClient
@@ -100,19 +99,18 @@ T = TypeVar("T")
 
 #: AWS Secrets Manager's limit on a SecretString.
 MAX_VALUE_BYTES = 65536
-TAG_MANAGED = "secretmirror:managed"
-TAG_DEPLOYMENT = "secretmirror:deployment"
+#: Tags: ownership, and the newest delete's version (it outlives the recovery window).
+TAG_MANAGED, TAG_DEPLOYMENT = "secretmirror:managed", "secretmirror:deployment"
 TAG_TOMBSTONE = "secretmirror:tombstone"
 CURRENT = "AWSCURRENT"
 
-_TOKEN = re.compile(r"sm1-(\d{10})-([0-9a-f]{32})")
-_HASH = re.compile(r"[0-9a-f]{32}")
+#: The request token: the version in 10 digits (so at most this), then the content hash.
+_TOKEN, _MAX_VERSION = re.compile(r"sm1-(\d{10})-([0-9a-f]{32})"), 9_999_999_999
 #: AWS secret names: 1-512 of these characters.
 _NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
-_MAX_VERSION = 9_999_999_999
-_PAGE = 100
-#: Connections per client: above replication and reconcile concurrency (16 each by default).
-_POOL = 64
+#: Secrets per ListSecrets page, and connections per client (above replication and
+#: reconcile concurrency, 16 each by default).
+_PAGE, _POOL = 100, 64
 
 _THROTTLED = {
     "ThrottlingException",
@@ -153,7 +151,7 @@ def make_token(version: int, content_hash: str) -> str:
     """The ClientRequestToken (and so the VersionId) of ``version`` with ``content_hash``."""
     if not 1 <= version <= _MAX_VERSION:
         raise StoreRejected(f"version {version} does not fit the AWS request token")
-    if not _HASH.fullmatch(content_hash):
+    if a_hash(content_hash) is None:
         raise StoreRejected("the content hash must be 32 lowercase hex digits")
     return f"sm1-{version:010d}-{content_hash}"
 
@@ -247,6 +245,19 @@ class _State:
         if self.current is None:
             return moves_forward(version, held=self.newest, tombstone=self.tombstone, again=True)
         return moves_forward(version, held=self.current, tombstone=self.tombstone)
+
+    def written(self, token: str, write: Write) -> _State:
+        """The entry once ``write`` holds AWSCURRENT under ``token``."""
+        return replace(
+            self,
+            exists=True,
+            current_id=token,
+            current=write.version,
+            current_hash=write.hash,
+            newest=max(self.newest, write.version),
+            pending_deletion=False,
+            guessed=False,
+        )
 
     @property
     def deleted(self) -> bool:
@@ -408,9 +419,7 @@ class AwsStore(FencedStore[_State]):
         except StoreNotFound:
             return None
         if not self._owns(described):
-            raise StoreForeignEntry(
-                f"the AWS secret {name} is not managed by this deployment; it is left alone"
-            )
+            raise self._foreign(name)
         return _State.of(described)
 
     def _absent(self) -> _State:
@@ -466,36 +475,20 @@ class AwsStore(FencedStore[_State]):
                 "RestoreSecret", lambda: client.restore_secret(SecretId=name)
             )
         try:
-            answer = await self._write(
+            answer = await self._write_or_stale(
                 "PutSecretValue",
                 lambda: client.put_secret_value(
                     SecretId=name, SecretString=write.text, ClientRequestToken=token
                 ),
             )
-        except StoreNotFound:
-            raise Stale from None
         except StoreContended:
             raise StoreRejected(
                 f"AWS already holds version {version} of {secret_id} with other content"
             ) from None
-        except StoreRejected as exc:
-            if _is_deleted_error(exc):
-                raise Stale from None
-            raise
         if CURRENT not in answer.get("VersionStages", []):
             # The token existed with this value, so AWS changed nothing; the label is elsewhere.
             await self._move_current(name, token, state.current_id)
-        self._remembered.remember(
-            secret_id,
-            replace(
-                state,
-                current_id=token,
-                current=version,
-                current_hash=write.hash,
-                newest=max(state.newest, version),
-                pending_deletion=False,
-            ),
-        )
+        self._remembered.remember(secret_id, state.written(token, write))
         return PutOutcome.WRITTEN
 
     async def _create(self, secret_id: str, name: str, state: _State, write: Write) -> PutOutcome:
@@ -526,17 +519,7 @@ class AwsStore(FencedStore[_State]):
                     f"AWS is still deleting the previous entry of {secret_id}; retry later"
                 ) from exc
             raise
-        self._remembered.remember(
-            secret_id,
-            _State(
-                exists=True,
-                current_id=token,
-                current=version,
-                current_hash=write.hash,
-                newest=version,
-                tombstone=state.tombstone,
-            ),
-        )
+        self._remembered.remember(secret_id, state.written(token, write))
         return PutOutcome.WRITTEN
 
     async def _move_current(self, name: str, token: str, current_id: str | None) -> None:

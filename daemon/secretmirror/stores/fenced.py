@@ -80,7 +80,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
-from secretmirror.errors import StoreContended, StoreRejected
+from secretmirror.errors import StoreContended, StoreForeignEntry, StoreRejected
 from secretmirror.model import canonical
 from secretmirror.ratelimit import Throttle, TokenBucket
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext
@@ -355,6 +355,11 @@ class FencedStore(Generic[S]):
                 f"the {self.provider} entry of {secret_id} is not a secretmirror value"
             )
         return values
+
+    def _foreign(self, name: str) -> StoreForeignEntry:
+        return StoreForeignEntry(
+            f"the {self.provider} secret {name} is not managed by this deployment; it is left alone"
+        )
 
     # -- names --
 

@@ -710,9 +710,7 @@ class GcpStore(FencedStore[_State]):
         """Read the secret (1 read); ``StoreForeignEntry`` when it is not this deployment's."""
         secret = await self._call("GET", f"secrets/{name}", "secrets.get")
         if not _owned(secret, self._deployment):
-            raise StoreForeignEntry(
-                f"the GCP secret {name} is not managed by this deployment; it is left alone"
-            )
+            raise self._foreign(name)
         state = _State.of(secret)
         self._remembered.remember(secret_id, state)
         return state
