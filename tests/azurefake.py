@@ -466,6 +466,8 @@ class FakeServer:
         for injection in self.injections:
             if injection.count > 0 and (writes or not injection.writes_only):
                 injection.count -= 1
+                if injection.status == 401:
+                    return self._challenge("AKV10032: Invalid issuer.")
                 return _injected(injection)
         if request.method == "PUT" and (throttled := self._over_quota()) is not None:
             return throttled
@@ -756,6 +758,12 @@ _INJECTED = {
     503: ("ServiceUnavailable", "The service is temporarily unavailable."),
     400: ("BadParameter", "The request is invalid."),
     403: ("Forbidden", "The user, group or application does not have secrets set permission."),
+    404: ("SecretNotFound", "A secret with (name/id) x was not found in this key vault."),
+    409: (
+        "Conflict",
+        "The request could not be completed due to a conflict with the current state "
+        "of the secret.",
+    ),
 }
 
 

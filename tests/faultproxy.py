@@ -17,6 +17,12 @@ Modes, switchable while connections are open:
 ``ThreadedFaultProxy`` runs one in a thread of its own with a blocking API,
 for tests whose client is synchronous or a subprocess (a daemon pointed at
 ``proxy.url``). Both are context managers that stop what they started.
+
+``HttpFaultProxy`` works one layer up, in front of an HTTP server (moto,
+OpenBao): it forwards every request unchanged, except those an ``answer(...)``
+rule matches, which get the rule's status, body and headers instead, as the
+real provider would send them (the caller writes the provider's documented
+error answer; the proxy only delivers it).
 """
 
 from __future__ import annotations
@@ -26,10 +32,13 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, TypeVar
+
+import aiohttp
+from aiohttp import web
 
 Direction = Literal["upstream", "downstream", "both", "connect"]
 T = TypeVar("T")
@@ -271,3 +280,113 @@ class ThreadedFaultProxy:
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self._timeout_s)
+
+
+#: Matches a request by method, path and headers.
+Match = Callable[[str, str, Mapping[str, str]], bool]
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "content-length",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+@dataclass
+class _Rule:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    when: Match | None
+    #: Answers left; None: until ``clear()``.
+    left: int | None
+
+    def takes(self, method: str, path: str, headers: Mapping[str, str]) -> bool:
+        if self.left == 0 or (self.when is not None and not self.when(method, path, headers)):
+            return False
+        if self.left is not None:
+            self.left -= 1
+        return True
+
+
+class HttpFaultProxy:
+    """An HTTP proxy on 127.0.0.1 in front of ``upstream`` that answers for it on demand."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.port = 0
+        #: Requests answered by a rule rather than the upstream.
+        self.answered = 0
+        self._rules: list[_Rule] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> HttpFaultProxy:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> HttpFaultProxy:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def answer(
+        self,
+        status: int,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        when: Match | None = None,
+        count: int | None = None,
+    ) -> None:
+        """Answer requests ``when`` matches (all by default), ``count`` times or until cleared."""
+        self._rules.append(_Rule(status, body, dict(headers or {}), when, count))
+
+    def clear(self) -> None:
+        self._rules.clear()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        for rule in self._rules:
+            if rule.takes(request.method, request.path, request.headers):
+                self.answered += 1
+                return web.Response(status=rule.status, body=rule.body, headers=rule.headers)
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        async with self._session.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+        ) as upstream:
+            data = await upstream.read()
+            back = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
+            return web.Response(status=upstream.status, body=data, headers=back)

@@ -33,8 +33,10 @@ accepted too. Requests without a valid token get ``401 UNAUTHENTICATED``.
 
 Faults: ``throttle(n)`` answers the next n API requests with ``429
 RESOURCE_EXHAUSTED`` (optionally with ``Retry-After``), ``fail(n, status)``
-with a 5xx. ``calls`` records every API request (operation, secret id,
-status) for counting.
+with a 5xx, ``inject(n, error)`` with any ``ApiError`` (optionally only the
+write operations), as Google documents the code's HTTP mapping (``google.rpc.Code``:
+UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404, ABORTED 409, ...).
+``calls`` records every API request (operation, secret id, status) for counting.
 
 The server runs in a thread with its own event loop, so synchronous clients
 (the official SDK) and daemon subprocesses can use it alike; ``python -m
@@ -402,6 +404,13 @@ class FakeSecret:
         return out
 
 
+@dataclass
+class _Injection:
+    error: ApiError
+    left: int
+    writes_only: bool
+
+
 @dataclass(frozen=True)
 class Call:
     """One API request as the fake saw it."""
@@ -440,6 +449,7 @@ class GcpFake:
         self._throttle_retry_after: float | None = None
         self._fail_left = 0
         self._fail_status = 503
+        self._injected: list[_Injection] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -503,6 +513,17 @@ class GcpFake:
         """Answer the next ``count`` API requests with ``status`` (a 5xx)."""
         with self._lock:
             self._fail_left, self._fail_status = count, status
+
+    def inject(self, count: int, error: ApiError, *, writes_only: bool = False) -> None:
+        """Answer the next ``count`` API requests (or write requests) with ``error``."""
+        with self._lock:
+            self._injected.append(_Injection(error, count, writes_only))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._throttle_left = 0
+            self._fail_left = 0
+            self._injected.clear()
 
     @property
     def throttles_left(self) -> int:
@@ -681,6 +702,11 @@ class GcpFake:
                 raise ApiError(
                     self._fail_status, "UNAVAILABLE", "The service is currently unavailable."
                 )
+            op = ".".join(method.id.split(".")[-2:])
+            for injection in self._injected:
+                if injection.left > 0 and (op in WRITE_OPS or not injection.writes_only):
+                    injection.left -= 1
+                    raise injection.error
         if not self._authorized(request):
             raise ApiError(
                 401,
@@ -1088,8 +1114,7 @@ def gcp_prefix() -> str:
 def gcp_fake_clean(gcp_fake: GcpFake) -> Iterator[GcpFake]:
     """The session's fake, with no fault left over from the test."""
     yield gcp_fake
-    gcp_fake.throttle(0)
-    gcp_fake.fail(0)
+    gcp_fake.clear_faults()
 
 
 def gcp_settings(

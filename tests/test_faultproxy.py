@@ -10,9 +10,11 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from tests.faultproxy import FaultProxy, ThreadedFaultProxy
+from tests.faultproxy import FaultProxy, HttpFaultProxy, ThreadedFaultProxy
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -221,3 +223,51 @@ def test_threaded_proxy_switches_modes(threaded_echo_port: int) -> None:
             _blocking_roundtrip(proxy.port)
         proxy.pass_through()
         assert _blocking_roundtrip(proxy.port) == b"ping"
+
+
+# -- the HTTP fault proxy -------------------------------------------------------------------
+
+
+async def _echo_request(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response(
+        {"method": request.method, "path": request.path_qs, "body": body.decode()},
+        headers={"X-Upstream": "yes"},
+    )
+
+
+@pytest.fixture
+async def http_upstream() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", _echo_request)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def test_http_proxy_forwards_and_answers_for_the_upstream(http_upstream: str) -> None:
+    """Requests pass unchanged; a matching rule answers instead, as often as it is told."""
+    async with HttpFaultProxy(http_upstream) as proxy, aiohttp.ClientSession() as session:
+        async with session.post(f"{proxy.url}/a?b=1", data=b"hello") as response:
+            assert response.headers["X-Upstream"] == "yes"
+            assert await response.json() == {"method": "POST", "path": "/a?b=1", "body": "hello"}
+        proxy.answer(
+            429, b'{"errors": []}', {"Retry-After": "2"}, when=lambda m, p, h: m == "PUT", count=1
+        )
+        async with session.get(f"{proxy.url}/x") as response:
+            assert response.status == 200
+        async with session.put(f"{proxy.url}/x") as response:
+            assert (response.status, response.headers["Retry-After"]) == (429, "2")
+            assert await response.read() == b'{"errors": []}'
+        async with session.put(f"{proxy.url}/x") as response:
+            assert response.status == 200
+        proxy.answer(503, b"down")
+        async with session.get(f"{proxy.url}/y") as response:
+            assert response.status == 503
+        proxy.clear()
+        async with session.get(f"{proxy.url}/y") as response:
+            assert response.status == 200
+        assert proxy.answered == 2

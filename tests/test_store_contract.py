@@ -19,10 +19,16 @@ from typing import Any
 import pytest
 
 from secretmirror.crypto import Keyring, content_hash
-from secretmirror.errors import StoreForeignEntry, StoreRejected, StoreUnavailable
+from secretmirror.errors import (
+    StoreContended,
+    StoreForeignEntry,
+    StoreRejected,
+    StoreThrottled,
+    StoreUnavailable,
+)
 from secretmirror.model import canonical
 from secretmirror.stores.base import PutOutcome, SecretStore, StoreContext
-from tests.stores import KINDS, NoEquivalent, Place
+from tests.stores import KINDS, Fault, NoEquivalent, Place
 
 HASH_KEY = secrets.token_bytes(32)
 
@@ -43,6 +49,19 @@ DEFECTS: dict[tuple[str, str], str] = {
     ("test_an_unreachable_store_is_unavailable", "sql"): (
         "sql: after a failed open every call raises AttributeError (pool is None), "
         "not StoreUnavailable"
+    ),
+    ("test_refused_credentials_and_server_errors_are_unavailable", "sql"): (
+        "sql: refusals at connect time (28000 login refused, 42501 no CONNECT, 55000 not "
+        "accepting connections) are StoreRejected on writes and raw asyncpg errors on reads, "
+        "not StoreUnavailable"
+    ),
+    ("test_refused_credentials_and_server_errors_are_unavailable", "file"): (
+        "file: get reads a vanished store directory (a volume unmounted) as a missing entry "
+        "(None), not StoreUnavailable"
+    ),
+    ("test_a_lost_race_is_contended_and_the_store_stays_up", "custom"): (
+        "custom example: SQLite's 'database is locked' (another writer holds the lock) is "
+        "StoreUnavailable, which marks the store down, not StoreContended"
     ),
     ("test_an_unreachable_store_is_unavailable", "custom"): (
         "custom example: open lets OSError out (a directory it cannot create), not StoreUnavailable"
@@ -119,6 +138,20 @@ async def _hook(outcome: Awaitable[Any]) -> Any:
         return await outcome
     except NoEquivalent as exc:
         pytest.skip(str(exc))
+
+
+@contextlib.asynccontextmanager
+async def _answering(place: Place, fault: Fault) -> AsyncIterator[float | None]:
+    """``place.answering(fault)``; skips the case where the kind has no such answer."""
+    try:
+        hook = place.answering(fault)
+        hint = await hook.__aenter__()
+    except NoEquivalent as exc:
+        pytest.skip(str(exc))
+    try:
+        yield hint
+    finally:
+        await hook.__aexit__(None, None, None)
 
 
 def _values_of_size(size: int) -> dict[str, str]:
@@ -348,6 +381,22 @@ async def test_a_value_at_the_limit_round_trips(store: SecretStore) -> None:
 # -- errors ---------------------------------------------------------------------------------
 
 
+async def _every_call_is_unavailable(store: SecretStore, held: str, fresh: str) -> None:
+    """health, put (new and held entry), get, delete and list all raise StoreUnavailable."""
+    with pytest.raises(StoreUnavailable):
+        await store.health()
+    with pytest.raises(StoreUnavailable):
+        await _put(store, fresh, 1, {"a": "1"})
+    with pytest.raises(StoreUnavailable):
+        await _put(store, held, 2, {"a": "2"})
+    with pytest.raises(StoreUnavailable):
+        await store.get(held)
+    with pytest.raises(StoreUnavailable):
+        await store.delete(held, 3)
+    with pytest.raises(StoreUnavailable):
+        await _listed(store)
+
+
 async def test_an_unreachable_store_is_unavailable(place: Place, ctx: StoreContext) -> None:
     """Nothing answers: open (where it connects) and every operation raise StoreUnavailable."""
     store = place.unreachable(ctx)
@@ -355,15 +404,69 @@ async def test_an_unreachable_store_is_unavailable(place: Place, ctx: StoreConte
         with contextlib.suppress(StoreUnavailable):
             await store.open()
         sid = _sid()
-        with pytest.raises(StoreUnavailable):
-            await store.health()
-        with pytest.raises(StoreUnavailable):
-            await _put(store, sid, 1, {"a": "1"})
-        with pytest.raises(StoreUnavailable):
-            await store.get(sid)
-        with pytest.raises(StoreUnavailable):
-            await store.delete(sid, 2)
-        with pytest.raises(StoreUnavailable):
-            await _listed(store)
+        await _every_call_is_unavailable(store, sid, sid)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("fault", [Fault.UNAUTHENTICATED, Fault.FORBIDDEN, Fault.SERVER_ERROR])
+async def test_refused_credentials_and_server_errors_are_unavailable(
+    place: Place, store: SecretStore, fault: Fault
+) -> None:
+    """401, 403 and 5xx (or their equivalents) make every call StoreUnavailable, until they end."""
+    held, fresh = _sid(), _sid()
+    await _put(store, held, 1, {"a": "1"})
+    async with _answering(place, fault):
+        await _every_call_is_unavailable(store, held, fresh)
+    await store.health()
+    assert await _put(store, held, 2, {"a": "2"}) is PutOutcome.WRITTEN
+    assert await _put(store, fresh, 1, {"a": "1"}) is PutOutcome.WRITTEN
+    got = await store.get(held)
+    assert got is not None
+    assert (got.version, got.values) == (2, {"a": "2"})
+
+
+async def test_not_found_reads_as_missing(place: Place, store: SecretStore) -> None:
+    """The provider answering 'no such entry': get is None and a delete has nothing to do."""
+    sid = _sid()
+    async with _answering(place, Fault.NOT_FOUND):
+        assert await store.get(sid) is None
+        await store.delete(sid, 2)
+    assert await _put(store, sid, 3, {"a": "3"}) is PutOutcome.WRITTEN
+
+
+async def test_a_lost_race_is_contended_and_the_store_stays_up(
+    place: Place, store: SecretStore
+) -> None:
+    """Every write losing to a concurrent change: StoreContended, reads still served."""
+    held, fresh = _sid(), _sid()
+    await _put(store, held, 1, {"a": "1"})
+    async with _answering(place, Fault.CONTENDED):
+        with pytest.raises(StoreContended):
+            await _put(store, fresh, 1, {"a": "1"})
+        await store.health()
+        got = await store.get(held)
+        assert got is not None
+        assert got.version == 1
+    assert await _put(store, fresh, 1, {"a": "1"}) is PutOutcome.WRITTEN
+    got = await store.get(fresh)
+    assert got is not None
+    assert (got.version, got.values) == (1, {"a": "1"})
+
+
+async def test_throttling_is_store_throttled_carrying_the_hint(
+    place: Place, store: SecretStore
+) -> None:
+    """429 (or the provider's throttling answer): StoreThrottled with its Retry-After."""
+    sid = _sid()
+    async with _answering(place, Fault.THROTTLED) as hint:
+        with pytest.raises(StoreThrottled) as raised:
+            await _put(store, sid, 1, {"a": "1"})
+        with pytest.raises(StoreThrottled):
+            await store.get(sid)
+    retry_after = raised.value.retry_after_s
+    assert retry_after is not None
+    if hint is None:  # the provider sends none: the store waits a while of its own
+        assert 0 < retry_after <= 60
+    else:
+        assert retry_after == pytest.approx(hint, abs=0.5)

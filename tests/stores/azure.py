@@ -15,6 +15,19 @@ from secretmirror.stores.azure import AzureStore
 from secretmirror.stores.base import StoreContext
 from tests.azurefake import AzureFake, azure_settings, sdk_client
 from tests.moto import free_port
+from tests.stores import Fault
+
+RETRY_AFTER_S = 2.0
+#: The HTTP status the fake answers for each fault (its bodies: Key Vault's
+#: ``{"error": {"code", "message"}}``; a 401 carries the Bearer challenge).
+STATUSES = {
+    Fault.UNAUTHENTICATED: 401,
+    Fault.FORBIDDEN: 403,
+    Fault.NOT_FOUND: 404,
+    Fault.CONTENDED: 409,
+    Fault.THROTTLED: 429,
+    Fault.SERVER_ERROR: 503,
+}
 
 
 def azure_store(fake: AzureFake, ctx: StoreContext, prefix: str, **overrides: Any) -> AzureStore:
@@ -49,6 +62,17 @@ class AzurePlace:
         return azure_store(
             self.fake, ctx, self.prefix, vault_url=f"https://127.0.0.1:{free_port()}"
         )
+
+    @contextlib.asynccontextmanager
+    async def answering(self, fault: Fault) -> AsyncIterator[float | None]:
+        hint = RETRY_AFTER_S if fault is Fault.THROTTLED else None
+        self.fake.inject(
+            STATUSES[fault], 1_000_000, retry_after_s=hint, writes_only=fault is Fault.CONTENDED
+        )
+        try:
+            yield hint
+        finally:
+            self.fake.reset()
 
 
 @contextlib.asynccontextmanager

@@ -1,11 +1,15 @@
 """The example ``custom`` store (SQLite), loaded by class path as an operator would configure it.
 
-Entries are rows keyed by (deployment, secret id), like the sql store's.
+Entries are rows keyed by (deployment, secret id), like the sql store's. The one
+fault SQLite can answer is contention: another connection holding the write lock
+(``BEGIN IMMEDIATE``) makes a write wait out the busy timeout, then fail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +17,23 @@ from typing import Any
 from secretmirror.settings import CustomStoreSettings
 from secretmirror.stores import build_store
 from secretmirror.stores.base import SecretStore, StoreContext
-from tests.stores import NoEquivalent
+from tests.stores import Fault, NoEquivalent
+
+_NO_EQUIVALENT = {
+    Fault.UNAUTHENTICATED: "custom (SQLite): an embedded database takes no credentials",
+    Fault.FORBIDDEN: (
+        "custom (SQLite): the file's permissions are checked when the store opens it, never again"
+    ),
+    Fault.NOT_FOUND: (
+        "custom (SQLite): a missing row is an empty result, not an answer to inject "
+        "(test_get_missing_is_none, test_delete_of_missing_is_safe)"
+    ),
+    Fault.THROTTLED: "custom (SQLite): an embedded database has no rate limit",
+    Fault.SERVER_ERROR: (
+        "custom (SQLite): an embedded database has no server, and its disk failing "
+        "cannot be injected here"
+    ),
+}
 
 CLASS_PATH = "secretmirror.stores.example_custom:SqliteStore"
 
@@ -49,6 +69,17 @@ class CustomPlace:
         blocker = self.directory / "not-a-directory"
         blocker.write_bytes(b"")
         return custom_store(blocker / "s.db", ctx)
+
+    @contextlib.asynccontextmanager
+    async def answering(self, fault: Fault) -> AsyncIterator[float | None]:
+        if fault is not Fault.CONTENDED:
+            raise NoEquivalent(_NO_EQUIVALENT[fault])
+        writer = await asyncio.to_thread(sqlite3.connect, self.path, isolation_level=None)
+        try:
+            await asyncio.to_thread(writer.execute, "BEGIN IMMEDIATE")
+            yield None
+        finally:
+            await asyncio.to_thread(writer.close)
 
 
 @contextlib.asynccontextmanager

@@ -14,10 +14,36 @@ from typing import Any
 from secretmirror.settings import GcpStoreSettings
 from secretmirror.stores.base import StoreContext
 from secretmirror.stores.gcp import GcpStore
-from tests.gcpfake import PROJECT, SCOPE, GcpFake, gcp_settings
+from tests.gcpfake import PROJECT, SCOPE, ApiError, GcpFake, gcp_settings
 from tests.moto import free_port
+from tests.stores import Fault
 
 PARENT = f"projects/{PROJECT}"
+RETRY_AFTER_S = 2.0
+#: Faults as Secret Manager answers them: google.rpc.Status JSON with the HTTP status
+#: of its code (https://cloud.google.com/apis/design/errors#handling_errors).
+ANSWERS: dict[Fault, tuple[int, str, str]] = {
+    Fault.UNAUTHENTICATED: (
+        401,
+        "UNAUTHENTICATED",
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, "
+        "login cookie or other valid authentication credential.",
+    ),
+    Fault.FORBIDDEN: (
+        403,
+        "PERMISSION_DENIED",
+        "Permission 'secretmanager.versions.access' denied for resource (or it may not exist).",
+    ),
+    Fault.NOT_FOUND: (404, "NOT_FOUND", "Secret [x] not found or has no versions."),
+    Fault.CONTENDED: (409, "ABORTED", "The operation was aborted due to a concurrent change."),
+    Fault.THROTTLED: (
+        429,
+        "RESOURCE_EXHAUSTED",
+        "Quota exceeded for quota metric 'Write requests' and limit 'Write requests per "
+        "minute' of service 'secretmanager.googleapis.com'.",
+    ),
+    Fault.SERVER_ERROR: (503, "UNAVAILABLE", "The service is currently unavailable."),
+}
 
 
 class GcpPlace:
@@ -78,6 +104,18 @@ class GcpPlace:
         fields = gcp_settings(self.fake.url, self.key_file, self.prefix)
         fields["endpoint_url"] = f"http://127.0.0.1:{free_port()}"
         return GcpStore(GcpStoreSettings(**fields), ctx)
+
+    @contextlib.asynccontextmanager
+    async def answering(self, fault: Fault) -> AsyncIterator[float | None]:
+        status, code, message = ANSWERS[fault]
+        hint = RETRY_AFTER_S if fault is Fault.THROTTLED else None
+        headers = {} if hint is None else {"Retry-After": f"{hint:g}"}
+        error = ApiError(status, code, message, headers)
+        self.fake.inject(1_000_000, error, writes_only=fault is Fault.CONTENDED)
+        try:
+            yield hint
+        finally:
+            self.fake.clear_faults()
 
 
 @contextlib.asynccontextmanager
