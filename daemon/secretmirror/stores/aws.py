@@ -376,10 +376,9 @@ class AwsStore(FencedStore[_State]):
     # -- reads --
 
     async def get(self, secret_id: str) -> StoredValue | None:
-        try:
-            name = self._name(secret_id)
-        except StoreRejected:
-            return None  # no such entry can exist
+        name = self._name_of_existing(secret_id)
+        if name is None:
+            return None
         client = self._require()
         try:
             answer = await self._call(

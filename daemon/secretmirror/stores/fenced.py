@@ -4,71 +4,14 @@ A cloud provider has no "write only if newer" of its own, so each store fences
 its writes itself: it decides from the entry's *state* (the secretmirror
 version it holds, its tombstone, its ownership) and then writes with the
 provider's own protocol (a request token, an etag, a cas). ``FencedStore``
-holds the part that is the same everywhere; a provider fills in a few hooks.
-
-The template:
-
-- **Names.** Secret ``id`` lives at ``{name_prefix}{id}``; a name the provider
-  would refuse is ``StoreRejected`` on a write and "no such entry" on a read
-  or a delete. A listed name outside the prefix is not ours.
-- **Checks before any call.** The canonical JSON of the values must fit the
-  provider's limit, the version is at least 1 and the content hash is 32
-  lowercase hex digits (``StoreRejected`` otherwise).
-- **Remembered state** (``remembered.Remembered``): what this process last saw
-  or wrote of an entry, trusted on the next write, so a steady-state write
-  costs no read. A store that must read before every write anyway sets
-  ``remembers = False`` and keeps only the lock.
-- **One writer per entry per process**: put and delete hold the entry's lock
-  around decide-then-write. A write that fails or is cancelled (a caller's
-  timeout) may still have landed, so the entry is forgotten and re-read.
-  Across processes the replication layer's per-(target, secret) lease keeps
-  one writer, and the provider's write protocol keeps a stale one harmless.
-- **Retry on a stale view.** A step that finds the entry changed under it
-  (gone, deleted, another writer's etag) raises ``Stale``: the entry is
-  forgotten and read again (or the fresh state the step found is used), at
-  most ``ATTEMPTS`` times; then ``StoreContended`` (the store is up, the
-  delivery retries).
-- **The fence** (``moves_forward``): a put writes only a version newer than
-  what the entry holds and newer than its tombstone. Where the current value
-  is someone else's (a console edit) or secretmirror's own write of it never
-  finished, the same version may be written again to put it back. A delete
-  leaves a versioned tombstone that refuses any older put; a newer put brings
-  the entry back.
-- **Listings, one rule.** Pages are streamed, sorted by secret id within each
-  page; entries that are not this deployment's are skipped. Each listed state
-  teaches the process an entry it did not remember; a listed state that
-  disagrees with what it remembers makes it *forget* that entry (the next
-  write reads it again) rather than adopt it: a page may predate a write this
-  process just made, and adopting it would let a late, older put through the
-  fence. A remembered tombstone newer than the listed one is kept (one the
-  provider cannot hold: a force delete, a second delete of a deleted entry).
-  A listing that runs to the end forgets every remembered entry it did not
-  show (purged, untagged by hand), so repair writes them again. A provider
-  whose listing cannot tell the current value apart (gcp, azure) checks each
-  listed entry (``_listed_entry``), ``list_concurrency`` at a time.
-- **Pacing and throttling, one rule.** Every write takes a slot from one token
-  bucket per store (``max_writes_per_s``). A throttle answer (429,
-  ``ThrottlingException``, ``RESOURCE_EXHAUSTED``) raises ``StoreThrottled``
-  with the provider's hint (``Retry-After``, ``RetryInfo``; else 1 s) and
-  holds every further call of the store until the hint passes
-  (``ratelimit.Throttle``): a hold of up to 5 s is waited out locally, off the
-  store's clock; a longer one, or one past the caller's time limit, fails fast
-  as ``StoreThrottled`` with what is left and sends nothing. Short holds are
-  quota refills that cost no failed delivery; long ones would park workers,
-  leases and inline API writes, so the retry policy defers the work instead.
-  Throttling never marks a store down.
-- **Errors**: connection failures, timeouts, 5xx, and credential or
-  permission failures (fixed by an operator, effective without a restart) are
-  ``StoreUnavailable``; a lost race is ``StoreContended``; another
-  deployment's entry is ``StoreForeignEntry``; invalid or too large is
-  ``StoreRejected``. Messages name the call and the provider's code, never
-  its message text, which may quote parameters.
-
-A provider implements ``_load`` (read an entry's state), ``_put_as`` (write a
-version), ``_delete_as`` (write a tombstone), ``_pages`` and ``_listed``
-(page and parse the listing), ``_absent`` (the state of a missing entry), and
-may override ``_listed_entry``, ``_unlisted``, ``_agrees`` and ``_believed``.
-``stores/README.md`` walks through adding one.
+holds what is the same everywhere, and ``stores/README.md`` describes that
+behaviour once for every provider: names and the checks before any call, the
+remembered state and the per-entry writer lock, the retry on a stale view
+(``Stale``, then ``StoreContended``), the fence (``moves_forward``), the one
+listing rule (``_observe``: learn what is unknown, forget what a listing
+contradicts, never adopt it) and the one throttling rule
+(``ratelimit.Throttle``). A provider fills in the hooks below and keeps its
+write protocol, auth and error codes.
 """
 
 from __future__ import annotations
@@ -246,10 +189,9 @@ class FencedStore(Generic[S]):
         return await self._fenced(secret_id, name, "write", step, guess=True)
 
     async def delete(self, secret_id: str, version: int) -> None:
-        try:
-            name = self._name(secret_id)
-        except StoreRejected:
-            return  # no such entry can exist
+        name = self._name_of_existing(secret_id)
+        if name is None:
+            return
 
         async def step(state: S) -> None:
             await self._delete_as(secret_id, name, state, version)
@@ -370,6 +312,13 @@ class FencedStore(Generic[S]):
                 f"secret id {secret_id!r} does not make a valid {self.provider} {self.name_rule}"
             )
         return name
+
+    def _name_of_existing(self, secret_id: str) -> str | None:
+        """The entry's name; None when no entry can exist under it (a read finds nothing)."""
+        try:
+            return self._name(secret_id)
+        except StoreRejected:
+            return None
 
     def _secret_id_of(self, name: str) -> str | None:
         """The secret id of a provider name; None when it is outside the prefix."""

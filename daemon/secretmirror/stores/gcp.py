@@ -106,7 +106,15 @@ from secretmirror.stores.fenced import (
     int_or_zero,
     moves_forward,
 )
-from secretmirror.stores.http import Reply, Token, TokenSource, error_for, retry_after_s, send
+from secretmirror.stores.http import (
+    Reply,
+    Token,
+    TokenSource,
+    error_for,
+    open_session,
+    retry_after_s,
+    send,
+)
 
 try:
     import google.auth
@@ -140,12 +148,10 @@ L_GCP_VERSION = "secretmirror_gcp_version"
 L_DELETED = "secretmirror_deleted"
 _OURS = (L_MANAGED, L_DEPLOYMENT, L_VERSION, L_HASH, L_GCP_VERSION, L_DELETED)
 
-_SECRET_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
-_LABEL_VALUE = re.compile(r"[a-z0-9_-]{1,63}")
-_PROJECT = re.compile(r"[A-Za-z0-9.:-]{1,100}")
-#: Entries per listing page (each item is a Secret with its labels, ~0.5 KB).
-_PAGE = 500
-_POOL = 64
+#: GCP secret ids, and project ids as this store accepts them.
+_SECRET_ID, _PROJECT = re.compile(r"[A-Za-z0-9_-]{1,255}"), re.compile(r"[A-Za-z0-9.:-]{1,100}")
+#: Entries per listing page (each item is a Secret with its labels, ~0.5 KB); connections.
+_PAGE, _POOL = 500, 64
 #: Old versions destroyed per write at most (the rest wait for the next write).
 _PRUNE_MAX = 4
 _THROTTLE_DEFAULT_S = 1.0
@@ -294,11 +300,7 @@ class GcpStore(FencedStore[_State]):
         """Load the credentials (no token yet) and open the HTTP session; no API request."""
         self._credentials = await asyncio.to_thread(self._load_credentials)
         self._auth_request = google.auth.transport.requests.Request()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=_POOL),
-            timeout=aiohttp.ClientTimeout(total=10, sock_connect=3),
-            headers={"User-Agent": "secretmirror"},
-        )
+        self._session = open_session(pool=_POOL, total_s=10, connect_s=3)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -349,10 +351,9 @@ class GcpStore(FencedStore[_State]):
     # -- reads --
 
     async def get(self, secret_id: str) -> StoredValue | None:
-        try:
-            name = self._name(secret_id)
-        except StoreRejected:
-            return None  # no such entry can exist
+        name = self._name_of_existing(secret_id)
+        if name is None:
+            return None
         known = self._remembered.peek(secret_id)
         if known is not None and known.deleted:
             return None
