@@ -577,12 +577,6 @@ async def test_iam_role_auth_writes_as_the_role(
     assert f":{ROLE_ACCOUNT}:" in described["ARN"]
 
 
-async def test_sts_token_auth(open_store: OpenStore) -> None:
-    """sts-token signs with the configured key, secret and session token."""
-    async with open_store(auth_method="sts-token", aws_session_token="token") as store:
-        await store.health()
-
-
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
