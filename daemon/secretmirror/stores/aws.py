@@ -71,6 +71,7 @@ from botocore.exceptions import (
     ParamValidationError,
     PartialCredentialsError,
 )
+from multidict import CIMultiDict
 
 from secretmirror.errors import (
     ConfigError,
@@ -84,6 +85,7 @@ from secretmirror.errors import (
 from secretmirror.settings import AwsStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
 from secretmirror.stores.fenced import FencedStore, Stale, Write, a_hash, moves_forward
+from secretmirror.stores.http import retry_after_s
 
 if TYPE_CHECKING:
     from types_aiobotocore_secretsmanager import SecretsManagerClient
@@ -112,6 +114,7 @@ _NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
 #: reconcile concurrency, 16 each by default).
 _PAGE, _POOL = 100, 64
 
+#: AWS error codes by meaning (``map_error``).
 _THROTTLED = {
     "ThrottlingException",
     "Throttling",
@@ -143,8 +146,6 @@ _TRANSIENT = {
     "DecryptionFailure",
     "EncryptionFailure",
 }
-_NOT_FOUND = {"ResourceNotFoundException"}
-_EXISTS = {"ResourceExistsException"}
 
 
 def make_token(version: int, content_hash: str) -> str:
@@ -176,9 +177,9 @@ def map_error(exc: BaseException, operation: str) -> StoreError:
         what = f"AWS {operation} failed: {code or f'HTTP {status}'}"
         if code in _THROTTLED or status == 429:
             return StoreThrottled(what, retry_after_s=_retry_after(exc.response))
-        if code in _NOT_FOUND:
+        if code == "ResourceNotFoundException":
             return StoreNotFound(what)
-        if code in _EXISTS:
+        if code == "ResourceExistsException":
             return StoreContended(what)
         if code in _CREDENTIALS:
             return StoreUnavailable(f"{what} (credentials or permissions)")
@@ -194,26 +195,19 @@ def map_error(exc: BaseException, operation: str) -> StoreError:
     return StoreError(f"AWS {operation} failed: {type(exc).__name__}")
 
 
-def _retry_after(response: Mapping[str, Any]) -> float:
-    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-    with contextlib.suppress(TypeError, ValueError):
-        return max(0.0, float(headers.get("retry-after")))
-    return 1.0  # AWS quotas refill per second
-
-
-def _aws_code(exc: BaseException) -> str:
-    cause = exc.__cause__
-    if isinstance(cause, ClientError):
-        return str(cause.response.get("Error", {}).get("Code", ""))
-    return ""
+def _retry_after(response: Mapping[str, Any]) -> float | None:
+    headers = CIMultiDict(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
+    return retry_after_s(headers, default=1.0)  # AWS quotas refill per second
 
 
 def _is_deleted_error(exc: BaseException) -> bool:
     """AWS (and moto) refusing an operation because the entry is pending deletion."""
     cause = exc.__cause__
-    if not isinstance(cause, ClientError) or _aws_code(exc) != "InvalidRequestException":
-        return False
-    return "delet" in str(cause.response.get("Error", {}).get("Message", "")).lower()
+    error = cause.response.get("Error", {}) if isinstance(cause, ClientError) else {}
+    return (
+        error.get("Code") == "InvalidRequestException"
+        and "delet" in str(error.get("Message", "")).lower()
+    )
 
 
 class _Keys(NamedTuple):
