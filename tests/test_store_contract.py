@@ -43,9 +43,6 @@ DEFECTS: dict[tuple[str, str], str] = {
         "file: a hand-written file at our name raises StoreRejected (malformed), "
         "not StoreForeignEntry"
     ),
-    ("test_a_value_over_the_limit_is_rejected_and_nothing_written", "hashicorp"): (
-        "hashicorp put does not enforce its own max_value_bytes (384 KiB): OpenBao takes it"
-    ),
     ("test_an_unreachable_store_is_unavailable", "sql"): (
         "sql: after a failed open every call raises AttributeError (pool is None), "
         "not StoreUnavailable"
@@ -58,13 +55,6 @@ DEFECTS: dict[tuple[str, str], str] = {
     ("test_refused_credentials_and_server_errors_are_unavailable", "file"): (
         "file: get reads a vanished store directory (a volume unmounted) as a missing entry "
         "(None), not StoreUnavailable"
-    ),
-    ("test_a_lost_race_is_contended_and_the_store_stays_up", "custom"): (
-        "custom example: SQLite's 'database is locked' (another writer holds the lock) is "
-        "StoreUnavailable, which marks the store down, not StoreContended"
-    ),
-    ("test_an_unreachable_store_is_unavailable", "custom"): (
-        "custom example: open lets OSError out (a directory it cannot create), not StoreUnavailable"
     ),
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -74,7 +75,8 @@ class CustomPlace:
     async def answering(self, fault: Fault) -> AsyncIterator[float | None]:
         if fault is not Fault.CONTENDED:
             raise NoEquivalent(_NO_EQUIVALENT[fault])
-        writer = await asyncio.to_thread(sqlite3.connect, self.path, isolation_level=None)
+        connect = functools.partial(sqlite3.connect, check_same_thread=False, isolation_level=None)
+        writer = await asyncio.to_thread(connect, self.path)
         try:
             await asyncio.to_thread(writer.execute, "BEGIN IMMEDIATE")
             yield None

@@ -1,4 +1,4 @@
-"""The ``azure`` store: Azure Key Vault secrets over REST (aiohttp), tokens from azure-identity.
+"""The ``azure`` store: Azure Key Vault secrets over REST, on the fenced-store template.
 
 Why REST and not the ``azure-keyvault-secrets`` client. The store needs five
 calls of one small JSON API, and it needs what the SDK hides: the HTTP status
@@ -29,10 +29,8 @@ hash (the deployment's key, ``StoreContext.content_hash``); a mismatch, or a
 latest version disabled by hand, lists as ``Entry.foreign_write``.
 Tags that are not secretmirror's (an operator's) are carried to new versions.
 
-Fencing. Key Vault has no conditional write: a set always adds a version. So
-the store decides before writing, from what it knows of the entry
-(``_State``), learnt from its own writes, from ``list`` pages, or else from
-one read of the latest version. Per operation:
+Fencing (``fenced.py``). A set always adds a version, so the store decides
+before writing from the entry's ``_State``. Per operation:
 
 - put, entry known to this process (steady state): 1 call, a set.
 - put, entry not known yet: a get of the latest version, then the set (2
@@ -63,14 +61,9 @@ deployment's, the entry is ours with a foreign current value
 anew); otherwise it is someone else's secret. ``get`` never serves a value
 secretmirror did not write.
 
-Within a process a per-secret lock serializes decide-then-write; across
-processes the per-(target, secret) delivery lease does, which reconcile jobs
-and the API's inline writes take too, each only when it is free (Key Vault
-has no conditional write, so two writers of one entry must never overlap;
-see ``secretmirror.deliveries``). A write
-that fails or is cancelled may still have landed, so the store forgets what
-it knew of the entry and reads it again next time; ``list`` drops knowledge
-that disagrees with Key Vault.
+Key Vault has no conditional write, so two writers of one entry must never
+overlap: the template's entry lock within a process, the per-(target,
+secret) delivery lease across processes (``secretmirror.deliveries``).
 
 Auth. The first request learns Key Vault's authentication challenge (an
 unauthenticated request answered 401 with ``WWW-Authenticate: Bearer
@@ -82,27 +75,23 @@ loopback host (a local test server). A 401 later (a rotated secret, a vault
 moved to another tenant) re-reads the challenge and fetches a fresh token
 once before giving up.
 
-Errors and quota. Answers map as every REST store's do (``stores/http.py``);
-a secret whose latest version is disabled by hand is ``StoreRejected``. A 429
-also holds the whole store off for its ``Retry-After`` (requests fail fast as
-throttled instead of adding load). Every write (set, tag, delete, recover)
-first takes a slot from one token bucket per store, ``max_writes_per_s``
-(default 25, under Key Vault's 300 secret sets per 10 s per vault).
+Errors, pacing and throttling are the template's and ``stores/http.py``'s;
+a secret whose latest version is disabled by hand is ``StoreRejected``.
+``max_writes_per_s`` defaults to 25, under Key Vault's 300 secret sets per
+10 s per vault; every write (set, tag, delete, recover) takes a slot.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
 import importlib
 import ipaddress
-import json
 import re
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -113,20 +102,16 @@ from yarl import URL
 
 from secretmirror.errors import (
     ConfigError,
-    StoreContended,
     StoreError,
     StoreForeignEntry,
     StoreRejected,
-    StoreThrottled,
     StoreUnavailable,
 )
-from secretmirror.model import canonical
-from secretmirror.ratelimit import TokenBucket
 from secretmirror.remote_clock import local_sleep
 from secretmirror.settings import AzureStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+from secretmirror.stores.fenced import FencedStore, Stale, Write, a_hash, int_or_zero, moves_forward
 from secretmirror.stores.http import Reply, Token, TokenSource, error_for, open_session, send
-from secretmirror.stores.remembered import Remembered
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -146,13 +131,9 @@ _TAG_PREFIX = "secretmirror-"
 EXTRA = "secretmirror[azure]"
 
 _NAME = re.compile(r"[0-9A-Za-z-]{1,127}")
-_HASH = re.compile(r"[0-9a-f]{32}")
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 #: Key Vault's page size limit for listings.
 _PAGE = 25
-#: Connections per store: above replication and reconcile concurrency (16 each by default).
-_POOL = 64
-_ATTEMPTS = 3
 #: Waits for a delete or recovery Key Vault is still finishing (seconds, then give up).
 _SETTLE_WAITS = (0.1, 0.2, 0.4, 0.8, 1.5)
 #: Ask azure-identity again this long before a token expires (its own refresh margin).
@@ -191,19 +172,12 @@ class _State:
     extra: tuple[tuple[str, str], ...] = ()
 
     def should_write(self, version: int) -> bool:
-        """True when ``version`` moves the entry forward (the version fence).
-
-        A soft-deleted entry is brought back by any version above its
+        """The fence. A soft-deleted entry is brought back by any version above its
         tombstone and not older than its content: one deleted by hand (no
-        tombstone) at the version being put only needs recovering.
-        """
-        if version <= self.tombstone:
-            return False
-        if self.foreign:
-            return version >= self.newest
-        if self.soft_deleted:
-            return version >= self.version
-        return version > self.version
+        tombstone) at the version being put only needs recovering."""
+        held = self.newest if self.foreign else self.version
+        again = self.foreign or self.soft_deleted
+        return moves_forward(version, held=held, tombstone=self.tombstone, again=again)
 
     @property
     def deleted(self) -> bool:
@@ -213,12 +187,11 @@ class _State:
     @classmethod
     def of(cls, tags: Mapping[str, str], *, exists: bool, soft_deleted: bool = False) -> _State:
         """From the tags of a latest version that carries this deployment's tag."""
-        hash_ = tags.get(TAG_HASH)
         return cls(
             exists=exists,
-            version=_int(tags.get(TAG_VERSION)),
-            hash=hash_ if hash_ and _HASH.fullmatch(hash_) else None,
-            tombstone=_int(tags.get(TAG_TOMBSTONE)),
+            version=int_or_zero(tags.get(TAG_VERSION)),
+            hash=a_hash(tags.get(TAG_HASH)),
+            tombstone=int_or_zero(tags.get(TAG_TOMBSTONE)),
             soft_deleted=soft_deleted,
             extra=_extra(tags),
         )
@@ -233,16 +206,13 @@ class _State:
         return Entry(secret_id, self.version, self.hash)
 
 
-class _Stale(Exception):
-    """What this process knew of an entry was out of date: read it again."""
-
-
-class _SoftDeleted(Exception):
-    """Key Vault refused a set: the name is soft-deleted."""
-
-
-class AzureStore:
+class AzureStore(FencedStore[_State]):
     type = "azure"
+    provider = "Key Vault"
+    max_bytes = MAX_VALUE_BYTES
+    name_pattern = _NAME
+    name_rule = "secret name (letters, digits and dashes, at most 127)"
+    names_ignore_case = True
 
     def __init__(
         self,
@@ -259,32 +229,23 @@ class AzureStore:
         (``AZURE_AUTHORITY_HOST`` applies, for sovereign clouds).
         """
         _require_extra()
-        self._settings = settings
-        self._deployment_id = ctx.deployment_id
         self._vault = _vault_url(settings.vault_url)
         _check_auth(settings)
+        super().__init__(ctx, settings.name_prefix, settings.max_writes_per_s)
+        self._settings = settings
         self._ssl_context = ssl_context
         self._authority = authority
-        self._bucket = TokenBucket(settings.max_writes_per_s)
-        self._check_at_once = max(1, ctx.list_concurrency)
         self._content_hash = ctx.content_hash
-        self._remembered: Remembered[_State] = Remembered()
         self._session: aiohttp.ClientSession | None = None
         self._credential: AsyncTokenCredential | None = None
         self._challenge: _Challenge | None = None
         self._tokens = TokenSource(self._fetch_token, "azure")
-        #: Throttled until then (monotonic): requests fail fast instead of adding load.
-        self._hold_until = 0.0
 
     # -- the SecretStore interface ------------------------------------------------------
 
     @property
     def location(self) -> str:
         return f"azure:{self._vault}/{self._settings.name_prefix}"
-
-    @property
-    def max_value_bytes(self) -> int | None:
-        return MAX_VALUE_BYTES
 
     async def open(self) -> None:
         """Build the session and the credential; no request is sent, so start-up never waits."""
@@ -293,7 +254,7 @@ class AzureStore:
         from azure.core.pipeline.transport import AioHttpTransport
 
         context = self._ssl_context or ssl.create_default_context()
-        self._session = open_session(ssl_context=context, pool=_POOL, total_s=20)
+        self._session = open_session(ssl_context=context, total_s=20)
         # azure-identity talks to Entra ID (or the managed identity endpoint) through the
         # same session: one connection pool and one trust store for the whole back-end.
         transport = AioHttpTransport(session=self._session, session_owner=False)
@@ -318,38 +279,13 @@ class AzureStore:
         reply = await self._request("GET", "secrets", "list", params={"maxresults": "1"})
         _expect(reply, 200, "list secrets")
 
-    async def put(
-        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
-    ) -> PutOutcome:
-        name = self._name(secret_id)
-        blob = canonical(values)
-        if len(blob) > MAX_VALUE_BYTES:
-            raise StoreRejected(
-                f"the values are {len(blob)} bytes; Azure Key Vault takes {MAX_VALUE_BYTES}"
-            )
-        if not _HASH.fullmatch(content_hash) or version < 1:
-            raise StoreRejected("a put needs a version >= 1 and a 32-digit hex content hash")
-        async with self._remembered.writing(secret_id):
-            state = await self._state(secret_id, name)
-            for _ in range(_ATTEMPTS):
-                try:
-                    return await self._put_as(
-                        secret_id, name, state, version, content_hash, blob.decode()
-                    )
-                except _SoftDeleted:
-                    state = await self._deleted_state(secret_id, name)
-                except _Stale:
-                    self._remembered.forget(secret_id)
-                    state = await self._state(secret_id, name)
-        raise StoreContended(f"the Key Vault entry of {secret_id} kept changing during the write")
-
     async def get(self, secret_id: str) -> StoredValue | None:
         try:
             name = self._name(secret_id)
         except StoreRejected:
             return None  # no such entry can exist
         reply = await self._request("GET", f"secrets/{name}/", "get")
-        if reply.status == 404 or (reply.status == 403 and _inner(reply) == _DISABLED):
+        if reply.status == 404 or _disabled(reply):
             self._forget_if_known_live(secret_id)
             return None
         _expect(reply, 200, f"read {name}")
@@ -364,68 +300,64 @@ class AzureStore:
             self._remembered.forget(secret_id)
         if state.deleted or state.version < 1 or state.hash is None:
             return None
-        values = _values(reply.body.get("value"))
-        if values is None:
-            raise StoreRejected(f"the Key Vault entry of {secret_id} is not a secretmirror value")
+        values = self._values(secret_id, reply.body.get("value"))
         return StoredValue(secret_id, state.version, state.hash, values)
 
-    async def delete(self, secret_id: str, version: int) -> None:
-        try:
-            name = self._name(secret_id)
-        except StoreRejected:
-            return
-        async with self._remembered.writing(secret_id):
-            for _ in range(_ATTEMPTS):
-                state = await self._state(secret_id, name)
-                try:
-                    await self._delete_as(secret_id, name, state, version)
-                    return
-                except _Stale:
-                    self._remembered.forget(secret_id)
-        raise StoreContended(f"the Key Vault entry of {secret_id} kept changing during the delete")
+    # -- the template's hooks ------------------------------------------------------------
 
-    async def list(self) -> AsyncIterator[Entry]:
-        """This deployment's entries: live ones, then soft-deleted ones (tombstones).
+    async def _load(self, secret_id: str, name: str) -> _State | None:
+        reply = await self._request("GET", f"secrets/{name}/", "get")
+        if reply.status == 404:
+            return None  # a new name, or soft-deleted: the set tells
+        if _disabled(reply):
+            state = await self._foreign_state(name)  # a disabled latest version: not ours
+        else:
+            _expect(reply, 200, f"read {name}")
+            state = await self._owned(name, _tags_of(reply.body))
+        if state is None:
+            raise self._not_ours(name)
+        return state
 
-        Key Vault's listing has no tag filter, so every secret under the name
-        prefix is looked at and those without this deployment's tag skipped.
-        A listing that runs to the end also forgets entries this process
-        believed in but Key Vault no longer lists (purged by hand), so a
-        repair writes them again instead of trusting the belief.
-        """
-        listing = self._remembered.listing(lambda state: state.exists or state.soft_deleted)
-        live: builtins.list[tuple[str, str, _State]] = []
-        async for item in self._pages("secrets", "list"):
-            secret_id, name = self._listed(item)
-            if secret_id is None:
-                continue
-            tags = _tags_of(item)
-            if tags.get(TAG_DEPLOYMENT) != self._deployment_id and not _is_uuid(secret_id):
-                continue  # not a name secretmirror could have made
+    def _absent(self) -> _State:
+        return _State(exists=False)
+
+    def _agrees(self, known: _State, listed: _State) -> bool:
+        # A tombstone newer than Key Vault's tag is one only this process holds.
+        return (
+            known.tombstone >= listed.tombstone
+            and replace(known, tombstone=listed.tombstone) == listed
+        )
+
+    def _believed(self, state: _State) -> bool:
+        return state.exists or state.soft_deleted
+
+    async def _pages(self) -> AsyncIterator[Sequence[Any]]:
+        """Live secrets, then soft-deleted ones (tombstones): Key Vault has no tag filter,
+        so every secret under the prefix is looked at and those of others skipped."""
+        for path, op, deleted in (
+            ("secrets", "list", False),
+            ("deletedsecrets", "list_deleted", True),
+        ):
+            async for page in self._listing(path, op):
+                yield [(deleted, item) for item in page]
+
+    async def _listed(self, item: Any) -> tuple[str, str, _State] | None:
+        deleted, found = item
+        name = str(found.get("id") or "").rstrip("/").rpartition("/")[2]
+        secret_id = self._secret_id_of(name)
+        if secret_id is None:
+            return None
+        tags = _tags_of(found)
+        ours = tags.get(TAG_DEPLOYMENT) == self._deployment_id
+        if deleted:
+            state = _State.of(tags, exists=False, soft_deleted=True) if ours else None
+        elif ours or _is_uuid(secret_id):  # else not a name secretmirror could have made
             state = await self._owned(name, tags)
-            if state is None:
-                continue
-            self._observe(secret_id, state)
-            listing.saw(secret_id)
-            live.append((secret_id, name, state))
-            if len(live) >= self._check_at_once:
-                for entry in await asyncio.gather(*(self._held_to_value(*found) for found in live)):
-                    yield entry
-                live = []
-        for entry in await asyncio.gather(*(self._held_to_value(*found) for found in live)):
-            yield entry
-        async for item in self._pages("deletedsecrets", "list_deleted"):
-            secret_id, _ = self._listed(item)
-            tags = _tags_of(item)
-            if secret_id is None or tags.get(TAG_DEPLOYMENT) != self._deployment_id:
-                continue
-            state = _State.of(tags, exists=False, soft_deleted=True)
-            self._observe(secret_id, state)
-            listing.saw(secret_id)
-            yield state.entry(secret_id)
-        listing.complete()
+        else:
+            state = None
+        return None if state is None else (secret_id, name, state)
 
-    async def _held_to_value(self, secret_id: str, name: str, state: _State) -> Entry:
+    async def _listed_entry(self, secret_id: str, name: str, state: _State) -> Entry:
         """The listed entry, its latest value held against the hash its tags record (1 read).
 
         Key Vault keeps tags per version, and a version set by hand with
@@ -459,9 +391,8 @@ class AzureStore:
 
     # -- steps of put and delete ---------------------------------------------------------
 
-    async def _put_as(
-        self, secret_id: str, name: str, state: _State, version: int, hash_: str, value: str
-    ) -> PutOutcome:
+    async def _put_as(self, secret_id: str, name: str, state: _State, write: Write) -> PutOutcome:
+        version, hash_ = write.version, write.hash
         if not state.should_write(version):
             return PutOutcome.UNCHANGED
         if state.soft_deleted:
@@ -478,7 +409,7 @@ class AzureStore:
             TAG_VERSION: str(version),
             TAG_HASH: hash_,
         }
-        body = {"value": value, "contentType": CONTENT_TYPE, "tags": tags}
+        body = {"value": write.text, "contentType": CONTENT_TYPE, "tags": tags}
         for wait in (*_SETTLE_WAITS, None):
             reply = await self._write("PUT", f"secrets/{name}", "set", json_body=body)
             if reply.status != 409 or _inner(reply) not in _SETTLING:
@@ -489,7 +420,8 @@ class AzureStore:
                 )
             await local_sleep(wait)  # Key Vault finishes deletes and recoveries in the background
         if reply.status == 409 and _inner(reply) == _DELETED_RECOVERABLE:
-            raise _SoftDeleted
+            # The name is soft-deleted: its tags decide (ownership, tombstone), then recover.
+            raise Stale(await self._deleted_state(secret_id, name))
         _expect(reply, 200, f"write {name}")
         self._remembered.remember(
             secret_id,
@@ -512,7 +444,7 @@ class AzureStore:
                 raise StoreUnavailable(f"Key Vault is still deleting {name}; retry later")
             await local_sleep(wait)  # the delete is still finishing in Key Vault
         if reply.status == 404:
-            raise _Stale  # recovered or purged meanwhile: look again
+            raise Stale  # recovered or purged meanwhile: look again
         _expect(reply, 200, f"recover {name}")
         log.info("azure.entry_recovered", secret_id=secret_id)
 
@@ -535,11 +467,11 @@ class AzureStore:
                 "PATCH", f"secrets/{name}/", "update", json_body={"tags": tags}
             )
             if reply.status == 404:
-                raise _Stale
+                raise Stale
             _expect(reply, 200, f"tag {name}")
         reply = await self._write("DELETE", f"secrets/{name}", "delete")
         if reply.status == 404:
-            raise _Stale
+            raise Stale
         _expect(reply, 200, f"delete {name}")
         recoverable = bool(reply.body.get("recoveryId"))
         self._remembered.remember(
@@ -548,23 +480,6 @@ class AzureStore:
         )
 
     # -- what this process knows of entries ------------------------------------------------
-
-    async def _state(self, secret_id: str, name: str) -> _State:
-        known = self._remembered.get(secret_id)
-        if known is not None:
-            return known
-        reply = await self._request("GET", f"secrets/{name}/", "get")
-        if reply.status == 404:
-            return _State(exists=False)  # a new name, or soft-deleted: the set tells
-        if reply.status == 403 and _inner(reply) == _DISABLED:
-            state = await self._foreign_state(name)  # a disabled latest version: not ours
-        else:
-            _expect(reply, 200, f"read {name}")
-            state = await self._owned(name, _tags_of(reply.body))
-        if state is None:
-            raise self._not_ours(name)
-        self._remembered.remember(secret_id, state)
-        return state
 
     async def _deleted_state(self, secret_id: str, name: str) -> _State:
         reply = await self._request("GET", f"deletedsecrets/{name}", "get_deleted")
@@ -593,10 +508,11 @@ class AzureStore:
     async def _foreign_state(self, name: str) -> _State | None:
         """An entry whose latest version has no secretmirror tags: ours if an older one is."""
         ours: builtins.list[_State] = []
-        async for item in self._pages(f"secrets/{name}/versions", "list_versions"):
-            tags = _tags_of(item)
-            if tags.get(TAG_DEPLOYMENT) == self._deployment_id:
-                ours.append(_State.of(tags, exists=True))
+        async for page in self._listing(f"secrets/{name}/versions", "list_versions"):
+            for item in page:
+                tags = _tags_of(item)
+                if tags.get(TAG_DEPLOYMENT) == self._deployment_id:
+                    ours.append(_State.of(tags, exists=True))
         if not ours:
             return None
         return _State(
@@ -616,43 +532,14 @@ class AzureStore:
         if known is not None and known.exists:
             self._remembered.forget(secret_id)
 
-    def _observe(self, secret_id: str, state: _State) -> None:
-        """A listing saw ``state``: learn it, or drop what disagrees (it is re-read on use)."""
-        known = self._remembered.peek(secret_id)
-        if known is None:
-            self._remembered.remember(secret_id, state)
-        elif replace(known, tombstone=state.tombstone) != state:
-            self._remembered.forget(secret_id)
-
-    # -- names ------------------------------------------------------------------------
-
-    def _name(self, secret_id: str) -> str:
-        name = self._settings.name_prefix + secret_id
-        if not _NAME.fullmatch(name):
-            raise StoreRejected(
-                f"secret id {secret_id!r} does not make a valid Key Vault secret name "
-                "(letters, digits and dashes, at most 127)"
-            )
-        return name
-
-    def _listed(self, item: Mapping[str, Any]) -> tuple[str | None, str]:
-        """(secret id, Key Vault name) of a listed item; no id when outside the prefix."""
-        name = str(item.get("id") or "").rstrip("/").rpartition("/")[2]
-        prefix = self._settings.name_prefix
-        if len(name) <= len(prefix) or name[: len(prefix)].lower() != prefix.lower():
-            return None, name
-        return name[len(prefix) :], name
-
     # -- HTTP -------------------------------------------------------------------------
 
-    async def _pages(self, path: str, op: str) -> AsyncIterator[dict[str, Any]]:
+    async def _listing(self, path: str, op: str) -> AsyncIterator[builtins.list[dict[str, Any]]]:
         url: URL | None = self._url(path, {"maxresults": str(_PAGE)})
         while url is not None:
             reply = await self._request("GET", url, op)
             _expect(reply, 200, f"list {path}")
-            for item in reply.body.get("value") or []:
-                if isinstance(item, dict):
-                    yield item
+            yield [item for item in reply.body.get("value") or [] if isinstance(item, dict)]
             url = self._next(reply.body.get("nextLink"))
 
     def _next(self, link: Any) -> URL | None:
@@ -670,7 +557,6 @@ class AzureStore:
         return URL(f"{self._vault}/{path}").with_query(query)
 
     async def _write(self, method: str, path: str, op: str, *, json_body: Any = None) -> Reply:
-        self._check_hold()
         await self._bucket.acquire()
         return await self._request(method, path, op, json_body=json_body)
 
@@ -688,7 +574,7 @@ class AzureStore:
         Raises for throttling, unavailability and refused credentials; returns
         every other answer for the caller to judge.
         """
-        self._check_hold()
+        await self._throttle.wait()
         url = self._url(target, params) if isinstance(target, str) else target
 
         async def send_with(token: str) -> Reply:
@@ -697,16 +583,8 @@ class AzureStore:
         reply = await self._tokens.call(send_with)
         status = reply.status
         if status in (401, 408, 429) or status >= 500 or (status == 403 and not _disabled(reply)):
-            error = _error(reply, f"Key Vault {op}")
-            if isinstance(error, StoreThrottled) and error.retry_after_s is not None:
-                self._hold_until = max(self._hold_until, time.monotonic() + error.retry_after_s)
-            raise error
+            raise self._throttle.noted(_error(reply, f"Key Vault {op}"))
         return reply
-
-    def _check_hold(self) -> None:
-        left = self._hold_until - time.monotonic()
-        if left > 0:
-            raise StoreThrottled("Key Vault is throttling this store; holding off", left)
 
     async def _send(
         self, method: str, url: URL, op: str, token: str | None, json_body: Any
@@ -906,22 +784,6 @@ def _tags_of(body: Mapping[str, Any]) -> dict[str, str]:
 
 def _extra(tags: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in tags.items() if not k.startswith(_TAG_PREFIX)))
-
-
-def _int(raw: str | None) -> int:
-    return int(raw) if raw is not None and raw.isdigit() else 0
-
-
-def _values(raw: Any) -> dict[str, str] | None:
-    if not isinstance(raw, str):
-        return None
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
-        return None
-    return {str(k): v for k, v in parsed.items()}
 
 
 def _first_line(text: str) -> str:

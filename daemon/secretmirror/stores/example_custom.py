@@ -1,4 +1,4 @@
-"""An example ``custom`` store: encrypted entries in one SQLite file.
+"""An example ``custom`` store: encrypted entries in one SQLite file, on the fenced-store template.
 
 This module is the worked example for writing a store of your own; configure it
 as::
@@ -16,31 +16,39 @@ back the disk up. Everything a real back-end must do is here in small form:
   ``ConfigError`` naming the bad one (never echoing a value);
 - values are encrypted with ``ctx.keyring``, bound to the secret id and
   version, because secretmirror itself keeps them;
-- every write is fenced by version in one statement, and a delete is a
-  versioned tombstone;
-- ``list`` streams in pages, and the provider's errors (here ``sqlite3``) are
-  translated into ``secretmirror.errors.Store*`` in one place;
-- blocking calls run in a worker thread so the event loop never waits on disk.
+- ``FencedStore`` (``stores/fenced.py``) does the rest that every store
+  shares: the checks before a write, the per-entry lock, what the process
+  remembers of each entry, the version fence, the retry when an entry changed
+  under a write, the listing loop. The store fills in its hooks: ``_load``
+  (read one entry's state), ``_put_as`` / ``_delete_as`` (one *conditional*
+  write each: here an ``UPDATE`` that matches only the row as it was read,
+  so a concurrent writer makes it ``Stale`` instead of being overwritten),
+  ``_pages`` / ``_listed`` (the listing);
+- the provider's errors (here ``sqlite3``) are translated into
+  ``secretmirror.errors.Store*`` in one place, and blocking calls run in a
+  worker thread so the event loop never waits on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
+import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from secretmirror.crypto import Keyring, secret_aad
-from secretmirror.errors import ConfigError, StoreRejected, StoreUnavailable
-from secretmirror.model import canonical
+from secretmirror.errors import ConfigError, StoreContended, StoreRejected, StoreUnavailable
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+from secretmirror.stores.fenced import FencedStore, Stale, Write, moves_forward
 
 T = TypeVar("T")
 
 _PAGE = 500
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -54,21 +62,23 @@ CREATE TABLE IF NOT EXISTS entries (
 )
 """
 
-# Fenced like the sql store: a row holding this version or a newer one is left
-# alone, except that a tombstone at the version it holds replaces it.
-_PUT = """
-INSERT INTO entries (deployment, secret_id, version, hash, ciphertext, deleted)
-VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (deployment, secret_id) DO UPDATE
-    SET version = excluded.version, hash = excluded.hash,
-        ciphertext = excluded.ciphertext, deleted = excluded.deleted
-    WHERE entries.version < excluded.version
-       OR (entries.version = excluded.version AND excluded.deleted AND NOT entries.deleted)
-"""
+_LOAD = "SELECT version, hash, deleted FROM entries WHERE deployment = ? AND secret_id = ?"
 
 _GET = """
 SELECT version, hash, ciphertext FROM entries
 WHERE deployment = ? AND secret_id = ? AND NOT deleted
+"""
+
+# The conditional writes: a new row only where there is none, a changed row only
+# where it still holds the version that was read.
+_INSERT = """
+INSERT OR IGNORE INTO entries (deployment, secret_id, version, hash, ciphertext, deleted)
+VALUES (?, ?, ?, ?, ?, ?)
+"""
+
+_UPDATE = """
+UPDATE entries SET version = ?, hash = ?, ciphertext = ?, deleted = ?
+WHERE deployment = ? AND secret_id = ? AND version = ? AND deleted = ?
 """
 
 _LIST = """
@@ -79,10 +89,27 @@ LIMIT ?
 """
 
 
-class SqliteStore:
+@dataclass(frozen=True, slots=True)
+class _State:
+    """One entry's row as this process last saw it."""
+
+    exists: bool
+    version: int = 0
+    hash: str | None = None
+    deleted: bool = False
+
+    def entry(self, secret_id: str) -> Entry:
+        return Entry(secret_id, self.version, None if self.deleted else self.hash, self.deleted)
+
+
+class SqliteStore(FencedStore[_State]):
     """Encrypted secret values in a SQLite file (``options.path``)."""
 
     type = "custom"
+    provider = "SQLite"
+    #: secretmirror's own cap on a secret is at most 1 MiB; SQLite takes far more.
+    max_bytes = 1024 * 1024
+    name_pattern = re.compile(r".{1,1024}", re.DOTALL)
 
     def __init__(self, options: dict[str, Any], ctx: StoreContext) -> None:
         unknown = sorted(set(options) - {"path"})
@@ -93,9 +120,10 @@ class SqliteStore:
             raise ConfigError("option path (the SQLite file) is required")
         if not isinstance(ctx.keyring, Keyring):
             raise ConfigError("the store context carries no keyring")
+        # No name prefix (rows are keyed by deployment) and no write quota to pace.
+        super().__init__(ctx, name_prefix="")
         self._path = Path(path).expanduser().resolve()
         self._keyring = ctx.keyring
-        self._deployment_id = ctx.deployment_id
         self._db: sqlite3.Connection | None = None
         # One connection, used by one thread at a time.
         self._lock = asyncio.Lock()
@@ -103,10 +131,6 @@ class SqliteStore:
     @property
     def location(self) -> str:
         return f"sqlite:{self._path}"
-
-    @property
-    def max_value_bytes(self) -> int | None:
-        return None
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
@@ -118,7 +142,7 @@ class SqliteStore:
 
         try:
             self._db = await asyncio.to_thread(connect)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open {self._path} ({type(exc).__name__})") from exc
 
     async def close(self) -> None:
@@ -129,14 +153,6 @@ class SqliteStore:
     async def health(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
 
-    async def put(
-        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
-    ) -> PutOutcome:
-        blob = self._keyring.encrypt(canonical(values), secret_aad(secret_id, version))
-        args = (self._deployment_id, secret_id, version, content_hash, blob, 0)
-        changed = await self._run(lambda db: db.execute(_PUT, args).rowcount)
-        return PutOutcome.WRITTEN if changed else PutOutcome.UNCHANGED
-
     async def get(self, secret_id: str) -> StoredValue | None:
         args = (self._deployment_id, secret_id)
         row = await self._run(lambda db: db.execute(_GET, args).fetchone())
@@ -144,22 +160,63 @@ class SqliteStore:
             return None
         version, hash_, blob = row
         plain = self._keyring.decrypt(blob, secret_aad(secret_id, version))
-        return StoredValue(secret_id, version, hash_, json.loads(plain))
+        return StoredValue(secret_id, version, hash_, self._values(secret_id, plain))
 
-    async def delete(self, secret_id: str, version: int) -> None:
-        args = (self._deployment_id, secret_id, version, None, None, 1)
-        await self._run(lambda db: db.execute(_PUT, args).rowcount)
+    # -- the template's hooks --
 
-    async def list(self) -> AsyncIterator[Entry]:
+    async def _load(self, secret_id: str, name: str) -> _State | None:
+        args = (self._deployment_id, secret_id)
+        row = await self._run(lambda db: db.execute(_LOAD, args).fetchone())
+        return None if row is None else _State(True, row[0], row[1], bool(row[2]))
+
+    def _absent(self) -> _State:
+        return _State(exists=False)
+
+    def _unlisted(self) -> _State:
+        # After a complete listing an entry not remembered did not exist; if one appeared
+        # meanwhile, the conditional insert changes nothing and the entry is read.
+        return _State(exists=False)
+
+    async def _put_as(self, secret_id: str, name: str, state: _State, write: Write) -> PutOutcome:
+        if not moves_forward(write.version, held=state.version):
+            return PutOutcome.UNCHANGED
+        blob = self._keyring.encrypt(write.blob, secret_aad(secret_id, write.version))
+        written = _State(True, write.version, write.hash)
+        await self._write(secret_id, state, written, blob)
+        return PutOutcome.WRITTEN
+
+    async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
+        if state.version > version or (state.version == version and state.deleted):
+            return  # newer values, or as new a tombstone
+        await self._write(secret_id, state, _State(True, version, deleted=True), None)
+
+    async def _pages(self) -> AsyncIterator[Sequence[Any]]:
         after = ""
         while True:
-            page = functools.partial(_fetch_all, _LIST, (self._deployment_id, after, _PAGE))
-            rows = await self._run(page)
-            for secret_id, version, hash_, deleted in rows:
-                yield Entry(secret_id, version, hash_, bool(deleted))
+            rows = await self._run(functools.partial(_page, self._deployment_id, after))
+            yield rows
             if len(rows) < _PAGE:
                 return
             after = rows[-1][0]
+
+    async def _listed(self, item: Any) -> tuple[str, str, _State] | None:
+        secret_id, version, hash_, deleted = item
+        return secret_id, secret_id, _State(True, version, hash_, bool(deleted))
+
+    # -- SQLite --
+
+    async def _write(self, secret_id: str, seen: _State, new: _State, blob: bytes | None) -> None:
+        """Replace the row ``seen`` with ``new``; ``Stale`` when the row is no longer ``seen``."""
+        values = (new.version, new.hash, blob, int(new.deleted))
+        if seen.exists:
+            where = (self._deployment_id, secret_id, seen.version, int(seen.deleted))
+            changed = await self._run(lambda db: db.execute(_UPDATE, values + where).rowcount)
+        else:
+            row = (self._deployment_id, secret_id, *values)
+            changed = await self._run(lambda db: db.execute(_INSERT, row).rowcount)
+        if not changed:
+            raise Stale
+        self._remembered.remember(secret_id, new)
 
     async def _run(self, call: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``call`` in a worker thread; translate SQLite's errors in this one place."""
@@ -169,11 +226,14 @@ class SqliteStore:
         async with self._lock:
             try:
                 return await asyncio.to_thread(call, db)
-            except sqlite3.OperationalError as exc:  # locked, disk I/O, read-only file
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode in _BUSY:  # another writer holds the lock: retry
+                    raise StoreContended(f"{self._path}: the database is locked") from exc
+                # disk I/O, a read-only file: the store is down
                 raise StoreUnavailable(f"{self._path}: {type(exc).__name__}") from exc
             except sqlite3.Error as exc:
                 raise StoreRejected(f"{self._path}: {type(exc).__name__}") from exc
 
 
-def _fetch_all(sql: str, args: tuple[Any, ...], db: sqlite3.Connection) -> list[Any]:
-    return db.execute(sql, args).fetchall()
+def _page(deployment: str, after: str, db: sqlite3.Connection) -> list[Any]:
+    return db.execute(_LIST, (deployment, after, _PAGE)).fetchall()

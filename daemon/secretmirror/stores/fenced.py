@@ -31,6 +31,8 @@ from secretmirror.stores.remembered import Remembered
 
 #: A put or delete reads the entry again at most this often when it changed under it.
 ATTEMPTS = 3
+#: The write rate of a provider without a write quota: the bucket never makes a write wait.
+UNPACED = 1e6
 
 _HASH = re.compile(r"[0-9a-f]{32}")
 
@@ -117,7 +119,9 @@ class FencedStore(Generic[S]):
     #: False: every write reads the entry first (only the lock is shared).
     remembers: ClassVar[bool] = True
 
-    def __init__(self, ctx: StoreContext, name_prefix: str, max_writes_per_s: float) -> None:
+    def __init__(
+        self, ctx: StoreContext, name_prefix: str, max_writes_per_s: float = UNPACED
+    ) -> None:
         self._deployment_id = ctx.deployment_id
         self._prefix = name_prefix
         self._check_at_once = max(1, ctx.list_concurrency)
@@ -159,8 +163,9 @@ class FencedStore(Generic[S]):
         """(secret id, name, state) of a listed item; None when it is not this deployment's."""
         raise NotImplementedError
 
-    async def _listed_entry(self, secret_id: str, name: str, state: S) -> Entry:
-        """The listed entry, checked against the provider where its listing cannot tell."""
+    async def _listed_entry(self, secret_id: str, name: str, state: S) -> Entry | None:
+        """The listed entry, checked against the provider where its listing cannot tell;
+        None when there is nothing to list (a create that never wrote its value)."""
         return state.entry(secret_id)
 
     def _unlisted(self) -> S | None:
@@ -215,7 +220,8 @@ class FencedStore(Generic[S]):
             for start in range(0, len(found), self._check_at_once):
                 chunk = found[start : start + self._check_at_once]
                 for entry in await asyncio.gather(*(self._listed_entry(*one) for one in chunk)):
-                    yield entry
+                    if entry is not None:
+                        yield entry
         listing.complete()
 
     # -- the shared steps --
@@ -268,6 +274,8 @@ class FencedStore(Generic[S]):
 
     def _observe(self, secret_id: str, state: S) -> None:
         """A listing saw ``state``: learn an unknown entry, forget a belief it contradicts."""
+        if not self.remembers:
+            return
         known = self._remembered.peek(secret_id)
         if known is None:
             self._remembered.remember(secret_id, state)

@@ -50,9 +50,10 @@ import asyncio
 import builtins
 import collections
 import contextlib
+import json
 import re
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +71,7 @@ from secretmirror.errors import (
 )
 from secretmirror.settings import HashicorpStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
+from secretmirror.stores.fenced import FencedStore, Stale, Write
 from secretmirror.stores.http import Reply, Token, TokenSource, error_for, open_session, send
 
 log = structlog.get_logger("secretmirror.stores")
@@ -133,6 +135,8 @@ class _State:
     stored: tuple[int, ...] = ()
     #: KV versions that can no longer be read (destroyed, or deleted by someone).
     gone: frozenset[int] = frozenset()
+    #: False only for ``_ABSENT``: no metadata at the path.
+    exists: bool = True
 
     @property
     def consistent(self) -> bool:
@@ -142,17 +146,55 @@ class _State:
 
     def holds(self, version: int) -> bool:
         """True when a put of ``version`` has nothing to do."""
+        if not self.exists:
+            return False
         if self.mark.version != version:
             return self.mark.version > version
         return self.mark.deleted or self.consistent
 
+    def covers_delete(self, version: int) -> bool:
+        """True when a delete at ``version`` writes nothing (newer values, as new a tombstone)."""
+        if self.mark.deleted:
+            return self.mark.version >= version
+        return self.mark.version > version
 
-class HashicorpStore:
+    def entry(self, secret_id: str) -> Entry:
+        mark = self.mark
+        if mark.deleted:
+            return Entry(secret_id, mark.version, None, deleted=True)
+        foreign = self.current != mark.kv_version
+        return Entry(secret_id, mark.version, mark.hash, foreign_write=foreign)
+
+    @property
+    def listable(self) -> bool:
+        """Not a create that never wrote its value, nor a value someone deleted or destroyed."""
+        kv_version = self.mark.kv_version
+        if self.mark.deleted or kv_version is None:
+            return self.mark.deleted
+        return self.current > kv_version or (
+            self.current == kv_version and kv_version not in self.gone
+        )
+
+
+_ABSENT = _State(_Mark(0, None, None, deleted=False), 0, None, exists=False)
+
+
+class HashicorpStore(FencedStore[_State]):
+    """Vault's KV v2 on the template; ``cas`` makes every write conditional, so no
+    state is remembered between writes (see the module docstring)."""
+
     type = "hashicorp"
+    provider = "Vault"
+    # Consul storage refuses entries over 512 KiB (integrated storage: 1 MiB by
+    # default); keep room for the KV wrapper and the barrier's encryption.
+    max_bytes = 384 * 1024
+    remembers = False
 
     def __init__(self, settings: HashicorpStoreSettings, ctx: StoreContext) -> None:
+        # Vault has no write quota unless an operator sets one (its 429 then holds the
+        # store like any throttle): writes are not paced.
+        super().__init__(ctx, settings.path_prefix)
         self._settings = settings
-        self._deployment_id = ctx.deployment_id
         self._url = _check_url(settings.url)
         self._mount = settings.mount.strip("/")
         if not self._mount or not _PREFIX.fullmatch(self._mount):
@@ -162,7 +204,8 @@ class HashicorpStore:
                 "hashicorp store: path_prefix may hold only A-Z a-z 0-9 _ . - and /, "
                 "and must not start with /"
             )
-        self._prefix = settings.path_prefix
+        folder, _, self._stem = self._prefix.rpartition("/")
+        self._folder = f"{folder}/" if folder else ""
         self._namespace = (settings.namespace or "").strip("/") or None
         self._ssl = _ssl_context(settings)
         if settings.auth_method == "token" and settings.token is None:
@@ -192,12 +235,6 @@ class HashicorpStore:
         namespace = f"{self._namespace}/" if self._namespace else ""
         return f"{self._url}/v1/{namespace}{self._mount}/data/{self._prefix}"
 
-    @property
-    def max_value_bytes(self) -> int | None:
-        # Consul storage refuses entries over 512 KiB (integrated storage: 1 MiB by
-        # default); keep room for the KV wrapper and the barrier's encryption.
-        return 384 * 1024
-
     async def open(self) -> None:
         if self._session is None:
             self._session = open_session(ssl_context=self._ssl or True, pool=32, total_s=30)
@@ -225,28 +262,11 @@ class HashicorpStore:
         if reply.status != 200:
             raise StoreUnavailable(f"hashicorp store: health check failed (HTTP {reply.status})")
 
-    async def put(
-        self, secret_id: str, version: int, values: dict[str, str], content_hash: str
-    ) -> PutOutcome:
-        path = self._path(secret_id)
-        await self._ready()
-        # Always read first: the ownership mark must be checked before the data write,
-        # whose ``cas`` alone cannot tell this entry from a foreign one re-created here.
-        state = await self._read_state(path)
-        mark = _Mark(version, content_hash, None, deleted=False)
-        for _ in range(_MAX_RACES):
-            if state is not None and state.holds(version):
-                return PutOutcome.UNCHANGED
-            if state is None:
-                state = await self._create(path, mark, values)
-            else:
-                state = await self._update(path, mark, values, state)
-            if state is not None and state.mark.version == version and state.consistent:
-                return PutOutcome.WRITTEN
-        raise StoreContended(f"hashicorp store: {self._mount}/{path} kept changing")
-
     async def get(self, secret_id: str) -> StoredValue | None:
-        path = self._path(secret_id)
+        try:
+            path = self._name(secret_id)
+        except StoreRejected:
+            return None  # no such entry can exist
         await self._ready()
         reply = await self._call("GET", f"{self._mount}/data/{path}", "GET data")
         if reply.status == 404 and not _says(reply, _NO_ROUTE):
@@ -278,33 +298,50 @@ class HashicorpStore:
             return None
         return StoredValue(secret_id, mark.version, mark.hash, values)
 
-    async def delete(self, secret_id: str, version: int) -> None:
-        path = self._path(secret_id)
-        await self._ready()
-        state = await self._read_state(path)
-        for _ in range(_MAX_RACES):
-            if state is None:
-                return
-            tombstone_held = state.mark.deleted and state.mark.version >= version
-            if state.mark.version > version or tombstone_held:
-                # Finish an interrupted delete: a tombstone whose data still exists.
-                if state.mark.deleted and state.stored:
-                    await self._destroy(path, state.stored)
-                return
-            tombstone = _Mark(version, None, None, deleted=True)
-            if await self._write_metadata(path, tombstone, state.extra, state.metadata_version):
-                if state.stored:
-                    await self._destroy(path, state.stored)
-                return
-            state = await self._read_state(path)
-        raise StoreContended(f"hashicorp store: {self._mount}/{path} kept changing")
+    # -- the template's hooks ---------------------------------------------------
 
-    async def list(self) -> AsyncIterator[Entry]:
+    async def _load(self, secret_id: str, name: str) -> _State | None:
+        # Always read first: the ownership mark must be checked before the data write,
+        # whose ``cas`` alone cannot tell this entry from a foreign one re-created here.
         await self._ready()
-        folder, _, stem = self._prefix.rpartition("/")
-        folder = f"{folder}/" if folder else ""
+        return await self._read_state(name)
+
+    def _absent(self) -> _State:
+        return _ABSENT
+
+    async def _put_as(self, secret_id: str, name: str, state: _State, write: Write) -> PutOutcome:
+        if state.holds(write.version):
+            return PutOutcome.UNCHANGED
+        mark = _Mark(write.version, write.hash, None, deleted=False)
+        values = json.loads(write.blob)
+        if state.exists:
+            fresh = await self._update(name, mark, values, state)
+        else:
+            fresh = await self._create(name, mark, values)
+        if fresh is not None and fresh.mark.version == write.version and fresh.consistent:
+            return PutOutcome.WRITTEN
+        raise Stale(fresh or _ABSENT)
+
+    async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
+        if not state.exists:
+            return
+        if not state.covers_delete(version):
+            tombstone = _Mark(version, None, None, deleted=True)
+            if not await self._write_metadata(name, tombstone, state.extra, state.metadata_version):
+                raise Stale
+        elif not state.mark.deleted:
+            return
+        # Destroy the values; this also finishes an interrupted delete (a tombstone whose
+        # data still exists).
+        if state.stored:
+            await self._destroy(name, state.stored)
+
+    async def _pages(self) -> AsyncIterator[Sequence[Any]]:
+        """(key, metadata) pages: OpenBao's detailed listing, else names and a read of each."""
+        await self._ready()
         if self._detailed_listing:
-            async with contextlib.aclosing(self._detailed_pages(folder, stem)) as pages:
+            detailed = self._key_pages("detailed-metadata", "LIST detailed-metadata", detailed=True)
+            async with contextlib.aclosing(detailed) as pages:
                 try:
                     first = await anext(pages)
                 except StopAsyncIteration:
@@ -312,18 +349,25 @@ class HashicorpStore:
                 except _NoDetailedListing:
                     pass
                 else:
-                    for entry in first:
-                        yield entry
-                    async for page in pages:
-                        for entry in page:
-                            yield entry
+                    yield _with_info(*first)
+                    async for keys, data in pages:
+                        yield _with_info(keys, data)
                     return
-        async with contextlib.aclosing(self._name_pages(folder, stem)) as names_pages:
-            async for names in names_pages:
+        plain = self._key_pages("metadata", "LIST metadata", detailed=False)
+        async with contextlib.aclosing(plain) as pages:
+            async for keys, _ in pages:
                 # The plain listing works: stop asking for the detailed one.
                 self._detailed_listing = False
-                for entry in await self._read_entries(folder, stem, names):
-                    yield entry
+                for start in range(0, len(keys), _PAGE):
+                    yield await self._read_metadata(keys[start : start + _PAGE])
+
+    async def _listed(self, item: Any) -> tuple[str, str, _State] | None:
+        key, meta = item
+        state = self._state_of(meta)
+        return None if state is None else (key[len(self._stem) :], self._folder + key, state)
+
+    async def _listed_entry(self, secret_id: str, name: str, state: _State) -> Entry | None:
+        return state.entry(secret_id) if state.listable else None
 
     # -- writes -------------------------------------------------------------
 
@@ -467,95 +511,57 @@ class HashicorpStore:
             return None
         return _Mark(version, content_hash, kv_version, deleted)
 
-    def _entry(self, secret_id: str, meta: dict[str, Any]) -> Entry | None:
-        state = self._state_of(meta)
-        if state is None:
-            return None
-        mark = state.mark
-        if mark.deleted:
-            return Entry(secret_id, mark.version, None, deleted=True)
-        assert mark.kv_version is not None
-        if state.current < mark.kv_version:
-            return None  # an interrupted create: the data was never written
-        if state.current == mark.kv_version and mark.kv_version in state.gone:
-            return None  # someone deleted or destroyed secretmirror's value
-        foreign = state.current != mark.kv_version
-        return Entry(secret_id, mark.version, mark.hash, foreign_write=foreign)
+    async def _key_pages(
+        self, route: str, kind: str, *, detailed: bool
+    ) -> AsyncGenerator[tuple[builtins.list[str], dict[str, Any]], None]:
+        """LIST pages of the prefix's folder: (the keys that can be entries, the page's data).
 
-    async def _detailed_pages(
-        self, folder: str, stem: str
-    ) -> AsyncGenerator[builtins.list[Entry], None]:
-        """OpenBao's ``detailed-metadata`` listing: names and metadata in one call per page."""
-        after = stem
+        ``detailed``: OpenBao's ``detailed-metadata`` route, which HashiCorp Vault
+        (or a policy) may not offer (``_NoDetailedListing``).
+        """
+        after = self._stem
         while True:
             reply = await self._call(
                 "GET",
-                f"{self._mount}/detailed-metadata/{folder}",
-                "LIST detailed-metadata",
+                f"{self._mount}/{route}/{self._folder}",
+                kind,
                 params=_list_params(after),
-                refused_ok=True,
+                refused_ok=detailed,
             )
-            if reply.status in (403, 405) or (reply.status == 404 and _errors(reply)):
+            refused = reply.status in (403, 405) or (reply.status == 404 and _errors(reply))
+            if detailed and refused:
                 raise _NoDetailedListing
-            if reply.status == 404:
-                return
-            _expect(reply, 200, "list", folder)
-            keys = [str(k) for k in _data(reply).get("keys") or []]
-            info = _data(reply).get("key_info") or {}
-            page: builtins.list[Entry] = []
-            for key in keys:
-                if _listed(key, stem) and isinstance(info.get(key), dict):
-                    entry = self._entry(key[len(stem) :], info[key])
-                    if entry is not None:
-                        page.append(entry)
-            yield page
-            if len(keys) < _PAGE or not keys[-1].startswith(stem):
-                return
-            after = keys[-1]
-
-    async def _name_pages(self, folder: str, stem: str) -> AsyncGenerator[builtins.list[str], None]:
-        """Plain LIST pages of entry names (HashiCorp Vault)."""
-        after = stem
-        while True:
-            reply = await self._call(
-                "GET",
-                f"{self._mount}/metadata/{folder}",
-                "LIST metadata",
-                params=_list_params(after),
-            )
             if reply.status == 404 and not _says(reply, _NO_ROUTE):
                 return
-            _expect(reply, 200, "list", folder)
+            _expect(reply, 200, "list", self._folder)
             keys = [str(k) for k in _data(reply).get("keys") or []]
-            names = [k for k in keys if _listed(k, stem)]
+            yield [k for k in keys if _listed(k, self._stem)], _data(reply)
             # A server that ignores ``limit`` answers everything at once.
-            for start in range(0, len(names), _PAGE):
-                yield names[start : start + _PAGE]
-            if len(keys) != _PAGE or not keys[-1].startswith(stem):
+            if len(keys) != _PAGE or not keys[-1].startswith(self._stem):
                 return
             after = keys[-1]
 
-    async def _read_entries(
-        self, folder: str, stem: str, names: builtins.list[str]
-    ) -> builtins.list[Entry]:
+    async def _read_metadata(
+        self, keys: builtins.list[str]
+    ) -> builtins.list[tuple[str, dict[str, Any]]]:
         gate = asyncio.Semaphore(_LIST_CONCURRENCY)
 
-        async def one(name: str) -> Entry | None:
+        async def one(key: str) -> tuple[str, dict[str, Any]] | None:
+            path = self._folder + key
             async with gate:
-                reply = await self._call(
-                    "GET", f"{self._mount}/metadata/{folder}{name}", "GET metadata"
-                )
+                reply = await self._call("GET", f"{self._mount}/metadata/{path}", "GET metadata")
             if reply.status == 404 and not _says(reply, _NO_ROUTE):
                 return None  # deleted since it was listed
-            _expect(reply, 200, "read the metadata of", folder + name)
-            return self._entry(name[len(stem) :], _data(reply))
+            _expect(reply, 200, "read the metadata of", path)
+            return key, _data(reply)
 
-        found = await asyncio.gather(*(one(n) for n in names))
-        return [e for e in found if e is not None]
+        found = await asyncio.gather(*(one(k) for k in keys))
+        return [f for f in found if f is not None]
 
     # -- plumbing --------------------------------------------------------------
 
-    def _path(self, secret_id: str) -> str:
+    def _name(self, secret_id: str) -> str:
+        """The entry's path under the mount; the prefix may hold folders."""
         if not _SECRET_ID.fullmatch(secret_id):
             raise StoreRejected("hashicorp store: a secret id must be 1-255 of A-Z a-z 0-9 _ . -")
         return f"{self._prefix}{secret_id}"
@@ -630,11 +636,12 @@ class HashicorpStore:
         self.calls[kind] += 1
         what = f"hashicorp store: {kind}"
         url = f"{self._url}/v1/{path}"
+        await self._throttle.wait()
         reply = await send(
             self._session, method, url, what, headers=headers, json_body=json, params=params
         )
         if reply.status in (412, 429) or reply.status >= 500:
-            raise _error(reply, what)
+            raise self._throttle.noted(_error(reply, what))
         return reply
 
     # -- auth ------------------------------------------------------------------
@@ -753,6 +760,11 @@ def _errors(reply: Reply) -> builtins.list[str]:
 
 def _says(reply: Reply, text: str) -> bool:
     return any(text in e for e in _errors(reply))
+
+
+def _with_info(keys: builtins.list[str], data: dict[str, Any]) -> builtins.list[Any]:
+    info = data.get("key_info") or {}
+    return [(key, info[key]) for key in keys if isinstance(info.get(key), dict)]
 
 
 def _listed(key: str, stem: str) -> bool:

@@ -56,13 +56,19 @@ from secretmirror.errors import (
 
 log = structlog.get_logger("secretmirror.stores")
 
+#: Connections per store: above replication and reconcile concurrency (16 each by default).
+POOL = 64
 #: The longest wait a throttled answer is taken at its word for.
 MAX_RETRY_AFTER_S = 300.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)s")
 
 
 def open_session(
-    *, ssl_context: ssl.SSLContext | bool = True, pool: int, total_s: float, connect_s: float = 5
+    *,
+    ssl_context: ssl.SSLContext | bool = True,
+    pool: int = POOL,
+    total_s: float,
+    connect_s: float = 5,
 ) -> aiohttp.ClientSession:
     """The store's one session: ``pool`` connections, ``total_s`` per request."""
     return aiohttp.ClientSession(
