@@ -266,9 +266,9 @@ def _decode(data: str) -> bytes:
 class GcpStore(FencedStore[_State]):
     type = "gcp"
     provider = "GCP"
-    max_bytes = MAX_VALUE_BYTES
-    name_pattern = _SECRET_ID
     name_rule = "secret id"
+    name_pattern = _SECRET_ID
+    max_bytes = MAX_VALUE_BYTES
 
     def __init__(self, settings: GcpStoreSettings, ctx: StoreContext) -> None:
         if _MISSING is not None:
