@@ -103,7 +103,7 @@ def a_hash(text: str | None) -> str | None:
 
 
 class FencedStore(Generic[S]):
-    """The shared half of a cloud store; see the module docstring for the behaviour."""
+    """The shared half of a cloud store; ``stores/README.md`` describes its behaviour."""
 
     type: str
     #: The provider as messages name it ("AWS", "GCP", "Key Vault").
