@@ -239,27 +239,6 @@ async def test_create_tags_the_entry(
     assert (tags[TAG_MANAGED], tags[TAG_DEPLOYMENT]) == ("true", ctx.deployment_id)
 
 
-async def test_unmanaged_secret_is_not_written(store: AwsStore, raw: Any, aws_prefix: str) -> None:
-    """A put onto an existing secret without this deployment's tags fails and changes nothing."""
-    sid = _sid()
-    await raw.create_secret(Name=aws_prefix + sid, SecretString="theirs")
-    with pytest.raises(StoreForeignEntry):
-        await _put(store, sid, 1, {"a": "mine"})
-    got = await raw.get_secret_value(SecretId=aws_prefix + sid, VersionStage="AWSCURRENT")
-    versions = await raw.list_secret_version_ids(SecretId=aws_prefix + sid)
-    assert (got["SecretString"], len(versions["Versions"])) == ("theirs", 1)
-
-
-async def test_unmanaged_secret_is_not_deleted(store: AwsStore, raw: Any, aws_prefix: str) -> None:
-    """A delete of a secret without this deployment's tags fails and leaves it in place."""
-    sid = _sid()
-    await raw.create_secret(Name=aws_prefix + sid, SecretString="theirs")
-    with pytest.raises(StoreForeignEntry):
-        await store.delete(sid, 5)
-    described = await raw.describe_secret(SecretId=aws_prefix + sid)
-    assert described.get("DeletedDate") is None
-
-
 async def test_other_deployments_entry_is_not_written(
     store: AwsStore, raw: Any, aws_prefix: str
 ) -> None:
@@ -391,13 +370,6 @@ async def test_oversized_value_rejected_before_any_call(
     assert moto.operations(mark, aws_prefix) == []
 
 
-async def test_value_at_the_limit_is_accepted(store: AwsStore) -> None:
-    """Exactly 65536 bytes of canonical JSON are written."""
-    values = {"k": "x" * (MAX_VALUE_BYTES - len('{"k":""}'))}
-    assert len(canonical(values)) == MAX_VALUE_BYTES
-    assert await _put(store, _sid(), 1, values) is PutOutcome.WRITTEN
-
-
 async def test_invalid_name_rejected_before_any_call(
     store: AwsStore, moto: MotoServer, aws_prefix: str
 ) -> None:
@@ -438,28 +410,6 @@ async def test_recovery_window_is_passed(open_store: OpenStore, raw: Any, aws_pr
     described = await raw.describe_secret(SecretId=aws_prefix + sid)
     expected = datetime.now(UTC) + timedelta(days=10)
     assert abs(described["DeletedDate"] - expected) < timedelta(hours=1)
-
-
-async def test_tombstone_is_listed(store: AwsStore) -> None:
-    """A deleted entry is listed as a tombstone at its delete version."""
-    sid = _sid()
-    await _put(store, sid, 1, {"a": "1"})
-    await store.delete(sid, 2)
-    assert (await _listed(store))[sid] == Entry(sid, 2, None, deleted=True)
-
-
-async def test_tombstone_tag_fences_another_process(
-    open_store: OpenStore, raw: Any, aws_prefix: str
-) -> None:
-    """A late older put from a process that never saw the delete does not revive the entry."""
-    sid = _sid()
-    async with open_store() as first:
-        await _put(first, sid, 1, {"a": "1"})
-        await first.delete(sid, 2)
-    async with open_store() as second:
-        assert await _put(second, sid, 1, {"a": "1"}) is PutOutcome.UNCHANGED
-    described = await raw.describe_secret(SecretId=aws_prefix + sid)
-    assert described.get("DeletedDate") is not None
 
 
 async def _half_deleted(store: AwsStore, raw: Any, name: str, sid: str) -> None:
@@ -602,19 +552,6 @@ def test_location_names_endpoint_region_and_prefix(ctx: StoreContext) -> None:
     local = AwsStore(AwsStoreSettings(**aws_settings("http://127.0.0.1:9", "p/")), ctx)
     assert default.location == "aws:aws/eu-west-1/secretmirror/"
     assert local.location == "aws:http://127.0.0.1:9/us-east-1/p/"
-
-
-async def test_unreachable_endpoint_is_unavailable(open_store: OpenStore, moto_server: str) -> None:
-    """A refused connection to AWS is StoreUnavailable (retry and fall back), not a rejection."""
-    port = int(moto_server.rpartition(":")[2])
-    async with (
-        FaultProxy("127.0.0.1", port) as proxy,
-        open_store(endpoint_url=proxy.url) as store,
-    ):
-        await store.health()
-        await proxy.down()
-        with pytest.raises(StoreUnavailable):
-            await store.health()
 
 
 async def test_reset_connection_is_unavailable(open_store: OpenStore, moto_server: str) -> None:

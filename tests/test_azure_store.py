@@ -9,16 +9,14 @@ Calls are counted by the fake, per name prefix.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -385,55 +383,7 @@ async def test_a_delete_by_hand_is_undone_by_recovering_only(
     assert (got.version, got.values) == (3, {"a": "1"})
 
 
-async def test_list_reports_soft_deleted_entries_as_tombstones(store: AzureStore) -> None:
-    """Soft-deleted entries of this deployment list as deleted at their tombstone's version."""
-    secret = sid()
-    await put(store, secret, 4, {"a": "1"})
-    await store.delete(secret, 5)
-    listed = {e.secret_id: e async for e in store.list()}
-    assert (listed[secret].deleted, listed[secret].version) == (True, 5)
-
-
 # -- ownership and hand-made changes -------------------------------------------------------
-
-
-async def test_an_untagged_secret_in_the_way_is_never_written(
-    store: AzureStore, azure_prefix: str, sdk: Any
-) -> None:
-    """A secret someone else made under our name is a conflict and keeps its value."""
-    secret = sid()
-    await sdk.set_secret(f"{azure_prefix}{secret}", "theirs")
-    with pytest.raises(StoreForeignEntry, match="not managed by this deployment"):
-        await put(store, secret, 1, {"a": "1"})
-    with pytest.raises(StoreForeignEntry):
-        await store.delete(secret, 2)
-    assert (await sdk.get_secret(f"{azure_prefix}{secret}")).value == "theirs"
-
-
-async def test_another_deployments_entry_is_left_alone(
-    store: AzureStore, azure_fake: AzureFake, azure_prefix: str, sdk: Any
-) -> None:
-    """An entry tagged by another deployment is not written, deleted, read or listed."""
-    other = azure_store(
-        azure_fake,
-        StoreContext(deployment_id=str(uuid.uuid4()), keyring=Keyring([os.urandom(32)])),
-        azure_prefix,
-    )
-    await other.open()
-    try:
-        secret = sid()
-        await put(other, secret, 1, {"theirs": "1"})
-        with pytest.raises(StoreForeignEntry):
-            await put(store, secret, 2, {"ours": "2"})
-        with pytest.raises(StoreForeignEntry):
-            await store.delete(secret, 3)
-        assert await store.get(secret) is None
-        assert secret not in {e.secret_id async for e in store.list()}
-        got = await other.get(secret)
-        assert got is not None
-        assert got.values == {"theirs": "1"}
-    finally:
-        await other.close()
 
 
 async def test_someone_elses_soft_deleted_secret_is_not_recovered(
@@ -567,17 +517,6 @@ async def test_list_skips_what_is_not_ours(store: AzureStore, azure_prefix: str,
 # -- errors, throttling and pacing ---------------------------------------------------------
 
 
-async def test_throttling_is_store_throttled_with_retry_after(
-    store: AzureStore, azure_fake: AzureFake
-) -> None:
-    """A 429 becomes StoreThrottled carrying Key Vault's Retry-After."""
-    await store.health()  # authenticated before the burst
-    azure_fake.throttle(1, retry_after_s=2)
-    with pytest.raises(StoreThrottled) as throttled:
-        await store.get(sid())
-    assert throttled.value.retry_after_s == 2
-
-
 async def test_a_throttled_store_holds_off_without_calling(
     store: AzureStore, azure_fake: AzureFake, azure_prefix: str
 ) -> None:
@@ -610,25 +549,6 @@ async def test_error_answers_map_to_store_errors(
     azure_fake.inject(status, 1)
     with pytest.raises(error):
         await put(store, sid(), 1, {"a": "1"})
-
-
-async def test_unreachable_vault_is_unavailable(azure_fake: AzureFake, ctx: StoreContext) -> None:
-    """A vault nobody answers at is StoreUnavailable."""
-    with socket_closed() as port:
-        store = AzureStore(
-            AzureStoreSettings(
-                **azure_settings(azure_fake, "x-", vault_url=f"https://127.0.0.1:{port}")
-            ),
-            ctx,
-            ssl_context=azure_fake.ssl_context(),
-            authority=azure_fake.url,
-        )
-        await store.open()
-        try:
-            with pytest.raises(StoreUnavailable, match="unreachable"):
-                await store.health()
-        finally:
-            await store.close()
 
 
 async def test_writes_are_paced_by_max_writes_per_s(
@@ -783,14 +703,6 @@ except ConfigError as exc:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def socket_closed() -> Iterator[int]:
-    """A port that nothing listens on while the block runs."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield int(sock.getsockname()[1])
 
 
 async def test_an_entry_deleted_between_the_listing_and_its_check_is_not_foreign(

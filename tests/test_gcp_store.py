@@ -29,7 +29,6 @@ from secretmirror.crypto import Keyring, content_hash
 from secretmirror.errors import (
     ConfigError,
     StoreContended,
-    StoreForeignEntry,
     StoreRejected,
     StoreThrottled,
     StoreUnavailable,
@@ -41,7 +40,6 @@ from secretmirror.stores.base import Entry, PutOutcome, StoreContext
 from secretmirror.stores.gcp import GcpStore, label_value
 from secretmirror.stores.http import Reply, retry_after_s
 from tests.gcpfake import PROJECT, SCOPE, GcpFake, gcp_settings
-from tests.moto import free_port
 
 HASH_KEY = secrets.token_bytes(32)
 PARENT = f"projects/{PROJECT}"
@@ -415,41 +413,6 @@ async def test_secret_deleted_behind_our_back_is_recreated(
 # -- ownership and foreign writes --------------------------------------------------------
 
 
-async def test_unmanaged_secret_is_never_touched(
-    store: GcpStore, sdk: secretmanager.SecretManagerServiceClient, gcp_prefix: str, sid: str
-) -> None:
-    """A secret without our labels: put and delete raise StoreForeignEntry, no change."""
-    name = f"{PARENT}/secrets/{gcp_prefix}{sid}"
-    sdk.create_secret(
-        request={
-            "parent": PARENT,
-            "secret_id": gcp_prefix + sid,
-            "secret": {"replication": {"automatic": {}}},
-        }
-    )
-    sdk.add_secret_version(request={"parent": name, "payload": {"data": b"theirs"}})
-    with pytest.raises(StoreForeignEntry):
-        await _put(store, sid, 1, {"a": "1"})
-    with pytest.raises(StoreForeignEntry):
-        await store.delete(sid, 2)
-    assert await store.get(sid) is None
-    assert [e async for e in store.list()] == []
-    latest = sdk.access_secret_version(request={"name": f"{name}/versions/latest"})
-    assert latest.payload.data == b"theirs"
-    assert sdk.get_secret(request={"name": name}).labels == {}
-
-
-async def test_another_deployments_entry_is_not_ours(
-    make_store: MakeStore, store: GcpStore, sid: str
-) -> None:
-    """An entry of another deployment is not listed and not written."""
-    other = await make_store(str(uuid.uuid4()))
-    await _put(other, sid, 1, {"a": "1"})
-    assert [e async for e in store.list()] == []
-    with pytest.raises(StoreForeignEntry):
-        await _put(store, sid, 2, {"a": "2"})
-
-
 async def test_a_version_added_by_someone_else_is_not_served(
     store: GcpStore, sdk: secretmanager.SecretManagerServiceClient, gcp_prefix: str, sid: str
 ) -> None:
@@ -508,16 +471,6 @@ async def test_values_over_64_kib_are_rejected_without_a_call(
     assert fake.ops(mark) == []
 
 
-async def test_largest_value_fits(store: GcpStore, sid: str) -> None:
-    """A canonical JSON of exactly 65536 bytes is stored."""
-    values = {"k": "x" * (65536 - len(canonical({"k": ""})))}
-    assert len(canonical(values)) == 65536
-    await _put(store, sid, 1, values)
-    got = await store.get(sid)
-    assert got is not None
-    assert got.values == values
-
-
 async def test_writes_are_paced_by_max_writes_per_s(
     make_store: MakeStore, fake: GcpFake, gcp_prefix: str
 ) -> None:
@@ -537,14 +490,6 @@ async def test_writes_are_paced_by_max_writes_per_s(
     assert len(writes) == 16
     assert took >= 1.4
     assert max(sum(1 for t in writes if s <= t < s + 1.0) for s in writes) <= 11
-
-
-async def test_429_is_throttled_with_retry_after(store: GcpStore, fake: GcpFake, sid: str) -> None:
-    """RESOURCE_EXHAUSTED becomes StoreThrottled carrying Retry-After."""
-    fake.throttle(1, retry_after_s=0.3)
-    with pytest.raises(StoreThrottled) as raised:
-        await _put(store, sid, 1, {"a": "1"})
-    assert raised.value.retry_after_s == pytest.approx(0.3)
 
 
 async def test_429_without_hint_waits_a_second(store: GcpStore, fake: GcpFake, sid: str) -> None:
@@ -591,22 +536,6 @@ async def test_error_mapping(store: GcpStore, status: int, code: str, expected: 
     assert type(mapped) is expected
     assert "p4ss" not in mapped.message
     store._throttle.clear()
-
-
-async def test_5xx_from_the_fake_is_unavailable(store: GcpStore, fake: GcpFake, sid: str) -> None:
-    """A 503 answer is StoreUnavailable, so the delivery retries."""
-    fake.fail(1, 503)
-    with pytest.raises(StoreUnavailable):
-        await _put(store, sid, 1, {"a": "1"})
-
-
-async def test_unreachable_endpoint_is_unavailable(make_store: MakeStore, sid: str) -> None:
-    """Nothing listening: StoreUnavailable, and health says so too."""
-    store = await make_store(endpoint_url=f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(StoreUnavailable):
-        await store.health()
-    with pytest.raises(StoreUnavailable):
-        await store.get(sid)
 
 
 # -- auth and configuration ---------------------------------------------------------------

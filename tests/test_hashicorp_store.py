@@ -30,7 +30,7 @@ from secretmirror.settings import HashicorpStoreSettings
 from secretmirror.stores import hashicorp
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext
 from secretmirror.stores.hashicorp import HashicorpStore
-from tests.openbao import OpenBao, free_port, start_bao
+from tests.openbao import OpenBao, start_bao
 from tests.stores.hashicorp import unique_prefix
 
 HASH_KEY = secrets.token_bytes(32)
@@ -278,19 +278,6 @@ async def test_least_privilege_policy_covers_every_operation(
 # -- ownership ------------------------------------------------------------------
 
 
-async def test_foreign_entry_is_not_overwritten(
-    store: HashicorpStore, openbao: OpenBao, prefix: str
-) -> None:
-    """An entry without this deployment's metadata refuses a put and keeps its value."""
-    sid = str(uuid.uuid4())
-    openbao.ok("POST", f"secret/data/{prefix}{sid}", {"data": {"theirs": "x"}})
-    with pytest.raises(StoreForeignEntry, match="not an entry of this deployment"):
-        await store.put(sid, 5, {"a": "1"}, _hash(sid, {"a": "1"}))
-    meta = _metadata(openbao, f"{prefix}{sid}")
-    data = openbao.ok("GET", f"secret/data/{prefix}{sid}")["data"]["data"]
-    assert (meta["current_version"], meta["custom_metadata"], data) == (1, None, {"theirs": "x"})
-
-
 async def test_foreign_entry_recreated_where_this_process_wrote_is_not_overwritten(
     store: HashicorpStore, openbao: OpenBao, prefix: str
 ) -> None:
@@ -304,43 +291,6 @@ async def test_foreign_entry_recreated_where_this_process_wrote_is_not_overwritt
     meta = _metadata(openbao, f"{prefix}{sid}")
     data = openbao.ok("GET", f"secret/data/{prefix}{sid}")["data"]["data"]
     assert (meta["current_version"], meta["custom_metadata"], data) == (1, None, {"theirs": "x"})
-
-
-async def test_foreign_entry_is_not_deleted(
-    store: HashicorpStore, openbao: OpenBao, prefix: str
-) -> None:
-    """An entry without this deployment's metadata refuses a delete and keeps every version."""
-    sid = str(uuid.uuid4())
-    openbao.ok("POST", f"secret/data/{prefix}{sid}", {"data": {"theirs": "x"}})
-    with pytest.raises(StoreForeignEntry):
-        await store.delete(sid, 9)
-    meta = _metadata(openbao, f"{prefix}{sid}")
-    assert not meta["versions"]["1"]["destroyed"]
-    assert None is meta["custom_metadata"]
-
-
-async def test_foreign_entry_is_not_listed_or_read(
-    store: HashicorpStore, openbao: OpenBao, prefix: str
-) -> None:
-    """Listing and reading skip entries that are not this deployment's."""
-    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
-    openbao.ok("POST", f"secret/data/{prefix}{theirs}", {"data": {"theirs": "x"}})
-    await store.put(mine, 1, {"a": "1"}, _hash(mine, {"a": "1"}))
-    assert [mine] == list(await _entries(store))
-    assert None is await store.get(theirs)
-
-
-async def test_other_deployments_entries_are_foreign(
-    openbao: OpenBao, store: HashicorpStore, prefix: str, tmp_path: Path
-) -> None:
-    """Two deployments under one prefix never touch or list each other's entries."""
-    sid = str(uuid.uuid4())
-    await store.put(sid, 1, {"a": "1"}, _hash(sid, {"a": "1"}))
-    other = StoreContext(str(uuid.uuid4()), Keyring([secrets.token_bytes(32)]))
-    async with opened(other, url=openbao.url, token=openbao.root_token, path_prefix=prefix) as o:
-        with pytest.raises(StoreForeignEntry):
-            await o.put(sid, 2, {"b": "2"}, _hash(sid, {"b": "2"}))
-        assert await _entries(o) == {}
 
 
 async def test_operator_settings_on_an_entry_are_kept(
@@ -630,19 +580,6 @@ async def test_forged_metadata_hides_drift_from_list_but_not_from_the_hash(
 
 
 # -- errors ---------------------------------------------------------------------
-
-
-async def test_unreachable_server_is_unavailable(ctx: StoreContext) -> None:
-    """Nothing listening: open and every operation raise StoreUnavailable."""
-    url = f"http://127.0.0.1:{free_port()}"
-    store = HashicorpStore(HashicorpStoreSettings(url=url, token="t"), ctx)
-    try:
-        with pytest.raises(StoreUnavailable, match="unreachable"):
-            await store.open()
-        with pytest.raises(StoreUnavailable, match="unreachable"):
-            await store.get(str(uuid.uuid4()))
-    finally:
-        await store.close()
 
 
 async def test_missing_mount_is_unavailable_not_missing(

@@ -52,6 +52,10 @@ DEFECTS: dict[tuple[str, str], str] = {
         "accepting connections) are StoreRejected on writes and raw asyncpg errors on reads, "
         "not StoreUnavailable"
     ),
+    ("test_another_process_keeps_the_fence", "gcp"): (
+        "gcp get answers from this process's remembered tombstone without reading GCP: an "
+        "entry another process of the deployment revived reads as missing here"
+    ),
     ("test_refused_credentials_and_server_errors_are_unavailable", "file"): (
         "file: get reads a vanished store directory (a volume unmounted) as a missing entry "
         "(None), not StoreUnavailable"
@@ -272,15 +276,14 @@ async def test_an_older_delete_leaves_a_newer_version(store: SecretStore) -> Non
 
 
 async def test_a_tombstone_lists_as_deleted_at_its_version(store: SecretStore) -> None:
-    """A listed tombstone says deleted with the delete's version; a revived entry lists live."""
+    """A tombstone lists as deleted at the delete's version; a revived entry lists live."""
     gone, back = _sid(), _sid()
     for sid in (gone, back):
         await _put(store, sid, 1, {"a": "1"})
         await store.delete(sid, 2)
     await _put(store, back, 3, {"a": "3"})
     listed = await _listed(store)
-    if gone in listed:  # a kind that keeps tombstones lists them
-        assert (listed[gone].deleted, listed[gone].version) == (True, 2)
+    assert (listed[gone].deleted, listed[gone].version) == (True, 2)
     assert (listed[back].deleted, listed[back].version) == (False, 3)
     assert listed[back].hash in (_hash(back, {"a": "3"}), None)
 
@@ -296,6 +299,29 @@ async def test_listing_after_a_redelivered_older_version_keeps_the_newest(
     entry = (await _listed(store))[sid]
     assert (entry.deleted, entry.version) == (False, 2)
     assert entry.hash in (_hash(sid, {"a": "2"}), None)
+
+
+async def test_another_process_keeps_the_fence(
+    store: SecretStore, open_store: OpenStore, ctx: StoreContext
+) -> None:
+    """A fresh process of the deployment (nothing remembered) honours versions and tombstones."""
+    live, gone = _sid(), _sid()
+    await _put(store, live, 3, {"a": "3"})
+    await _put(store, gone, 1, {"a": "1"})
+    await store.delete(gone, 2)
+    fresh = await open_store(ctx)
+    assert await _put(fresh, live, 2, {"a": "2"}) is PutOutcome.UNCHANGED
+    assert await _put(fresh, live, 3, {"a": "3"}) is PutOutcome.UNCHANGED
+    assert await _put(fresh, gone, 1, {"a": "1"}) is PutOutcome.UNCHANGED
+    await fresh.delete(gone, 2)
+    assert await fresh.get(gone) is None
+    got = await fresh.get(live)
+    assert got is not None
+    assert (got.version, got.values) == (3, {"a": "3"})
+    assert await _put(fresh, gone, 3, {"a": "back"}) is PutOutcome.WRITTEN
+    got = await store.get(gone)
+    assert got is not None
+    assert (got.version, got.values) == (3, {"a": "back"})
 
 
 # -- ownership ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from tests.azurefake import AzureFake, azure_settings, sdk_client
 from tests.moto import free_port
 from tests.stores import Fault
 
-RETRY_AFTER_S = 2.0
+RETRY_AFTER_S = 30.0
 #: The HTTP status the fake answers for each fault (its bodies: Key Vault's
 #: ``{"error": {"code", "message"}}``; a 401 carries the Bearer challenge).
 STATUSES = {

@@ -19,7 +19,7 @@ from tests.moto import free_port
 from tests.stores import Fault
 
 PARENT = f"projects/{PROJECT}"
-RETRY_AFTER_S = 2.0
+RETRY_AFTER_S = 30.0
 #: Faults as Secret Manager answers them: google.rpc.Status JSON with the HTTP status
 #: of its code (https://cloud.google.com/apis/design/errors#handling_errors).
 ANSWERS: dict[Fault, tuple[int, str, str]] = {

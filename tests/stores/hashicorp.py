@@ -25,7 +25,7 @@ from tests.openbao import OpenBao
 from tests.stores import Fault
 
 MOUNT = "secret"
-RETRY_AFTER_S = 2.0
+RETRY_AFTER_S = 30.0
 
 #: (HTTP status, errors) per fault, as Vault/OpenBao answer them.
 ANSWERS: dict[Fault, tuple[int, list[str]]] = {
