@@ -502,21 +502,22 @@ class RawOps:
             content_hash = crypto.content_hash(self.hash_key, secret_id, blob)
         else:
             snapshot, content_hash = self.fixed_snapshot, self.fixed_hash
-        await conn.fetchrow(
-            sql,
-            secret_id,
-            f"bench-raw-{self.run_tag}-{n}",
-            principal["user_id"],
-            False,
-            content_hash,
-            principal["name"],
-            snapshot,
-            self.deployment_id,  # the sql primary in the main database: values commit here
-            [],  # targets: sql primary in the main database, no backup
-            [],  # inline targets
-            self.node,
-            6.0,
+        args = Q.args(
+            Q.secret_create,
+            secret_id=secret_id,
+            name=f"bench-raw-{self.run_tag}-{n}",
+            owner=principal["user_id"],
+            private=False,
+            hash=content_hash,
+            actor=principal["name"],
+            snapshot=snapshot,
+            outbox_deployment=self.deployment_id,  # the sql primary in the main database
+            targets=[],  # no backup
+            inline=[],
+            token=self.node,
+            lease_s=6.0,
         )
+        await conn.fetchrow(sql, *args)
 
     async def create(self, worker: int, _n: int) -> None:
         await self._create(worker, encrypt=True)
@@ -560,22 +561,23 @@ class RawOps:
         blob = canonical(current)
         version = row["version"] + 1
         snapshot = self.keyring.encrypt(blob, secret_aad(secret_id, version))
-        changed = await conn.fetchrow(
+        args = Q.args(
             Q.secret_change,
-            secret_id,
-            row["version"],
-            row["name"],
-            row["private"],
-            crypto.content_hash(self.hash_key, secret_id, blob),
-            "update",
-            principal["name"],
-            snapshot,
-            self.deployment_id,
-            [],
-            [],
-            self.node,
-            6.0,
+            secret_id=secret_id,
+            version_read=row["version"],
+            name=row["name"],
+            private=row["private"],
+            hash=crypto.content_hash(self.hash_key, secret_id, blob),
+            kind="update",
+            actor=principal["name"],
+            snapshot=snapshot,
+            outbox_deployment=self.deployment_id,
+            targets=[],
+            inline=[],
+            token=self.node,
+            lease_s=6.0,
         )
+        changed = await conn.fetchrow(Q.secret_change, *args)
         if changed is None:
             raise OpError("update: lost a race")
 

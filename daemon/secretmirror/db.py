@@ -155,6 +155,9 @@ async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 class Gateway:
     """The pool's query methods, with a database outage raised as ``Unavailable`` (503).
 
+    A query takes its values positionally (``$1``...) or, for a block with named
+    parameters, as keywords (``fetchrow(Q.secret_create, secret_id=..., ...)``).
+
     ``acquire`` also translates an outage while the connection is in use, so a
     transaction run on it needs no handler of its own.
     """
@@ -163,21 +166,21 @@ class Gateway:
         #: The asyncpg pool itself (to close it).
         self.pool = pool
 
-    async def fetch(self, query: str, *args: Any) -> list[Any]:
+    async def fetch(self, query: str, *args: Any, **named: Any) -> list[Any]:
         with _outage():
-            return list(await self.pool.fetch(query, *args))
+            return list(await self.pool.fetch(query, *_args(query, args, named)))
 
-    async def fetchrow(self, query: str, *args: Any) -> Any:
+    async def fetchrow(self, query: str, *args: Any, **named: Any) -> Any:
         with _outage():
-            return await self.pool.fetchrow(query, *args)
+            return await self.pool.fetchrow(query, *_args(query, args, named))
 
-    async def fetchval(self, query: str, *args: Any) -> Any:
+    async def fetchval(self, query: str, *args: Any, **named: Any) -> Any:
         with _outage():
-            return await self.pool.fetchval(query, *args)
+            return await self.pool.fetchval(query, *_args(query, args, named))
 
-    async def execute(self, query: str, *args: Any) -> str:
+    async def execute(self, query: str, *args: Any, **named: Any) -> str:
         with _outage():
-            return str(await self.pool.execute(query, *args))
+            return str(await self.pool.execute(query, *_args(query, args, named)))
 
     @contextlib.asynccontextmanager
     async def acquire(self, wait_s: float | None = None) -> AsyncIterator[asyncpg.Connection]:
@@ -185,6 +188,15 @@ class Gateway:
         with _outage():
             async with self.pool.acquire(timeout=wait_s) as conn:
                 yield conn
+
+
+def _args(query: str, args: tuple[Any, ...], named: dict[str, Any]) -> tuple[Any, ...]:
+    """Positional values as given, or named ones in the block's ``$n`` order (``queries``)."""
+    if not named:
+        return args
+    if args:
+        raise TypeError("a query takes positional or named parameters, not both")
+    return Q.args(query, **named)
 
 
 @contextlib.contextmanager

@@ -119,8 +119,9 @@ async def complete(pool: Any, done: list[tuple[str, str, int, str]]) -> set[tupl
 
 
 async def fail(
-    pool: asyncpg.Pool,
+    pool: Any,
     claim_: Claim,
+    *,
     reason: str,
     retry_in_s: float,
     dead: bool,
@@ -128,17 +129,18 @@ async def fail(
 ) -> None:
     """Record a failed attempt. ``hold_s`` > 0: the write may still land (it timed out
     mid-request), so the claim keeps its lease that long before anyone writes again."""
-    await pool.execute(
+    args = Q.args(
         Q.delivery_fail,
-        claim_.target,
-        uuid.UUID(claim_.secret_id),
-        reason,
-        retry_in_s,
-        dead,
-        claim_.version,
-        claim_.token,
-        hold_s,
+        target=claim_.target,
+        secret_id=uuid.UUID(claim_.secret_id),
+        error=reason,
+        retry_in_s=retry_in_s,
+        dead=dead,
+        version=claim_.version,
+        token=claim_.token,
+        hold_s=hold_s,
     )
+    await pool.execute(Q.delivery_fail, *args)
 
 
 async def release(pool: Any, leases: list[tuple[str, str, str]], *, uncount: bool = True) -> None:
@@ -179,6 +181,7 @@ async def finish_inline(
     rt: Any,
     secret_id: str,
     version: int,
+    *,
     token: str,
     leased: list[str],
     done: list[str],

@@ -571,11 +571,11 @@ class Job:
         snapshot = self.rt.keyring.encrypt(blob, secret_aad(secret_id, version + 1))
         await self.rt.pool.fetchrow(
             Q.secret_reissue,
-            uuid.UUID(secret_id),
-            version,
-            snapshot,
-            self.rt.outbox_deployment,
-            self.rt.keys_of(self.rt.targets),
+            secret_id=uuid.UUID(secret_id),
+            version_read=version,
+            snapshot=snapshot,
+            outbox_deployment=self.rt.outbox_deployment,
+            targets=self.rt.keys_of(self.rt.targets),
         )
         self.rt.committed()
 

@@ -205,10 +205,10 @@ class Replicator:
                 await deliveries.fail(
                     self.rt.worker_pool,
                     claim,
-                    f"{reason}: {message}"[:500],
-                    decision.retry_in_s,
-                    decision.dead,
-                    hold_s,
+                    reason=f"{reason}: {message}"[:500],
+                    retry_in_s=decision.retry_in_s,
+                    dead=decision.dead,
+                    hold_s=hold_s,
                 )
                 return
             except Unavailable:

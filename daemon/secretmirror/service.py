@@ -73,23 +73,18 @@ class SecretService:
             raise Forbidden("the token's scopes do not allow writing a secret of this name")
         secret_id = str(uuid.uuid4())
         snapshot, content_hash = self._seal(secret_id, 1, blob)
-        inline = self.rt.inline_targets
         token = deliveries.new_token(self.rt.node)
         try:
             row = await self.rt.pool.fetchrow(
                 Q.secret_create,
-                secret_id,
-                name,
-                principal.user_id,
-                private,
-                content_hash,
-                principal.actor,
-                snapshot,
-                self.rt.outbox_deployment,
-                self.rt.keys_of(self.rt.targets),
-                self.rt.keys_of(inline),
-                token,
-                self.rt.settings.replication.inline_timeout_s * 3,
+                secret_id=secret_id,
+                name=name,
+                owner=principal.user_id,
+                private=private,
+                hash=content_hash,
+                actor=principal.actor,
+                snapshot=snapshot,
+                **self._deliveries(token),
             )
         except asyncpg.UniqueViolationError:
             raise NameTaken() from None
@@ -156,7 +151,13 @@ class SecretService:
             ):
                 kind = "rename"
             result = await self._change(
-                principal, meta, kind, target_name, target_private, merged, blob
+                principal,
+                meta,
+                kind=kind,
+                name=target_name,
+                private=target_private,
+                values=merged,
+                blob=blob,
             )
             if result is not None:
                 return result
@@ -173,7 +174,13 @@ class SecretService:
             raise PreconditionFailed()
         for _ in range(_MERGE_RETRIES):
             done = await self._change(
-                principal, meta, "delete", meta.name, meta.private, None, None
+                principal,
+                meta,
+                kind="delete",
+                name=meta.name,
+                private=meta.private,
+                values=None,
+                blob=None,
             )
             if done is not None:
                 return meta
@@ -186,6 +193,7 @@ class SecretService:
         self,
         principal: Principal,
         meta: SecretMeta,
+        *,
         kind: str,
         name: str,
         private: bool,
@@ -197,24 +205,19 @@ class SecretService:
         snapshot = content_hash = None
         if blob is not None:
             snapshot, content_hash = self._seal(meta.id, version, blob)
-        inline = self.rt.inline_targets
         token = deliveries.new_token(self.rt.node)
         try:
             row = await self.rt.pool.fetchrow(
                 Q.secret_change,
-                meta.id,
-                meta.version,
-                name,
-                private,
-                content_hash,
-                kind,
-                principal.actor,
-                snapshot,
-                self.rt.outbox_deployment,
-                self.rt.keys_of(self.rt.targets),
-                self.rt.keys_of(inline),
-                token,
-                self.rt.settings.replication.inline_timeout_s * 3,
+                secret_id=meta.id,
+                version_read=meta.version,
+                name=name,
+                private=private,
+                hash=content_hash,
+                kind=kind,
+                actor=principal.actor,
+                snapshot=snapshot,
+                **self._deliveries(token),
             )
         except asyncpg.UniqueViolationError:
             raise NameTaken() from None
@@ -229,6 +232,17 @@ class SecretService:
     def _seal(self, secret_id: str, version: int, blob: bytes) -> tuple[bytes, str]:
         snapshot = self.rt.keyring.encrypt(blob, secret_aad(secret_id, version))
         return snapshot, self.rt.content_hash(secret_id, blob)
+
+    def _deliveries(self, token: str) -> dict[str, Any]:
+        """Where a write goes besides the metadata and the event, as the outbox statements
+        take it: the values written in the outbox, the delivery rows, the inline leases."""
+        return {
+            "outbox_deployment": self.rt.outbox_deployment,
+            "targets": self.rt.keys_of(self.rt.targets),
+            "inline": self.rt.keys_of(self.rt.inline_targets),
+            "token": token,
+            "lease_s": self.rt.settings.replication.inline_timeout_s * 3,
+        }
 
     def _leased(self, row: Any) -> list[str]:
         """The inline targets whose delivery lease the commit took, in role order."""
@@ -284,7 +298,7 @@ class SecretService:
             break
         try:
             await deliveries.finish_inline(
-                self.rt, meta.id, meta.version, token, inline, done, unsure
+                self.rt, meta.id, meta.version, token=token, leased=inline, done=done, unsure=unsure
             )
         except Unavailable:
             log.warning("secret.inline_release_failed", secret_id=meta.id)
@@ -437,12 +451,12 @@ class SecretService:
         user_id, own_token, patterns = principal.sql_visibility("read")
         rows = await self.rt.pool.fetch(
             Q.secret_by_exact_name_with_value,
-            name,
-            user_id,
-            private,
-            own_token,
-            patterns,
-            self.rt.outbox_deployment,
+            name=name,
+            private=private,
+            user_id=user_id,
+            own_token=own_token,
+            patterns=patterns,
+            outbox_deployment=self.rt.outbox_deployment,
         )
         if len(rows) > 1:
             raise AmbiguousName()

@@ -38,15 +38,15 @@ async def list_audit(request: web.Request) -> web.Response:
         return web.json_response({"items": [], "next_cursor": None})
     rows = await request.app[RUNTIME].pool.fetch(
         Q.audit_list,
-        actor,
-        secret_id,
-        secret_name,
-        action,
-        outcome,
-        since,
-        until,
-        before,
-        limit + 1,
+        actor=actor,
+        secret_id=secret_id,
+        secret_name=secret_name,
+        action=action,
+        outcome=outcome,
+        since=since,
+        until=until,
+        before=before,
+        limit=limit + 1,
     )
     items = [row_json(r) for r in rows[:limit]]
     next_cursor = str(items[-1]["id"]) if len(rows) > limit else None

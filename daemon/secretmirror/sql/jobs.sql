@@ -117,21 +117,22 @@ WHERE s.id = $1
 -- every store is overwritten by a fenced write it has never seen.
 WITH s AS (
     UPDATE secrets SET version = version + 1, updated = now()
-    WHERE id = $1 AND version = $2
+    WHERE id = $secret_id AND version = $version_read
     RETURNING id, version, hash
 ), e AS (
     INSERT INTO events (secret_id, version, kind, actor, hash, snapshot)
-    SELECT s.id, s.version, 'update', 'reconcile', s.hash, $3 FROM s
+    SELECT s.id, s.version, 'update', 'reconcile', s.hash, $snapshot FROM s
     RETURNING recorded_at
 ), v AS (
     INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext, deleted)
-    SELECT $4, s.id, s.version, s.hash, $3, false FROM s WHERE $4::uuid IS NOT NULL
+    SELECT $outbox_deployment, s.id, s.version, s.hash, $snapshot, false
+    FROM s WHERE $outbox_deployment::uuid IS NOT NULL
     ON CONFLICT (deployment_id, secret_id) DO UPDATE
         SET version = excluded.version, hash = excluded.hash, ciphertext = excluded.ciphertext,
             deleted = false, updated = now()
 ), d AS (
     INSERT INTO deliveries AS dl (target, secret_id, version, pending_since)
-    SELECT t, s.id, s.version, e.recorded_at FROM s, e, unnest($5::text[]) AS t
+    SELECT t, s.id, s.version, e.recorded_at FROM s, e, unnest($targets::text[]) AS t
     ON CONFLICT (target, secret_id) DO UPDATE SET
         version = GREATEST(dl.version, excluded.version),
         pending_since = CASE WHEN dl.version > dl.applied_version AND NOT dl.dead

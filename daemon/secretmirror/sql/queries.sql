@@ -1,5 +1,6 @@
 -- Every SQL statement secretmirror runs, as named blocks parsed once at import
--- (see secretmirror/queries.py). Parameters are $n; no value is ever formatted in.
+-- (see secretmirror/queries.py). Parameters are $n, or named ($secret_id) in a block
+-- with many of them; no value is ever formatted in.
 
 -- migrations_table --
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -115,22 +116,24 @@ RETURNING id
 -- secret_create --
 -- One statement: metadata, event, sql-store value and deliveries commit together
 -- (the wake-up NOTIFY follows separately: see notify_deliveries).
--- $8 is the deployment whose sql store value commits here too (the snapshot $7 is the
--- ciphertext), NULL when no store is written in the outbox (``outbox_deployment``).
--- $10 names the targets whose delivery the caller writes inline: their rows are
--- leased with the token $11 for $12 seconds so the worker does not write them twice
--- (``leased`` lists them: the rows are new, so the caller gets every one).
+-- $outbox_deployment is the deployment whose sql store value commits here too (the
+-- snapshot is its ciphertext), NULL when no store is written in the outbox
+-- (``stores.base.WrittenInOutbox``). $inline names the targets whose delivery the
+-- caller writes inline: their rows are leased with $token for $lease_s seconds so the
+-- worker does not write them twice (``leased`` lists them: the rows are new, so the
+-- caller gets every one).
 WITH s AS (
     INSERT INTO secrets (id, name, owner, private, version, hash)
-    VALUES ($1, $2, $3, $4, 1, $5)
+    VALUES ($secret_id, $name, $owner, $private, 1, $hash)
     RETURNING id, name, owner, private, version, created, updated
 ), e AS (
     INSERT INTO events (secret_id, version, kind, actor, hash, snapshot, name, owner, private)
-    SELECT s.id, s.version, 'create', $6, $5, $7, s.name, s.owner, s.private FROM s
+    SELECT s.id, s.version, 'create', $actor, $hash, $snapshot, s.name, s.owner, s.private FROM s
     RETURNING seq, recorded_at
 ), v AS (
     INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext)
-    SELECT $8, s.id, s.version, $5, $7 FROM s WHERE $8::uuid IS NOT NULL
+    SELECT $outbox_deployment, s.id, s.version, $hash, $snapshot
+    FROM s WHERE $outbox_deployment::uuid IS NOT NULL
     ON CONFLICT (deployment_id, secret_id) DO UPDATE
         SET version = excluded.version, hash = excluded.hash, ciphertext = excluded.ciphertext,
             deleted = false, updated = now()
@@ -138,41 +141,43 @@ WITH s AS (
 , d AS (
     INSERT INTO deliveries (target, secret_id, version, pending_since, leased_until, leased_by)
     SELECT t, s.id, s.version, e.recorded_at,
-           CASE WHEN t = ANY($10::text[]) THEN now() + make_interval(secs => $12) END,
-           CASE WHEN t = ANY($10::text[]) THEN $11 END
-    FROM s, e, unnest($9::text[]) AS t
+           CASE WHEN t = ANY($inline::text[]) THEN now() + make_interval(secs => $lease_s) END,
+           CASE WHEN t = ANY($inline::text[]) THEN $token END
+    FROM s, e, unnest($targets::text[]) AS t
     RETURNING target, leased_by
 )
 SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq,
-       ARRAY(SELECT target FROM d WHERE leased_by = $11) AS leased
+       ARRAY(SELECT target FROM d WHERE leased_by = $token) AS leased
 FROM s, e
 
 -- secret_change --
--- Update, rename or delete under optimistic concurrency ($2 = the version read).
--- $6 is the kind; a delete removes the metadata row and leaves a tombstone.
--- $9 is the deployment whose sql store value commits here too (as in secret_create).
--- $11 names the targets the caller would write inline: each row is leased with the
--- token $12 only where its lease is free or expired, never taken from a worker or
--- another request mid-write; ``leased`` lists the targets the caller got.
+-- Update, rename or delete ($kind) under optimistic concurrency ($version_read: the
+-- version the change started from); a delete removes the metadata row and leaves a
+-- tombstone. $outbox_deployment as in secret_create. $inline names the targets the
+-- caller would write inline: each row is leased with $token only where its lease is
+-- free or expired, never taken from a worker or another request mid-write; ``leased``
+-- lists the targets the caller got.
 WITH upd AS (
-    UPDATE secrets SET name = $3, private = $4, version = version + 1, hash = $5, updated = now()
-    WHERE id = $1 AND version = $2 AND $6 <> 'delete'
+    UPDATE secrets
+    SET name = $name, private = $private, version = version + 1, hash = $hash, updated = now()
+    WHERE id = $secret_id AND version = $version_read AND $kind <> 'delete'
     RETURNING id, name, owner, private, version, created, updated
 ), del AS (
-    DELETE FROM secrets WHERE id = $1 AND version = $2 AND $6 = 'delete'
+    DELETE FROM secrets WHERE id = $secret_id AND version = $version_read AND $kind = 'delete'
     RETURNING id, name, owner, private, version + 1 AS version, created, now() AS updated
 ), s AS (
     SELECT * FROM upd UNION ALL SELECT * FROM del
 ), e AS (
     INSERT INTO events (secret_id, version, kind, actor, hash, snapshot, name, owner, private)
-    SELECT s.id, s.version, $6, $7, CASE WHEN $6 <> 'delete' THEN $5 END, $8,
+    SELECT s.id, s.version, $kind, $actor, CASE WHEN $kind <> 'delete' THEN $hash END, $snapshot,
            s.name, s.owner, s.private
     FROM s
     RETURNING seq, recorded_at
 ), v AS (
     INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext, deleted)
-    SELECT $9, s.id, s.version, CASE WHEN $6 <> 'delete' THEN $5 END, $8, $6 = 'delete'
-    FROM s WHERE $9::uuid IS NOT NULL
+    SELECT $outbox_deployment, s.id, s.version, CASE WHEN $kind <> 'delete' THEN $hash END,
+           $snapshot, $kind = 'delete'
+    FROM s WHERE $outbox_deployment::uuid IS NOT NULL
     ON CONFLICT (deployment_id, secret_id) DO UPDATE
         SET version = excluded.version, hash = excluded.hash, ciphertext = excluded.ciphertext,
             deleted = excluded.deleted, updated = now()
@@ -180,9 +185,9 @@ WITH upd AS (
 ), d AS (
     INSERT INTO deliveries AS dl (target, secret_id, version, pending_since, leased_until, leased_by)
     SELECT t, s.id, s.version, e.recorded_at,
-           CASE WHEN t = ANY($11::text[]) THEN now() + make_interval(secs => $13) END,
-           CASE WHEN t = ANY($11::text[]) THEN $12 END
-    FROM s, e, unnest($10::text[]) AS t
+           CASE WHEN t = ANY($inline::text[]) THEN now() + make_interval(secs => $lease_s) END,
+           CASE WHEN t = ANY($inline::text[]) THEN $token END
+    FROM s, e, unnest($targets::text[]) AS t
     ON CONFLICT (target, secret_id) DO UPDATE SET
         version = GREATEST(dl.version, excluded.version),
         pending_since = CASE WHEN dl.version > dl.applied_version AND NOT dl.dead
@@ -197,7 +202,7 @@ WITH upd AS (
     RETURNING dl.target, dl.leased_by
 )
 SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq,
-       ARRAY(SELECT target FROM d WHERE leased_by = $12) AS leased
+       ARRAY(SELECT target FROM d WHERE leased_by = $token) AS leased
 FROM s, e
 
 -- notify_deliveries --
@@ -278,18 +283,19 @@ WHERE name = $1 AND secretmirror_sees(private, owner, name, $2, $4, $5)
 ORDER BY private
 
 -- secret_by_exact_name_with_value --
--- secret_by_exact_name with the stored value of a store written in the outbox ($6 the
--- deployment; NULL: none): a by-name read in one round trip.
+-- secret_by_exact_name with the stored value of a store written in the outbox (of
+-- $outbox_deployment; NULL: none): a by-name read in one round trip.
 SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated,
        v.version AS stored_version, v.ciphertext
 FROM secrets s
 LEFT JOIN LATERAL (
     SELECT version, ciphertext FROM secretmirror_values
-    WHERE deployment_id = $6 AND secret_id = s.id AND NOT deleted
+    WHERE deployment_id = $outbox_deployment AND secret_id = s.id AND NOT deleted
     LIMIT 1
 ) v ON true
-WHERE s.name = $1 AND secretmirror_sees(s.private, s.owner, s.name, $2, $4, $5)
-  AND ($3::boolean IS NULL OR s.private = $3)
+WHERE s.name = $name
+  AND secretmirror_sees(s.private, s.owner, s.name, $user_id, $own_token, $patterns)
+  AND ($private::boolean IS NULL OR s.private = $private)
 ORDER BY s.private
 
 -- secret_names_of --
@@ -482,17 +488,17 @@ WITH done AS (
 SELECT target, secret_id::text FROM done
 
 -- delivery_fail --
--- Release after a failed attempt: retry at $4 seconds from now, or dead-letter
--- when $5 and no newer version arrived meanwhile. Only while the token $7 holds it.
--- A write that may still land (it timed out mid-request) keeps its lease $8 seconds
+-- Release after a failed attempt: retry at $retry_in_s seconds from now, or dead-letter
+-- when $dead and no newer version arrived meanwhile. Only while the token $token holds it.
+-- A write that may still land (it timed out mid-request) keeps its lease $hold_s seconds
 -- more, so no other writer starts before it landed or died.
 UPDATE deliveries
-SET leased_until = CASE WHEN $8::float8 > 0 THEN now() + make_interval(secs => $8) END,
-    leased_by = CASE WHEN $8::float8 > 0 THEN leased_by END,
-    last_error = $3,
-    next_attempt_at = now() + make_interval(secs => $4),
-    dead = ($5 AND version = $6)
-WHERE target = $1 AND secret_id = $2 AND leased_by = $7
+SET leased_until = CASE WHEN $hold_s::float8 > 0 THEN now() + make_interval(secs => $hold_s) END,
+    leased_by = CASE WHEN $hold_s::float8 > 0 THEN leased_by END,
+    last_error = $error,
+    next_attempt_at = now() + make_interval(secs => $retry_in_s),
+    dead = ($dead AND version = $version)
+WHERE target = $target AND secret_id = $secret_id AND leased_by = $token
 
 -- delivery_hold --
 -- An inline write that may still land keeps its lease (token $3) $4 seconds more.
@@ -608,20 +614,20 @@ ORDER BY n
 RETURNING id
 
 -- audit_list --
--- Newest first, before the cursor id $8. actor $1 also matches "<actor> via <creator>".
+-- Newest first, before the cursor id $before. $actor also matches "<actor> via <creator>".
 SELECT id, at, actor, token_id::text, action, secret_id::text, secret_name, outcome, status,
        remote_addr, request_id
 FROM audit_log
-WHERE ($1::text IS NULL OR actor = $1 OR starts_with(actor, $1 || ' via '))
-  AND ($2::uuid IS NULL OR secret_id = $2)
-  AND ($3::text IS NULL OR secret_name = $3)
-  AND ($4::text IS NULL OR action = $4)
-  AND ($5::text IS NULL OR outcome = $5)
-  AND ($6::timestamptz IS NULL OR at >= $6)
-  AND ($7::timestamptz IS NULL OR at < $7)
-  AND ($8::bigint IS NULL OR id < $8)
+WHERE ($actor::text IS NULL OR actor = $actor OR starts_with(actor, $actor || ' via '))
+  AND ($secret_id::uuid IS NULL OR secret_id = $secret_id)
+  AND ($secret_name::text IS NULL OR secret_name = $secret_name)
+  AND ($action::text IS NULL OR action = $action)
+  AND ($outcome::text IS NULL OR outcome = $outcome)
+  AND ($since::timestamptz IS NULL OR at >= $since)
+  AND ($until::timestamptz IS NULL OR at < $until)
+  AND ($before::bigint IS NULL OR id < $before)
 ORDER BY id DESC
-LIMIT $9
+LIMIT $limit
 
 -- audit_purge --
 -- Records older than $1 days, up to $2 per statement (audit.keep_days).
