@@ -1,84 +1,24 @@
 """The ``azure`` store: Azure Key Vault secrets over REST, on the fenced-store template.
 
-Why REST and not the ``azure-keyvault-secrets`` client. The store needs five
-calls of one small JSON API, and it needs what the SDK hides: the HTTP status
-and Key Vault's inner error code (``ObjectIsDeletedButRecoverable`` decides
-between recover-then-write and a conflict), the ``Retry-After`` of a 429 (the
-SDK's retry policy would sleep on it inside a delivery), and exact control of
-how many calls each operation costs. A request here is one aiohttp round
-trip on the store's single ``ClientSession``; the SDK's pipeline (policies,
-model (de)serialization, per-call pollers for delete and recover) costs
-several times the CPU per call. Credentials are never hand-rolled:
-``azure-identity`` (``DefaultAzureCredential`` for ``implicit``: managed or
-workload identity, environment, Azure CLI; ``ClientSecretCredential`` for
-``service-principal``) issues every token, through the store's own session.
+The README's ``azure`` section is the full account (calls per operation,
+ownership and hand-made changes, errors, why REST and not the SDK); this
+module keeps what is Key Vault's own, the rest is ``fenced.py``'s and
+``http.py``'s:
 
-Entries. Secret ``id`` lives in the Key Vault secret ``{name_prefix}{id}``
-(letters, digits and dashes; a UUID's dashes are fine). Its value is the
-canonical JSON of the values with content type ``application/json``, at most
-25,000 bytes (Key Vault documents "25k bytes"; the stricter reading is
-taken, checked before any call). Key Vault keeps tags per secret *version*;
-every secretmirror write creates one Key Vault version tagged
-``secretmirror-deployment`` (this deployment's id: ownership),
-``secretmirror-version`` and ``secretmirror-hash`` (the content hash), so a
-listing of secret properties tells which version each entry holds. It cannot
-tell a value set by hand with those tags copied onto it (a new version
-carries only the tags it is given, so a copy lists exactly like ours): the
-listing reads each live entry's latest value once and holds it against the
-hash (the deployment's key, ``StoreContext.content_hash``); a mismatch, or a
-latest version disabled by hand, lists as ``Entry.foreign_write``.
-Tags that are not secretmirror's (an operator's) are carried to new versions.
-
-Fencing (``fenced.py``). A set always adds a version, so the store decides
-before writing from the entry's ``_State``. Per operation:
-
-- put, entry known to this process (steady state): 1 call, a set.
-- put, entry not known yet: a get of the latest version, then the set (2
-  calls, 1 write); for a new name the get answers 404.
-- put of a version the entry already holds, or older (a redelivery): 0 calls
-  when known, else 1 read. A redelivery never adds a Key Vault version.
-- put over a soft-deleted entry (a tombstone): recover, then set. Key Vault
-  refuses a set on a soft-deleted name (409 ``ObjectIsDeletedButRecoverable``);
-  when the store did not know, that answer costs one more read of the deleted
-  secret (its tags: ownership and tombstone) before the recover.
-- delete: tag the latest version ``secretmirror-tombstone=<version>``, then
-  delete (Key Vault's soft delete): 2 writes (+1 read when not known). The
-  deleted secret keeps its tags, so a late older put is refused and a newer
-  one recovers the entry. A delete interrupted between the two calls leaves
-  a tagged live entry that lists and reads as deleted; the next delete
-  finishes it. A soft delete made by hand carries no tombstone tag: it lists
-  as deleted at version 0 (verify: missing), and a put of the version it
-  held only recovers it (1 write).
-- get: 1 read; list: 1 call per 25 live entries + 1 per 25 soft-deleted ones,
-  + 1 read per live entry of this deployment (``list_concurrency`` at a time).
-
-Ownership. A secret whose latest version carries another deployment's tag is
-never written, recovered or deleted (``StoreForeignEntry``) and never listed. A
-latest version without any secretmirror tag is someone's hand-made write:
-the secret's versions are listed once, and if an older one is this
-deployment's, the entry is ours with a foreign current value
-(``Entry.foreign_write``: verify reports a mismatch and repair writes ours
-anew); otherwise it is someone else's secret. ``get`` never serves a value
-secretmirror did not write.
-
-Key Vault has no conditional write, so two writers of one entry must never
-overlap: the template's entry lock within a process, the per-(target,
-secret) delivery lease across processes (``secretmirror.deliveries``).
-
-Auth. The first request learns Key Vault's authentication challenge (an
-unauthenticated request answered 401 with ``WWW-Authenticate: Bearer
-authorization=".../<tenant>", resource="https://vault.azure.net"``), as
-Microsoft's clients do; tokens are then asked for that resource and tenant.
-The challenge's resource must be a parent domain of the vault's host (so a
-vault URL cannot be used to harvest tokens for another service), except on a
-loopback host (a local test server). A 401 later (a rotated secret, a vault
-moved to another tenant) re-reads the challenge and fetches a fresh token
-once before giving up.
-
-Errors, pacing and throttling are the template's and ``stores/http.py``'s;
-a secret whose latest version is disabled by hand is ``StoreRejected``.
-``max_writes_per_s`` defaults to 25, under Key Vault's 300 secret sets per
-10 s per vault; every write (set, tag, delete, recover) takes a slot.
+- Each secretmirror version is one Key Vault version tagged with the
+  deployment, the version and the content hash; a delete tags the latest
+  version ``secretmirror-tombstone`` and soft-deletes it; a put over a
+  soft-deleted name recovers it first (a set answers 409
+  ``ObjectIsDeletedButRecoverable``). Key Vault has no conditional write:
+  the entry lock and the delivery lease keep one writer.
+- A latest version without our tags is someone's hand-made write: the entry
+  is ours (``foreign_write``) when an older version is. A copy of our tags on
+  a new value lists like ours, so the listing reads each live entry's value
+  once and holds it against its hash tag (``StoreContext.content_hash``).
+- Tokens come from azure-identity for the resource and tenant of the vault's
+  authentication challenge (a 401 to an unauthenticated request), which must
+  be a parent domain of the vault's host except on a loopback host; a 401
+  later re-reads the challenge and gets a fresh token once.
 """
 
 from __future__ import annotations

@@ -1,47 +1,25 @@
 """The ``hashicorp`` store: one KV version 2 entry per secret in HashiCorp Vault or OpenBao.
 
-Layout. A secret lives at ``{mount}/data/{path_prefix}{secret_id}``; its KV data
-is the secret's values and nothing else, so any other Vault client reads the
-secret as it is. What secretmirror needs besides the values lives in the
-entry's ``custom_metadata`` under ``secretmirror.*`` keys: the deployment id
-(ownership), the secretmirror version, the content hash and the KV version
-that holds those values (``secretmirror.kv-version``).
+The README's ``hashicorp`` section is the full account (layout, auth
+methods, calls per change, errors); this module keeps what is Vault's own,
+the rest is ``fenced.py``'s and ``http.py``'s:
 
-Why the KV version is recorded. KV v2 has no endpoint that writes data and
-custom metadata together, so a change costs two writes and a crash, a race or
-an operator can leave one without the other. Recording which KV version holds
-secretmirror's values makes every such state visible: when the entry's
-``current_version`` differs from the recorded one, the current value was not
-written by a completed secretmirror write (``Entry.foreign_write``), ``get``
-returns the recorded version's values instead (never a value secretmirror did
-not write), and a put of the same version rewrites it (repair).
-
-Cost of a change. Creating an entry: read metadata (404), write metadata with
-``metadata_cas=0``, write data with ``cas=0`` (3 calls; metadata first, so an
-interrupted create leaves an entry marked as ours and never an unmarked one
-that later looks foreign). Updating: read metadata, data with ``cas``, then
-metadata with ``metadata_cas`` (3 calls). The read cannot be skipped by
-remembering the entry's versions from this process's last write: ``cas`` checks
-only the KV version number, so an entry someone else re-created at the same
-path with as many versions would take the write (our values on top of theirs).
-HashiCorp Vault has no ``metadata_cas`` (OpenBao does).
-
-Deletes are tombstones that keep the metadata: ``secretmirror.deleted=true``
-at the delete's version, then every version's data is destroyed (``destroy``,
-not the soft ``DELETE data`` that ``undelete`` reverses). The metadata stays so
-that KV and metadata version numbers only grow (which is what makes the
-conditional writes above safe) and an older put arriving late is refused.
-
-Ownership. An entry without this deployment's ``secretmirror.deployment`` is
-never written or deleted (``StoreForeignEntry``) and is not listed.
-
-Auth. ``token`` uses the configured token and renews it (``renew-self``) at
-two thirds of its TTL; a token without a TTL (root) is never renewed.
-``approle`` logs in, renews the same way, and logs in again when a renewal
-cannot extend the token (max TTL) or a request is refused with 403. Answers
-map as every REST store's do (``stores/http.py``), except that 412 (a
-performance standby not caught up yet) and 404 "no handler for route" (no
-such mount) are ``StoreUnavailable``.
+- The KV data is the values and nothing else; ``custom_metadata`` holds the
+  deployment (ownership), version, content hash and the KV version holding
+  those values. KV v2 writes data and metadata separately, so recording the
+  KV version makes a half-done write visible: a ``current_version`` other
+  than the recorded one lists as ``foreign_write``, ``get`` serves the
+  recorded version, and a put of the same version repairs it.
+- Every write is conditional (``cas`` on data, ``metadata_cas`` on OpenBao's
+  metadata), and ``cas`` checks only a version number, so the metadata is
+  read before every write (``remembers = False``): an entry someone re-created
+  with as many versions would otherwise take our values. A create writes the
+  metadata first, so an interrupted one never leaves an unmarked entry.
+- A delete is a tombstone in the metadata, then ``destroy`` of every version;
+  the metadata stays so version numbers only grow and a late put is refused.
+- ``token`` auth renews at two thirds of the TTL (also while idle: an
+  expired token cannot be replaced); ``approle`` logs in, renews, and logs in
+  again at the max TTL or after a 403.
 """
 
 from __future__ import annotations
@@ -268,7 +246,7 @@ class HashicorpStore(FencedStore[_State]):
         except StoreRejected:
             return None  # no such entry can exist
         await self._ready()
-        reply = await self._call("GET", f"{self._mount}/data/{path}", "GET data")
+        reply = await self._kv("GET", "data", path)
         if reply.status == 404 and not _says(reply, _NO_ROUTE):
             # A deleted or destroyed current version still answers with its metadata.
             if not _data(reply).get("metadata"):
@@ -283,12 +261,7 @@ class HashicorpStore(FencedStore[_State]):
         if meta.get("version") != mark.kv_version:
             # Someone wrote after secretmirror, or secretmirror's own write did not
             # finish: serve the version secretmirror recorded, if it still exists.
-            reply = await self._call(
-                "GET",
-                f"{self._mount}/data/{path}",
-                "GET data",
-                params={"version": str(mark.kv_version)},
-            )
+            reply = await self._kv("GET", "data", path, params={"version": str(mark.kv_version)})
             if reply.status == 404 and not _says(reply, _NO_ROUTE):
                 return None
             _expect(reply, 200, "read", path)
@@ -340,7 +313,7 @@ class HashicorpStore(FencedStore[_State]):
         """(key, metadata) pages: OpenBao's detailed listing, else names and a read of each."""
         await self._ready()
         if self._detailed_listing:
-            detailed = self._key_pages("detailed-metadata", "LIST detailed-metadata", detailed=True)
+            detailed = self._key_pages("detailed-metadata", detailed=True)
             async with contextlib.aclosing(detailed) as pages:
                 try:
                     first = await anext(pages)
@@ -353,7 +326,7 @@ class HashicorpStore(FencedStore[_State]):
                     async for keys, data in pages:
                         yield _with_info(keys, data)
                     return
-        plain = self._key_pages("metadata", "LIST metadata", detailed=False)
+        plain = self._key_pages("metadata", detailed=False)
         async with contextlib.aclosing(plain) as pages:
             async for keys, _ in pages:
                 # The plain listing works: stop asking for the detailed one.
@@ -418,12 +391,7 @@ class HashicorpStore(FencedStore[_State]):
         self, path: str, values: dict[str, str], cas: int
     ) -> tuple[int, Any] | None:
         """The new KV version and the custom metadata at write time; None when ``cas`` lost."""
-        reply = await self._call(
-            "POST",
-            f"{self._mount}/data/{path}",
-            "POST data",
-            json={"options": {"cas": cas}, "data": values},
-        )
+        reply = await self._kv("POST", "data", path, json={"options": {"cas": cas}, "data": values})
         if reply.status == 400 and _says(reply, _CAS_LOST):
             return None
         _expect(reply, 200, "write", path)
@@ -438,9 +406,7 @@ class HashicorpStore(FencedStore[_State]):
         }
         if metadata_version is not None:
             body["metadata_cas"] = metadata_version
-        reply = await self._call(
-            "POST", f"{self._mount}/metadata/{path}", "POST metadata", json=body
-        )
+        reply = await self._kv("POST", "metadata", path, json=body)
         if reply.status == 400 and _says(reply, _CAS_LOST):
             return False
         _expect(reply, (200, 204), "write the metadata of", path)
@@ -450,12 +416,7 @@ class HashicorpStore(FencedStore[_State]):
         return True
 
     async def _destroy(self, path: str, versions: Iterable[int]) -> None:
-        reply = await self._call(
-            "POST",
-            f"{self._mount}/destroy/{path}",
-            "POST destroy",
-            json={"versions": sorted(versions)},
-        )
+        reply = await self._kv("POST", "destroy", path, json={"versions": sorted(versions)})
         _expect(reply, (200, 204), "destroy versions of", path)
 
     # -- reads ---------------------------------------------------------------
@@ -466,7 +427,7 @@ class HashicorpStore(FencedStore[_State]):
         ``written`` is a KV version this call wrote: it is destroyed again when
         the entry turns out to be someone else's.
         """
-        reply = await self._call("GET", f"{self._mount}/metadata/{path}", "GET metadata")
+        reply = await self._kv("GET", "metadata", path)
         if reply.status == 404 and not _says(reply, _NO_ROUTE):
             return None
         _expect(reply, 200, "read the metadata of", path)
@@ -512,7 +473,7 @@ class HashicorpStore(FencedStore[_State]):
         return _Mark(version, content_hash, kv_version, deleted)
 
     async def _key_pages(
-        self, route: str, kind: str, *, detailed: bool
+        self, route: str, *, detailed: bool
     ) -> AsyncGenerator[tuple[builtins.list[str], dict[str, Any]], None]:
         """LIST pages of the prefix's folder: (the keys that can be entries, the page's data).
 
@@ -521,12 +482,8 @@ class HashicorpStore(FencedStore[_State]):
         """
         after = self._stem
         while True:
-            reply = await self._call(
-                "GET",
-                f"{self._mount}/{route}/{self._folder}",
-                kind,
-                params=_list_params(after),
-                refused_ok=detailed,
+            reply = await self._kv(
+                "GET", route, self._folder, params=_list_params(after), refused_ok=detailed
             )
             refused = reply.status in (403, 405) or (reply.status == 404 and _errors(reply))
             if detailed and refused:
@@ -549,7 +506,7 @@ class HashicorpStore(FencedStore[_State]):
         async def one(key: str) -> tuple[str, dict[str, Any]] | None:
             path = self._folder + key
             async with gate:
-                reply = await self._call("GET", f"{self._mount}/metadata/{path}", "GET metadata")
+                reply = await self._kv("GET", "metadata", path)
             if reply.status == 404 and not _says(reply, _NO_ROUTE):
                 return None  # deleted since it was listed
             _expect(reply, 200, "read the metadata of", path)
@@ -593,6 +550,12 @@ class HashicorpStore(FencedStore[_State]):
             )
         self._mount_checked = True
 
+    async def _kv(self, method: str, route: str, path: str, **options: Any) -> Reply:
+        """A call of the KV engine, ``{mount}/{route}/{path}``, counted by method and route
+        (a listing as ``LIST``)."""
+        kind = f"{'LIST' if 'list' in options.get('params', {}) else method} {route}"
+        return await self._call(method, f"{self._mount}/{route}/{path}", kind, **options)
+
     async def _call(
         self,
         method: str,
@@ -621,13 +584,15 @@ class HashicorpStore(FencedStore[_State]):
         self,
         method: str,
         path: str,
-        kind: str,
+        kind: str = "",
         *,
         token: str | None,
         json: Any = None,
         params: dict[str, str] | None = None,
     ) -> Reply:
-        """One HTTP request; transport errors, 429, 412 and 5xx become ``Store*`` errors."""
+        """One HTTP request, counted as ``kind`` (by default method and path); transport
+        errors, 429, 412 and 5xx become ``Store*`` errors."""
+        kind = kind or f"{method} {path}"
         headers = {}
         if token is not None:
             headers["X-Vault-Token"] = token
@@ -661,7 +626,6 @@ class HashicorpStore(FencedStore[_State]):
             reply = await self._send(
                 "POST",
                 "auth/approle/login",
-                "POST auth/approle/login",
                 token=None,
                 json={
                     "role_id": settings.role_id,
@@ -681,9 +645,7 @@ class HashicorpStore(FencedStore[_State]):
             return Token.lasting(str(auth["client_token"]), ttl, share=_RENEW_SHARE)
         assert settings.token is not None
         token = settings.token.get_secret_value()
-        reply = await self._send(
-            "GET", "auth/token/lookup-self", "GET auth/token/lookup-self", token=token
-        )
+        reply = await self._send("GET", "auth/token/lookup-self", token=token)
         if reply.status != 200:
             # A token without the default policy cannot look itself up: use it as
             # it is, without renewal; a dead token shows as 403 on use.
@@ -704,13 +666,8 @@ class HashicorpStore(FencedStore[_State]):
         if not self._renewable or self._token_ttl_s is None:
             return replace(held, refresh_at=None)
         wanted = self._token_ttl_s
-        reply = await self._send(
-            "POST",
-            "auth/token/renew-self",
-            "POST auth/token/renew-self",
-            token=held.value,
-            json={"increment": f"{int(wanted)}s"},
-        )
+        increment = {"increment": f"{int(wanted)}s"}
+        reply = await self._send("POST", "auth/token/renew-self", token=held.value, json=increment)
         if reply.status != 200:
             if approle:
                 return await self._authenticate()
