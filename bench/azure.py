@@ -47,40 +47,38 @@ A measurement, not a test: targets are recorded as pass/miss and never fail the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
 from tests.azurefake import CLIENT_ID, CLIENT_SECRET, TENANT_ID, AzureFake
 
-from bench._common import (
-    latency_summary,
-    machine_info,
-    machine_load,
-    now_iso,
-    run_standalone,
+from bench._common import check, knob, measured, ratio, run_standalone
+from bench._harness import (
+    VERIFY_OFF,
+    Api,
+    Cpu,
+    Daemon,
+    OpError,
+    Progress,
+    cpu_seconds,
+    postgres,
+    run_ops,
+    values_for,
 )
-from bench.api import ADMIN_TOKEN, BenchPostgres, CpuMeter, Daemon, values_for
 
 NAME = "azure"
-SECRETS = int(os.environ.get("SECRETMIRROR_BENCH_AZURE_SECRETS", "2000"))
+SECRETS = knob("SECRETMIRROR_BENCH_AZURE_SECRETS", 2000, 200)
 #: ``replication.concurrency``'s default: the raw loop runs at the same concurrency.
 CONCURRENCY = 16
 API_CLIENTS = 32
-RAW_S = float(os.environ.get("SECRETMIRROR_BENCH_AZURE_RAW_S", "8"))
+RAW_S = knob("SECRETMIRROR_BENCH_AZURE_RAW_S", 8.0, 2.0)
 RAW_NAMES = 256
 DEFAULT_WRITES_PER_S = 25.0
 UNLIMITED_WRITES_PER_S = 100_000
-LIMITED_UPDATES = int(os.environ.get("SECRETMIRROR_BENCH_AZURE_LIMITED", "400"))
+LIMITED_UPDATES = knob("SECRETMIRROR_BENCH_AZURE_LIMITED", 400, 100)
 #: Key Vault's documented quota: 300 secret sets per 10 s per vault.
 KEY_VAULT_SETS_PER_10_S = 300
 DRAIN_TIMEOUT_S = 300.0
@@ -92,53 +90,22 @@ OUTAGE_NOTE = (
 )
 
 
-class OpError(Exception):
-    """A request that did not get the answer it should have."""
-
-
-class AzureDaemon(Daemon):
-    """``bench.api.Daemon`` with the azure backup's variables and the verify schedule off."""
-
-    def __init__(
-        self, dsn: str, workdir: Path, extra_env: dict[str, str], key: str | None = None
-    ) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__(dsn, workdir)
-        if key is not None:
-            self.key = key
-        self.extra_env = extra_env
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SECRETMIRROR_", "AZURE_"))}
-        env.update(
-            SECRETMIRROR_DATABASE_URL=self.dsn,
-            SECRETMIRROR_DATA_DIR=str(self.workdir / "data"),
-            SECRETMIRROR_LISTEN=f"127.0.0.1:{self.port}",
-            SECRETMIRROR_ADMIN_TOKEN=ADMIN_TOKEN,
-            SECRETMIRROR_ENCRYPTION_KEYS=self.key,
-            SECRETMIRROR_RECONCILE__VERIFY_INTERVAL_S="0",
-            # The throughput phase ends an outage: resume within a poll, never dead-letter.
-            SECRETMIRROR_REPLICATION__POLL_INTERVAL_S="0.2",
-            SECRETMIRROR_REPLICATION__BACKOFF_INITIAL_S="0.1",
-            SECRETMIRROR_REPLICATION__BACKOFF_MAX_S="0.5",
-            SECRETMIRROR_REPLICATION__MAX_ATTEMPTS="100000",
-        )
-        env.update(self.extra_env)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "secretmirror", "serve"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+#: The throughput phase ends an outage: resume within a poll, never dead-letter.
+RESUME_FAST = {
+    "SECRETMIRROR_REPLICATION__POLL_INTERVAL_S": "0.2",
+    "SECRETMIRROR_REPLICATION__BACKOFF_INITIAL_S": "0.1",
+    "SECRETMIRROR_REPLICATION__BACKOFF_MAX_S": "0.5",
+    "SECRETMIRROR_REPLICATION__MAX_ATTEMPTS": "100000",
+}
 
 
 def azure_backup_env(
     fake: AzureFake, prefix: str, max_writes_per_s: float | None
 ) -> dict[str, str]:
-    """``SECRETMIRROR_BACKUP__*`` for the azure store on the fake (None: the default rate)."""
+    """The azure backup on the fake (None: the default write rate), the verify schedule off."""
     env = {
+        **VERIFY_OFF,
+        **RESUME_FAST,
         "SECRETMIRROR_BACKUP__TYPE": "azure",
         "SECRETMIRROR_BACKUP__VAULT_URL": fake.url,
         "SECRETMIRROR_BACKUP__AUTH_METHOD": "service-principal",
@@ -179,44 +146,30 @@ async def raw_sdk_loop(fake: AzureFake, prefix: str, seconds: float) -> dict[str
             await asyncio.gather(
                 *(client.set_secret(n, "{}") for n in names[start : start + CONCURRENCY])
             )
-        latencies: list[float] = []
-        errors = 0
-        done = 0
-        deadline = time.monotonic() + seconds
 
-        async def worker(index: int) -> None:
-            nonlocal errors, done
-            n = index
-            while time.monotonic() < deadline:
-                name = names[n % len(names)]
-                n += CONCURRENCY
-                started = time.perf_counter()
-                try:
-                    await client.set_secret(
-                        name,
-                        f'{{"n":"{n}","password":"{values_for(n)["password"]}"}}',
-                        content_type="application/json",
-                        tags={"bench": "raw", "n": str(n)},
-                    )
-                except Exception:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - started)
-                done += 1
+        async def set_secret(_worker: int, n: int) -> None:
+            await client.set_secret(
+                names[n % len(names)],
+                f'{{"n":"{n}","password":"{values_for(n)["password"]}"}}',
+                content_type="application/json",
+                tags={"bench": "raw", "n": str(n)},
+            )
 
-        started = time.monotonic()
         cpu = time.process_time()
-        await asyncio.gather(*(worker(i) for i in range(CONCURRENCY)))
-        wall = time.monotonic() - started
+        found = await run_ops(set_secret, CONCURRENCY, duration_s=seconds, failures=(Exception,))
         cpu = time.process_time() - cpu
+    return _raw_result(found, cpu)
+
+
+def _raw_result(found: dict[str, Any], cpu: float) -> dict[str, Any]:
     return {
         "concurrency": CONCURRENCY,
-        "seconds": round(wall, 3),
-        "writes": done,
-        "errors": errors,
-        "ops_s": round(done / wall, 1),
-        "latency": latency_summary(latencies),
-        "client_cpu_ms_per_op": round(cpu * 1000 / max(done, 1), 2),
+        "seconds": found["seconds"],
+        "writes": found["ops"],
+        "errors": found["errors"],
+        "ops_s": found["ops_per_s"],
+        "latency": {k: v for k, v in found.items() if k.endswith("_ms")},
+        "client_cpu_ms_per_op": round(cpu * 1000 / max(found["ops"], 1), 2),
     }
 
 
@@ -235,109 +188,50 @@ async def raw_rest_loop(fake: AzureFake, prefix: str, seconds: float) -> dict[st
         token = (await credential.get_token("https://vault.azure.net/.default")).token
     headers = {"Authorization": f"Bearer {token}"}
     connector = aiohttp.TCPConnector(ssl=fake.ssl_context(), limit=CONCURRENCY)
-    done = errors = 0
-    deadline = time.monotonic() + seconds
     cpu = time.process_time()
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
-        async def worker(index: int) -> None:
-            nonlocal done, errors
-            n = index
-            while time.monotonic() < deadline:
-                url = f"{fake.url}/secrets/{prefix}rest-{n % RAW_NAMES}?api-version=7.5"
-                n += CONCURRENCY
-                body = {"value": "{}", "contentType": "application/json", "tags": {"n": str(n)}}
-                async with session.put(url, json=body) as resp:
-                    await resp.read()
-                    if resp.status == 200:
-                        done += 1
-                    else:
-                        errors += 1
+        async def put(_worker: int, n: int) -> None:
+            url = f"{fake.url}/secrets/{prefix}rest-{n % RAW_NAMES}?api-version=7.5"
+            body = {"value": "{}", "contentType": "application/json", "tags": {"n": str(n)}}
+            async with session.put(url, json=body) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise OpError(f"PUT: {resp.status}")
 
-        started = time.monotonic()
-        await asyncio.gather(*(worker(i) for i in range(CONCURRENCY)))
-        wall = time.monotonic() - started
-    return {
-        "concurrency": CONCURRENCY,
-        "seconds": round(wall, 3),
-        "writes": done,
-        "errors": errors,
-        "ops_s": round(done / wall, 1),
-        "client_cpu_ms_per_op": round((time.process_time() - cpu) * 1000 / max(done, 1), 2),
-    }
+        found = await run_ops(put, CONCURRENCY, duration_s=seconds)
+    return _raw_result(found, time.process_time() - cpu)
 
 
-# -- the API and the daemon's status --------------------------------------------------------
+# -- the daemon's progress ------------------------------------------------------------------
 
 
-class Api:
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.session = aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            connector=aiohttp.TCPConnector(limit=API_CLIENTS),
-            timeout=aiohttp.ClientTimeout(total=60),
-        )
+def update_op(api: Api, ids: list[str], offset: int = 0) -> Any:
+    """One PATCH per secret (``run_ops`` with ``count=len(ids)``), new values each time."""
 
-    async def close(self) -> None:
-        await self.session.close()
+    async def update(_worker: int, n: int) -> None:
+        await api.update(ids[n], values_for(n + offset + 7))
 
-    async def create(self, name: str, n: int) -> str:
-        body = {"name": name, "values": values_for(n)}
-        async with self.session.post(f"{self.base_url}/api/v1/secrets", json=body) as resp:
-            if resp.status != 201:
-                raise OpError(f"create: HTTP {resp.status}")
-            return str((await resp.json())["id"])
-
-    async def update(self, secret_id: str, n: int) -> None:
-        body = {"values": values_for(n + 7)}
-        url = f"{self.base_url}/api/v1/secrets/{secret_id}"
-        async with self.session.patch(url, json=body) as resp:
-            if resp.status != 200:
-                raise OpError(f"update: HTTP {resp.status}")
-
-    async def replication(self) -> dict[str, Any]:
-        async with self.session.get(f"{self.base_url}/admin/v1/status") as resp:
-            body = await resp.json()
-        backup: dict[str, Any] = body["replication"]["backup"]
-        return backup
+    return update
 
 
-async def in_parallel(items: list[Any], clients: int, call: Any) -> float:
-    """Run ``call(item, index)`` over ``items`` at ``clients``; the wall seconds it took."""
-    queue = iter(enumerate(items))
-    started = time.monotonic()
-
-    async def worker() -> None:
-        for index, item in queue:
-            await call(item, index)
-
-    await asyncio.gather(*(worker() for _ in range(clients)))
-    return time.monotonic() - started
-
-
-async def drain(api: Api, started: float, baseline: int, expected: int) -> dict[str, Any]:
+async def drain(progress: Progress, started: float, baseline: int, expected: int) -> dict[str, Any]:
     """Sample ``applied`` every 0.1 s until ``expected`` more events are applied."""
-    samples: list[tuple[float, int]] = []
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        state = await api.replication()
-        applied = int(state["applied"]) - baseline
-        samples.append((time.monotonic() - started, applied))
-        if applied >= expected and state["pending"] == 0:
-            break
-        await asyncio.sleep(0.1)  # the sampling interval
-    else:
-        raise OpError(f"not drained in {DRAIN_TIMEOUT_S} s")
-    wall = samples[-1][0]
-    dead = int((await api.replication())["dead"])
-    return {"wall_s": round(wall, 3), "applied": samples[-1][1], "dead": dead, "samples": samples}
+    at = await progress.drained(baseline + expected)
+    samples = [(t - started, done - baseline) for t, done, _ in progress.samples if t >= started]
+    dead = int((await progress.api.backup_status())["dead"])
+    return {
+        "wall_s": round(at - started, 3),
+        "applied": samples[-1][1],
+        "dead": dead,
+        "samples": samples,
+    }
 
 
 async def until_pending(api: Api, count: int) -> None:
     """Wait until ``count`` deliveries are pending (every update committed, none applied)."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while (await api.replication())["pending"] < count:
+    while (await api.backup_status())["pending"] < count:
         if time.monotonic() > deadline:
             raise OpError(f"the backlog did not reach {count}")
         await asyncio.sleep(0.1)  # the sampling interval
@@ -362,222 +256,197 @@ def sets_per_second(calls: list[dict[str, Any]]) -> float | None:
     return (high - low) / span if span > 0 else None
 
 
-def check(target: str, measured: float | None, goal: float) -> dict[str, Any]:
-    passed = measured is not None and measured >= goal
-    return {"target": target, "measured": measured, "pass": passed}
-
-
 # -- the run ------------------------------------------------------------------------------
 
 
 async def _measure(out: dict[str, Any], workdir: Path) -> None:
-    fake = AzureFake()
-    pg = BenchPostgres()
-    daemons: list[AzureDaemon] = []
+    fake = await asyncio.to_thread(AzureFake)
     try:
         out["fake"] = {"url": fake.url}
         prefix = f"b{uuid.uuid4().hex[:10]}-"
         print("raw: the official SDK's bare set loop ...", flush=True)
-        fake_cpu = _fake_cpu(fake)
+        fake_cpu = cpu_seconds(fake.pid) or 0.0
         raw = await raw_sdk_loop(fake, f"{prefix}r-", RAW_S)
-        raw["fake_cpu_ms_per_op"] = round(
-            (_fake_cpu(fake) - fake_cpu) * 1000 / max(raw["writes"] + RAW_NAMES, 1), 2
-        )
+        used = (cpu_seconds(fake.pid) or 0.0) - fake_cpu
+        raw["fake_cpu_ms_per_op"] = round(used * 1000 / max(raw["writes"] + RAW_NAMES, 1), 2)
         out["raw_sdk"] = raw
         print(f"  {raw['ops_s']} sets/s at {CONCURRENCY}", flush=True)
         rest = await raw_rest_loop(fake, f"{prefix}r-", RAW_S)
         out["raw_rest_context"] = rest
         print(f"  (bare aiohttp PUTs, for context: {rest['ops_s']} sets/s)", flush=True)
-
-        dsn = pg.start()
-        await pg.create_database()
-        lifted = AzureDaemon(
-            dsn,
-            workdir / "lifted",
-            azure_backup_env(fake, prefix, UNLIMITED_WRITES_PER_S),
-        )
-        daemons.append(lifted)
-        lifted.start()
-        await lifted.wait_ready()
-        api = Api(lifted.base_url)
-        try:
-            print(f"seed: {SECRETS} creates through the API ...", flush=True)
-            mark = fake.mark()
-            baseline = int((await api.replication())["applied"])
-            started = time.monotonic()
-            ids: list[str] = [""] * SECRETS
-
-            async def create(n: int, index: int) -> None:
-                ids[index] = await api.create(f"bench-{n}", n)
-
-            api_s = await in_parallel(list(range(SECRETS)), API_CLIENTS, create)
-            seeded = await drain(api, started, baseline, SECRETS)
-            seed_calls = fake.call_log(mark, prefix)
-            out["seed"] = {
-                "secrets": SECRETS,
-                "api_s": round(api_s, 3),
-                "drain_s": seeded["wall_s"],
-                "applied_per_s": round(SECRETS / seeded["wall_s"], 1),
-                "calls": _count(seed_calls),
+        async with postgres() as pg:
+            dsn = await pg.database()
+            env = azure_backup_env(fake, prefix, UNLIMITED_WRITES_PER_S)
+            lifted = Daemon(dsn, workdir / "lifted", env)
+            api = Api(lifted.url, API_CLIENTS)
+            try:
+                await lifted.ready()
+                cpu = Cpu({"daemon": lifted.pid, "fake": fake.pid}, pg.postmaster_pid)
+                ids = await _lifted(out, fake, api, cpu, prefix)
+            finally:
+                await api.close()
+                await lifted.close()
+            print("raw again: the SDK loop after the lifted phases ...", flush=True)
+            raw_after = await raw_sdk_loop(fake, f"{prefix}r-", RAW_S)
+            out["raw_sdk_after"] = raw_after
+            limit = (raw["ops_s"] + raw_after["ops_s"]) / 2
+            out["raw_sdk_limit"] = {
+                "ops_s": round(limit, 1),
+                "what": "mean of the SDK loop right before and right after the lifted phases",
             }
+            for phase in ("throughput", "alongside_api_writes"):
+                out[phase]["ratio_to_raw"] = round(out[phase]["applied_per_s"] / limit, 3)
+            print(f"  {raw_after['ops_s']} sets/s; limit {limit:.1f}", flush=True)
 
-            print(f"alongside: {SECRETS} updates while replicating ...", flush=True)
-            mark = fake.mark()
-            baseline = int((await api.replication())["applied"])
-            started = time.monotonic()
-
-            async def update(secret_id: str, index: int) -> None:
-                await api.update(secret_id, index)
-
-            meter = CpuMeter(lifted.pid, pg.postmaster_pid)
-            fake_cpu = _fake_cpu(fake)
-            cpu_before = meter.snapshot()
-            api_s = await in_parallel(ids, API_CLIENTS, update)
-            drained = await drain(api, started, baseline, SECRETS)
-            cpu = CpuMeter.diff(cpu_before, meter.snapshot(), drained["wall_s"])
-            cpu["fake_s"] = round(_fake_cpu(fake) - fake_cpu, 3)
-            cpu["ms_per_update"] = {
-                who: round(cpu[f"{who}_s"] * 1000 / SECRETS, 2)
-                for who in ("daemon", "postgres", "fake", "client")
-                if cpu.get(f"{who}_s") is not None
-            }
-            calls = fake.call_log(mark, prefix)
-            rate = SECRETS / drained["wall_s"]
-            out["alongside_api_writes"] = {
-                "cpu": cpu,
-                "updates": SECRETS,
-                "max_writes_per_s": UNLIMITED_WRITES_PER_S,
-                "api_s": round(api_s, 3),
-                "api_updates_per_s": round(SECRETS / api_s, 1),
-                "wall_s": drained["wall_s"],
-                "applied_per_s": round(rate, 1),
-                "applied_per_s_steady": _round(steady_rate(drained["samples"], SECRETS)),
-                "sets_per_s_at_fake": _round(sets_per_second(calls)),
-                "dead": drained["dead"],
-            }
-            out["calls_per_update"] = {
-                "counts": _count(calls),
-                "sets_per_update": round(sum(1 for c in calls if c["op"] == "set") / SECRETS, 3),
-            }
-            alongside_rate = rate
-            print(f"  {rate:.1f} applied/s (API {SECRETS / api_s:.0f} updates/s)", flush=True)
-
-            print(f"throughput: a backlog of {SECRETS} updates after an outage ...", flush=True)
-            # The vault answers 503 while the updates commit (the worker only probes a
-            # store that is down, so the backlog builds), then comes back.
-            fake.inject(503, 10**9)
-            baseline = int((await api.replication())["applied"])
-            await in_parallel(ids, API_CLIENTS, lambda sid, i: api.update(sid, i + 500))
-            await until_pending(api, SECRETS)
-            mark = fake.mark()
-            started = time.monotonic()
-            fake.reset()
-            drained = await drain(api, started, baseline, SECRETS)
-            calls = fake.call_log(mark, prefix)
-            rate = SECRETS / drained["wall_s"]
-            throughput_rate = rate
-            out["throughput"] = {
-                "updates": SECRETS,
-                "max_writes_per_s": UNLIMITED_WRITES_PER_S,
-                "drain_s": drained["wall_s"],
-                "applied_per_s": round(rate, 1),
-                "applied_per_s_steady": _round(steady_rate(drained["samples"], SECRETS)),
-                "sets_per_s_at_fake": _round(sets_per_second(calls)),
-                "calls": _count(calls),
-                "dead": drained["dead"],
-                "note": OUTAGE_NOTE,
-            }
-            print(f"  {rate:.1f} applied/s draining the backlog", flush=True)
-        finally:
-            await api.close()
-        lifted.stop()
-
-        print("raw again: the SDK loop after the lifted phases ...", flush=True)
-        raw_after = await raw_sdk_loop(fake, f"{prefix}r-", RAW_S)
-        out["raw_sdk_after"] = raw_after
-        limit = (raw["ops_s"] + raw_after["ops_s"]) / 2
-        out["raw_sdk_limit"] = {
-            "ops_s": round(limit, 1),
-            "what": "mean of the SDK loop right before and right after the lifted phases",
-        }
-        out["throughput"]["ratio_to_raw"] = round(throughput_rate / limit, 3)
-        out["alongside_api_writes"]["ratio_to_raw"] = round(alongside_rate / limit, 3)
-        print(
-            f"  {raw_after['ops_s']} sets/s; limit {limit:.1f}: throughput "
-            f"{throughput_rate / limit:.0%}, alongside API writes {alongside_rate / limit:.0%}",
-            flush=True,
-        )
-
-        print("limiter: the default max_writes_per_s (25) under Key Vault's quota ...", flush=True)
-        fake.quota(KEY_VAULT_SETS_PER_10_S, 10.0)
-        limited = AzureDaemon(
-            dsn, workdir / "limited", azure_backup_env(fake, prefix, None), key=lifted.key
-        )
-        daemons.append(limited)
-        limited.start()
-        await limited.wait_ready()
-        api = Api(limited.base_url)
-        try:
-            chosen = ids[:LIMITED_UPDATES]
-            mark = fake.mark()
-            baseline = int((await api.replication())["applied"])
-            started = time.monotonic()
-
-            async def update_limited(secret_id: str, index: int) -> None:
-                await api.update(secret_id, index + 1000)
-
-            await in_parallel(chosen, API_CLIENTS, update_limited)
-            drained = await drain(api, started, baseline, len(chosen))
-            calls = fake.call_log(mark, prefix)
-            steady = steady_rate(drained["samples"], len(chosen))
-            at_fake = sets_per_second(calls)
-            throttled = sum(1 for c in calls if c["status"] == 429)
-            out["limiter"] = {
-                "updates": len(chosen),
-                "max_writes_per_s": DEFAULT_WRITES_PER_S,
-                "key_vault_quota": f"{KEY_VAULT_SETS_PER_10_S} sets per 10 s",
-                "drain_s": drained["wall_s"],
-                "applied_per_s_steady": _round(steady),
-                "sets_per_s_at_fake": _round(at_fake),
-                "throttled_answers": throttled,
-                "dead": drained["dead"],
-                "calls": _count(calls),
-            }
-            print(f"  {steady} applied/s, {at_fake} sets/s at the fake, 429s: {throttled}")
-        finally:
-            await api.close()
-            fake.quota(None)
-
-        out["targets"] = {
-            "limited_applied_vs_default_limit": check(
-                f">= 90% of {DEFAULT_WRITES_PER_S:g}/s",
-                _ratio(out["limiter"]["applied_per_s_steady"], DEFAULT_WRITES_PER_S),
-                0.9,
-            ),
-            "limited_no_throttling": {
-                "target": "0 answers 429 at the default limit under Key Vault's quota",
-                "measured": out["limiter"]["throttled_answers"],
-                "pass": out["limiter"]["throttled_answers"] == 0,
-            },
-            "lifted_applied_vs_raw_sdk": check(
-                ">= 80% of the bare SDK set loop (mean of before and after)",
-                out["throughput"]["ratio_to_raw"],
-                0.8,
-            ),
-            "sets_per_update": {
-                "target": "1 set per replicated update of a known entry",
-                "measured": out["calls_per_update"]["sets_per_update"],
-                "pass": out["calls_per_update"]["sets_per_update"] == 1.0,
-            },
-        }
+            print("limiter: the default max_writes_per_s (25) under Key Vault's quota", flush=True)
+            fake.quota(KEY_VAULT_SETS_PER_10_S, 10.0)
+            env = azure_backup_env(fake, prefix, None)
+            limited = Daemon(dsn, workdir / "limited", env, key=lifted.key)
+            api = Api(limited.url, API_CLIENTS)
+            try:
+                await limited.ready()
+                out["limiter"] = await _limiter(fake, api, ids[:LIMITED_UPDATES], prefix)
+            finally:
+                await api.close()
+                await limited.close()
+                fake.quota(None)
     finally:
-        for daemon in daemons:
-            with contextlib.suppress(Exception):
-                daemon.stop()
-        with contextlib.suppress(Exception):
-            await pg.drop_database()
-        pg.stop()
-        fake.stop()
+        await asyncio.to_thread(fake.stop)
+
+
+async def _lifted(
+    out: dict[str, Any], fake: AzureFake, api: Api, cpu: Cpu, prefix: str
+) -> list[str]:
+    """Seed, updates alongside the API's writes, and a backlog after an outage; the ids."""
+    progress = Progress(api, DRAIN_TIMEOUT_S)
+    print(f"seed: {SECRETS} creates through the API ...", flush=True)
+    mark = fake.mark()
+    baseline = int((await api.backup_status())["applied"])
+    started = time.perf_counter()
+    ids: list[str] = [""] * SECRETS
+
+    async def create(_worker: int, n: int) -> None:
+        ids[n] = await api.create(f"bench-{n}", n)
+
+    api_s = (await run_ops(create, API_CLIENTS, count=SECRETS))["seconds"]
+    seeded = await drain(progress, started, baseline, SECRETS)
+    out["seed"] = {
+        "secrets": SECRETS,
+        "api_s": round(api_s, 3),
+        "drain_s": seeded["wall_s"],
+        "applied_per_s": round(SECRETS / seeded["wall_s"], 1),
+        "calls": _count(fake.call_log(mark, prefix)),
+    }
+
+    print(f"alongside: {SECRETS} updates while replicating ...", flush=True)
+    mark = fake.mark()
+    baseline = int((await api.backup_status())["applied"])
+    started = time.perf_counter()
+    cpu.start()
+    api_s = (await run_ops(update_op(api, ids), API_CLIENTS, count=SECRETS))["seconds"]
+    drained = await drain(progress, started, baseline, SECRETS)
+    used = cpu.stop(SECRETS)
+    used["ms_per_update"] = used.pop("ms_per_op")
+    calls = fake.call_log(mark, prefix)
+    rate = SECRETS / drained["wall_s"]
+    out["alongside_api_writes"] = {
+        "cpu": used,
+        "updates": SECRETS,
+        "max_writes_per_s": UNLIMITED_WRITES_PER_S,
+        "api_s": round(api_s, 3),
+        "api_updates_per_s": round(SECRETS / api_s, 1),
+        "wall_s": drained["wall_s"],
+        "applied_per_s": round(rate, 1),
+        "applied_per_s_steady": _round(steady_rate(drained["samples"], SECRETS)),
+        "sets_per_s_at_fake": _round(sets_per_second(calls)),
+        "dead": drained["dead"],
+    }
+    out["calls_per_update"] = {
+        "counts": _count(calls),
+        "sets_per_update": round(sum(1 for c in calls if c["op"] == "set") / SECRETS, 3),
+    }
+    print(f"  {rate:.1f} applied/s (API {SECRETS / api_s:.0f} updates/s)", flush=True)
+
+    print(f"throughput: a backlog of {SECRETS} updates after an outage ...", flush=True)
+    # The vault answers 503 while the updates commit (the worker only probes a
+    # store that is down, so the backlog builds), then comes back.
+    fake.inject(503, 10**9)
+    baseline = int((await api.backup_status())["applied"])
+    await run_ops(update_op(api, ids, 500), API_CLIENTS, count=SECRETS)
+    await until_pending(api, SECRETS)
+    mark = fake.mark()
+    started = time.perf_counter()
+    fake.reset()
+    drained = await drain(progress, started, baseline, SECRETS)
+    calls = fake.call_log(mark, prefix)
+    rate = SECRETS / drained["wall_s"]
+    out["throughput"] = {
+        "updates": SECRETS,
+        "max_writes_per_s": UNLIMITED_WRITES_PER_S,
+        "drain_s": drained["wall_s"],
+        "applied_per_s": round(rate, 1),
+        "applied_per_s_steady": _round(steady_rate(drained["samples"], SECRETS)),
+        "sets_per_s_at_fake": _round(sets_per_second(calls)),
+        "calls": _count(calls),
+        "dead": drained["dead"],
+        "note": OUTAGE_NOTE,
+    }
+    print(f"  {rate:.1f} applied/s draining the backlog", flush=True)
+    return ids
+
+
+async def _limiter(fake: AzureFake, api: Api, chosen: list[str], prefix: str) -> dict[str, Any]:
+    progress = Progress(api, DRAIN_TIMEOUT_S)
+    mark = fake.mark()
+    baseline = int((await api.backup_status())["applied"])
+    started = time.perf_counter()
+    await run_ops(update_op(api, chosen, 1000), API_CLIENTS, count=len(chosen))
+    drained = await drain(progress, started, baseline, len(chosen))
+    calls = fake.call_log(mark, prefix)
+    steady = steady_rate(drained["samples"], len(chosen))
+    at_fake = sets_per_second(calls)
+    throttled = sum(1 for c in calls if c["status"] == 429)
+    print(f"  {steady} applied/s, {at_fake} sets/s at the fake, 429s: {throttled}")
+    return {
+        "updates": len(chosen),
+        "max_writes_per_s": DEFAULT_WRITES_PER_S,
+        "key_vault_quota": f"{KEY_VAULT_SETS_PER_10_S} sets per 10 s",
+        "drain_s": drained["wall_s"],
+        "applied_per_s_steady": _round(steady),
+        "sets_per_s_at_fake": _round(at_fake),
+        "throttled_answers": throttled,
+        "dead": drained["dead"],
+        "calls": _count(calls),
+    }
+
+
+def _targets(out: dict[str, Any]) -> dict[str, Any]:
+    limiter = out.get("limiter", {})
+    sets = out.get("calls_per_update", {}).get("sets_per_update")
+    return {
+        "limited_applied_vs_default_limit": check(
+            ">=",
+            0.9,
+            ratio(limiter.get("applied_per_s_steady"), DEFAULT_WRITES_PER_S),
+            f"of the default {DEFAULT_WRITES_PER_S:g}/s",
+        ),
+        "limited_no_throttling": check(
+            "<=",
+            0,
+            limiter.get("throttled_answers"),
+            "answers 429 at the default limit under Key Vault's quota",
+        ),
+        "lifted_applied_vs_raw_sdk": check(
+            ">=",
+            0.8,
+            out.get("throughput", {}).get("ratio_to_raw"),
+            "of the bare SDK set loop (mean of before and after)",
+        ),
+        "sets_per_update": {
+            **check("<=", 1, sets, "set per replicated update of a known entry"),
+            "pass": sets == 1.0,
+        },
+    }
 
 
 def _count(calls: list[dict[str, Any]]) -> dict[str, int]:
@@ -588,39 +457,19 @@ def _count(calls: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(found.items()))
 
 
-def _fake_cpu(fake: AzureFake) -> float:
-    """CPU seconds the fake's process has used so far."""
-    if fake.pid is None:
-        return 0.0
-    times = psutil.Process(fake.pid).cpu_times()
-    return float(times.user + times.system)
-
-
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def _ratio(value: float | None, limit: float) -> float | None:
-    return None if value is None else round(value / limit, 3)
-
-
 async def main() -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": NAME,
-        "started": now_iso(),
-        "machine": machine_info(),
-        "load_start": machine_load(),
+    config = {
+        "secrets": SECRETS,
+        "replication_concurrency": CONCURRENCY,
+        "api_clients": API_CLIENTS,
+        "raw_s": RAW_S,
+        "limited_updates": LIMITED_UPDATES,
     }
-    workdir = Path(tempfile.mkdtemp(prefix="sm-bench-azure-"))
-    try:
-        await _measure(out, workdir)
-    except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    out["load_end"] = machine_load()
-    out["finished"] = now_iso()
-    return out
+    return await measured(NAME, _measure, config=config, targets=_targets)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,13 @@ to its arrival. Target: p99 <= 100 ms.
 
 The daemon is one ``secretmirror serve`` subprocess (sql primary in the main
 database, no backup) on a pgserver PostgreSQL, as bench/api.py runs it.
+``SECRETMIRROR_BENCH_CONSUME_ROUNDS`` sets the storm rounds (default 3).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -34,27 +31,18 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench._common import (
-    latency_summary,
-    machine_info,
-    machine_load,
-    now_iso,
-    print_load,
-    print_targets,
-    run_standalone,
-)
-from bench.api import ADMIN_TOKEN, BenchPostgres, Daemon, values_for
+from bench._common import check, knob, latency_summary, measured, run_standalone
+from bench._harness import AUTH, Api, Daemon, postgres, run_ops, values_for
 from bench.http_ceiling import BareServer
 from secretmirror.queries import Q
 
 NAME = "consume"
 CLIENTS = 200
 PER_CLIENT = 20
-ROUNDS = 3
+ROUNDS = knob("SECRETMIRROR_BENCH_CONSUME_ROUNDS", 3, 1)
 FEED_CLIENTS = 100
-FEED_EVENTS = 60
+FEED_EVENTS = knob(None, 60, 20)
 FEED_GAP_S = 0.1
-AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def secret_name(client: int, i: int) -> str:
@@ -63,17 +51,18 @@ def secret_name(client: int, i: int) -> str:
 
 async def seed(base_url: str) -> None:
     """CLIENTS x PER_CLIENT secrets through the API, 32 at a time."""
-    gate = asyncio.Semaphore(32)
-    async with aiohttp.ClientSession(headers=AUTH) as session:
+    api = Api(base_url, 32)
 
-        async def one(c: int, i: int) -> None:
-            async with gate:
-                body = {"name": secret_name(c, i), "values": values_for(c * PER_CLIENT + i)}
-                async with session.post(base_url + "/api/v1/secrets", json=body) as resp:
-                    if resp.status != 201:
-                        raise RuntimeError(f"seeding answered {resp.status}")
+    async def one(_worker: int, n: int) -> None:
+        body = {"name": secret_name(*divmod(n, PER_CLIENT)), "values": values_for(n)}
+        await api.call("POST", "/api/v1/secrets", body, ok=201, parse=False)
 
-        await asyncio.gather(*(one(c, i) for c in range(CLIENTS) for i in range(PER_CLIENT)))
+    try:
+        seeded = await run_ops(one, 32, count=CLIENTS * PER_CLIENT)
+    finally:
+        await api.close()
+    if seeded["errors"]:
+        raise RuntimeError(f"seeding failed: {seeded['error_samples']}")
 
 
 async def storm(base_url: str, bulk: bool) -> float:
@@ -179,60 +168,55 @@ async def feed_latency(base_url: str) -> dict[str, Any]:
     return {"deliveries": len(latencies), "missed": missed, "latency_ms": summary}
 
 
-async def _measure(dsn: str, workdir: Path, out: dict[str, Any]) -> None:
-    daemon = Daemon(dsn, workdir)
-    daemon.start()
-    try:
-        await daemon.wait_ready()
-        seeded = time.perf_counter()
-        await seed(daemon.base_url)
-        out["seed_s"] = round(time.perf_counter() - seeded, 1)
-        single = [await storm(daemon.base_url, bulk=False) for _ in range(ROUNDS)]
-        bulk: list[float] = []
-        http: list[float] = []
-        bare = BareServer(PER_CLIENT)
+async def _measure(out: dict[str, Any], workdir: Path) -> None:
+    async with postgres() as pg:
+        dsn = await pg.database()
+        daemon = Daemon(dsn, workdir)
         try:
-            await asyncio.to_thread(bare.wait_ready)
-            for _ in range(ROUNDS):  # alternated, so both see the same machine
-                bulk.append(await storm(daemon.base_url, bulk=True))
-                http.append(await storm(bare.base_url, bulk=True))
+            await daemon.ready()
+            seeded = time.perf_counter()
+            await seed(daemon.url)
+            out["seed_s"] = round(time.perf_counter() - seeded, 1)
+            single = [await storm(daemon.url, bulk=False) for _ in range(ROUNDS)]
+            bulk: list[float] = []
+            http: list[float] = []
+            bare = BareServer(PER_CLIENT)
+            try:
+                await asyncio.to_thread(bare.wait_ready)
+                for _ in range(ROUNDS):  # alternated, so both see the same machine
+                    bulk.append(await storm(daemon.url, bulk=True))
+                    http.append(await storm(bare.base_url, bulk=True))
+            finally:
+                bare.stop()
+            pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
+            try:
+                raw = [await raw_storm(dsn, pool) for _ in range(ROUNDS)]
+            finally:
+                await pool.close()
+            out["storm"] = {
+                "single_values_per_s": [round(v) for v in single],
+                "bulk_values_per_s": [round(v) for v in bulk],
+                "raw_asyncpg_values_per_s": [round(v) for v in raw],
+                "bare_http_values_per_s": [round(v) for v in http],
+                "single_median": round(statistics.median(single)),
+                "bulk_median": round(statistics.median(bulk)),
+                "raw_median": round(statistics.median(raw)),
+                "bare_http_median": round(statistics.median(http)),
+                "bulk_to_bare_http": round(statistics.median(bulk) / statistics.median(http), 2),
+            }
+            out["feed"] = await feed_latency(daemon.url)
         finally:
-            bare.stop()
-        pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
-        try:
-            raw = [await raw_storm(dsn, pool) for _ in range(ROUNDS)]
-        finally:
-            await pool.close()
-        out["storm"] = {
-            "single_values_per_s": [round(v) for v in single],
-            "bulk_values_per_s": [round(v) for v in bulk],
-            "raw_asyncpg_values_per_s": [round(v) for v in raw],
-            "bare_http_values_per_s": [round(v) for v in http],
-            "single_median": round(statistics.median(single)),
-            "bulk_median": round(statistics.median(bulk)),
-            "raw_median": round(statistics.median(raw)),
-            "bare_http_median": round(statistics.median(http)),
-            "bulk_to_bare_http": round(statistics.median(bulk) / statistics.median(http), 2),
-        }
-        out["feed"] = await feed_latency(daemon.base_url)
-    finally:
-        daemon.stop()
+            await daemon.close()
 
 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
-    bulk = (out.get("storm") or {}).get("bulk_median")
-    p99 = ((out.get("feed") or {}).get("latency_ms") or {}).get("p99_ms")
-    missed = (out.get("feed") or {}).get("missed")
+    feed = out.get("feed") or {}
+    p99 = (feed.get("latency_ms") or {}).get("p99_ms")
     return {
-        "storm_bulk_values_per_s": {
-            "target": ">= 20000",
-            "measured": bulk,
-            "pass": bulk is not None and bulk >= 20000,
-        },
+        "storm_bulk_values_per_s": check(">=", 20000, (out.get("storm") or {}).get("bulk_median")),
         "feed_p99_ms": {
-            "target": "<= 100",
-            "measured": p99,
-            "pass": p99 is not None and p99 <= 100 and missed == 0,
+            **check("<=", 100, p99),
+            "pass": p99 is not None and p99 <= 100 and feed.get("missed") == 0,
         },
     }
 
@@ -250,46 +234,20 @@ def print_summary(out: dict[str, Any]) -> None:
         f"{feed.get('deliveries')} deliveries, missed {feed.get('missed')}, "
         f"latency ms {feed.get('latency_ms')}"
     )
-    print_targets(out)
-    print_load(out)
 
 
 async def main() -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "benchmark": NAME,
-        "started": now_iso(),
-        "machine": machine_info(),
-        "load_start": machine_load(),
-        "config": {
-            "clients": CLIENTS,
-            "secrets_per_client": PER_CLIENT,
-            "rounds": ROUNDS,
-            "feed_clients": FEED_CLIENTS,
-            "feed_events": FEED_EVENTS,
-            "feed_gap_s": FEED_GAP_S,
-            "raw": "asyncpg pool of 20, Q.secret_list_with_values per client, no decryption",
-            "bare_http": "an aiohttp process answering a canned 20-item body (http_ceiling.py)",
-        },
+    config = {
+        "clients": CLIENTS,
+        "secrets_per_client": PER_CLIENT,
+        "rounds": ROUNDS,
+        "feed_clients": FEED_CLIENTS,
+        "feed_events": FEED_EVENTS,
+        "feed_gap_s": FEED_GAP_S,
+        "raw": "asyncpg pool of 20, Q.secret_list_with_values per client, no decryption",
+        "bare_http": "an aiohttp process answering a canned 20-item body (http_ceiling.py)",
     }
-    pg = BenchPostgres()
-    workdir = Path(tempfile.mkdtemp(prefix="sm-bench-consume-"))
-    try:
-        dsn = await asyncio.to_thread(pg.start)
-        await pg.create_database()
-        await _measure(dsn, workdir, out)
-    except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {exc}"
-        print(f"consume bench failed: {out['error']}", file=sys.stderr)
-    finally:
-        with contextlib.suppress(Exception):
-            await pg.drop_database()
-        await asyncio.to_thread(pg.stop)
-        shutil.rmtree(workdir, ignore_errors=True)
-    out["load_end"] = machine_load()
-    out["finished"] = now_iso()
-    out["targets"] = _targets(out)
-    print_summary(out)
-    return out
+    return await measured(NAME, _measure, config=config, targets=_targets, summary=print_summary)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,9 @@ the SDK loop's. A measurement, not a test: targets are recorded as pass/miss.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -45,19 +41,27 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 
-from bench._common import machine_info, machine_load, now_iso, run_standalone
-from bench.api import ADMIN_TOKEN, BenchPostgres, Daemon, values_for, with_database
+from bench._common import check, knob, measured, run_standalone
+from bench._harness import (
+    VERIFY_OFF,
+    Api,
+    Daemon,
+    Postgres,
+    Progress,
+    postgres,
+    run_ops,
+    values_for,
+)
 from secretmirror.model import canonical
 
 NAME = "gcp"
 REPO = Path(__file__).resolve().parent.parent
-SECRETS = int(os.environ.get("SECRETMIRROR_BENCH_GCP_SECRETS", "1500"))
-LIMITED_SECRETS = int(os.environ.get("SECRETMIRROR_BENCH_GCP_LIMITED_SECRETS", "100"))
+SECRETS = knob("SECRETMIRROR_BENCH_GCP_SECRETS", 1500, 150)
+LIMITED_SECRETS = knob("SECRETMIRROR_BENCH_GCP_LIMITED_SECRETS", 100, 40)
 CONCURRENCY = 16
 API_CLIENTS = 32
-RAW_S = float(os.environ.get("SECRETMIRROR_BENCH_GCP_RAW_S", "6"))
+RAW_S = knob("SECRETMIRROR_BENCH_GCP_RAW_S", 6.0, 2.0)
 DEFAULT_WRITES_PER_S = 8.0
 UNLIMITED_WRITES_PER_S = 100_000.0
 DRAIN_TIMEOUT_S = 300.0
@@ -103,42 +107,20 @@ class FakeProcess:
                 self.proc.wait(10)
 
 
-class GcpDaemon(Daemon):
-    """``bench.api.Daemon`` with a gcp backup on the fake and the verify schedule off."""
-
-    def __init__(self, dsn: str, workdir: Path, fake: FakeProcess, writes_per_s: float | None):
-        workdir.mkdir(parents=True, exist_ok=True)
-        super().__init__(dsn, workdir)
-        self.extra = {
-            "SECRETMIRROR_BACKUP__TYPE": "gcp",
-            "SECRETMIRROR_BACKUP__PROJECT_ID": PROJECT,
-            "SECRETMIRROR_BACKUP__ENDPOINT_URL": fake.url,
-            "SECRETMIRROR_BACKUP__AUTH_METHOD": "service-account",
-            "SECRETMIRROR_BACKUP__SERVICE_ACCOUNT_FILE": fake.key_file,
-            "SECRETMIRROR_BACKUP__NAME_PREFIX": f"b{uuid.uuid4().hex[:8]}-",
-            "SECRETMIRROR_RECONCILE__VERIFY_INTERVAL_S": "0",
-        }
-        if writes_per_s is not None:
-            self.extra["SECRETMIRROR_BACKUP__MAX_WRITES_PER_S"] = str(writes_per_s)
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SECRETMIRROR_")}
-        env.update(
-            SECRETMIRROR_DATABASE_URL=self.dsn,
-            SECRETMIRROR_DATA_DIR=str(self.workdir / "data"),
-            SECRETMIRROR_LISTEN=f"127.0.0.1:{self.port}",
-            SECRETMIRROR_ADMIN_TOKEN=ADMIN_TOKEN,
-            SECRETMIRROR_ENCRYPTION_KEYS=self.key,
-            **self.extra,
-        )
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "secretmirror", "serve"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+def gcp_env(fake: FakeProcess, writes_per_s: float | None) -> dict[str, str]:
+    """A gcp backup on the fake (a fresh name prefix), the verify schedule off."""
+    env = {
+        "SECRETMIRROR_BACKUP__TYPE": "gcp",
+        "SECRETMIRROR_BACKUP__PROJECT_ID": PROJECT,
+        "SECRETMIRROR_BACKUP__ENDPOINT_URL": fake.url,
+        "SECRETMIRROR_BACKUP__AUTH_METHOD": "service-account",
+        "SECRETMIRROR_BACKUP__SERVICE_ACCOUNT_FILE": fake.key_file,
+        "SECRETMIRROR_BACKUP__NAME_PREFIX": f"b{uuid.uuid4().hex[:8]}-",
+        **VERIFY_OFF,
+    }
+    if writes_per_s is not None:
+        env["SECRETMIRROR_BACKUP__MAX_WRITES_PER_S"] = str(writes_per_s)
+    return env
 
 
 # -- the SDK's bare write loop ---------------------------------------------------------
@@ -207,80 +189,6 @@ def sdk_write_loop(fake: FakeProcess, seconds: float, threads: int) -> dict[str,
 # -- replication phases -----------------------------------------------------------------
 
 
-async def new_database(pg: BenchPostgres, name: str) -> str:
-    conn = await asyncpg.connect(pg.admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return with_database(pg.admin_dsn, name)
-
-
-async def drop_database(pg: BenchPostgres, name: str) -> None:
-    conn = await asyncpg.connect(pg.admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-class Api:
-    """The daemon's HTTP API with the admin token, at ``API_CLIENTS`` concurrency."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.url = daemon.base_url
-        self.session = aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            connector=aiohttp.TCPConnector(limit=API_CLIENTS),
-        )
-
-    async def close(self) -> None:
-        await self.session.close()
-
-    async def create_many(self, count: int, tag: str) -> list[str]:
-        ids: list[str] = []
-        names = iter(range(count))
-
-        async def client() -> None:
-            for n in names:
-                body = {"name": f"{tag}-{n}", "values": values_for(n)}
-                async with self.session.post(f"{self.url}/api/v1/secrets", json=body) as resp:
-                    if resp.status != 201:
-                        raise RuntimeError(f"create answered {resp.status}")
-                    ids.append(str((await resp.json())["id"]))
-
-        await asyncio.gather(*(client() for _ in range(API_CLIENTS)))
-        return ids
-
-    async def patch_all(self, ids: list[str]) -> None:
-        queue = iter(enumerate(ids))
-
-        async def client() -> None:
-            for n, sid in queue:
-                body = {"values": values_for(n + 1)}
-                url = f"{self.url}/api/v1/secrets/{sid}"
-                async with self.session.patch(url, json=body) as resp:
-                    if resp.status != 200:
-                        raise RuntimeError(f"patch answered {resp.status}")
-
-        await asyncio.gather(*(client() for _ in range(API_CLIENTS)))
-
-    async def backup_status(self) -> dict[str, Any]:
-        async with self.session.get(f"{self.url}/admin/v1/status") as resp:
-            body: dict[str, Any] = await resp.json()
-            return dict(body["replication"]["backup"])
-
-    async def wait_applied(self, total: int) -> float:
-        """Poll status until ``total`` deliveries are applied and none pending; when it was."""
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while time.monotonic() < deadline:
-            backup = await self.backup_status()
-            if backup["applied"] >= total and backup["pending"] == 0:
-                return time.monotonic()
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"replication did not drain in {DRAIN_TIMEOUT_S} s")
-
-
 def write_rate(times: list[float]) -> float | None:
     """Writes per second between the first and the last write the fake served."""
     if len(times) < 2 or times[-1] <= times[0]:
@@ -289,7 +197,7 @@ def write_rate(times: list[float]) -> float | None:
 
 
 async def replication_phase(
-    pg: BenchPostgres,
+    pg: Postgres,
     fake: FakeProcess,
     workdir: Path,
     *,
@@ -298,37 +206,37 @@ async def replication_phase(
     update: bool,
 ) -> dict[str, Any]:
     """One daemon on a fresh database; creates (and, if ``update``, one PATCH each)."""
-    db = f"smbench_gcp_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    dsn = await new_database(pg, db)
-    daemon = GcpDaemon(dsn, workdir / db, fake, writes_per_s)
+    dsn = await pg.database()
+    daemon = Daemon(dsn, workdir / dsn.rpartition("/")[2], gcp_env(fake, writes_per_s))
     out: dict[str, Any] = {
         "max_writes_per_s": writes_per_s or DEFAULT_WRITES_PER_S,
         "secrets": secrets_n,
     }
+    api = Api(daemon.url, API_CLIENTS)
     try:
-        await asyncio.to_thread(daemon.start)
-        await daemon.wait_ready()
-        api = Api(daemon)
-        try:
+        await daemon.ready()
+        progress = Progress(api, DRAIN_TIMEOUT_S)
+        ids = [""] * secrets_n
+
+        async def create(_worker: int, n: int) -> None:
+            ids[n] = await api.create(f"gcp-{n}", n)
+
+        async def patch(_worker: int, n: int) -> None:
+            # Never the values it was created with: a PATCH that changes nothing writes nothing.
+            await api.update(ids[n], values_for(n + 1))
+
+        steps = [("first_writes", create)] + ([("updates", patch)] if update else [])
+        for applied, (step, op) in enumerate(steps, start=1):
             mark = (await fake.stats())["mark"]
-            started = time.monotonic()
-            ids = await api.create_many(secrets_n, "gcp")
-            done = await api.wait_applied(secrets_n)
-            stats = await fake.stats(mark)
-            out["first_writes"] = _summary(stats, secrets_n, done - started)
-            if update:
-                mark = stats["mark"]
-                started = time.monotonic()
-                await api.patch_all(ids)
-                done = await api.wait_applied(2 * secrets_n)
-                stats = await fake.stats(mark)
-                out["updates"] = _summary(stats, secrets_n, done - started)
-        finally:
-            await api.close()
+            started = time.perf_counter()
+            writes = await run_ops(op, API_CLIENTS, count=secrets_n)
+            if writes["errors"]:
+                raise RuntimeError(f"{step}: {writes['error_samples']}")
+            done = await progress.drained(applied * secrets_n)
+            out[step] = _summary(await fake.stats(mark), secrets_n, done - started)
     finally:
-        await asyncio.to_thread(daemon.stop)
-        with contextlib.suppress(Exception):
-            await drop_database(pg, db)
+        await api.close()
+        await daemon.close()
     return out
 
 
@@ -350,18 +258,12 @@ def _summary(stats: dict[str, Any], changes: int, took_s: float) -> dict[str, An
 # -- results --------------------------------------------------------------------------
 
 
-def _check(target: str, measured: float | None, limit: float) -> dict[str, Any]:
-    passed = measured is not None and measured >= limit
-    return {"target": target, "measured": measured, "pass": passed}
-
-
 def targets(out: dict[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     limited = out.get("limited", {}).get("first_writes", {}).get("writes_per_s")
     if limited is not None:
-        share = round(limited / DEFAULT_WRITES_PER_S, 3)
         found["limited_writes_vs_limit"] = {
-            **_check(">= 0.90 of 8 writes/s", share, 0.9),
+            **check(">=", 0.9, round(limited / DEFAULT_WRITES_PER_S, 3), "of 8 writes/s"),
             "writes_per_s": limited,
             "limit_writes_per_s": DEFAULT_WRITES_PER_S,
         }
@@ -369,9 +271,8 @@ def targets(out: dict[str, Any]) -> dict[str, Any]:
     rates = [r["writes_per_s"] for r in out.get("raw", [])]
     raw = round(sum(rates) / len(rates), 1) if rates else None
     if unlimited is not None and raw:
-        share = round(unlimited / raw, 3)
         found["unlimited_writes_vs_sdk_loop"] = {
-            **_check(">= 0.80 of the SDK's bare write loop", share, 0.8),
+            **check(">=", 0.8, round(unlimited / raw, 3), "of the SDK's bare write loop"),
             "writes_per_s": unlimited,
             "sdk_writes_per_s": raw,
         }
@@ -393,55 +294,41 @@ def print_summary(out: dict[str, Any]) -> None:
                     f"{phase:9} {step:12}: {got['writes_per_s']} writes/s, "
                     f"{got['changes_per_s']} changes/s, {got['writes_per_change']} writes/change"
                 )
-    for name, target in out.get("targets", {}).items():
-        verdict = "pass" if target["pass"] else "MISS"
-        print(f"{name}: {target['measured']} ({target['target']}) {verdict}")
+
+
+async def _measure(out: dict[str, Any], workdir: Path) -> None:
+    out["raw"] = []
+    fake = FakeProcess(workdir)
+    try:
+        async with postgres() as pg:
+            out["raw"].append(await asyncio.to_thread(sdk_write_loop, fake, RAW_S, CONCURRENCY))
+            out["unlimited"] = await replication_phase(
+                pg,
+                fake,
+                workdir,
+                writes_per_s=UNLIMITED_WRITES_PER_S,
+                secrets_n=SECRETS,
+                update=True,
+            )
+            out["raw"].append(await asyncio.to_thread(sdk_write_loop, fake, RAW_S, CONCURRENCY))
+            out["limited"] = await replication_phase(
+                pg, fake, workdir, writes_per_s=None, secrets_n=LIMITED_SECRETS, update=False
+            )
+    finally:
+        await asyncio.to_thread(fake.stop)
 
 
 async def main() -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "benchmark": NAME,
-        "started": now_iso(),
-        "machine": machine_info(),
-        "load_start": machine_load(),
-        "config": {
-            "secrets": SECRETS,
-            "limited_secrets": LIMITED_SECRETS,
-            "replication_concurrency": CONCURRENCY,
-            "api_clients": API_CLIENTS,
-            "raw_s": RAW_S,
-            "values_bytes": len(canonical(values_for(0))),
-            "fake": "tests/gcpfake.py in its own process, response checking off",
-        },
-        "raw": [],
+    config = {
+        "secrets": SECRETS,
+        "limited_secrets": LIMITED_SECRETS,
+        "replication_concurrency": CONCURRENCY,
+        "api_clients": API_CLIENTS,
+        "raw_s": RAW_S,
+        "values_bytes": len(canonical(values_for(0))),
+        "fake": "tests/gcpfake.py in its own process, response checking off",
     }
-    pg = BenchPostgres()
-    workdir = Path(tempfile.mkdtemp(prefix="sm-bench-gcp-"))
-    fake: FakeProcess | None = None
-    try:
-        fake = FakeProcess(workdir)
-        await asyncio.to_thread(pg.start)
-        out["raw"].append(await asyncio.to_thread(sdk_write_loop, fake, RAW_S, CONCURRENCY))
-        out["unlimited"] = await replication_phase(
-            pg, fake, workdir, writes_per_s=UNLIMITED_WRITES_PER_S, secrets_n=SECRETS, update=True
-        )
-        out["raw"].append(await asyncio.to_thread(sdk_write_loop, fake, RAW_S, CONCURRENCY))
-        out["limited"] = await replication_phase(
-            pg, fake, workdir, writes_per_s=None, secrets_n=LIMITED_SECRETS, update=False
-        )
-    except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {exc}"
-        print(f"gcp bench failed: {out['error']}", file=sys.stderr)
-    finally:
-        if fake is not None:
-            await asyncio.to_thread(fake.stop)
-        await asyncio.to_thread(pg.stop)
-        shutil.rmtree(workdir, ignore_errors=True)
-    out["load_end"] = machine_load()
-    out["finished"] = now_iso()
-    out["targets"] = targets(out)
-    print_summary(out)
-    return out
+    return await measured(NAME, _measure, config=config, targets=targets, summary=print_summary)
 
 
 if __name__ == "__main__":

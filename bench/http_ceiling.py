@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from tests.net import free_port
+
 SERVER = r"""
 import socket, sys
 from aiohttp import web
@@ -46,10 +48,7 @@ class BareServer:
     """The canned server as a subprocess on a free 127.0.0.1 port."""
 
     def __init__(self, items: int) -> None:
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._proc = subprocess.Popen(
             [sys.executable, "-c", SERVER, str(self.port), str(items)],

@@ -37,40 +37,35 @@ A measurement, not a test: targets are recorded as pass/miss and never fail the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import secrets
-import shutil
-import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
+from tests.moto import REGION
 
-from bench._common import (
-    aws_list_loop,
+from bench._common import check, knob, latency_summary, measured, run_standalone
+from bench._harness import (
+    Api,
+    Cpu,
+    RssPeak,
+    Stack,
+    aws_env,
     aws_raw_loop,
-    aws_scan_floor,
+    aws_stack,
     count_calls,
-    machine_info,
-    machine_load,
-    now_iso,
-    print_load,
-    print_targets,
-    run_standalone,
+    run_ops,
+    secretsmanager_client,
 )
-from bench.replication import Api, Cpu, Stack, aws_backup_env, run_ops
 
 NAME = "reconcile"
-SECRETS = int(os.environ.get("SECRETMIRROR_BENCH_RECONCILE_SECRETS", "5000"))
+SECRETS = knob("SECRETMIRROR_BENCH_RECONCILE_SECRETS", 5000, 300)
 #: ``reconcile.concurrency``'s default: the raw loops run at the same concurrency.
 CONCURRENCY = 16
 API_CLIENTS = 32
 RAW_REGION = "us-west-2"
-RAW_PUT_S = 4.0
+RAW_PUT_S = knob(None, 4.0, 1.0)
 UNLIMITED_WRITES_PER_S = 100_000
 JOB_TIMEOUT_S = 240.0
 RSS_INTERVAL_S = 0.01
@@ -91,14 +86,10 @@ def _ts(value: str | None) -> float | None:
 
 
 async def run_job(api: Api, mode: str) -> dict[str, Any]:
-    """Start a reconcile job and poll it every 50 ms until it ends."""
-    started = time.perf_counter()
-    job = await api.post("/admin/v1/reconcile", {"mode": mode})
-    deadline = started + JOB_TIMEOUT_S
-    while job["status"] in ("queued", "running") and time.perf_counter() < deadline:
-        await asyncio.sleep(0.05)
-        job = await api.get(f"/admin/v1/jobs/{job['id']}")
-    wall = time.perf_counter() - started
+    """Run a reconcile job (polled every 50 ms) until it ends."""
+    job = await asyncio.wait_for(
+        api.job("/admin/v1/reconcile", {"mode": mode}, 0.05), JOB_TIMEOUT_S
+    )
     begin, end = _ts(job.get("started")), _ts(job.get("finished"))
     return {
         "status": job["status"],
@@ -106,45 +97,72 @@ async def run_job(api: Api, mode: str) -> dict[str, Any]:
         "counts": job.get("counts"),
         "failures_sample": (job.get("failures") or [])[:3],
         "seconds": round(end - begin, 3) if begin and end else None,
-        "seconds_wall_from_post": round(wall, 3),
+        "seconds_wall_from_post": job["seconds_wall_from_post"],
     }
 
 
-class RssPeak:
-    """The daemon's RSS every ``RSS_INTERVAL_S``: baseline before, peak during."""
+async def aws_scan_floor(
+    endpoint_url: str, name_prefix: str, pages: int, region: str = REGION
+) -> dict[str, Any]:
+    """The least ``pages`` listing calls can cost on this server: each matches nothing.
 
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.baseline = self.proc.memory_info().rss
-        self.peak = self.baseline
-        self.samples = 0
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+    moto evaluates the filters on every secret of the region for every page, so
+    ``pages`` calls with a name filter that matches no entry (``name_prefix`` +
+    a suffix no id takes) cost that scan alone, without building any answer:
+    a floor under any listing of ``pages`` pages, whatever its filters.
+    """
+    filters = [{"Key": "name", "Values": [name_prefix + "zz-no-such-entry-"]}]
+    async with secretsmanager_client(endpoint_url, region) as client:
+        started = time.perf_counter()
+        for _ in range(pages):
+            page = await client.list_secrets(Filters=filters, MaxResults=100)
+            assert not page.get("SecretList"), "the floor's filter matched an entry"
+        wall = time.perf_counter() - started
+    return {
+        "operation": "ListSecrets (matching nothing)",
+        "pages": pages,
+        "seconds": round(wall, 3),
+    }
 
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-                self.samples += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), RSS_INTERVAL_S)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+async def aws_list_loop(
+    endpoint_url: str, filters: list[dict[str, Any]], region: str = REGION
+) -> dict[str, Any]:
+    """The raw limit of a listing: every page of ``ListSecrets`` with ``filters``, in turn.
 
-    async def stop(self) -> dict[str, Any]:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-        end = self.proc.memory_info().rss
-        return {
-            "baseline_mib": round(self.baseline / 2**20, 1),
-            "peak_mib": round(self.peak / 2**20, 1),
-            "end_mib": round(end / 2**20, 1),
-            "growth_mib": round((self.peak - self.baseline) / 2**20, 1),
-            "growth_mb": round((self.peak - self.baseline) / 1e6, 1),
-            "samples": self.samples,
-        }
+    The same request the aws store sends (100 per page, pending deletions
+    included); one page after the other, as a listing must.
+    """
+    pages = entries = 0
+    page_s: list[float] = []
+    async with secretsmanager_client(endpoint_url, region) as client:
+        token: str | None = None
+        started = time.perf_counter()
+        while True:
+            request: dict[str, Any] = {
+                "Filters": filters,
+                "IncludePlannedDeletion": True,
+                "MaxResults": 100,
+            }
+            if token:
+                request["NextToken"] = token
+            begin = time.perf_counter()
+            page = await client.list_secrets(**request)
+            page_s.append(time.perf_counter() - begin)
+            pages += 1
+            entries += len(page.get("SecretList", []))
+            token = page.get("NextToken")
+            if not token:
+                break
+        wall = time.perf_counter() - started
+    return {
+        "operation": "ListSecrets",
+        "pages": pages,
+        "entries": entries,
+        "seconds": round(wall, 3),
+        "entries_per_s": round(entries / wall, 1) if wall > 0 else None,
+        "page": latency_summary(page_s),
+    }
 
 
 async def _job_phase(
@@ -161,7 +179,7 @@ async def _job_phase(
     moto = stack.moto
     assert stack.daemon is not None
     before = await api.backup_status()
-    sampler = RssPeak(stack.daemon.pid) if rss else None
+    sampler = RssPeak(stack.daemon.pid, RSS_INTERVAL_S) if rss else None
     if sampler is not None:
         sampler.start()
     mark = moto.mark()
@@ -172,7 +190,7 @@ async def _job_phase(
         rss_result = await sampler.stop() if sampler is not None else None
     await asyncio.sleep(0.3)  # moto appends its last lines
     job["cpu"] = cpu.stop(SECRETS)
-    job["aws_calls"] = count_calls(moto.calls(mark, needles))
+    job["aws_calls"] = count_calls(moto.read_calls(mark, needles)[0])
     after = await api.backup_status()
     job["worker"] = {
         "pending_before": before["pending"],
@@ -200,31 +218,27 @@ def _flat(counts: dict[str, Any] | None) -> dict[str, Any]:
 
 
 async def _measure(out: dict[str, Any], workdir: Path) -> None:
-    stack = Stack(out, workdir)
     tag = secrets.token_hex(3)
     prefix = f"smbench-{tag}/"
     backup_prefix = prefix + "backup/"
     out["config"]["name_prefix"] = backup_prefix
-    try:
-        await stack.start()
+    async with aws_stack(out, workdir) as stack:
         moto = stack.moto
-        assert moto.proc is not None
         moto.recording(True)
 
         print(f"fill: {SECRETS} secrets through a daemon without a backup", flush=True)
         api = await stack.serve("fill, no backup", {})
         ids: list[str] = []
 
-        async def create(n: int) -> None:
+        async def create(_worker: int, n: int) -> None:
             ids.append(await api.create(f"rec-{tag}-{n}", n))
 
-        fill = await run_ops(SECRETS, API_CLIENTS, create)
-        fill.pop("started_at")
+        fill = await run_ops(create, API_CLIENTS, count=SECRETS)
         out["fill"] = fill
         print(f"  {fill['ops']} created at {fill['ops_per_s']}/s, {fill['errors']} errors")
 
         print(f"raw: bare aiobotocore loops at {CONCURRENCY} into {RAW_REGION}", flush=True)
-        raw_cpu = Cpu({"client": os.getpid(), "moto": moto.proc.pid})
+        raw_cpu = Cpu({"moto": moto.pid})
         raw_cpu.start()
         raw_create = await aws_raw_loop(
             moto.endpoint_url,
@@ -254,15 +268,12 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
 
         api = await stack.serve(
             "backup jobs",
-            aws_backup_env(moto.endpoint_url, backup_prefix, UNLIMITED_WRITES_PER_S),
+            aws_env(moto.endpoint_url, backup_prefix, UNLIMITED_WRITES_PER_S),
         )
         assert stack.daemon is not None
         status = await api.status()
         needles = (backup_prefix, status["deployment_id"])
-        cpu = Cpu(
-            {"daemon": stack.daemon.pid, "moto": moto.proc.pid, "client": os.getpid()},
-            stack.pg.postmaster_pid,
-        )
+        cpu = Cpu({"daemon": stack.daemon.pid, "moto": moto.pid}, stack.pg.postmaster_pid)
         out["rss_before_jobs_mib"] = round(stack.daemon.rss_bytes() / 2**20, 1)
         print(f"jobs on {SECRETS} secrets", flush=True)
         out["first_backup"] = await _job_phase("first backup", stack, api, "backup", needles, cpu)
@@ -292,16 +303,6 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             job = out[key]
             if job.get("seconds"):
                 job["seconds_beyond_one_listing"] = round(job["seconds"] - listing["seconds"], 3)
-    finally:
-        await stack.close()
-
-
-def _check(op: str, target: float, measured: float | None, *, what: str = "") -> dict[str, Any]:
-    ok = measured is not None and (measured >= target if op == ">=" else measured <= target)
-    check: dict[str, Any] = {"target": f"{op} {target:g}", "measured": measured, "pass": ok}
-    if what:
-        check["what"] = what
-    return check
 
 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
@@ -319,7 +320,7 @@ def _targets(out: dict[str, Any]) -> dict[str, Any]:
     ceiling = round(first["seconds"] / floor_s, 1) if floor_s and first.get("seconds") else None
     ok_status = {k: v.get("status") == "succeeded" for k, v in (("f", first), ("s", second))}
     targets = {
-        "first_backup_vs_raw_create": _check(
+        "first_backup_vs_raw_create": check(
             ">=",
             0.8,
             round(rate / raw, 3) if rate and raw and ok_status["f"] else None,
@@ -328,7 +329,7 @@ def _targets(out: dict[str, Any]) -> dict[str, Any]:
                 " call into an empty region, 0 to N secrets, as the job)"
             ),
         ),
-        "first_backup_vs_raw_put": _check(
+        "first_backup_vs_raw_put": check(
             ">=",
             0.8,
             round(rate / raw_put, 3) if rate and raw_put and ok_status["f"] else None,
@@ -337,7 +338,7 @@ def _targets(out: dict[str, Any]) -> dict[str, Any]:
                 " with the region already holding N secrets (moto's slowest point: flatters)"
             ),
         ),
-        "second_backup_speedup_per_secret": _check(
+        "second_backup_speedup_per_secret": check(
             ">=",
             50,
             speedup if ok_status["s"] else None,
@@ -346,19 +347,19 @@ def _targets(out: dict[str, Any]) -> dict[str, Any]:
                 f" the scan floor of as many pages as a listing needs): {ceiling}"
             ),
         ),
-        "second_backup_aws_calls": _check(
+        "second_backup_aws_calls": check(
             "<=",
             calls_cap,
             second.get("aws_calls", {}).get("work"),
             what="calls of the job (store health probes excluded)",
         ),
-        "verify_aws_calls": _check(
+        "verify_aws_calls": check(
             "<=",
             calls_cap,
             verify.get("aws_calls", {}).get("work"),
             what="calls of the job (store health probes excluded)",
         ),
-        "verify_rss_growth_mb": _check(
+        "verify_rss_growth_mb": check(
             "<=", 50, verify.get("rss", {}).get("growth_mb"), what="peak - before, 1 MB = 1e6 B"
         ),
     }
@@ -390,45 +391,25 @@ def print_summary(out: dict[str, Any]) -> None:
         f"ZenML {ZENML['version']}: first backup ~{ZENML['first_backup_secrets_per_s']}/s,"
         f" second ~{ZENML['second_backup_secrets_per_s']}/s (rewrites everything)"
     )
-    print_load(out)
-    print_targets(out)
 
 
 async def main() -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "benchmark": NAME,
-        "started": now_iso(),
-        "machine": machine_info(),
-        "load_start": machine_load(),
-        "config": {
-            "secrets": SECRETS,
-            "reconcile_concurrency": CONCURRENCY,
-            "api_clients": API_CLIENTS,
-            "max_writes_per_s": UNLIMITED_WRITES_PER_S,
-            "verify_interval_s": 0,
-            "raw_region": RAW_REGION,
-            "first_backup_method": (
-                "secrets created by a daemon with no backup (no delivery rows for any"
-                " backup), then a daemon with the aws backup on an empty prefix runs"
-                " POST /admin/v1/reconcile {mode: backup}; its worker has nothing to"
-                " deliver (worker.applied_during shows it), so the job does every write"
-            ),
-        },
+    config = {
+        "secrets": SECRETS,
+        "reconcile_concurrency": CONCURRENCY,
+        "api_clients": API_CLIENTS,
+        "max_writes_per_s": UNLIMITED_WRITES_PER_S,
+        "verify_interval_s": 0,
+        "raw_region": RAW_REGION,
+        "first_backup_method": (
+            "secrets created by a daemon with no backup (no delivery rows for any"
+            " backup), then a daemon with the aws backup on an empty prefix runs"
+            " POST /admin/v1/reconcile {mode: backup}; its worker has nothing to"
+            " deliver (worker.applied_during shows it), so the job does every write"
+        ),
         "zenml_reference": ZENML,
     }
-    workdir = Path(tempfile.mkdtemp(prefix="sm-bench-reconcile-"))
-    try:
-        await _measure(out, workdir)
-    except Exception as exc:
-        out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        print(f"reconcile bench failed: {out['error']}", file=sys.stderr)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    out["load_end"] = machine_load()
-    out["finished"] = now_iso()
-    out["targets"] = _targets(out)
-    print_summary(out)
-    return out
+    return await measured(NAME, _measure, config=config, targets=_targets, summary=print_summary)
 
 
 if __name__ == "__main__":

@@ -23,35 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import secrets
-import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 
-from bench._common import (
-    latency_summary,
-    machine_info,
-    machine_load,
-    now_iso,
-    print_load,
-    print_targets,
-    run_standalone,
-)
-from bench.api import ADMIN_TOKEN, BenchPostgres, Daemon
+from bench._common import check, knob, latency_summary, measured, ratio, run_standalone
+from bench._harness import Api, Daemon, postgres, run_ops
 from secretmirror.crypto import Keyring, secret_aad
 
-N = int(os.environ.get("SECRETMIRROR_BENCH_REKEY_N", "100000"))
+N = knob("SECRETMIRROR_BENCH_REKEY_N", 100_000, 4000)
 #: Rows the bare loop re-encrypts (its rate is steady; all 100,000 would take minutes).
 RAW_SAMPLE = min(N // 2, 10_000)
 WRITERS = 4
-IDLE_WRITES = 400
-HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+IDLE_WRITES = knob(None, 400, 100)
 
 
 def _key() -> bytes:
@@ -130,149 +119,98 @@ async def _update_many(conn: asyncpg.Connection, pending: list[tuple[int, bytes]
     )
 
 
-async def _writers(url: str, ids: list[str], stop: asyncio.Event, limit: int | None) -> list[float]:
+async def _writers(api: Api, ids: list[str], stop: asyncio.Event, limit: int | None) -> list[float]:
     """WRITERS clients PATCHing their own secrets until ``stop`` (or ``limit`` writes)."""
     latencies: list[float] = []
-    count = [0]
-    async with aiohttp.ClientSession(headers=HEADERS) as session:
 
-        async def client(mine: list[str]) -> None:
-            i = 0
-            while not stop.is_set() and (limit is None or count[0] < limit):
-                sid = mine[i % len(mine)]
-                i += 1
-                count[0] += 1
-                started = time.perf_counter()
-                async with session.patch(
-                    f"{url}/api/v1/secrets/{sid}", json={"values": {"v": secrets.token_hex(8)}}
-                ) as resp:
-                    await resp.read()
-                    assert resp.status == 200, resp.status
-                latencies.append(time.perf_counter() - started)
+    async def write(worker: int, n: int) -> None:
+        mine = ids[worker::WRITERS]
+        started = time.perf_counter()
+        await api.update(mine[n % len(mine)], {"v": secrets.token_hex(8)})
+        latencies.append(time.perf_counter() - started)
 
-        await asyncio.gather(*(client(ids[w::WRITERS]) for w in range(WRITERS)))
+    result = await run_ops(write, WRITERS, count=limit, stop=stop)
+    if result["errors"]:
+        raise RuntimeError(f"writes failed: {result.get('error_samples')}")
     return latencies
 
 
-async def _api_secrets(url: str, n: int) -> list[str]:
-    ids = []
-    async with aiohttp.ClientSession(headers=HEADERS) as session:
-        for i in range(n):
-            async with session.post(
-                f"{url}/api/v1/secrets", json={"name": f"w{i}", "values": {"v": "0"}}
-            ) as resp:
-                ids.append((await resp.json())["id"])
-    return ids
-
-
-async def _run_job(url: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession(headers=HEADERS) as session:
-        async with session.post(f"{url}/admin/v1/keys/rotate") as resp:
-            job = await resp.json()
-            assert resp.status == 202, job
-        while job["status"] in ("queued", "running"):
-            await asyncio.sleep(0.2)
-            async with session.get(f"{url}/admin/v1/jobs/{job['id']}") as resp:
-                job = await resp.json()
-    return dict(job)
-
-
-def _seconds(job: dict[str, Any]) -> float:
-    from datetime import datetime
-
-    started = datetime.fromisoformat(job["started"])
-    finished = datetime.fromisoformat(job["finished"])
-    return (finished - started).total_seconds()
-
-
-async def _measure(pg: BenchPostgres, out: dict[str, Any], workdir: Path) -> None:
-    dsn = pg.start()
-    await pg.create_database()
+async def _measure(out: dict[str, Any], workdir: Path) -> None:
     raw_a, raw_b = _key(), _key()
     key_a = Keyring([raw_a])
-    daemon = Daemon(dsn, workdir)
-    daemon.key = f"{base64.b64encode(raw_b).decode()},{base64.b64encode(raw_a).decode()}"
-    daemon.start()
-    try:
-        await daemon.wait_ready()
-        conn = await asyncpg.connect(dsn)
-        deployment_id = str(await conn.fetchval("SELECT id FROM deployment"))
-        await conn.close()
-        started = time.monotonic()
-        await _fill(dsn, key_a, deployment_id)
-        out["fill_s"] = round(time.monotonic() - started, 1)
-        kid = key_a.primary_key_id
-        out["raw"] = {
-            "per_row_update": await _raw_loop(dsn, key_a, kid, batched=False),
-            "batched_update": await _raw_loop(dsn, key_a, kid, batched=True),
-        }
-        ids = await _api_secrets(daemon.base_url, 40)
-        idle = await _writers(daemon.base_url, ids, asyncio.Event(), IDLE_WRITES)
-        out["idle_writes"] = {"n": len(idle), **latency_summary(idle)}
-        stop = asyncio.Event()
-        writers = asyncio.create_task(_writers(daemon.base_url, ids, stop, None))
-        job = await _run_job(daemon.base_url)
-        stop.set()
-        during = await writers
-        out["job"] = {
-            "status": job["status"],
-            "counts": {k: v for k, v in job["counts"].items() if k != "stores"},
-            "seconds": round(_seconds(job), 3),
-        }
-        out["job"]["per_s"] = round(job["counts"]["rekeyed"] / out["job"]["seconds"], 1)
-        out["job_writes"] = {"n": len(during), **latency_summary(during)}
-    finally:
-        daemon.stop()
+    async with postgres() as pg:
+        dsn = await pg.database()
+        keys = f"{base64.b64encode(raw_b).decode()},{base64.b64encode(raw_a).decode()}"
+        daemon = Daemon(dsn, workdir, key=keys)
+        api = Api(daemon.url)
+        try:
+            await daemon.ready()
+            conn = await asyncpg.connect(dsn)
+            deployment_id = str(await conn.fetchval("SELECT id FROM deployment"))
+            await conn.close()
+            started = time.monotonic()
+            await _fill(dsn, key_a, deployment_id)
+            out["fill_s"] = round(time.monotonic() - started, 1)
+            kid = key_a.primary_key_id
+            out["raw"] = {
+                "per_row_update": await _raw_loop(dsn, key_a, kid, batched=False),
+                "batched_update": await _raw_loop(dsn, key_a, kid, batched=True),
+            }
+            body = {"values": {"v": "0"}}
+            ids = [
+                (await api.call("POST", "/api/v1/secrets", {**body, "name": f"w{i}"}, ok=201))["id"]
+                for i in range(40)
+            ]
+            idle = await _writers(api, ids, asyncio.Event(), IDLE_WRITES)
+            out["idle_writes"] = {"n": len(idle), **latency_summary(idle)}
+            stop = asyncio.Event()
+            writers = asyncio.create_task(_writers(api, ids, stop, None))
+            job = await api.job("/admin/v1/keys/rotate")
+            stop.set()
+            during = await writers
+            seconds = (
+                datetime.fromisoformat(job["finished"]) - datetime.fromisoformat(job["started"])
+            ).total_seconds()
+            out["job"] = {
+                "status": job["status"],
+                "counts": {k: v for k, v in job["counts"].items() if k != "stores"},
+                "seconds": round(seconds, 3),
+                "per_s": round(job["counts"]["rekeyed"] / seconds, 1),
+            }
+            out["job_writes"] = {"n": len(during), **latency_summary(during)}
+        finally:
+            await api.close()
+            await daemon.close()
 
 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
-    raw = out["raw"]["per_row_update"]["per_s"]
-    ratio = round(out["job"]["per_s"] / raw, 2)
-    idle_p99 = out["idle_writes"]["p99_ms"]
-    p99_ratio = round(out["job_writes"]["p99_ms"] / idle_p99, 2)
+    raw = out.get("raw", {}).get("per_row_update", {}).get("per_s")
+    job = out.get("job", {}).get("per_s")
+    idle, during = out.get("idle_writes", {}), out.get("job_writes", {})
     return {
-        "rekey_vs_bare_loop": {"target": ">= 0.5", "measured": ratio, "pass": ratio >= 0.5},
-        "write_p99_during_vs_idle": {
-            "target": "<= 2.0",
-            "measured": p99_ratio,
-            "pass": p99_ratio <= 2.0,
-        },
+        "rekey_vs_bare_loop": check(">=", 0.5, ratio(job, raw, 2)),
+        "write_p99_during_vs_idle": check(
+            "<=", 2.0, ratio(during.get("p99_ms"), idle.get("p99_ms"), 2)
+        ),
     }
+
+
+def _summary(out: dict[str, Any]) -> None:
+    raw = out["raw"]
+    print(
+        f"bare loop: {raw['per_row_update']['per_s']}/s per-row UPDATE, "
+        f"{raw['batched_update']['per_s']}/s batched; job: {out['job']['per_s']}/s "
+        f"({out['job']['counts'].get('rekeyed')} in {out['job']['seconds']} s)"
+    )
+    print(
+        f"write p99: idle {out['idle_writes']['p99_ms']} ms, "
+        f"during the job {out['job_writes']['p99_ms']} ms"
+    )
 
 
 async def main() -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "bench": "rekey",
-        "at": now_iso(),
-        "machine": machine_info(),
-        "ciphertexts": N,
-        "load_start": machine_load(),
-    }
-    pg = BenchPostgres()
-    with tempfile.TemporaryDirectory(prefix="sm-bench-rekey-") as tmp:
-        try:
-            await _measure(pg, out, Path(tmp))
-            out["targets"] = _targets(out)
-        except Exception as exc:  # a measurement: report, clean up, never hang
-            out["error"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            await pg.drop_database()
-            pg.stop()
-    out["load_end"] = machine_load()
-    if "targets" in out:
-        raw = out["raw"]
-        print(
-            f"bare loop: {raw['per_row_update']['per_s']}/s per-row UPDATE, "
-            f"{raw['batched_update']['per_s']}/s batched; job: {out['job']['per_s']}/s "
-            f"({out['job']['counts'].get('rekeyed')} in {out['job']['seconds']} s)"
-        )
-        print(
-            f"write p99: idle {out['idle_writes']['p99_ms']} ms, "
-            f"during the job {out['job_writes']['p99_ms']} ms"
-        )
-        print_targets(out)
-    print_load(out)
-    return out
+    config = {"ciphertexts": N, "raw_sample": RAW_SAMPLE, "writers": WRITERS}
+    return await measured("rekey", _measure, config=config, targets=_targets, summary=_summary)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 A bench module is any ``bench/<name>.py`` (not starting with ``_``, not this
 file) that defines ``async def main() -> dict``. Each runs in turn in its own
 event loop; the dict it returns is written as JSON. Names on the command line
-pick modules (``python -m bench.run_all api``); none means all of them.
+pick modules (``python -m bench.run_all api``); none means all of them. ``--quick``
+runs each at a small size (it proves the module runs; see ``bench._common.knob``).
+
+After each module its figures are printed beside the committed baseline
+(``bench/baseline/<module>.json``, see ``bench/_compare.py``).
 
 The exit code is 0 when every module returned results (missed targets included:
 these are measurements, not tests), 1 when a module raised or reported an
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import write_results
+from bench._compare import compare
 
 BENCH_DIR = Path(__file__).resolve().parent
 Main = Callable[[], Coroutine[Any, Any, dict[str, Any]]]
@@ -64,6 +69,7 @@ def run(names: list[str]) -> int:
             failed.append(name)
             continue
         path = write_results(name, result)
+        compare(name, result)
         if result.get("error"):
             failed.append(name)
         seconds = time.monotonic() - started
@@ -75,4 +81,4 @@ def run(names: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(run([a for a in sys.argv[1:] if a != "--quick"]))

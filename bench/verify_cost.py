@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import os
 import secrets
 import statistics
 import tempfile
@@ -34,14 +33,14 @@ from tests.azurefake import AzureFake
 from tests.gcpfake import GcpFake, gcp_settings
 from tests.stores.azure import azure_store
 
-from bench._common import machine_info, machine_load, print_load, print_targets, run_standalone
+from bench._common import knob, measured, run_standalone
 from secretmirror.crypto import Keyring, content_hash
 from secretmirror.model import canonical
 from secretmirror.settings import GcpStoreSettings
 from secretmirror.stores.base import Entry, StoreContext
 from secretmirror.stores.gcp import GcpStore, _State
 
-ENTRIES = int(os.environ.get("SECRETMIRROR_BENCH_VERIFY_ENTRIES", "1000"))
+ENTRIES = knob("SECRETMIRROR_BENCH_VERIFY_ENTRIES", 1000, 200)
 ROUNDS = 3
 
 
@@ -146,16 +145,20 @@ def _target(name: str, expected: int, found: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def main() -> dict[str, Any]:
-    out: dict[str, Any] = {"machine": machine_info(), "load_start": machine_load()}
+async def _measure(out: dict[str, Any], _workdir: Path) -> None:
     out["entries"] = ENTRIES
     out["gcp"] = await _gcp()
     out["azure"] = await _azure()
-    out["load_end"] = machine_load()
-    out["targets"] = {
+
+
+def _targets(out: dict[str, Any]) -> dict[str, Any]:
+    return {
         "gcp_extra_calls": _target("gcp", ENTRIES, out["gcp"]),
         "azure_extra_calls": _target("azure", ENTRIES, out["azure"]),
     }
+
+
+def _summary(out: dict[str, Any]) -> None:
     for provider in ("gcp", "azure"):
         found = out[provider]
         print(
@@ -163,9 +166,13 @@ async def main() -> dict[str, Any]:
             f"{found['checked']['seconds_median']} s  raw {found['raw']['calls']} "
             f"{found['raw']['seconds_median']} s"
         )
-    print_targets(out, show_what=True)
-    print_load(out)
-    return out
+
+
+async def main() -> dict[str, Any]:
+    config = {"entries": ENTRIES, "rounds": ROUNDS}
+    return await measured(
+        "verify_cost", _measure, config=config, targets=_targets, summary=_summary
+    )
 
 
 if __name__ == "__main__":

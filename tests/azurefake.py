@@ -46,7 +46,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -63,6 +62,8 @@ from urllib.parse import quote, urlencode
 
 import pytest
 from aiohttp import web
+
+from tests.net import free_port
 
 TENANT_ID = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 CLIENT_ID = "8d1c5d5a-0c5e-4c4f-9f3a-5b7f2b1e9a11"
@@ -882,12 +883,6 @@ async def _serve(directory: Path, port: int, token_lifetime_s: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class AzureFake:

@@ -1,11 +1,13 @@
-"""``secretmirror serve`` as a subprocess: start, wait until ready, SIGTERM or kill -9."""
+"""``secretmirror serve`` as a subprocess: start, wait until ready, SIGTERM or kill -9.
+
+The benchmarks (bench/) start their daemons with this class too.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,21 +17,28 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import ADMIN_TOKEN
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.net import free_port
 
 
 class DaemonProcess:
     """One daemon process; ``start`` again after ``kill`` or ``terminate`` to restart it."""
 
-    def __init__(self, env: dict[str, str], data_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        data_dir: Path,
+        log_path: Path,
+        *,
+        drop_env: tuple[str, ...] = (),
+    ) -> None:
+        """``env`` over this process's environment, less the variables starting with
+        one of ``drop_env`` (a caller's own ``SECRETMIRROR_*`` or ``AWS_*``)."""
         self.port = free_port()
+        inherited = {
+            k: v for k, v in os.environ.items() if not drop_env or not k.startswith(drop_env)
+        }
         self.env = {
-            **os.environ,
+            **inherited,
             "SECRETMIRROR_DATA_DIR": str(data_dir),
             "SECRETMIRROR_LISTEN": f"127.0.0.1:{self.port}",
             "SECRETMIRROR_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -37,6 +46,9 @@ class DaemonProcess:
         }
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        #: How long the last ``stop`` took, and the exit code it saw.
+        self.shutdown_s: float | None = None
+        self.exit_code: int | None = None
 
     @property
     def url(self) -> str:
@@ -54,17 +66,24 @@ class DaemonProcess:
         )
         log.close()
 
-    def start(self, timeout: float = 30.0) -> None:
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> float:
+        """Start and wait until ``/readyz`` answers 200; the seconds that took."""
         self.start_no_wait()
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited early:\n{self.log_path.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
                     if response.status == 200:
-                        return
+                        return time.monotonic() - started
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.05)
@@ -85,13 +104,17 @@ class DaemonProcess:
         return time.monotonic() - started
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 12 s; records ``shutdown_s`` and ``exit_code``."""
         if self.proc is not None and self.proc.poll() is None:
+            started = time.monotonic()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(12)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+            self.shutdown_s = round(time.monotonic() - started, 3)
+            self.exit_code = self.proc.returncode
 
     def post(self, path: str, body: Any) -> Any:
         request = urllib.request.Request(

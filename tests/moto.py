@@ -7,7 +7,9 @@ concurrent creates of one account/region: keep fixture set-up sequential.
 
 The server records every request (moto's recorder, into a file of its own),
 so a test can count the AWS calls an operation made: ``mark()`` before,
-``operations(mark, needle)`` after.
+``operations(mark, needle)`` after. The benchmarks (bench/) start it with
+``record=False`` (the recorder's writes would slow their throughput phases)
+and switch the recorder on with ``recording(True)`` where they count calls.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import base64
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from tests.net import free_port
+
 #: The fake credentials every test client uses (moto accepts anything).
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -37,17 +40,11 @@ REGION = "us-east-1"
 _START_TIMEOUT_S = 30.0
 
 
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1 (the caller retries if it is taken)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class MotoServer:
     """``python -m moto.server`` on 127.0.0.1; ``stop()`` ends it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, record: bool = True) -> None:
+        self._record = record
         self._log_dir = tempfile.TemporaryDirectory(prefix="sm-test-moto-")
         self._log_path = Path(self._log_dir.name) / "moto.log"
         self._recording = Path(self._log_dir.name) / "requests.jsonl"
@@ -64,9 +61,10 @@ class MotoServer:
             os.environ,
             AWS_ACCESS_KEY_ID=ACCESS_KEY,
             AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-            MOTO_ENABLE_RECORDING="true",
             MOTO_RECORDER_FILEPATH=str(self._recording),
         )
+        if self._record:
+            env["MOTO_ENABLE_RECORDING"] = "true"
         with self._log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -85,14 +83,29 @@ class MotoServer:
         self._terminate()
         return False
 
-    def _answers(self) -> bool:
+    @property
+    def port(self) -> int:
+        return int(self.endpoint_url.rpartition(":")[2])
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def _answers(self, path: str = "/moto-api/", method: str = "GET") -> bool:
+        request = urllib.request.Request(self.endpoint_url + path, method=method)
         try:
-            with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1):
+            with urllib.request.urlopen(request, timeout=5):
                 return True
         except urllib.error.HTTPError:
             return True  # any HTTP answer means it is serving
         except OSError:
             return False
+
+    def recording(self, on: bool) -> None:
+        """Start or stop moto's request recorder."""
+        path = "/moto-api/recorder/" + ("start-recording" if on else "stop-recording")
+        if not self._answers(path, "POST"):
+            raise RuntimeError(f"moto did not answer {path}")
 
     def mark(self) -> int:
         """A position in the request recording; pass it to ``operations``."""
@@ -101,24 +114,58 @@ class MotoServer:
         except FileNotFoundError:
             return 0
 
+    def records(self, since: int) -> tuple[list[tuple[str, str]], int]:
+        """(X-Amz-Target, body) of every request recorded after ``since``, and the
+        position after the last complete line (moto may be appending one right now)."""
+        try:
+            with self._recording.open("rb") as handle:
+                handle.seek(since)
+                data = handle.read()
+        except FileNotFoundError:
+            return [], since
+        complete = data.rfind(b"\n") + 1
+        found = []
+        for line in data[:complete].splitlines():
+            entry = json.loads(line)
+            body = entry.get("body") or ""
+            if entry.get("body_encoded"):
+                body = base64.b64decode(body).decode(errors="replace")
+            found.append((entry.get("headers", {}).get("X-Amz-Target", ""), body))
+        return found, since + complete
+
     def operations(self, since: int, needle: str) -> list[str]:
         """AWS operations recorded after ``since`` whose request mentions ``needle``.
 
         ``needle`` is a name prefix or deployment id, so requests of other tests
         (and of other stores) are not counted.
         """
-        found = []
-        with contextlib.suppress(FileNotFoundError), self._recording.open("rb") as handle:
-            handle.seek(since)
-            for line in handle:
-                entry = json.loads(line)
-                body = entry.get("body") or ""
-                if entry.get("body_encoded"):
-                    body = base64.b64decode(body).decode(errors="replace")
-                target = entry.get("headers", {}).get("X-Amz-Target", "")
-                if needle in body and target:
-                    found.append(target.rpartition(".")[2])
-        return found
+        records, _ = self.records(since)
+        return [target.rpartition(".")[2] for target, body in records if needle in body and target]
+
+    def read_calls(self, since: int, needles: tuple[str, ...]) -> tuple[list[dict[str, Any]], int]:
+        """Secrets Manager calls after ``since`` whose body mentions a needle, and the
+        position to read on from. Each is ``{"operation": ..., "health_probe": ...}``: the
+        daemon's store probe is a ``ListSecrets`` with ``MaxResults`` 1, not part of the work."""
+        records, position = self.records(since)
+        found: list[dict[str, Any]] = []
+        for target, body in records:
+            if not target.startswith("secretsmanager.") or not any(n in body for n in needles):
+                continue
+            operation = target.rpartition(".")[2]
+            probe = False
+            if operation == "ListSecrets":
+                with contextlib.suppress(ValueError):
+                    probe = json.loads(body).get("MaxResults") == 1
+            found.append({"operation": operation, "health_probe": probe})
+        return found, position
+
+    def server_errors(self) -> int:
+        """Requests moto answered with a 500 so far (its own bugs, e.g. under concurrency)."""
+        try:
+            with self._log_path.open("rb") as handle:
+                return sum(1 for line in handle if b'" 500 -' in line)
+        except OSError:
+            return 0
 
     def _log_tail(self) -> str:
         with contextlib.suppress(OSError):

@@ -27,6 +27,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from tests.net import free_port as free_port  # a plain free port, for callers of this module
+
 _START_TIMEOUT_S = 30.0
 
 
@@ -80,7 +82,7 @@ def bao_binary() -> str:
     return found
 
 
-def free_port() -> int:
+def free_port_pair() -> int:
     """A free port whose successor is free too: dev mode binds its cluster listener there."""
     for _ in range(50):
         with socket.socket() as sock, socket.socket() as beside:
@@ -106,7 +108,7 @@ class BaoProcess:
         self.root_token = "root-" + secrets.token_urlsafe(24)
         self._tmp = tempfile.TemporaryDirectory(prefix="sm-test-bao-")
         self.dir = Path(self._tmp.name)
-        self.port = free_port()
+        self.port = free_port_pair()
         self.tls = tls
         self.ca_file = self.dir / "tls" / "vault-ca.pem"
         self._log = (self.dir / "bao.log").open("wb")

@@ -1,6 +1,7 @@
 """PostgreSQL for the tests: ``pgserver`` unless SECRETMIRROR_TEST_DATABASE_URL names a server.
 
 The schema is migrated once into a template database; each test gets a clone.
+The benchmarks (bench/) use the same class with SECRETMIRROR_BENCH_DATABASE_URL.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import itertools
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -28,10 +30,11 @@ class TestPostgres:
 
     __test__ = False  # not a test class, despite the name
 
-    def __init__(self) -> None:
-        self._server = None
+    def __init__(self, url_variable: str = "SECRETMIRROR_TEST_DATABASE_URL") -> None:
+        self._server: Any = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        url = os.environ.get("SECRETMIRROR_TEST_DATABASE_URL")
+        url = os.environ.get(url_variable)
+        self.external = bool(url)
         if url:
             self.admin_dsn = url
         else:
@@ -71,6 +74,11 @@ class TestPostgres:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+    @property
+    def postmaster_pid(self) -> int | None:
+        """The pgserver's postmaster (None on an external server): its CPU is measured."""
+        return None if self._server is None else int(self._server.get_pid())
 
     def dsn(self, name: str) -> str:
         return with_database(self.admin_dsn, name)

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.conftest import ADMIN_TOKEN
+from tests.net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -45,12 +45,6 @@ def tool(name: str) -> str:
             pytrace=False,
         )
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def poll(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,17 +24,13 @@ from typing import Any
 
 import pytest
 
+from tests.net import free_port
+
 pytestmark = pytest.mark.acceptance
 
 BIN = Path(sys.executable).parent / "secretmirror"
 READY_TIMEOUT_S = 120.0
 STOP_BUDGET_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from secretmirror.output import startup_banner
 from secretmirror.runtime import Runtime
 from secretmirror.settings import Settings
 from tests.conftest import ADMIN_TOKEN
+from tests.net import free_port
 
 SHELL_HOSTILE = 'it\'s "quoted" $HOME `x`\nsecond line\t=tab'
 
@@ -84,12 +84,6 @@ async def server_url(
 @pytest.fixture
 def run(server_url: str, tmp_path: Path) -> Cli:
     return Cli(server_url, tmp_path / "cli-data")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- secrets ------------------------------------------------------------------
