@@ -56,15 +56,14 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import secrets
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tests.faultproxy import ProxyProcess
 
 from bench._common import check, knob, latency_summary, measured, ratio, run_standalone
 from bench._harness import (
@@ -88,7 +87,6 @@ from bench._harness import (
 )
 
 NAME = "replication"
-REPO = Path(__file__).resolve().parent.parent
 SECRETS = knob("SECRETMIRROR_BENCH_REPLICATION_SECRETS", 1500, 200)
 #: ``replication.concurrency``'s default: the raw loop runs at the same concurrency.
 CONCURRENCY = 16
@@ -127,81 +125,6 @@ WRITE_OPERATIONS = {
 def patch_values(n: int) -> dict[str, str]:
     """A new password every time: each PATCH writes a version."""
     return {"password": f"p-{n}-{secrets.token_hex(8)}"}
-
-
-# -- processes -----------------------------------------------------------------------
-
-
-_PROXY_MAIN = """
-import asyncio, sys
-from tests.faultproxy import FaultProxy
-
-async def main():
-    proxy = await FaultProxy("127.0.0.1", int(sys.argv[1])).start()
-    print(proxy.port, flush=True)
-    loop = asyncio.get_running_loop()
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        words = line.split()
-        if words[0] == "latency":
-            await proxy.latency(float(words[1]), words[2])
-        else:
-            await proxy.pass_through()
-        print("ok", flush=True)
-    await proxy.stop()
-
-asyncio.run(main())
-"""
-
-
-class ProxyProcess:
-    """``tests.faultproxy.FaultProxy`` in front of moto, in a subprocess driven over stdin."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _PROXY_MAIN, str(self.upstream_port)],
-            cwd=REPO,
-            env=dict(os.environ, PYTHONPATH=str(REPO)),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        port = self.proc.stdout.readline().strip()
-        if not port.isdigit():
-            raise RuntimeError("the fault proxy did not start")
-        self.url = f"http://127.0.0.1:{port}"
-
-    def _command(self, line: str) -> None:
-        assert self.proc is not None
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        if self.proc.stdout.readline().strip() != "ok":
-            raise RuntimeError(f"the fault proxy refused {line!r}")
-
-    def latency(self, seconds: float, direction: str) -> None:
-        self._command(f"latency {seconds} {direction}")
-
-    def pass_through(self) -> None:
-        self._command("pass")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(OSError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
 
 
 # -- Prometheus histograms from /metrics ------------------------------------------------------

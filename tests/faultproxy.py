@@ -23,6 +23,10 @@ OpenBao): it forwards every request unchanged, except those an ``answer(...)``
 rule matches, which get the rule's status, body and headers instead, as the
 real provider would send them (the caller writes the provider's documented
 error answer; the proxy only delivers it).
+
+``ProxyProcess`` runs a ``FaultProxy`` in a process of its own (``python -m tests.faultproxy
+UPSTREAM_PORT``, driven over stdin), so its CPU is not the caller's: the
+benchmarks' load generator.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ import asyncio
 import contextlib
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -390,3 +397,72 @@ class HttpFaultProxy:
             data = await upstream.read()
             back = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
             return web.Response(status=upstream.status, body=data, headers=back)
+
+
+class ProxyProcess:
+    """A ``FaultProxy`` on 127.0.0.1 in front of ``upstream_port``, in a subprocess."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.faultproxy", str(self.upstream_port)],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        port = self.proc.stdout.readline().strip()
+        if not port.isdigit():
+            raise RuntimeError("the fault proxy did not start")
+        self.url = f"http://127.0.0.1:{port}"
+
+    def _command(self, line: str) -> None:
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        if self.proc.stdout.readline().strip() != "ok":
+            raise RuntimeError(f"the fault proxy refused {line!r}")
+
+    def latency(self, seconds: float, direction: Direction = "both") -> None:
+        self._command(f"latency {seconds} {direction}")
+
+    def pass_through(self) -> None:
+        self._command("pass")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+async def _serve(upstream_port: int) -> None:
+    """``ProxyProcess``'s side: print the port, then obey one command per stdin line."""
+    proxy = await FaultProxy("127.0.0.1", upstream_port).start()
+    print(proxy.port, flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        words = line.split()
+        if words[0] == "latency":
+            await proxy.latency(float(words[1]), words[2])
+        else:
+            await proxy.pass_through()
+        print("ok", flush=True)
+    await proxy.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve(int(sys.argv[1])))
