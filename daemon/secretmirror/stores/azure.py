@@ -582,10 +582,10 @@ class AzureStore(FencedStore[_State]):
         try:
             return await self._credential.get_token(challenge.scope, tenant_id=challenge.tenant_id)
         except (AzureError, ValueError) as exc:
-            # azure-identity's messages name the credential and the tenant, never the secret.
+            # Its message may quote the tenant, client or request: the type says enough.
             raise StoreUnavailable(
-                f"azure-identity could not get a Key Vault token ({type(exc).__name__}): "
-                f"{_first_line(str(exc))}"
+                f"azure-identity could not get a Key Vault token ({type(exc).__name__}); "
+                f"check {_CHECK}"
             ) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise StoreUnavailable(
@@ -724,7 +724,3 @@ def _tags_of(body: Mapping[str, Any]) -> dict[str, str]:
 
 def _extra(tags: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in tags.items() if not k.startswith(_TAG_PREFIX)))
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:200] if text.strip() else ""

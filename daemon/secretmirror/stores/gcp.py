@@ -91,7 +91,6 @@ from secretmirror.errors import (
     StoreForeignEntry,
     StoreNotFound,
     StoreRejected,
-    StoreThrottled,
     StoreUnavailable,
 )
 from secretmirror.remote_clock import local_sleep
@@ -160,6 +159,7 @@ _RECHECK_S = 0.2
 _REFRESH_TIMEOUT_S = 10.0
 #: A token is refreshed once this share of its lifetime has passed.
 _TOKEN_SHARE = 0.9
+_CHECK = "the credentials and IAM permissions"
 
 
 def label_value(deployment_id: str) -> str:
@@ -794,19 +794,14 @@ class GcpStore(FencedStore[_State]):
         error: Mapping[str, Any] = found if isinstance(found, dict) else {}
         code = str(error.get("status") or "")
         what = f"GCP {operation}"
-        if reply.status == 429 or code == "RESOURCE_EXHAUSTED":
-            details = error.get("details")
-            delay = retry_after_s(reply.headers, details, default=_THROTTLE_DEFAULT_S)
-            return self._throttle.noted(
-                StoreThrottled(
-                    f"{what} failed (HTTP {reply.status} {code}): throttled", retry_after_s=delay
-                )
-            )
-        if code == "ALREADY_EXISTS":
-            return _Exists(f"{what} failed (HTTP {reply.status} {code})")
-        if code == "FAILED_PRECONDITION":
-            return _Precondition(f"{what} failed (HTTP {reply.status} {code})")
-        return error_for(reply, what, code=code, check="the credentials and IAM permissions")
+        if code in ("ALREADY_EXISTS", "FAILED_PRECONDITION"):
+            kind = _Exists if code == "ALREADY_EXISTS" else _Precondition
+            return kind(f"{what} failed (HTTP {reply.status} {code})")
+        if code == "RESOURCE_EXHAUSTED":
+            reply = replace(reply, status=429)
+        hint = retry_after_s(reply.headers, error.get("details"), default=_THROTTLE_DEFAULT_S)
+        mapped = error_for(reply, what, code=code, check=_CHECK, retry_after=hint)
+        return self._throttle.noted(mapped)
 
 
 def _check(settings: GcpStoreSettings) -> None:

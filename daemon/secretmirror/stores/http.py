@@ -1,29 +1,11 @@
 """HTTP plumbing shared by the REST stores (gcp, azure, hashicorp).
 
-Each of these stores speaks a small JSON API over one aiohttp session, and
-each needs the same four things, which live here once:
-
-- ``open_session`` builds the store's one ``ClientSession`` (its own pool and
-  trust store, reused for the life of the process) and ``send`` makes one
-  request on it, the answer read whole into a ``Reply``. A connection failure
-  or a timeout is ``StoreUnavailable``.
-- ``error_for`` is what an unsuccessful answer means, the same for every
-  provider: 401/403 (credentials, permissions, a firewall: fixed store-wide by
-  an operator, so the store counts as down and deliveries retry instead of
-  dead-lettering one by one), 408 and 5xx -> ``StoreUnavailable``; 404 ->
-  ``StoreNotFound``; 409/412 -> ``StoreContended``; 429 -> ``StoreThrottled``
-  with the server's hint; any other 4xx -> ``StoreRejected``. A provider
-  checks the few codes of its own that mean something else first (Vault's 412
-  is a standby that has not caught up; GCP's ``ALREADY_EXISTS``). Messages
-  name the operation, the status and the provider's error *code*, never its
-  message text, which may quote parameters.
-- ``retry_after_s`` reads how long a throttled answer asks to wait:
-  ``Retry-After`` as seconds or as an HTTP date, else a Google ``RetryInfo``
-  detail.
-- ``TokenSource`` holds the store's bearer token: fetched on first use, again
-  when due, and once more when the server refuses it (``call``). It never
-  makes a token itself: google-auth, azure-identity or the Vault login does,
-  through the provider's ``fetch``.
+One session factory (``open_session``) and request (``send``), one map from
+HTTP status to store error (``error_for``), one Retry-After parser
+(``retry_after_s``) and one token source with refresh on refusal
+(``TokenSource``); ``stores/README.md`` describes them. Messages name the
+operation, the status and the provider's error *code*, never its message
+text, which may quote parameters.
 """
 
 from __future__ import annotations
@@ -107,7 +89,7 @@ async def send(
             text = await response.text()
             return Reply(response.status, json_object(text), CIMultiDict(response.headers))
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        where = URL(url).origin() if URL(url).absolute else url
+        where = URL(url).origin()
         raise StoreUnavailable(
             f"{what} failed: {where} is unreachable ({type(exc).__name__})"
         ) from exc
