@@ -286,7 +286,7 @@ async def test_foreign_entry_recreated_where_this_process_wrote_is_not_overwritt
     await store.put(sid, 1, {"a": "1"}, _hash(sid, {"a": "1"}))
     openbao.ok("DELETE", f"secret/metadata/{prefix}{sid}")
     openbao.ok("POST", f"secret/data/{prefix}{sid}", {"data": {"theirs": "x"}})
-    with pytest.raises(StoreForeignEntry, match="not an entry of this deployment"):
+    with pytest.raises(StoreForeignEntry, match="not managed by this deployment"):
         await store.put(sid, 2, {"a": "2"}, _hash(sid, {"a": "2"}))
     meta = _metadata(openbao, f"{prefix}{sid}")
     data = openbao.ok("GET", f"secret/data/{prefix}{sid}")["data"]["data"]

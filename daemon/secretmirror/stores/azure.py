@@ -43,7 +43,6 @@ from yarl import URL
 from secretmirror.errors import (
     ConfigError,
     StoreError,
-    StoreForeignEntry,
     StoreRejected,
     StoreUnavailable,
 )
@@ -220,10 +219,9 @@ class AzureStore(FencedStore[_State]):
         _expect(reply, 200, "list secrets")
 
     async def get(self, secret_id: str) -> StoredValue | None:
-        try:
-            name = self._name(secret_id)
-        except StoreRejected:
-            return None  # no such entry can exist
+        name = self._name_of_existing(secret_id)
+        if name is None:
+            return None
         reply = await self._request("GET", f"secrets/{name}/", "get")
         if reply.status == 404 or _disabled(reply):
             self._forget_if_known_live(secret_id)
@@ -255,7 +253,7 @@ class AzureStore(FencedStore[_State]):
             _expect(reply, 200, f"read {name}")
             state = await self._owned(name, _tags_of(reply.body))
         if state is None:
-            raise self._not_ours(name)
+            raise self._foreign(name)
         return state
 
     def _absent(self) -> _State:
@@ -429,7 +427,7 @@ class AzureStore(FencedStore[_State]):
         _expect(reply, 200, f"read the deleted {name}")
         tags = _tags_of(reply.body)
         if tags.get(TAG_DEPLOYMENT) != self._deployment_id:
-            raise self._not_ours(name)
+            raise self._foreign(name)
         state = _State.of(tags, exists=False, soft_deleted=True)
         known = self._remembered.peek(secret_id)
         if known is not None and known.tombstone > state.tombstone:
@@ -460,11 +458,6 @@ class AzureStore(FencedStore[_State]):
             foreign=True,
             newest=max(s.version for s in ours),
             tombstone=max(s.tombstone for s in ours),
-        )
-
-    def _not_ours(self, name: str) -> StoreForeignEntry:
-        return StoreForeignEntry(
-            f"the Key Vault secret {name} is not managed by this deployment; it is left alone"
         )
 
     def _forget_if_known_live(self, secret_id: str) -> None:

@@ -43,7 +43,6 @@ from secretmirror.errors import (
     ConfigError,
     StoreContended,
     StoreError,
-    StoreForeignEntry,
     StoreRejected,
     StoreUnavailable,
 )
@@ -241,10 +240,9 @@ class HashicorpStore(FencedStore[_State]):
             raise StoreUnavailable(f"hashicorp store: health check failed (HTTP {reply.status})")
 
     async def get(self, secret_id: str) -> StoredValue | None:
-        try:
-            path = self._name(secret_id)
-        except StoreRejected:
-            return None  # no such entry can exist
+        path = self._name_of_existing(secret_id)
+        if path is None:
+            return None
         await self._ready()
         reply = await self._kv("GET", "data", path)
         if reply.status == 404 and not _says(reply, _NO_ROUTE):
@@ -369,7 +367,7 @@ class HashicorpStore(FencedStore[_State]):
             # than leave values nobody recorded, and decide again.
             await self._destroy(path, [kv_version])
             if seen is None:
-                raise self._not_ours(path)
+                raise self._foreign(f"{self._mount}/{path}")
             return await self._read_state(path)
         recorded = _Mark(mark.version, mark.hash, kv_version, deleted=False)
         extra = _extra(custom)
@@ -435,7 +433,7 @@ class HashicorpStore(FencedStore[_State]):
         if state is None:
             if written is not None:
                 await self._destroy(path, [written])
-            raise self._not_ours(path)
+            raise self._foreign(f"{self._mount}/{path}")
         return state
 
     def _state_of(self, meta: dict[str, Any]) -> _State | None:
@@ -522,12 +520,6 @@ class HashicorpStore(FencedStore[_State]):
         if not _SECRET_ID.fullmatch(secret_id):
             raise StoreRejected("hashicorp store: a secret id must be 1-255 of A-Z a-z 0-9 _ . -")
         return f"{self._prefix}{secret_id}"
-
-    def _not_ours(self, path: str) -> StoreForeignEntry:
-        return StoreForeignEntry(
-            f"hashicorp store: {self._mount}/{path} is not an entry of this deployment; "
-            "it is left untouched"
-        )
 
     async def _ready(self) -> None:
         """Authenticated, and the mount checked to be KV version 2 (once)."""
