@@ -324,6 +324,25 @@ async def test_another_process_keeps_the_fence(
     assert (got.version, got.values) == (3, {"a": "back"})
 
 
+async def test_a_listing_teaches_a_process_what_another_wrote(
+    store: SecretStore, open_store: OpenStore, ctx: StoreContext
+) -> None:
+    """After a listing, a process fences on what another process of the deployment wrote."""
+    newer, deleted = _sid(), _sid()
+    for sid in (newer, deleted):
+        await _put(store, sid, 1, {"a": "1"})
+    other = await open_store(ctx)
+    await _put(other, newer, 3, {"a": "3"})
+    await other.delete(deleted, 4)
+    await _listed(store)
+    assert await _put(store, newer, 2, {"a": "2"}) is PutOutcome.UNCHANGED
+    assert await _put(store, deleted, 3, {"a": "3"}) is PutOutcome.UNCHANGED
+    got = await store.get(newer)
+    assert got is not None
+    assert (got.version, got.values) == (3, {"a": "3"})
+    assert await store.get(deleted) is None
+
+
 # -- ownership ------------------------------------------------------------------------------
 
 
@@ -473,7 +492,11 @@ async def test_a_lost_race_is_contended_and_the_store_stays_up(
 async def test_throttling_is_store_throttled_carrying_the_hint(
     place: Place, store: SecretStore
 ) -> None:
-    """429 (or the provider's throttling answer): StoreThrottled with its Retry-After."""
+    """429 (or the provider's throttling answer): StoreThrottled with its Retry-After.
+
+    One rule for every provider: the store then holds its calls until the hint passes,
+    even once the provider would answer again.
+    """
     sid = _sid()
     async with _answering(place, Fault.THROTTLED) as hint:
         with pytest.raises(StoreThrottled) as raised:
@@ -484,5 +507,7 @@ async def test_throttling_is_store_throttled_carrying_the_hint(
     assert retry_after is not None
     if hint is None:  # the provider sends none: the store waits a while of its own
         assert 0 < retry_after <= 60
-    else:
-        assert retry_after == pytest.approx(hint, abs=0.5)
+        return
+    assert retry_after == pytest.approx(hint, abs=0.5)
+    with pytest.raises(StoreThrottled):  # the store holds its calls until the hint passes
+        await store.get(sid)

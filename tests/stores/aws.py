@@ -19,7 +19,8 @@ from secretmirror.settings import AwsStoreSettings
 from secretmirror.stores.aws import AwsStore
 from secretmirror.stores.base import StoreContext
 from tests.faultproxy import HttpFaultProxy
-from tests.moto import aws_settings, free_port, secrets_client
+from tests.moto import aws_settings, secrets_client
+from tests.net import free_port
 from tests.stores import Fault
 
 #: (HTTP status, error code, message) per fault, from the Secrets Manager API reference

@@ -14,7 +14,7 @@ from secretmirror.settings import AzureStoreSettings
 from secretmirror.stores.azure import AzureStore
 from secretmirror.stores.base import StoreContext
 from tests.azurefake import AzureFake, azure_settings, sdk_client
-from tests.moto import free_port
+from tests.net import free_port
 from tests.stores import Fault
 
 RETRY_AFTER_S = 30.0

@@ -15,7 +15,7 @@ from secretmirror.settings import GcpStoreSettings
 from secretmirror.stores.base import StoreContext
 from secretmirror.stores.gcp import GcpStore
 from tests.gcpfake import PROJECT, SCOPE, ApiError, GcpFake, gcp_settings
-from tests.moto import free_port
+from tests.net import free_port
 from tests.stores import Fault
 
 PARENT = f"projects/{PROJECT}"

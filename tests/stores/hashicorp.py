@@ -20,7 +20,7 @@ from secretmirror.settings import HashicorpStoreSettings
 from secretmirror.stores.base import StoreContext
 from secretmirror.stores.hashicorp import HashicorpStore
 from tests.faultproxy import HttpFaultProxy
-from tests.moto import free_port
+from tests.net import free_port
 from tests.openbao import OpenBao
 from tests.stores import Fault
 

@@ -20,7 +20,7 @@ import asyncpg
 from secretmirror.settings import SqlStoreSettings
 from secretmirror.stores.base import StoreContext
 from secretmirror.stores.sql import SqlStore
-from tests.moto import free_port
+from tests.net import free_port
 from tests.pg import TestPostgres
 from tests.stores import Fault, NoEquivalent
 
