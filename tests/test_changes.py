@@ -93,3 +93,47 @@ async def test_another_process_commit_wakes_the_worker(
             return
         await asyncio.sleep(0.05)
     pytest.fail("the worker was not woken by the other process's NOTIFY")
+
+
+async def test_a_wake_up_while_the_claim_runs_is_not_lost(
+    api: Api, runtime: Runtime, other: Runtime
+) -> None:
+    """A commit announced while an empty claim runs (too early to see it) ends the wait.
+
+    The worker used to clear its wake-up flag after the claim, on its way into the
+    wait: a notification that landed during the claim was wiped out, and the commit
+    waited for the next poll (two minutes here).
+    """
+    admin_id = await runtime.pool.fetchval("SELECT id::text FROM users WHERE name = 'admin'")
+    admin = Principal(admin_id, "admin", "admin")
+    created: list[str] = []
+
+    class Racing(replication.Replicator):
+        async def _claim_and_start(self) -> int:
+            claimed = await super()._claim_and_start()
+            if claimed == 0 and not created:
+                result = await SecretService(other).create(admin, "raced", {"k": "v"})
+                created.append(result.meta.id)
+                deadline = time.monotonic() + 30
+                while not runtime.wake.is_set():  # the NOTIFY reached this process's worker
+                    assert time.monotonic() < deadline, "no notification arrived"
+                    await asyncio.sleep(0.01)
+            return claimed
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(Racing(runtime).run(stop))
+    try:
+        deadline = time.monotonic() + POLL_S / 4
+        while time.monotonic() < deadline:
+            if created:
+                applied = await runtime.pool.fetchval(
+                    "SELECT min(applied_version) FROM deliveries WHERE secret_id = $1",
+                    uuid.UUID(created[0]),
+                )
+                if applied == 1:
+                    return
+            await asyncio.sleep(0.05)
+        pytest.fail("the wake-up that landed during the claim was lost")
+    finally:
+        stop.set()
+        await task

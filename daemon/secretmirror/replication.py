@@ -60,6 +60,10 @@ class Replicator:
             listener = asyncio.create_task(self._forward_changes(), name="replication.listen")
             try:
                 while not stop.is_set():
+                    # Cleared before looking for work, never after: a wake-up that lands
+                    # while the claim runs (a commit it did not see yet) must end the wait.
+                    self.rt.wake.clear()
+                    self._slot_freed.clear()
                     await self._flush_done()
                     claimed = await self._claim_and_start()
                     if claimed and len(self._in_flight) < self.cfg.concurrency:
@@ -71,8 +75,6 @@ class Replicator:
                 await self._drain()
 
     async def _wait(self, stop: asyncio.Event) -> None:
-        self.rt.wake.clear()
-        self._slot_freed.clear()
         waiters = [
             asyncio.create_task(stop.wait()),
             asyncio.create_task(self.rt.wake.wait()),
