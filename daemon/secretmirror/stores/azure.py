@@ -348,39 +348,31 @@ class AzureStore(FencedStore[_State]):
             TAG_HASH: hash_,
         }
         body = {"value": write.text, "contentType": CONTENT_TYPE, "tags": tags}
-        for wait in (*_SETTLE_WAITS, None):
-            reply = await self._write("PUT", f"secrets/{name}", "set", json_body=body)
-            if reply.status != 409 or _inner(reply) not in _SETTLING:
-                break
-            if wait is None:
-                raise StoreUnavailable(
-                    f"Key Vault is still finishing a delete or recovery of {name}; retry later"
-                )
-            await local_sleep(wait)  # Key Vault finishes deletes and recoveries in the background
+        reply = await self._settled_write("PUT", f"secrets/{name}", "set", body)
         if reply.status == 409 and _inner(reply) == _DELETED_RECOVERABLE:
             # The name is soft-deleted: its tags decide (ownership, tombstone), then recover.
             raise Stale(await self._deleted_state(secret_id, name))
         _expect(reply, 200, f"write {name}")
-        self._remembered.remember(
-            secret_id,
-            _State(
-                exists=True,
-                version=version,
-                hash=hash_,
-                tombstone=state.tombstone,
-                extra=state.extra,
-            ),
-        )
+        written = _State(True, version, hash_, state.tombstone, extra=state.extra)
+        self._remembered.remember(secret_id, written)
         return PutOutcome.WRITTEN
 
-    async def _recover(self, secret_id: str, name: str) -> None:
+    async def _settled_write(self, method: str, path: str, op: str, body: Any = None) -> Reply:
+        """A write that waits while Key Vault still finishes a delete or recovery of the name
+        (it does both in the background), then gives up as unavailable."""
         for wait in (*_SETTLE_WAITS, None):
-            reply = await self._write("POST", f"deletedsecrets/{name}/recover", "recover")
+            reply = await self._write(method, path, op, json_body=body)
             if reply.status != 409 or _inner(reply) not in _SETTLING:
-                break
+                return reply
             if wait is None:
-                raise StoreUnavailable(f"Key Vault is still deleting {name}; retry later")
-            await local_sleep(wait)  # the delete is still finishing in Key Vault
+                break
+            await local_sleep(wait)
+        raise StoreUnavailable(
+            f"Key Vault is still finishing a delete or recovery ({op}); retry later"
+        )
+
+    async def _recover(self, secret_id: str, name: str) -> None:
+        reply = await self._settled_write("POST", f"deletedsecrets/{name}/recover", "recover")
         if reply.status == 404:
             raise Stale  # recovered or purged meanwhile: look again
         _expect(reply, 200, f"recover {name}")
