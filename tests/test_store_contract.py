@@ -8,7 +8,6 @@ faults the provider answers as it documents them.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import importlib
 import secrets
@@ -72,7 +71,7 @@ def _hash(secret_id: str, values: dict[str, str]) -> str:
 def _ctx(request: pytest.FixtureRequest) -> StoreContext:
     return StoreContext(
         deployment_id=str(uuid.uuid4()),
-        keyring=Keyring([base64.b64decode(base64.b64encode(secrets.token_bytes(32)))]),
+        keyring=Keyring([secrets.token_bytes(32)]),
         pool=None,
         data_dir=str(request.getfixturevalue("tmp_path")),
         content_hash=lambda secret_id, blob: content_hash(HASH_KEY, secret_id, blob),
