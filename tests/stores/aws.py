@@ -5,7 +5,8 @@ tool), without secretmirror's tags. The store reaches moto through an
 ``HttpFaultProxy``, which answers faults as Secrets Manager documents them: the
 JSON 1.1 protocol's ``{"__type": <code>, "message": ...}`` with the status the
 API reference gives for the code (throttling and most client errors are HTTP 400,
-``InvalidClientTokenId`` 403, ``InternalServiceError`` 500).
+``InvalidClientTokenId`` 403, ``InternalServiceError`` 500: the API reference's
+Common Errors).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from tests.stores import Fault
 ANSWERS: dict[Fault, tuple[int, str, str]] = {
     Fault.UNAUTHENTICATED: (
         403,
-        "UnrecognizedClientException",
-        "The security token included in the request is invalid.",
+        "InvalidClientTokenId",
+        "The X.509 certificate or AWS access key ID provided does not exist in our records.",
     ),
     Fault.FORBIDDEN: (
         400,
