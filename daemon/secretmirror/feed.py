@@ -71,14 +71,15 @@ class ChangeHub:
         """Take this before reading the log, then wait on it: no wake-up is lost in between."""
         return self._changed, self._generation
 
-    async def page(self, pool: Gateway, generation: int, *args: Any) -> list[Any]:
-        """``feed_page`` for ``args``, read once for every waiter of one generation.
+    async def page(self, pool: Gateway, generation: int, **named: Any) -> list[Any]:
+        """``feed_page`` for ``named``, read once for every waiter of one generation.
 
         A hundred clients woken by one commit at the same position cost one query.
         Sharing is safe within a generation: a commit that a shared read started
         too early to see bumps the generation when it is announced, which wakes
         every waiter that joined the read.
         """
+        args = Q.args(Q.feed_page, **named)
         key = (generation, *(tuple(a) if isinstance(a, list) else a for a in args))
         read = self._reads.get(key)
         if read is None:
@@ -184,13 +185,13 @@ async def read(
         rows = await hub.page(
             pool,
             generation,
-            position.tx,
-            position.seq,
-            PAGE,
-            user_id,
-            name_prefix,
-            own,
-            patterns,
+            after_tx=position.tx,
+            after_seq=position.seq,
+            limit=PAGE,
+            user_id=user_id,
+            name_prefix=name_prefix,
+            own_token=own,
+            patterns=patterns,
         )
         events: list[dict[str, Any]] = []
         behind_running = False

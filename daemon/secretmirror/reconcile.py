@@ -330,12 +330,12 @@ class Job:
         with contextlib.suppress(Unavailable):
             await self.rt.pool.execute(
                 Q.job_finish,
-                uuid.UUID(self.id),
-                status,
-                self.report.counts,
-                self.report.samples,
-                self.report.failures,
-                error,
+                job_id=uuid.UUID(self.id),
+                status=status,
+                counts=self.report.counts,
+                samples=self.report.samples,
+                failures=self.report.failures,
+                error=error,
             )
         metrics.reconcile_jobs.labels(self.mode, status).inc()
         self.log.info("job.finished", status=status, counts=_flat(self.report.counts))

@@ -448,15 +448,10 @@ class SecretService:
         A caller who sees a private and a shared secret of that name must pick
         one with ``private``: guessing could hand a tool the wrong credentials.
         """
-        user_id, own_token, patterns = principal.sql_visibility("read")
         rows = await self.rt.pool.fetch(
             Q.secret_by_exact_name_with_value,
-            name=name,
-            private=private,
-            user_id=user_id,
-            own_token=own_token,
-            patterns=patterns,
             outbox_deployment=self.rt.outbox_deployment,
+            **_named(principal, "read", name, private),
         )
         if len(rows) > 1:
             raise AmbiguousName()
@@ -468,9 +463,8 @@ class SecretService:
         self, principal: Principal, name: str, private: bool | None, action: str = "read"
     ) -> SecretMeta:
         """The metadata of the secret called ``name`` (409 ``ambiguous_name`` as ``by_name``)."""
-        user_id, own_token, patterns = principal.sql_visibility(action)
         rows = await self.rt.pool.fetch(
-            Q.secret_by_exact_name, name, user_id, private, own_token, patterns
+            Q.secret_by_exact_name, **_named(principal, action, name, private)
         )
         if not rows:
             raise NotFound("no such secret")
@@ -549,6 +543,18 @@ class SecretService:
             }
             for r in rows
         ]
+
+
+def _named(principal: Principal, action: str, name: str, private: bool | None) -> dict[str, Any]:
+    """The parameters of a lookup by exact name (``secret_by_exact_name*``)."""
+    user_id, own_token, patterns = principal.sql_visibility(action)
+    return {
+        "name": name,
+        "private": private,
+        "user_id": user_id,
+        "own_token": own_token,
+        "patterns": patterns,
+    }
 
 
 def _uuid(secret_id: str) -> uuid.UUID:

@@ -28,9 +28,9 @@ WHERE id = $1
 RETURNING cancel_requested
 
 -- job_finish --
-UPDATE jobs SET status = $2, finished = now(), heartbeat = now(), counts = $3, samples = $4,
-                failures = $5, error = $6
-WHERE id = $1
+UPDATE jobs SET status = $status, finished = now(), heartbeat = now(), counts = $counts,
+                samples = $samples, failures = $failures, error = $error
+WHERE id = $job_id
 RETURNING *
 
 -- job_get --

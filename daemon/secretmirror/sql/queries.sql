@@ -274,12 +274,14 @@ LEFT JOIN LATERAL (
 ORDER BY s.name, s.id
 
 -- secret_by_exact_name --
--- The secrets called $1 the caller ($2, $4, $5: Principal.sql_visibility) may see: at most
--- a shared one and its own private one; $3 picks one of them by its private flag.
+-- The secrets called $name the caller ($user_id, $own_token, $patterns:
+-- Principal.sql_visibility) may see: at most a shared one and its own private one;
+-- $private picks one of them by its private flag.
 SELECT id::text, name, owner::text, private, version, created, updated
 FROM secrets
-WHERE name = $1 AND secretmirror_sees(private, owner, name, $2, $4, $5)
-  AND ($3::boolean IS NULL OR private = $3)
+WHERE name = $name
+  AND secretmirror_sees(private, owner, name, $user_id, $own_token, $patterns)
+  AND ($private::boolean IS NULL OR private = $private)
 ORDER BY private
 
 -- secret_by_exact_name_with_value --
@@ -332,25 +334,27 @@ SELECT kind, hash, snapshot, private FROM events WHERE secret_id = $1 AND versio
 SELECT version, kind, actor, recorded_at FROM events WHERE secret_id = $1 ORDER BY version
 
 -- feed_page --
--- The change feed after position ($1 tx, $2 seq), in (tx, seq) order (see migration
--- 0006), up to $3 rows. safe: the event's transaction is older than every one still
--- running, so nothing can appear before it later; the caller stops at the first unsafe
--- row. visible: the caller ($4, $6, $7: Principal.sql_visibility("list")) may see it (as
--- it was at that version) and its name starts with $5. Rows the caller may not see come
--- back too (the caller drops them) so that its position moves past them.
+-- The change feed after position ($after_tx, $after_seq), in (tx, seq) order (see
+-- migration 0006), up to $limit rows. safe: the event's transaction is older than every
+-- one still running, so nothing can appear before it later; the caller stops at the first
+-- unsafe row. visible: the caller ($user_id, $own_token, $patterns:
+-- Principal.sql_visibility("list")) may see it (as it was at that version) and its name
+-- starts with $name_prefix. Rows the caller may not see come back too (the caller drops
+-- them) so that its position moves past them.
 SELECT e.seq, COALESCE(e.tx, '0'::xid8)::text AS tx,
        COALESCE(e.tx, '0'::xid8) < pg_snapshot_xmin(pg_current_snapshot()) AS safe,
        COALESCE(secretmirror_sees(COALESCE(e.private, s.private),
                                   COALESCE(e.owner, s.owner),
-                                  COALESCE(e.name, s.name), $4, $6, $7)
-                AND ($5::text IS NULL OR starts_with(COALESCE(e.name, s.name), $5)),
+                                  COALESCE(e.name, s.name), $user_id, $own_token, $patterns)
+                AND ($name_prefix::text IS NULL
+                     OR starts_with(COALESCE(e.name, s.name), $name_prefix)),
                 false) AS visible,
        e.secret_id::text, COALESCE(e.name, s.name) AS name, e.version, e.kind, e.recorded_at
 FROM events e
 LEFT JOIN secrets s ON e.name IS NULL AND s.id = e.secret_id
-WHERE (COALESCE(e.tx, '0'::xid8), e.seq) > ($1::text::xid8, $2)
+WHERE (COALESCE(e.tx, '0'::xid8), e.seq) > ($after_tx::text::xid8, $after_seq)
 ORDER BY COALESCE(e.tx, '0'::xid8), e.seq
-LIMIT $3
+LIMIT $limit
 
 -- feed_position --
 -- The feed position of the event $1; of the nearest one before it for a seq this feed
