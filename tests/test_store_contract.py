@@ -31,8 +31,9 @@ from tests.stores import KINDS, Fault, NoEquivalent, Place
 
 HASH_KEY = secrets.token_bytes(32)
 
-#: Store defects the suite found, per (case, kind): each case runs as a strict xfail
-#: until the store is fixed (then the entry goes, or the xfail fails the run).
+#: Store defects the suite found, per (case, kind) or (case, test id such as "file-5xx"):
+#: each case runs as a strict xfail until the store is fixed (then the entry goes, or
+#: the xfail fails the run).
 DEFECTS: dict[tuple[str, str], str] = {
     ("test_another_deployments_entry_is_never_touched", "aws"): (
         "aws get serves another deployment's entry at our name (GetSecretValue without "
@@ -55,7 +56,7 @@ DEFECTS: dict[tuple[str, str], str] = {
         "gcp get answers from this process's remembered tombstone without reading GCP: an "
         "entry another process of the deployment revived reads as missing here"
     ),
-    ("test_refused_credentials_and_server_errors_are_unavailable", "file"): (
+    ("test_refused_credentials_and_server_errors_are_unavailable", "file-5xx"): (
         "file: get reads a vanished store directory (a volume unmounted) as a missing entry "
         "(None), not StoreUnavailable"
     ),
@@ -80,7 +81,8 @@ def _ctx(request: pytest.FixtureRequest) -> StoreContext:
 
 @pytest.fixture(params=KINDS)
 async def place(request: pytest.FixtureRequest) -> AsyncIterator[Place]:
-    defect = DEFECTS.get((request.node.originalname, request.param))
+    case = request.node.originalname
+    defect = DEFECTS.get((case, request.node.callspec.id)) or DEFECTS.get((case, request.param))
     if defect is not None:
         request.node.add_marker(pytest.mark.xfail(strict=True, reason=defect))
     module: Any = importlib.import_module(f"tests.stores.{request.param}")
@@ -443,7 +445,9 @@ async def test_an_unreachable_store_is_unavailable(place: Place, ctx: StoreConte
         await store.close()
 
 
-@pytest.mark.parametrize("fault", [Fault.UNAUTHENTICATED, Fault.FORBIDDEN, Fault.SERVER_ERROR])
+@pytest.mark.parametrize(
+    "fault", [Fault.UNAUTHENTICATED, Fault.FORBIDDEN, Fault.SERVER_ERROR], ids=lambda f: f.value
+)
 async def test_refused_credentials_and_server_errors_are_unavailable(
     place: Place, store: SecretStore, fault: Fault
 ) -> None:
