@@ -62,11 +62,8 @@ CREATE TABLE IF NOT EXISTS entries (
 )
 """
 
-_LOAD = "SELECT version, hash, deleted FROM entries WHERE deployment = ? AND secret_id = ?"
-
-_GET = """
-SELECT version, hash, ciphertext FROM entries
-WHERE deployment = ? AND secret_id = ? AND NOT deleted
+_ROW = """
+SELECT version, hash, deleted, ciphertext FROM entries WHERE deployment = ? AND secret_id = ?
 """
 
 # The conditional writes: a new row only where there is none, a changed row only
@@ -155,10 +152,10 @@ class SqliteStore(FencedStore[_State]):
 
     async def get(self, secret_id: str) -> StoredValue | None:
         args = (self._deployment_id, secret_id)
-        row = await self._run(lambda db: db.execute(_GET, args).fetchone())
-        if row is None:
-            return None
-        version, hash_, blob = row
+        row = await self._run(lambda db: db.execute(_ROW, args).fetchone())
+        if row is None or row[2]:
+            return None  # missing, or a tombstone
+        version, hash_, _, blob = row
         plain = self._keyring.decrypt(blob, secret_aad(secret_id, version))
         return StoredValue(secret_id, version, hash_, self._values(secret_id, plain))
 
@@ -166,7 +163,7 @@ class SqliteStore(FencedStore[_State]):
 
     async def _load(self, secret_id: str, name: str) -> _State | None:
         args = (self._deployment_id, secret_id)
-        row = await self._run(lambda db: db.execute(_LOAD, args).fetchone())
+        row = await self._run(lambda db: db.execute(_ROW, args).fetchone())
         return None if row is None else _State(True, row[0], row[1], bool(row[2]))
 
     def _absent(self) -> _State:

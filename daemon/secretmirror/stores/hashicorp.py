@@ -483,8 +483,8 @@ class HashicorpStore(FencedStore[_State]):
             reply = await self._kv(
                 "GET", route, self._folder, params=_list_params(after), refused_ok=detailed
             )
-            refused = reply.status in (403, 405) or (reply.status == 404 and _errors(reply))
-            if detailed and refused:
+            errors = reply.body.get("errors")
+            if detailed and (reply.status in (403, 405) or (reply.status == 404 and errors)):
                 raise _NoDetailedListing
             if reply.status == 404 and not _says(reply, _NO_ROUTE):
                 return
@@ -684,9 +684,8 @@ class _NoDetailedListing(Exception):
 
 
 def _expect(reply: Reply, status: int | tuple[int, ...], action: str, path: str) -> None:
-    if reply.status == status or (isinstance(status, tuple) and reply.status in status):
-        return
-    raise _error(reply, f"hashicorp store: could not {action} {path}")
+    if reply.status not in (status if isinstance(status, tuple) else (status,)):
+        raise _error(reply, f"hashicorp store: could not {action} {path}")
 
 
 def _error(reply: Reply, what: str) -> StoreError:
@@ -703,12 +702,9 @@ def _data(reply: Reply) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _errors(reply: Reply) -> builtins.list[str]:
-    return [str(e) for e in reply.body.get("errors") or []]
-
-
 def _says(reply: Reply, text: str) -> bool:
-    return any(text in e for e in _errors(reply))
+    """One of Vault's error texts (matched, never shown) holds ``text``."""
+    return any(text in str(e) for e in reply.body.get("errors") or [])
 
 
 def _with_info(keys: builtins.list[str], data: dict[str, Any]) -> builtins.list[Any]:
