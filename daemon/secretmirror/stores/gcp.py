@@ -71,7 +71,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import functools
 import hashlib
 import re
 import uuid
@@ -287,6 +286,8 @@ class GcpStore(FencedStore[_State]):
         self._session: aiohttp.ClientSession | None = None
         self._credentials: Credentials | None = None
         self._auth_request: google.auth.transport.requests.Request | None = None
+        #: google-auth makes every token (on first use, when due, after a 401).
+        self._tokens = TokenSource(self._fetch_token, "gcp")
 
     @property
     def location(self) -> str:
@@ -751,11 +752,6 @@ class GcpStore(FencedStore[_State]):
         if reply.status < 300:
             return reply.body
         raise self._error(operation, reply)
-
-    @functools.cached_property
-    def _tokens(self) -> TokenSource:
-        """The access token; google-auth makes every one (on first use, when due, after a 401)."""
-        return TokenSource(self._fetch_token, "gcp")
 
     async def _fetch_token(self, held: Token | None, refused: Reply | None) -> Token:
         creds = self._credentials
