@@ -391,7 +391,10 @@ async def test_a_value_over_the_limit_is_rejected_and_nothing_written(store: Sec
     """One byte over ``max_value_bytes``: StoreRejected, the entry keeps what it held."""
     limit = store.max_value_bytes
     if limit is None:
-        pytest.skip(f"{store.type} has no size limit of its own (test_large_values_round_trip)")
+        pytest.skip(
+            f"{store.type} has no size limit of its own "
+            "(test_a_value_at_the_limit_round_trips writes 1 MiB)"
+        )
     kept, fresh = _sid(), _sid()
     await _put(store, kept, 1, {"a": "1"})
     for sid in (kept, fresh):
