@@ -39,26 +39,9 @@ DEFECTS: dict[tuple[str, str], str] = {
         "aws get serves another deployment's entry at our name (GetSecretValue without "
         "the ownership tags check)"
     ),
-    ("test_an_entry_made_by_hand_is_never_touched", "file"): (
-        "file: a hand-written file at our name raises StoreRejected (malformed), "
-        "not StoreForeignEntry"
-    ),
-    ("test_an_unreachable_store_is_unavailable", "sql"): (
-        "sql: after a failed open every call raises AttributeError (pool is None), "
-        "not StoreUnavailable"
-    ),
-    ("test_refused_credentials_and_server_errors_are_unavailable", "sql"): (
-        "sql: refusals at connect time (28000 login refused, 42501 no CONNECT, 55000 not "
-        "accepting connections) are StoreRejected on writes and raw asyncpg errors on reads, "
-        "not StoreUnavailable"
-    ),
     ("test_another_process_keeps_the_fence", "gcp"): (
         "gcp get answers from this process's remembered tombstone without reading GCP: an "
         "entry another process of the deployment revived reads as missing here"
-    ),
-    ("test_refused_credentials_and_server_errors_are_unavailable", "file-5xx"): (
-        "file: get reads a vanished store directory (a volume unmounted) as a missing entry "
-        "(None), not StoreUnavailable"
     ),
 }
 

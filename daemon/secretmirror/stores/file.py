@@ -205,12 +205,12 @@ class FileStore:
         return PutOutcome.WRITTEN if written else PutOutcome.UNCHANGED
 
     async def get(self, secret_id: str) -> StoredValue | None:
-        data = await self._run(_read_or_none, self._path(secret_id))
+        data = await self._run(self._read, secret_id)
         if data is None:
             return None
         header, body = self._split(secret_id, data)
-        if header.deployment != self._deployment_id:
-            return None
+        if header is None or header.deployment != self._deployment_id:
+            return None  # not an entry of this deployment
         if header.deleted:
             if not self._authentic(secret_id, header, body):
                 raise DecryptionError(f"the file store tombstone of {secret_id} is not authentic")
@@ -318,7 +318,8 @@ class FileStore:
                 return 0
             header, body = self._split(secret_id, data)
             if (
-                header.deployment != self._deployment_id
+                header is None
+                or header.deployment != self._deployment_id
                 or header.deleted
                 or envelope_key_id(body) != kid
             ):
@@ -430,7 +431,11 @@ class FileStore:
             raise StoreRejected(f"the file store file {path.name} is malformed") from None
 
     def _read_entry(self, path: Path) -> tuple[_Header | None, bytes]:
-        """The header and body of ``path``; (None, b"") when there is no such file."""
+        """The header and body of ``path``; (None, b"") when there is no such file.
+
+        A file without a secretmirror header was not written by any deployment (this
+        store's writes are whole-file replacements): it is someone else's, never touched.
+        """
         data = _read_or_none(path)
         if data is None:
             return None, b""
@@ -438,7 +443,9 @@ class FileStore:
         try:
             return _Header.decode(line), body
         except ValueError:
-            raise StoreRejected(f"the file store file {path.name} is malformed") from None
+            raise StoreForeignEntry(
+                f"the file store file {path.name} is not a secretmirror entry; it is left alone"
+            ) from None
 
     def _authentic(self, secret_id: str, header: _Header, body: bytes) -> bool:
         """The header is the one this store wrote: the envelope opens under it."""
@@ -450,13 +457,22 @@ class FileStore:
             return False
         return True
 
-    def _split(self, secret_id: str, data: bytes) -> tuple[_Header, bytes]:
+    @staticmethod
+    def _split(secret_id: str, data: bytes) -> tuple[_Header | None, bytes]:
+        """The header and body; no header when the file is not a secretmirror entry."""
         line, _, body = data.partition(b"\n")
         try:
-            header = _Header.decode(line)
+            return _Header.decode(line), body
         except ValueError:
-            raise StoreRejected(f"the file store entry of {secret_id} is malformed") from None
-        return header, body
+            return None, b""
+
+    def _read(self, secret_id: str) -> bytes | None:
+        """The entry's file; None when there is none, ``OSError`` when the directory is gone
+        (a volume not mounted reads as an outage, not as every entry missing)."""
+        data = _read_or_none(self._path(secret_id))
+        if data is None and not self._dir.is_dir():
+            raise FileNotFoundError(errno.ENOENT, "the file store directory is gone")
+        return data
 
     def _scan(self) -> builtins.list[tuple[str, str]]:
         """(secret id, file name) of every entry file, sorted by secret id."""
@@ -480,9 +496,8 @@ class FileStore:
             data = _read_or_none(self._dir / name)
             if data is None:
                 continue  # deleted since the directory was read
-            try:
-                header, body = self._split(secret_id, data)
-            except StoreRejected:
+            header, body = self._split(secret_id, data)
+            if header is None:
                 log.warning("file_store.malformed_entry", file=name)
                 continue
             if header.deployment != self._deployment_id:

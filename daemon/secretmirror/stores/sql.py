@@ -9,6 +9,7 @@ database.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 import json
@@ -41,6 +42,7 @@ class SqlStore:
         self._own_dsn = settings.database_url.get_secret_value() if settings.database_url else None
         self._main_pool = ctx.pool
         self._pool: Any = None
+        self._opening = asyncio.Lock()
         self._location = _location_of(self._own_dsn or main_dsn)
 
     @property
@@ -69,20 +71,40 @@ class SqlStore:
         if self._own_dsn is None:
             self._pool = self._main_pool
             return
-        try:
-            self._pool = await db.create_pool(self._own_dsn, min_size=1, max_size=10)
-            async with self._pool.acquire() as conn:
-                await conn.execute(Q.sql_store_schema)
-                try:
-                    await conn.execute(Q.sql_store_key_id_column)
-                    await conn.execute(Q.sql_store_key_id_index)
-                except asyncpg.PostgresError as exc:
-                    # Values still work; only the key inventory cannot count this store.
-                    log.warning("sql_store.key_ids_unavailable", sqlstate=exc.sqlstate)
-        except db.DB_DOWN as exc:
-            raise StoreUnavailable(
-                f"the sql store database is unreachable ({type(exc).__name__})"
-            ) from exc
+        await self._ready()
+
+    async def _ready(self) -> Any:
+        """The pool, made (and the table with it) if a failed ``open`` or call left none.
+
+        A database that refused us at start-up is tried again on each call, so the
+        store comes back by itself once it answers.
+        """
+        if self._pool is not None:
+            return self._pool
+        async with self._opening:
+            if self._pool is None and self._own_dsn is not None:
+                with _store_errors():
+                    pool = await db.create_pool(self._own_dsn, min_size=1, max_size=10)
+                    try:
+                        await self._create_table(pool)
+                    except BaseException:
+                        await pool.close()
+                        raise
+                self._pool = pool
+        return self._pool
+
+    @staticmethod
+    async def _create_table(pool: Any) -> None:
+        async with pool.acquire() as conn:
+            await conn.execute(Q.sql_store_schema)
+            try:
+                await conn.execute(Q.sql_store_key_id_column)
+                await conn.execute(Q.sql_store_key_id_index)
+            except asyncpg.PostgresError as exc:
+                if _unavailable(exc):
+                    raise
+                # Values still work; only the key inventory cannot count this store.
+                log.warning("sql_store.key_ids_unavailable", sqlstate=exc.sqlstate)
 
     async def close(self) -> None:
         if self._own_dsn is not None and self._pool is not None:
@@ -145,25 +167,45 @@ class SqlStore:
 
     async def _fetchval(self, query: str, *args: Any) -> Any:
         with _store_errors():
-            return await self._pool.fetchval(query, *args)
+            pool = await self._ready()
+            return await pool.fetchval(query, *args)
 
     async def _fetchrow(self, query: str, *args: Any) -> Any:
         with _store_errors():
-            return await self._pool.fetchrow(query, *args)
+            pool = await self._ready()
+            return await pool.fetchrow(query, *args)
 
     async def _fetch(self, query: str, *args: Any) -> builtins.list[Any]:
         with _store_errors():
-            return list(await self._pool.fetch(query, *args))
+            pool = await self._ready()
+            return list(await pool.fetch(query, *args))
+
+
+#: SQLSTATE classes and codes that say the database, not the statement, is the problem:
+#: a broken connection (08), refused credentials (28), no CONNECT or table privilege
+#: (42501), a database not accepting connections (55000), no such database (3D000), too
+#: many connections (53), an administrator's shutdown (57), a server-side fault (58, XX).
+#: An operator fixes them, and the store answers again without a restart.
+_UNAVAILABLE_CLASSES = ("08", "28", "53", "57", "58", "XX")
+_UNAVAILABLE_CODES = ("42501", "55000", "3D000")
+
+
+def _unavailable(exc: asyncpg.PostgresError) -> bool:
+    state = str(exc.sqlstate or "")
+    return state[:2] in _UNAVAILABLE_CLASSES or state in _UNAVAILABLE_CODES
 
 
 @contextlib.contextmanager
 def _store_errors() -> Iterator[None]:
-    """A database outage is this store being unavailable; a refused statement, rejected."""
+    """A database outage or refusal is this store being unavailable; a refused statement,
+    rejected."""
     try:
         yield
     except db.DB_DOWN as exc:
         raise StoreUnavailable(f"the sql store is unreachable ({type(exc).__name__})") from exc
     except asyncpg.PostgresError as exc:
+        if _unavailable(exc):
+            raise StoreUnavailable(f"the sql store database refused us ({exc.sqlstate})") from exc
         raise StoreRejected(f"the sql store refused the statement ({exc.sqlstate})") from exc
 
 
