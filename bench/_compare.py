@@ -6,7 +6,7 @@ each target's ``measured`` value, then every throughput and latency figure the t
 results share (keys named like ``*per_s*``, ``ops_s``, ``*_median``, ``p50_ms``,
 ``p99_ms``; CPU accounting, samples and histograms left out). A line is marked
 ``<<`` when the run is worse than the baseline by more than ``NOISE`` (lower for a
-rate, higher for a latency): on a shared machine read that as "look", not as
+rate, higher for a latency or a duration): on a shared machine read that as "look", not as
 "regressed": the load of both runs is printed alongside.
 
 ``python -m bench._compare NAME...`` compares ``bench/results/NAME.json`` without
@@ -58,8 +58,8 @@ def _worse(path: str, now: float, then: float) -> bool:
         return False
     change = now / then
     leaf = path.rpartition(".")[2]
-    if leaf in _LATENCY_KEYS or leaf.endswith(("_ms", "_mib", "_mb")):
-        return change > 1 + NOISE
+    if leaf in _LATENCY_KEYS or "seconds" in leaf or leaf.endswith(("_ms", "_s", "_mib", "_mb")):
+        return change > 1 + NOISE  # a time: lower is better
     if path.startswith("targets."):
         return False  # a target's direction is in its own "target" text
     return change < 1 - NOISE
