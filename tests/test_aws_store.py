@@ -209,6 +209,22 @@ async def test_known_redelivery_makes_no_call(
     assert moto.operations(mark, aws_prefix) == []
 
 
+async def test_get_checks_ownership_only_of_a_value_it_does_not_know(
+    open_store: OpenStore, moto: MotoServer, aws_prefix: str
+) -> None:
+    """A get of the value the store wrote is one GetSecretValue; any other value it serves
+    only after DescribeSecret showed the entry's ownership tags."""
+    sid = _sid()
+    async with open_store() as first, open_store() as second:
+        await _put(first, sid, 1, {"a": "1"})
+        mark = moto.mark()
+        assert await first.get(sid) is not None
+        assert moto.operations(mark, aws_prefix) == ["GetSecretValue"]
+        mark = moto.mark()
+        assert await second.get(sid) is not None
+        assert moto.operations(mark, aws_prefix) == ["GetSecretValue", "DescribeSecret"]
+
+
 async def test_racing_redelivery_creates_no_aws_version(
     open_store: OpenStore, raw: Any, moto: MotoServer, aws_prefix: str
 ) -> None:

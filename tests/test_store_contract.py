@@ -35,10 +35,6 @@ HASH_KEY = secrets.token_bytes(32)
 #: each case runs as a strict xfail until the store is fixed (then the entry goes, or
 #: the xfail fails the run).
 DEFECTS: dict[tuple[str, str], str] = {
-    ("test_another_deployments_entry_is_never_touched", "aws"): (
-        "aws get serves another deployment's entry at our name (GetSecretValue without "
-        "the ownership tags check)"
-    ),
     ("test_another_process_keeps_the_fence", "gcp"): (
         "gcp get answers from this process's remembered tombstone without reading GCP: an "
         "entry another process of the deployment revived reads as missing here"

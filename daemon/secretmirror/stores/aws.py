@@ -38,8 +38,10 @@ quota), which also checks the ownership tags. Calls per operation:
   newer one restores the entry. After a force delete
   (``recovery_window_days = 0``) AWS holds nothing to fence on: the tombstone
   is kept in this process only.
-- get: 1 GetSecretValue (``VersionStage=AWSCURRENT``); list: 1 ListSecrets
-  per 100 entries.
+- get: 1 GetSecretValue (``VersionStage=AWSCURRENT``) when it answers the
+  value this process remembers its own entry holding; else + DescribeSecret
+  for the ownership tags (GetSecretValue carries none), unless the value is
+  someone else's anyway. list: 1 ListSecrets per 100 entries.
 
 Timeouts (3 s connect, 10 s read, 2 attempts) keep a write well inside a
 delivery lease. ``location`` is ``aws:<endpoint or "aws">/<region>/<prefix>``
@@ -387,14 +389,32 @@ class AwsStore(FencedStore[_State]):
                 return None
             raise
         known = self._remembered.peek(secret_id)
-        if known is not None and known.current_id != answer.get("VersionId"):
+        # The value this process last saw or wrote of its own entry is ours; any other
+        # is served only once the ownership tags say so (GetSecretValue carries none).
+        unknown = known is None or known.current_id != answer.get("VersionId")
+        if known is not None and unknown:
             # Changed behind this process's back: re-read on write.
             self._remembered.forget(secret_id)
         parsed = parse_token(answer.get("VersionId"))
         if parsed is None:
             return None  # someone else's value: its version is unknown, so it serves no read
+        if unknown and not await self._served_ours(secret_id, name, answer):
+            return None  # another deployment's entry, or one made by hand
         values = self._values(secret_id, answer.get("SecretString"))
         return StoredValue(secret_id, parsed[0], parsed[1], values)
+
+    async def _served_ours(self, secret_id: str, name: str, answer: Mapping[str, Any]) -> bool:
+        """GetSecretValue's ``answer`` came from this deployment's entry (1 DescribeSecret).
+
+        The tags decide, of the very secret that answered: a secret deleted and
+        made again under the name between the two calls has another ARN.
+        """
+        described = await self._described(name)
+        if described is None or not self._owns(described):
+            return False
+        if described.get("ARN") != answer.get("ARN"):
+            raise StoreContended(f"the AWS entry of {secret_id} was replaced during the read")
+        return True
 
     # -- the template's hooks --
 
@@ -404,12 +424,8 @@ class AwsStore(FencedStore[_State]):
         return write
 
     async def _load(self, secret_id: str, name: str) -> _State | None:
-        client = self._require()
-        try:
-            described = await self._call(
-                "DescribeSecret", lambda: client.describe_secret(SecretId=name)
-            )
-        except StoreNotFound:
+        described = await self._described(name)
+        if described is None:
             return None
         if not self._owns(described):
             raise self._foreign(name)
@@ -563,6 +579,14 @@ class AwsStore(FencedStore[_State]):
         )
 
     # -- calls --
+
+    async def _described(self, name: str) -> Mapping[str, Any] | None:
+        """DescribeSecret's answer (tags, version stages, ARN); None when AWS holds no entry."""
+        client = self._require()
+        try:
+            return await self._call("DescribeSecret", lambda: client.describe_secret(SecretId=name))
+        except StoreNotFound:
+            return None
 
     def _owns(self, described: Mapping[str, Any]) -> bool:
         tags = _tags(described)
