@@ -54,15 +54,13 @@ def figures(result: dict[str, Any]) -> dict[str, float]:
 
 
 def _worse(path: str, now: float, then: float) -> bool:
-    if then == 0:
-        return False
-    change = now / then
-    leaf = path.rpartition(".")[2]
-    if leaf in _LATENCY_KEYS or "seconds" in leaf or leaf.endswith(("_ms", "_s", "_mib", "_mb")):
-        return change > 1 + NOISE  # a time: lower is better
-    if path.startswith("targets."):
+    if then == 0 or path.startswith("targets."):
         return False  # a target's direction is in its own "target" text
-    return change < 1 - NOISE
+    leaf = path.rpartition(".")[2]
+    rate = "per_s" in leaf or leaf.endswith("ops_s")
+    if not rate and (leaf.endswith(("_ms", "_s")) or "seconds" in leaf):
+        return now / then > 1 + NOISE  # a latency or a duration: lower is better
+    return now / then < 1 - NOISE
 
 
 def compare(name: str, result: dict[str, Any]) -> None:

@@ -73,9 +73,10 @@ RAW_OPS = ("create", "create_sql", "get", "get_sql", "update", "list")
 RAW_EXTRA = {"create_sql": "create without crypto", "get_sql": "get without decrypting"}
 
 
-def new_password(n: int) -> str:
-    """A password no secret has right now: an update that changes nothing writes nothing."""
-    return values_for(n + 257)["password"]
+def new_password(n: int, tag: str) -> str:
+    """A password no secret had before this phase (``tag``): an update that changes nothing
+    writes nothing, and would flatter the figure."""
+    return f"{values_for(n)['password'][:20]}{tag}{n}"
 
 
 def api_ops(api: Api, ids: list[str], tag: str) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def api_ops(api: Api, ids: list[str], tag: str) -> dict[str, Any]:
         await api.call("GET", f"/api/v1/secrets/{random.choice(ids)}", parse=False)
 
     async def update(_worker: int, n: int) -> None:
-        await api.update(ids[n % len(ids)], {"password": new_password(n)})
+        await api.update(ids[n % len(ids)], {"password": new_password(n, tag)})
 
     async def list_(_worker: int, _n: int) -> None:
         await api.call("GET", "/api/v1/secrets?limit=100", parse=False)
@@ -191,7 +192,7 @@ class RawOps:
         current = json.loads(
             self.keyring.decrypt(row["ciphertext"], secret_aad(secret_id, row["version"]))
         )
-        current["password"] = new_password(n)
+        current["password"] = new_password(n, "raw" + self.run_tag)
         blob = canonical(current)
         version = row["version"] + 1
         snapshot = self.keyring.encrypt(blob, secret_aad(secret_id, version))
