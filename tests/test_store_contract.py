@@ -34,12 +34,7 @@ HASH_KEY = secrets.token_bytes(32)
 #: Store defects the suite found, per (case, kind) or (case, test id such as "file-5xx"):
 #: each case runs as a strict xfail until the store is fixed (then the entry goes, or
 #: the xfail fails the run).
-DEFECTS: dict[tuple[str, str], str] = {
-    ("test_another_process_keeps_the_fence", "gcp"): (
-        "gcp get answers from this process's remembered tombstone without reading GCP: an "
-        "entry another process of the deployment revived reads as missing here"
-    ),
-}
+DEFECTS: dict[tuple[str, str], str] = {}
 
 OpenStore = Callable[[StoreContext], Awaitable[SecretStore]]
 

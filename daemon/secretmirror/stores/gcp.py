@@ -51,7 +51,9 @@ accesses/min; 2 adds or updates per second per secret):
   live-looking entry with destroyed values, which verify reports and a
   redelivery finishes). A newer put adds a version and clears the ttl.
 - get: 1 access (latest); + 1 read when the entry is not remembered or
-  changed. A latest version the labels do not claim reads as None.
+  changed, or is a tombstone (its latest version is destroyed: the labels
+  decide, since another process may have written since). A latest version
+  the labels do not claim reads as None.
 - list: 1 read per 500 entries (filter on the deployment label), plus 1
   access of ``latest`` per entry (``_checked``): GCP's listing carries no
   version information, and a version added, disabled or destroyed by hand
@@ -355,9 +357,9 @@ class GcpStore(FencedStore[_State]):
         name = self._name_of_existing(secret_id)
         if name is None:
             return None
+        # A remembered tombstone answers nothing: another process of the deployment
+        # may have written since, and a tombstone's latest version reads as destroyed.
         known = self._remembered.peek(secret_id)
-        if known is not None and known.deleted:
-            return None
         try:
             number, data = await self._access(name, "latest")
         except StoreNotFound:
