@@ -45,9 +45,10 @@ ROUNDS = 3
 
 
 class _UncheckedGcp(GcpStore):
-    """The GCP listing as it was before the per-entry check: labels only."""
+    """The GCP listing as it was before the per-entry check: labels only (the template's
+    ``_listed_entry`` hook left at its default)."""
 
-    async def _checked(self, secret_id: str, state: _State) -> Entry:
+    async def _listed_entry(self, secret_id: str, name: str, state: _State) -> Entry:
         return state.entry(secret_id)
 
 
