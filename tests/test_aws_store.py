@@ -607,9 +607,11 @@ async def test_write_that_timed_out_is_not_trusted(open_store: OpenStore, moto_s
         open_store(endpoint_url=proxy.url) as store,
     ):
         await _put(store, sid, 1, {"a": "1"})
-        await proxy.latency(2, "downstream")  # AWS applies the write; its answer is late
+        # AWS applies the write; its answer is late. The caller gives up well after the
+        # request is out (a loaded machine may take a while to sign and send it).
+        await proxy.latency(6, "downstream")
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(_put(store, sid, 3, {"a": "3"}), 0.5)
+            await asyncio.wait_for(_put(store, sid, 3, {"a": "3"}), 2)
         await proxy.pass_through()
         assert await _put(store, sid, 2, {"a": "2"}) is PutOutcome.UNCHANGED
         got = await store.get(sid)

@@ -29,7 +29,7 @@ async def test_no_hold_passes_at_once() -> None:
     """A store that was never throttled is called without waiting."""
     started = time.monotonic()
     await Throttle().wait()
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 0.5  # a hold is a whole hint (1 s without one)
 
 
 async def test_a_short_hold_is_waited_out() -> None:
