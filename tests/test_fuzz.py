@@ -122,8 +122,11 @@ def fuzz(base_url: str, known: dict[str, str]) -> list[str]:
         if operation.label == "GET /admin/v1/audit":
             runs[0] = (GenerationMode.POSITIVE, {"query": {"cursor": known["audit_cursor"]}})
         if operation.label == "GET /api/v1/events":
-            # A long poll with nothing to report lasts its wait: keep the examples quick.
-            runs[0] = (GenerationMode.POSITIVE, {"query": {"wait": 0}})
+            # A long poll with nothing to report lasts its wait (up to 60 s, past the
+            # 10 s request timeout): keep every example quick, the negative ones too.
+            # A "negative" example may break only a header the test then overrides,
+            # leaving a valid long poll. test_consume_api covers wait's own validation.
+            runs = [(mode, {"query": {"wait": 0}}) for mode, _ in runs]
         if "{name}" in operation.path:
             runs.append((GenerationMode.POSITIVE, {"path_parameters": {"name": "fuzz-target"}}))
         if "{id}" in operation.path:
