@@ -31,8 +31,16 @@ from secretmirror.queries import Q
 
 log = structlog.get_logger("secretmirror.db")
 
-#: What asyncpg raises when the server is away or the connection broke.
-DB_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
+#: What asyncpg raises when the server is away or the connection broke. InternalClientError
+#: is the driver's own state error on a connection the server just cut ("cannot switch to
+#: state 11; another operation is in progress"), seen when an administrator terminates it.
+DB_DOWN = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
 
 _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
