@@ -148,11 +148,12 @@ class AuditLog:
                 continue
             metrics.audit_records.inc(len(records))
             metrics.audit_batch_size.observe(len(records))
+            if self._file_path is not None:
+                # Before the answers: a response means its record is in the file too.
+                await self._append_file(records, ids)
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
-            if self._file_path is not None:
-                await self._append_file(records, ids)
 
     async def _insert(self, records: list[Record]) -> list[int]:
         columns = list(zip(*(_row(r) for r in records), strict=True))
