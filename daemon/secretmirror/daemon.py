@@ -43,6 +43,7 @@ from secretmirror.output import startup_banner
 from secretmirror.reconcile import Jobs
 from secretmirror.runtime import (
     Runtime,
+    build_mirrors,
     build_stores,
     ensure_data_dir,
     init_admin,
@@ -120,6 +121,9 @@ async def open_runtime(
         )
         timeout = max(settings.replication.lease_s / 3, 1.0)
         primary, backup = build_stores(settings, ctx, dsn, timeout)
+        mirrors, rules = build_mirrors(
+            settings, ctx, dsn, timeout, [r for r in (primary, backup) if r is not None]
+        )
         worker_pool = await db.create_pool(dsn, min_size=1, max_size=4)
         rt = Runtime(
             settings,
@@ -131,13 +135,13 @@ async def open_runtime(
             primary,
             backup,
             db.Gateway(worker_pool),
+            mirrors=mirrors,
+            rules=rules,
         )
         hash_keys.append(hash_key)
         rt.hash_cell = hash_keys
         rt.auth_failures = FailureLimiter(settings.auth.failed_burst, settings.auth.failed_per_s)
-        for role in (primary, backup):
-            if role is None:
-                continue
+        for role in rt.stores:
             try:
                 await role.open()
             except StoreError as exc:
@@ -150,10 +154,9 @@ async def open_runtime(
         finally:
             deadline = time.monotonic() + CLOSE_BUDGET_S
             await _close_pool(worker_pool, deadline)
-            for role in (backup, primary):
-                if role is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(role.close(), _left(deadline))
+            for role in reversed(rt.stores):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(role.close(), _left(deadline))
     finally:
         if isinstance(keyring, KmsKeyring):
             with contextlib.suppress(Exception):
@@ -312,6 +315,7 @@ async def _serve_runtime(rt: Runtime, settings: Settings, listener: socket.socke
         deployment_id=rt.deployment_id,
         primary=rt.primary.type,
         backup=rt.backup.type if rt.backup else None,
+        mirrors={name: role.type for name, role in rt.mirrors.items()},
     )
     # For the person who ran `make run`; stdout stays JSON lines for log shippers.
     sys.stderr.write(startup_banner(settings, scheme) + "\n")

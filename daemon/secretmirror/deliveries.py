@@ -34,6 +34,8 @@ class Claim:
     pending_since: datetime | None
     #: The lease token this claim holds the row with.
     token: str
+    #: The newest version the target applied (0: none yet).
+    applied_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,10 @@ class Event:
     hash: str | None
     snapshot: bytes | None
     recorded_at: datetime
+    seq: int = 0
+    #: The secret's name and visibility at this version (None in events before 0006).
+    name: str | None = None
+    private: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +74,16 @@ def new_token(node: str) -> str:
 
 
 async def claim(
-    pool: asyncpg.Pool, node: str, limit: int, targets: list[str], lease_s: float
+    pool: asyncpg.Pool,
+    node: str,
+    limit: int | Sequence[int],
+    targets: list[str],
+    lease_s: float,
 ) -> list[Claim]:
-    """Lease up to ``limit`` due deliveries; each claim holds its row with its own token."""
-    rows = await pool.fetch(Q.delivery_claim, node, limit, targets, lease_s)
+    """Lease due deliveries of ``targets``: up to ``limit`` of each (one number for all, or
+    one per target); each claim holds its row with its own token."""
+    limits = [limit] * len(targets) if isinstance(limit, int) else list(limit)
+    rows = await pool.fetch(Q.delivery_claim, node, limits, targets, lease_s)
     return [
         Claim(
             r["target"],
@@ -80,6 +92,7 @@ async def claim(
             r["attempts"],
             r["pending_since"],
             r["leased_by"],
+            r["applied_version"],
         )
         for r in rows
     ]
@@ -94,7 +107,15 @@ async def events_for(pool: asyncpg.Pool, claims: list[Claim]) -> dict[tuple[str,
     )
     return {
         (r["secret_id"], r["version"]): Event(
-            r["secret_id"], r["version"], r["kind"], r["hash"], r["snapshot"], r["recorded_at"]
+            r["secret_id"],
+            r["version"],
+            r["kind"],
+            r["hash"],
+            r["snapshot"],
+            r["recorded_at"],
+            r["seq"],
+            r["name"],
+            r["private"],
         )
         for r in rows
     }

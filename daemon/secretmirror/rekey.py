@@ -40,7 +40,7 @@ _PASSES = 5
 
 def holders_of(rt: Runtime) -> list[Holder]:
     """Every holder of a running daemon."""
-    stores = [(role.role, role.store) for role in (rt.primary, rt.backup) if role is not None]
+    stores = [(role.role, role.store) for role in rt.stores]
     return holders(rt.pool, rt.deployment_id, stores)
 
 

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import time
+import uuid
 from datetime import UTC, datetime
 
 import structlog
@@ -29,9 +30,11 @@ from secretmirror.errors import (
     StoreUnavailable,
     Unavailable,
 )
+from secretmirror.mirrors import Mirror, Version, plan
 from secretmirror.queries import Q
 from secretmirror.retry import RetryPolicy
 from secretmirror.runtime import Runtime
+from secretmirror.stores.instrumented import RoleStore
 
 log = structlog.get_logger("secretmirror.replication")
 
@@ -66,7 +69,7 @@ class Replicator:
                     self._slot_freed.clear()
                     await self._flush_done()
                     claimed = await self._claim_and_start()
-                    if claimed and len(self._in_flight) < self.cfg.concurrency:
+                    if claimed and self._free():
                         continue
                     await self._wait(stop)
             finally:
@@ -106,29 +109,37 @@ class Replicator:
                 self._down.discard(target)
                 log.info("replication.store_recovered", target=target, made_due=moved)
 
+    def _free(self) -> dict[str, int]:
+        """Delivery key -> how many more deliveries of it may start now.
+
+        Each target has its own ``concurrency`` slots, so a store that is slow
+        or down never holds the slots of another; a store that is down gets
+        one probe delivery at a time.
+        """
+        busy: dict[str, int] = {}
+        for key, _ in self._in_flight:
+            busy[key] = busy.get(key, 0) + 1
+        free: dict[str, int] = {}
+        for target, key in self.rt.target_keys.items():
+            slots = self.cfg.concurrency if self.rt.store_for(target).up else 1
+            left = min(slots - busy.get(key, 0), self.cfg.batch_size)
+            if left > 0:
+                free[key] = left
+        return free
+
     async def _claim_and_start(self) -> int:
         await self._recovered()
-        free = self.cfg.concurrency - len(self._in_flight)
-        if free <= 0:
+        free = self._free()
+        if not free:
             return 0
-        keys = self.rt.target_keys
-        up = [keys[t] for t in keys if self.rt.store_for(t).up]
-        down = [keys[t] for t in keys if not self.rt.store_for(t).up]
-        claims: list[Claim] = []
         try:
-            if up:
-                claims += await deliveries.claim(
-                    self.rt.worker_pool,
-                    self.rt.node,
-                    min(free, self.cfg.batch_size),
-                    up,
-                    self.cfg.lease_s,
-                )
-            for target in down:
-                if not any(key[0] == target for key in self._in_flight):
-                    claims += await deliveries.claim(
-                        self.rt.worker_pool, self.rt.node, 1, [target], self.cfg.lease_s
-                    )
+            claims = await deliveries.claim(
+                self.rt.worker_pool,
+                self.rt.node,
+                list(free.values()),
+                list(free),
+                self.cfg.lease_s,
+            )
             if not claims:
                 return 0
             events = await deliveries.events_for(self.rt.worker_pool, claims)
@@ -160,17 +171,13 @@ class Replicator:
         try:
             if event is None:
                 raise StoreRejected("the event for this version is missing from the log")
-            if event.kind == "delete":
+            rule = self.rt.rules.get(role)
+            if rule is not None:
+                await self._mirror(rule, store, claim, event)
+            elif event.kind == "delete":
                 await store.delete(claim.secret_id, claim.version)
             else:
-                if event.snapshot is None or event.hash is None:
-                    raise StoreRejected("the event's snapshot was purged before delivery")
-                values = json.loads(
-                    self.rt.keyring.decrypt(
-                        event.snapshot, secret_aad(claim.secret_id, claim.version)
-                    )
-                )
-                await store.put(claim.secret_id, claim.version, values, event.hash)
+                await store.put(claim.secret_id, claim.version, *self._payload(event))
         except (StoreError, DecryptionError) as exc:
             await self._failed(claim, exc, bound)
             return
@@ -180,6 +187,35 @@ class Replicator:
             return
         self._done.append((claim, event.recorded_at))
         self.rt.wake.set()
+
+    def _payload(self, event: Event) -> tuple[dict[str, str], str]:
+        """The event's values and content hash."""
+        if event.snapshot is None or event.hash is None:
+            raise StoreRejected("the event's snapshot was purged before delivery")
+        plain = self.rt.keyring.decrypt(event.snapshot, secret_aad(event.secret_id, event.version))
+        values: dict[str, str] = json.loads(plain)
+        return values, event.hash
+
+    async def _mirror(self, rule: Mirror, store: RoleStore, claim: Claim, event: Event) -> None:
+        """Deliver to a mirror: the writes ``mirrors.plan`` makes of the secret's events
+        since the version the mirror applied (a rename writes the new name first)."""
+        now = Version(event.version, event.seq, event.kind, event.name, event.private)
+        history = [now]
+        if rule.by_name and claim.applied_version < event.version:
+            rows = await self.rt.worker_pool.fetch(
+                Q.delivery_history,
+                uuid.UUID(claim.secret_id),
+                max(claim.applied_version, 1),
+                event.version,
+            )
+            history = [
+                Version(r["version"], r["seq"], r["kind"], r["name"], r["private"]) for r in rows
+            ] or history
+        for step in plan(rule, claim.secret_id, history):
+            if step.op == "put":
+                await store.put(step.key, step.fence, *self._payload(event))
+            else:
+                await store.delete(step.key, step.fence)
 
     async def _failed(self, claim: Claim, exc: Exception, bound: structlog.BoundLogger) -> None:
         reason = exc.reason if isinstance(exc, StoreError) else "decryption"
@@ -310,9 +346,7 @@ async def probe_stores(rt: Runtime, stop: asyncio.Event) -> None:
 async def probe_once(rt: Runtime) -> None:
     """One health check of each store. A store found up again gets its backlog due at
     once: its deliveries stop waiting out the backoff collected while it was down."""
-    for role in (rt.primary, rt.backup):
-        if role is None:
-            continue
+    for role in rt.stores:
         started = time.monotonic()
         was_up = role.up
         with contextlib.suppress(StoreError):

@@ -19,6 +19,7 @@ from secretmirror import crypto, db
 from secretmirror.auth import FailureLimiter, TokenCache
 from secretmirror.errors import ConfigError, DecryptionError, Unavailable
 from secretmirror.feed import ChangeHub
+from secretmirror.mirrors import Mirror, check_mirror
 from secretmirror.queries import Q
 from secretmirror.settings import Settings
 from secretmirror.stores import build_store
@@ -55,6 +56,9 @@ class Runtime:
     changes: ChangeHub = field(default_factory=ChangeHub)
     #: The hash key as the stores' ``content_hash`` reads it (see ``set_hash_key``).
     hash_cell: list[bytes] = field(default_factory=list)
+    #: The mirrors by name (spec section 16): their stores and their rules.
+    mirrors: dict[str, RoleStore] = field(default_factory=dict)
+    rules: dict[str, Mirror] = field(default_factory=dict)
 
     def set_hash_key(self, key: bytes) -> None:
         """The content-hash key, once a KMS that was down at start-up unwraps it."""
@@ -80,11 +84,34 @@ class Runtime:
 
     @property
     def targets(self) -> list[str]:
+        """The stores the worker delivers to: primary and backup get every event, each
+        mirror those of the secrets it selects (``targets_for``)."""
+        return [*self.base_targets, *self.mirrors]
+
+    @property
+    def base_targets(self) -> list[str]:
         """The stores every event is delivered to by the worker."""
         found = [] if self.outbox_deployment else ["primary"]
         if self.backup is not None:
             found.append("backup")
         return found
+
+    def targets_for(self, *states: tuple[str | None, bool | None]) -> list[str]:
+        """The targets of a change between the (name, private) ``states`` of a secret: the
+        base targets and every mirror selecting any of them (one the secret leaves must
+        remove it)."""
+        chosen = [m for m, rule in self.rules.items() if any(rule.selects(*st) for st in states)]
+        return [*self.base_targets, *chosen]
+
+    @property
+    def sources(self) -> list[RoleStore]:
+        """The stores reads come from, in order (mirrors are never read from)."""
+        return [self.primary] if self.backup is None else [self.primary, self.backup]
+
+    @property
+    def stores(self) -> list[RoleStore]:
+        """Every configured store: primary, backup, mirrors."""
+        return [*self.sources, *self.mirrors.values()]
 
     @property
     def inline_targets(self) -> list[str]:
@@ -95,8 +122,10 @@ class Runtime:
     def store_for(self, target: str) -> RoleStore:
         if target == "primary":
             return self.primary
-        assert self.backup is not None
-        return self.backup
+        if target == "backup":
+            assert self.backup is not None
+            return self.backup
+        return self.mirrors[target]
 
     # Delivery rows are keyed by the store's location, not its role: when a
     # migration turns the backup into the primary (or daemons with old and new
@@ -125,8 +154,8 @@ class Runtime:
     def size_cap(self) -> int:
         """The effective cap: the smallest of ``max_secret_bytes`` and the stores' limits."""
         caps = [self.settings.max_secret_bytes]
-        for role in (self.primary, self.backup):
-            if role is not None and role.store.max_value_bytes is not None:
+        for role in self.stores:
+            if role.store.max_value_bytes is not None:
                 caps.append(role.store.max_value_bytes)
         return min(caps)
 
@@ -243,3 +272,45 @@ def build_stores(
                 f"({primary.location}); a backup must live somewhere else"
             )
     return primary, backup
+
+
+def build_mirrors(
+    settings: Settings,
+    ctx: StoreContext,
+    dsn: str,
+    timeout_s: float,
+    taken: list[RoleStore],
+) -> tuple[dict[str, RoleStore], dict[str, Mirror]]:
+    """The configured mirrors; refuses one that could not work or that shares a location
+    with another store (``taken``: the primary and backup)."""
+    stores: dict[str, RoleStore] = {}
+    rules: dict[str, Mirror] = {}
+    seen = list(taken)
+    for name, mirror in sorted(settings.mirrors.items()):
+        check_mirror(name, mirror)
+        role = RoleStore(name, build_store(mirror.store, ctx, dsn), timeout_s)
+        for other in seen:
+            if _overlap(role, other):
+                raise ConfigError(
+                    f"mirrors.{name}: its location ({role.location}) is the {other.role}'s "
+                    f"or overlaps it ({other.location}); every store must live somewhere "
+                    "else (a name prefix inside another store's would list its entries)"
+                )
+        seen.append(role)
+        stores[name] = role
+        rules[name] = Mirror.of(name, mirror)
+    return stores, rules
+
+
+#: Stores named by a provider name prefix: one prefix inside another's is one listing.
+_PREFIXED = {"aws", "gcp", "azure", "hashicorp"}
+
+
+def _overlap(one: RoleStore, other: RoleStore) -> bool:
+    """The same location, or, for prefixed stores, one's names inside the other's."""
+    if one.location == other.location:
+        return True
+    if one.type != other.type or one.type not in _PREFIXED:
+        return False
+    a, b = one.location.lower(), other.location.lower()
+    return a.startswith(b) or b.startswith(a)

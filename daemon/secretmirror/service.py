@@ -84,7 +84,7 @@ class SecretService:
                 hash=content_hash,
                 actor=principal.actor,
                 snapshot=snapshot,
-                **self._deliveries(token),
+                **self._deliveries(token, self.rt.targets_for((name, private))),
             )
         except asyncpg.UniqueViolationError:
             raise NameTaken() from None
@@ -217,7 +217,13 @@ class SecretService:
                 kind=kind,
                 actor=principal.actor,
                 snapshot=snapshot,
-                **self._deliveries(token),
+                **self._deliveries(
+                    token,
+                    self.rt.targets_for(
+                        (meta.name, meta.private),
+                        (None, None) if kind == "delete" else (name, private),
+                    ),
+                ),
             )
         except asyncpg.UniqueViolationError:
             raise NameTaken() from None
@@ -233,12 +239,13 @@ class SecretService:
         snapshot = self.rt.keyring.encrypt(blob, secret_aad(secret_id, version))
         return snapshot, self.rt.content_hash(secret_id, blob)
 
-    def _deliveries(self, token: str) -> dict[str, Any]:
+    def _deliveries(self, token: str, targets: list[str]) -> dict[str, Any]:
         """Where a write goes besides the metadata and the event, as the outbox statements
-        take it: the values written in the outbox, the delivery rows, the inline leases."""
+        take it: the values written in the outbox, the delivery rows (of ``targets``,
+        ``Runtime.targets_for``), the inline leases."""
         return {
             "outbox_deployment": self.rt.outbox_deployment,
-            "targets": self.rt.keys_of(self.rt.targets),
+            "targets": self.rt.keys_of(targets),
             "inline": self.rt.keys_of(self.rt.inline_targets),
             "token": token,
             "lease_s": self.rt.settings.replication.inline_timeout_s * 3,
@@ -352,7 +359,7 @@ class SecretService:
     async def _read_fallback(self, meta: SecretMeta) -> ReadResult:
         """The stores the worker delivers to (a primary written in the outbox was read with
         the metadata), then the event log."""
-        sources = [self.rt.store_for(t) for t in self.rt.targets]
+        sources = [self.rt.store_for(t) for t in self.rt.base_targets]
         timeout = self.rt.settings.replication.inline_timeout_s
         for store in sources:
             try:

@@ -6,6 +6,7 @@ are never echoed by ``repr``, by a validation error or by a log line.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -136,6 +138,76 @@ StoreSettings = Annotated[
 ]
 
 
+#: A mirror's name (spec section 16): what status, metrics and jobs call it.
+MIRROR_NAME = re.compile(r"[a-z][a-z0-9_]{0,30}")
+#: The fields of a mirror that are not its store's.
+_MIRROR_FIELDS = ("include", "exclude", "include_private", "naming", "on_delete")
+
+
+class MirrorSettings(BaseModel):
+    """A mirror: any store plus which secrets it gets and under which names.
+
+    Configured flat (``mirrors.<name>.type``, ``.region``, ``.include``...); the
+    store's own fields are split off into ``store`` before validation.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store: StoreSettings
+    #: NoDecode: from an environment variable the validator below reads the text itself.
+    include: Annotated[tuple[str, ...], NoDecode] = ("*",)
+    exclude: Annotated[tuple[str, ...], NoDecode] = ()
+    include_private: bool = False
+    naming: Literal["id", "name"] = "id"
+    on_delete: Literal["delete", "retain"] = "delete"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "store" in data:
+            return data
+        mirror = {k: data[k] for k in _MIRROR_FIELDS if k in data}
+        mirror["store"] = {k: v for k, v in data.items() if k not in _MIRROR_FIELDS}
+        return mirror
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _globs(cls, v: Any) -> Any:
+        """A list, or from an environment variable a JSON list or comma-separated globs."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return v
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _valid_globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for glob in v:
+            problem = glob_problem(glob)
+            if problem:
+                raise ValueError(f"invalid glob {glob!r}: {problem}")
+        return v
+
+
+def glob_problem(glob: str) -> str | None:
+    """Why ``glob`` is not a usable secret-name pattern (``fnmatch`` syntax), or None."""
+    if not glob or len(glob) > 255:
+        return "must be 1-255 characters"
+    if any(c.isspace() for c in glob):
+        return "must not contain whitespace"
+    depth = 0
+    for c in glob:
+        if c == "[":
+            depth += 1
+        elif c == "]" and depth:
+            depth -= 1
+    if depth:
+        return "an unclosed ["
+    return None
+
+
 class ReplicationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     concurrency: int = Field(default=16, ge=1, le=1024)
@@ -246,6 +318,7 @@ class Settings(BaseSettings):
     max_secret_bytes: int = Field(default=65536, ge=64, le=1024 * 1024)
     primary: StoreSettings = Field(default_factory=SqlStoreSettings)
     backup: StoreSettings | None = None
+    mirrors: dict[str, MirrorSettings] = Field(default_factory=dict)
     replication: ReplicationSettings = Field(default_factory=ReplicationSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     history: HistorySettings = Field(default_factory=HistorySettings)
@@ -258,6 +331,18 @@ class Settings(BaseSettings):
         if self.encryption.kms is not None and self.encryption_keys is not None:
             raise ValueError("set encryption_keys or encryption.kms, not both")
         return self
+
+    @field_validator("mirrors")
+    @classmethod
+    def _mirror_names(cls, v: dict[str, MirrorSettings]) -> dict[str, MirrorSettings]:
+        for name in v:
+            if not MIRROR_NAME.fullmatch(name):
+                raise ValueError(
+                    f"mirror name {name!r} must be a lowercase letter, then up to 30 of a-z 0-9 _"
+                )
+            if name in ("primary", "backup"):
+                raise ValueError(f"a mirror cannot be called {name!r}: that is a store's role")
+        return v
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
@@ -351,7 +436,10 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 
 def _describe(exc: ValidationError) -> str:
     first = exc.errors(include_input=False, include_url=False)[0]
-    field = ".".join(str(p) for p in first["loc"] if not _is_union_tag(p))
+    loc = list(first["loc"])
+    if loc[:1] == ["mirrors"] and loc[2:3] == ["store"]:
+        del loc[2]  # a mirror's store fields are configured flat beside its own
+    field = ".".join(str(p) for p in loc if not _is_union_tag(p))
     extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"invalid configuration: {field or 'settings'}: {first['msg']}{extra}"
 

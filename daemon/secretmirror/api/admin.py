@@ -44,14 +44,13 @@ def redact_location(location: str) -> str:
 
 async def status_json(rt: Runtime, last_verify: Any = None) -> dict[str, Any]:
     stores: dict[str, Any] = {}
-    for role in (rt.primary, rt.backup):
-        if role is not None:
-            stores[role.role] = {
-                "type": role.type,
-                "location": redact_location(role.location),
-                "up": role.up,
-                "last_error": role.last_error,
-            }
+    for role in rt.stores:
+        stores[role.role] = {
+            "type": role.type,
+            "location": redact_location(role.location),
+            "up": role.up,
+            "last_error": role.last_error,
+        }
     per_target = await deliveries.status(rt.pool, rt.target_keys)
     return {
         "deployment_id": rt.deployment_id,

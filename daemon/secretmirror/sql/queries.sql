@@ -433,24 +433,23 @@ LIMIT $3
 SELECT 1
 
 -- delivery_claim --
--- Lease up to $2 due deliveries of the targets $3 to worker $1 for $4 seconds, the
--- longest due first. Each target is read from its own range of deliveries_due.
+-- Lease due deliveries to worker $1 for $4 seconds: up to $2[i] of the target $3[i],
+-- the longest due first. Each target is read from its own range of deliveries_due
+-- with its own limit, so one target's backlog never takes another's turn.
 -- Each row gets a fresh lease token (the worker's name and a random part): complete,
 -- fail and release change a row only for the token that holds it.
 WITH due AS (
     SELECT d.target, d.secret_id
-    FROM unnest($3::text[]) AS t(target)
+    FROM unnest($3::text[], $2::int[]) AS t(target, lim)
     CROSS JOIN LATERAL (
         SELECT target, secret_id, next_attempt_at FROM deliveries
         WHERE target = t.target AND version > applied_version AND NOT dead
           AND next_attempt_at <= now()
           AND (leased_until IS NULL OR leased_until < now())
         ORDER BY next_attempt_at
-        LIMIT $2
+        LIMIT t.lim
         FOR UPDATE SKIP LOCKED
     ) d
-    ORDER BY d.next_attempt_at
-    LIMIT $2
 )
 UPDATE deliveries d
 SET leased_until = now() + make_interval(secs => $4),
@@ -458,14 +457,23 @@ SET leased_until = now() + make_interval(secs => $4),
     attempts = d.attempts + 1
 FROM due
 WHERE d.target = due.target AND d.secret_id = due.secret_id
-RETURNING d.target, d.secret_id::text, d.version, d.attempts, d.pending_since, d.leased_by
+RETURNING d.target, d.secret_id::text, d.version, d.applied_version, d.attempts,
+          d.pending_since, d.leased_by
 
 -- delivery_events --
 -- The events to apply for claimed deliveries ($1 secret ids, $2 versions).
-SELECT e.secret_id::text, e.version, e.kind, e.hash, e.snapshot, e.recorded_at
+SELECT e.secret_id::text, e.version, e.kind, e.hash, e.snapshot, e.recorded_at, e.seq,
+       e.name, e.private
 FROM events e
 JOIN unnest($1::uuid[], $2::int[]) AS c(secret_id, version)
   ON e.secret_id = c.secret_id AND e.version = c.version
+
+-- delivery_history --
+-- A secret's events from version $2 to $3 (what a mirror delivery plans its writes from:
+-- the names the secret held since the version the mirror last applied).
+SELECT version, seq, kind, name, private FROM events
+WHERE secret_id = $1 AND version BETWEEN $2 AND $3
+ORDER BY version
 
 -- delivery_complete --
 -- Mark applied (never moving applied_version back) and release the lease, for the
