@@ -134,6 +134,19 @@ async def test_verify_classifies_and_repair_fixes(
     got = await runtime.backup.get(stale)
     assert got is not None
     assert got.values == {"k": "new"}
+    # The mismatch was repaired by a new version whose event records the name and
+    # visibility like every other (mirrors select by them; the feed shows them).
+    reissued = await runtime.pool.fetchrow(
+        "SELECT kind, actor, name, private FROM events WHERE secret_id = $1"
+        " ORDER BY version DESC LIMIT 1",
+        uuid.UUID(mismatch),
+    )
+    assert dict(reissued) == {
+        "kind": "update",
+        "actor": "reconcile",
+        "name": (await api.request("GET", f"/api/v1/secrets/{mismatch}"))[1]["name"],
+        "private": False,
+    }
 
 
 async def test_backup_into_empty_then_skip(api: Api, runtime: Runtime) -> None:

@@ -116,8 +116,9 @@ class Runtime:
     @property
     def inline_targets(self) -> list[str]:
         """The stores the API writes right after the commit: none when the primary
-        committed with it (the backup is then left to the worker)."""
-        return [] if self.outbox_deployment else self.targets
+        committed with it (the backup is then left to the worker). Mirrors are always
+        the worker's."""
+        return [] if self.outbox_deployment else self.base_targets
 
     def store_for(self, target: str) -> RoleStore:
         if target == "primary":

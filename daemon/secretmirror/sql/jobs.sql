@@ -114,14 +114,16 @@ WHERE s.id = $1
 
 -- secret_reissue --
 -- Repair of a mismatch: the same values as a new version through the outbox, so
--- every store is overwritten by a fenced write it has never seen.
+-- every store is overwritten by a fenced write it has never seen. The event records
+-- the name and visibility like every other (mirrors and the change feed read them).
 WITH s AS (
     UPDATE secrets SET version = version + 1, updated = now()
     WHERE id = $secret_id AND version = $version_read
-    RETURNING id, version, hash
+    RETURNING id, version, hash, name, owner, private
 ), e AS (
-    INSERT INTO events (secret_id, version, kind, actor, hash, snapshot)
-    SELECT s.id, s.version, 'update', 'reconcile', s.hash, $snapshot FROM s
+    INSERT INTO events (secret_id, version, kind, actor, hash, snapshot, name, owner, private)
+    SELECT s.id, s.version, 'update', 'reconcile', s.hash, $snapshot, s.name, s.owner, s.private
+    FROM s
     RETURNING recorded_at
 ), v AS (
     INSERT INTO secretmirror_values (deployment_id, secret_id, version, hash, ciphertext, deleted)
