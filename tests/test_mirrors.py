@@ -6,6 +6,8 @@ tests/test_mirrors_e2e.py runs aws, hashicorp and gcp mirrors under load.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import uuid
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from secretmirror import replication
 from secretmirror.crypto import Keyring
 from secretmirror.errors import ConfigError
 from secretmirror.mirrors import Mirror, Step, Version, plan
@@ -262,3 +265,30 @@ async def test_a_secret_outside_every_filter_gets_no_mirror_delivery(
     assert sorted(r["target"] for r in rows) == sorted(
         runtime.keys_of(["backup", "named", "ids", "kept"])
     )
+
+
+async def test_a_hanging_mirror_never_delays_another_stores_health_probe(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stores are probed at once: a mirror comes back up while another's probe hangs."""
+    hung = asyncio.Event()
+
+    async def hang() -> None:
+        hung.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(runtime.mirrors["ids"].store, "health", hang)  # probed first
+    named = runtime.mirrors["named"]
+    named.up = False
+    probe = asyncio.create_task(replication.probe_once(runtime))
+    try:
+        await until(lambda: _true(hung.is_set() and named.up), 3.0)
+        assert not probe.done()  # the hanging probe still waits for its timeout
+    finally:
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+
+
+async def _true(value: bool) -> bool:
+    return value

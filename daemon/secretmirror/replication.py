@@ -344,21 +344,25 @@ async def probe_stores(rt: Runtime, stop: asyncio.Event) -> None:
 
 
 async def probe_once(rt: Runtime) -> None:
-    """One health check of each store. A store found up again gets its backlog due at
-    once: its deliveries stop waiting out the backoff collected while it was down."""
-    for role in rt.stores:
-        started = time.monotonic()
-        was_up = role.up
-        with contextlib.suppress(StoreError):
-            await role.health()
-        if role.up and not was_up and role.role in rt.targets:
-            with contextlib.suppress(Unavailable):  # else the worker does it (``_recovered``)
-                moved = await deliveries.due_now(rt.worker_pool, rt.key_of(role.role))
-                log.info("replication.store_recovered", target=role.role, made_due=moved)
-            rt.wake.set()
-        if not role.up:
-            log.debug(
-                "store.probe_failed",
-                store=role.role,
-                seconds=round(time.monotonic() - started, 3),
-            )
+    """One health check of each store, all at once (a store that hangs until its timeout
+    never delays another's). A store found up again gets its backlog due at once: its
+    deliveries stop waiting out the backoff collected while it was down."""
+    await asyncio.gather(*(_probe(rt, role) for role in rt.stores))
+
+
+async def _probe(rt: Runtime, role: RoleStore) -> None:
+    started = time.monotonic()
+    was_up = role.up
+    with contextlib.suppress(StoreError):
+        await role.health()
+    if role.up and not was_up and role.role in rt.targets:
+        with contextlib.suppress(Unavailable):  # else the worker does it (``_recovered``)
+            moved = await deliveries.due_now(rt.worker_pool, rt.key_of(role.role))
+            log.info("replication.store_recovered", target=role.role, made_due=moved)
+        rt.wake.set()
+    if not role.up:
+        log.debug(
+            "store.probe_failed",
+            store=role.role,
+            seconds=round(time.monotonic() - started, 3),
+        )
