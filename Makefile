@@ -27,7 +27,7 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	tests/ensure-tools
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30
 
 ## make bench: run bench/ and write bench/results/*.json
 bench: $(STAMP)
