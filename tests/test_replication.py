@@ -240,6 +240,7 @@ async def test_status_shows_pending_then_applied(api: Api, runtime: Runtime) -> 
         "dead": 0,
         "oldest_pending_age_s": 0.0,
         "applied": 2,
+        "dead_reasons": {},
     }
 
 

@@ -192,6 +192,16 @@ async def status(pool: asyncpg.Pool, targets: Mapping[str, str]) -> dict[str, Ta
     return {role: by_key[key] for role, key in targets.items()}
 
 
+async def dead_reasons(pool: Any, targets: Mapping[str, str]) -> dict[str, dict[str, int]]:
+    """Per role, from ``targets`` (role -> delivery key): its dead deliveries counted by the
+    reason their last error starts with (``{"foreign_entry": 1}``); {} for a role with none."""
+    rows = await pool.fetch(Q.delivery_dead_reasons, list(targets.values()))
+    by_key: dict[str, dict[str, int]] = {}
+    for r in rows:
+        by_key.setdefault(r["target"], {})[r["reason"]] = r["dead"]
+    return {role: by_key.get(key, {}) for role, key in targets.items()}
+
+
 async def retry_dead(pool: asyncpg.Pool, keys: list[str]) -> int:
     """Requeue the dead deliveries of the delivery ``keys``; how many."""
     rows = await pool.fetch(Q.delivery_retry_dead, keys)

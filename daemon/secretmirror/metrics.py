@@ -133,6 +133,8 @@ class SharedState:
     pending: dict[str, int] = field(default_factory=dict)
     dead: dict[str, int] = field(default_factory=dict)
     lag_s: dict[str, float] = field(default_factory=dict)
+    #: (target, reason) -> dead deliveries whose last error has that reason (only reasons seen).
+    dead_reasons: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (store, kind) -> count, from the last successful verify (empty before the first).
     divergent: dict[tuple[str, str], int] = field(default_factory=dict)
     #: mode -> epoch seconds of the newest successful job of that mode.
@@ -191,6 +193,14 @@ class SharedStateCollector(Collector):
             dead.add_metric([target], value)
         for target, seconds in sorted(state.lag_s.items()):
             lag.add_metric([target], seconds)
+        dead_reasons = GaugeMetricFamily(
+            "secretmirror_outbox_dead_by_reason",
+            "Dead-lettered deliveries per target store by the reason of their last error"
+            " (e.g. foreign_entry; all replicas).",
+            labels=["target", "reason"],
+        )
+        for (target, reason), count in sorted(state.dead_reasons.items()):
+            dead_reasons.add_metric([target, reason], count)
         divergent = GaugeMetricFamily(
             "secretmirror_divergent_secrets",
             "Secrets out of sync per store and kind, from the last successful verify.",
@@ -218,7 +228,7 @@ class SharedStateCollector(Collector):
         )
         if read_at is not None:
             age.add_metric([], max(time.time() - read_at, 0.0))
-        return [pending, dead, lag, divergent, last_success, secrets, age]
+        return [pending, dead, lag, dead_reasons, divergent, last_success, secrets, age]
 
 
 shared_state = SharedStateCollector()

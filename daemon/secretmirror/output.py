@@ -220,15 +220,38 @@ def status(body: dict[str, Any]) -> None:
         title="Stores",
         max_width=STATUS_WIDTH,
     )
+    mirrors = {
+        name: s["mirror"]
+        for name, s in body.get("stores", {}).items()
+        if isinstance(s.get("mirror"), dict)
+    }
+    if mirrors:
+        table(
+            ("MIRROR", "INCLUDE", "EXCLUDE", "PRIVATE", "NAMING", "ON DELETE"),
+            (
+                (
+                    name,
+                    " ".join(m.get("include") or []) or "-",
+                    " ".join(m.get("exclude") or []) or "-",
+                    "yes" if m.get("include_private") else "no",
+                    f"by {m.get('naming')}",
+                    m.get("on_delete"),
+                )
+                for name, m in mirrors.items()
+            ),
+            title="Mirrors",
+            max_width=STATUS_WIDTH,
+        )
     replication = body.get("replication", {})
     if replication:
         table(
-            ("TARGET", "PENDING", "DEAD", "OLDEST PENDING", "APPLIED"),
+            ("TARGET", "PENDING", "DEAD", "DEAD REASONS", "OLDEST PENDING", "APPLIED"),
             (
                 (
                     target,
                     r.get("pending"),
                     r.get("dead"),
+                    dead_reasons_text(r.get("dead_reasons")),
                     f"{float(r.get('oldest_pending_age_s') or 0):.1f}s",
                     r.get("applied"),
                 )
@@ -249,13 +272,29 @@ def status_problems(body: dict[str, Any]) -> list[str]:
         for role, s in body.get("stores", {}).items()
         if not s.get("up")
     ]
-    problems += [
-        f"{r['dead']} dead-lettered deliveries to {target} "
-        "(see `dead-letters list`, then `dead-letters retry`)"
-        for target, r in body.get("replication", {}).items()
-        if r.get("dead")
-    ]
+    for target, r in body.get("replication", {}).items():
+        if not r.get("dead"):
+            continue
+        reasons = r.get("dead_reasons") or {}
+        problems.append(
+            f"{r['dead']} dead-lettered deliveries to {target}"
+            + (f": {dead_reasons_text(reasons)}" if reasons else "")
+            + " (see `dead-letters list`, then `dead-letters retry`)"
+        )
+        if reasons.get("foreign_entry"):
+            problems.append(
+                f"{reasons['foreign_entry']} entries in {target} are not this deployment's "
+                "(foreign_entry): they are left alone; remove or rename them there, or "
+                "exclude those secrets from the mirror, then `dead-letters retry`"
+            )
     return problems
+
+
+def dead_reasons_text(reasons: Any) -> str:
+    """``{"foreign_entry": 1, "rejected": 2}`` as ``foreign_entry 1, rejected 2``."""
+    if not isinstance(reasons, dict) or not reasons:
+        return "-"
+    return ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
 
 
 def last_verify_summary(last: Any) -> str:

@@ -10,7 +10,7 @@ down a scrape serves the last reading instead of failing;
 
 The reading has a connection of its own. On the API's pool it queued behind
 every request in flight, so a busy API made scrapes time out and serve the
-reading from before the load (a lag of seconds after the drain): its four
+reading from before the load (a lag of seconds after the drain): its five
 queries are cheap (they read pending and dead rows through partial indexes),
 the wait for a pool connection was not.
 """
@@ -41,6 +41,7 @@ READ_TIMEOUT_S = 2.0
 async def read_shared_state(pool: asyncpg.Pool, targets: Mapping[str, str]) -> SharedState:
     """One reading of every shared-state gauge."""
     per_target = await deliveries.status(pool, targets)
+    reasons = await deliveries.dead_reasons(pool, targets)
     async with pool.acquire() as conn:
         verify = await conn.fetchrow(Q.metrics_last_verify)
         successes = await conn.fetch(Q.metrics_reconcile_last_success)
@@ -49,6 +50,7 @@ async def read_shared_state(pool: asyncpg.Pool, targets: Mapping[str, str]) -> S
         pending={t: s.pending for t, s in per_target.items()},
         dead={t: s.dead for t, s in per_target.items()},
         lag_s={t: s.oldest_pending_age_s for t, s in per_target.items()},
+        dead_reasons={(t, r): n for t, found in reasons.items() for r, n in found.items()},
         divergent=divergence(verify),
         last_success={r["mode"]: r["finished"] for r in successes},
         secrets=int(secrets) if secrets is not None else None,

@@ -12,6 +12,7 @@ from secretmirror import deliveries
 from secretmirror.api.keys import RUNTIME
 from secretmirror.api.routes import check_query, principal_of
 from secretmirror.errors import Forbidden
+from secretmirror.mirrors import Mirror
 from secretmirror.model import Principal
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
@@ -42,7 +43,21 @@ def redact_location(location: str) -> str:
     return _SECRET_PARAM.sub(r"\1=***", _USERINFO.sub("://***@", location))
 
 
+def mirror_json(rule: Mirror) -> dict[str, Any]:
+    """A mirror's rule as configured (``stores.<name>.mirror`` in status)."""
+    return {
+        "include": list(rule.include),
+        "exclude": list(rule.exclude),
+        "include_private": rule.include_private,
+        "naming": "name" if rule.by_name else "id",
+        "on_delete": "retain" if rule.retain else "delete",
+    }
+
+
 async def status_json(rt: Runtime, last_verify: Any = None) -> dict[str, Any]:
+    """Every store (primary, backup, each mirror by its name) and, per target, its
+    deliveries; ``dead_reasons`` counts the dead ones by the reason of their last error
+    (``foreign_entry``: an entry at the target's name is not this deployment's)."""
     stores: dict[str, Any] = {}
     for role in rt.stores:
         stores[role.role] = {
@@ -51,11 +66,18 @@ async def status_json(rt: Runtime, last_verify: Any = None) -> dict[str, Any]:
             "up": role.up,
             "last_error": role.last_error,
         }
-    per_target = await deliveries.status(rt.pool, rt.target_keys)
+        rule = rt.rules.get(role.role)
+        if rule is not None:
+            stores[role.role]["mirror"] = mirror_json(rule)
+    targets = rt.target_keys
+    per_target = await deliveries.status(rt.pool, targets)
+    reasons = await deliveries.dead_reasons(rt.pool, targets)
     return {
         "deployment_id": rt.deployment_id,
         "stores": stores,
-        "replication": {t: s.to_json() for t, s in per_target.items()},
+        "replication": {
+            t: {**s.to_json(), "dead_reasons": reasons[t]} for t, s in per_target.items()
+        },
         "last_verify": last_verify,
     }
 

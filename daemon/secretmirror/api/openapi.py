@@ -648,6 +648,17 @@ def _admin_schemas() -> dict[str, Any]:
                             "location": {"type": "string"},
                             "up": {"type": "boolean"},
                             "last_error": {"type": ["string", "null"]},
+                            "mirror": {
+                                "type": "object",
+                                "description": "A mirror's rule (mirrors only).",
+                                "properties": {
+                                    "include": {"type": "array", "items": {"type": "string"}},
+                                    "exclude": {"type": "array", "items": {"type": "string"}},
+                                    "include_private": {"type": "boolean"},
+                                    "naming": {"enum": ["id", "name"]},
+                                    "on_delete": {"enum": ["delete", "retain"]},
+                                },
+                            },
                         },
                     },
                 },
@@ -655,12 +666,24 @@ def _admin_schemas() -> dict[str, Any]:
                     "type": "object",
                     "additionalProperties": {
                         "type": "object",
-                        "required": ["pending", "dead", "oldest_pending_age_s", "applied"],
+                        "required": [
+                            "pending",
+                            "dead",
+                            "oldest_pending_age_s",
+                            "applied",
+                            "dead_reasons",
+                        ],
                         "properties": {
                             "pending": counts,
                             "dead": counts,
                             "oldest_pending_age_s": {"type": "number", "minimum": 0},
                             "applied": counts,
+                            "dead_reasons": {
+                                "type": "object",
+                                "description": "Dead deliveries by the reason of their last "
+                                "error, e.g. foreign_entry.",
+                                "additionalProperties": counts,
+                            },
                         },
                     },
                 },

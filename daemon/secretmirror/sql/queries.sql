@@ -574,6 +574,22 @@ CROSS JOIN LATERAL (
     WHERE d.target = t.target AND d.version > d.applied_version AND NOT d.dead
 ) p
 
+-- delivery_dead_reasons --
+-- Dead deliveries per target ($1) and reason: the text of last_error before its first
+-- ':' (the worker records "<reason>: <message>", e.g. "foreign_entry: ..."); a prefix
+-- that is not a reason word is 'other', none 'unknown' (reasons become metric labels).
+-- Reads only dead rows (the partial index of 0002).
+SELECT d.target,
+       CASE WHEN d.last_error IS NULL THEN 'unknown'
+            WHEN split_part(d.last_error, ':', 1) ~ '^[a-z][a-z0-9_]{0,39}$'
+                THEN split_part(d.last_error, ':', 1)
+            ELSE 'other' END AS reason,
+       count(*)::int AS dead
+FROM deliveries d
+WHERE d.dead AND d.target = ANY($1::text[])
+GROUP BY 1, 2
+ORDER BY 1, 2
+
 -- delivery_dead_list --
 -- The dead deliveries of the configured targets ($1), up to $2; a secret's name only
 -- where the caller ($3, $4, $5: Principal.sql_visibility("list")) may see it (a private
