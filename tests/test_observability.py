@@ -49,8 +49,16 @@ ALERT_TESTS = REPO / "prometheus" / "alerts_test.yml"
 RUNBOOK_TEXTS = [REPO / "README.md"]
 RUNBOOK = "https://github.com/secretmirror/secretmirror#alert-"
 
-#: What Grafana substitutes for its built-in variables when it sends a query.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+#: The observability daemon's mirror (a file store by name, with a foreign entry).
+MIRROR = "team"
+#: What Grafana substitutes for its variables when it sends a query (a repeated
+#: mirror row has one mirror as its `mirror`).
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "15s",
+    "$__range": "1h",
+    "$mirror": MIRROR,
+}
 
 
 def dashboard() -> dict[str, Any]:
@@ -184,6 +192,40 @@ def test_every_dashboard_panel_sets_a_unit_and_thresholds() -> None:
     assert lacking == []
 
 
+def test_the_mirror_variable_lists_every_store_but_primary_and_backup() -> None:
+    """`mirror` takes the store label's values minus primary and backup; the repeated
+    row's panels all filter on it, so each mirror gets a row of its own."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    mirror = variables["mirror"]
+    assert mirror["query"]["query"] == "label_values(secretmirror_store_up, store)"
+    assert (mirror["includeAll"], mirror["multi"]) == (True, True)
+    assert "allValue" not in mirror  # "All" is the list of mirrors, never ".*"
+    pattern = re.compile(mirror["regex"].strip("/"))
+    names = ["primary", "backup", "team", "team_aws", "primary_eu", "backups"]
+    assert [n for n in names if pattern.fullmatch(n)] == [
+        "team",
+        "team_aws",
+        "primary_eu",
+        "backups",
+    ]
+    board = dashboard()["panels"]
+    [row] = [p for p in board if p.get("repeat") == "mirror"]
+    assert row["type"] == "row"
+    inside = [p for p in board if p["gridPos"]["y"] > row["gridPos"]["y"]]
+    assert len(inside) == 6
+    exprs = [t["expr"] for p in inside for t in p["targets"]]
+    assert all('=~"$mirror"' in e for e in exprs), exprs
+    assert {m for e in exprs for m in re.findall(r"secretmirror_[a-z_]+", e)} == {
+        "secretmirror_outbox_pending",
+        "secretmirror_replication_lag_seconds",
+        "secretmirror_outbox_dead",
+        "secretmirror_outbox_dead_by_reason",
+        "secretmirror_replication_applied_total",
+        "secretmirror_replication_errors_total",
+        "secretmirror_store_up",
+    }
+
+
 def test_dashboard_panels_do_not_overlap() -> None:
     """No two panels share a grid cell."""
     cells: dict[tuple[int, int], str] = {}
@@ -226,7 +268,7 @@ def _drained(daemon: Daemon) -> None:
     poll(done, "every delivery to be applied")
 
 
-async def _workload(daemon: Daemon, primary: Outage, backup: Outage) -> None:
+async def _workload(daemon: Daemon, primary: Outage, backup: Outage, mirror: Path) -> None:
     """Drive every code path the dashboard shows (see the module docstring)."""
     ids = []
     for i in range(8):
@@ -267,6 +309,16 @@ async def _workload(daemon: Daemon, primary: Outage, backup: Outage) -> None:
         await conn.execute("DELETE FROM schema_migrations WHERE version = 9999")
     finally:
         await conn.close()
+    # An entry in the mirror at a secret's name that no deployment wrote: left alone, the
+    # delivery dead-letters with foreign_entry (the mirror's errors and dead reasons).
+    foreign = mirror / "taken.secret"
+    foreign.write_bytes(b'{"written": "by hand"}\n')
+    _api_ok(daemon, "POST", "/api/v1/secrets", {"name": "taken", "values": {"k": "v"}})
+    poll(
+        lambda: _status(daemon)["replication"][MIRROR]["dead_reasons"] == {"foreign_entry": 1},
+        "a foreign_entry dead letter at the mirror",
+    )
+    assert foreign.read_bytes() == b'{"written": "by hand"}\n'
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +335,8 @@ async def main_database(postgres: TestPostgres, template: str) -> AsyncIterator[
 
 @pytest.fixture(scope="module")
 def daemon(workdir: Path, main_database: str) -> Iterator[Daemon]:
-    """A daemon with two ``file`` stores, so either can be taken down (``Outage``)."""
+    """A daemon with two ``file`` stores, so either can be taken down (``Outage``), and a
+    ``file`` mirror by name."""
     env = {
         "SECRETMIRROR_DATABASE_URL": main_database,
         "SECRETMIRROR_ENCRYPTION_KEYS": base64.b64encode(secrets.token_bytes(32)).decode(),
@@ -291,6 +344,9 @@ def daemon(workdir: Path, main_database: str) -> Iterator[Daemon]:
         "SECRETMIRROR_PRIMARY__PATH": str(workdir / "primary"),
         "SECRETMIRROR_BACKUP__TYPE": "file",
         "SECRETMIRROR_BACKUP__PATH": str(workdir / "backup"),
+        f"SECRETMIRROR_MIRRORS__{MIRROR.upper()}__TYPE": "file",
+        f"SECRETMIRROR_MIRRORS__{MIRROR.upper()}__PATH": str(workdir / MIRROR),
+        f"SECRETMIRROR_MIRRORS__{MIRROR.upper()}__NAMING": "name",
         "SECRETMIRROR_REPLICATION__POLL_INTERVAL_S": "0.2",
         "SECRETMIRROR_REPLICATION__BACKOFF_INITIAL_S": "0.05",
         "SECRETMIRROR_REPLICATION__BACKOFF_MAX_S": "0.2",
@@ -307,7 +363,12 @@ async def observed(workdir: Path, daemon: Daemon) -> AsyncIterator[Observed]:
     """Prometheus scraping the daemon every second through the whole workload."""
     with running_prometheus(workdir / "prometheus", [daemon.target]) as prometheus:
         prometheus.wait_for('up{job="secretmirror"} == 1')
-        await _workload(daemon, Outage(workdir / "primary"), Outage(workdir / "backup"))
+        await _workload(
+            daemon,
+            Outage(workdir / "primary"),
+            Outage(workdir / "backup"),
+            workdir / MIRROR,
+        )
         yield Observed(prometheus, daemon)
 
 
