@@ -8,7 +8,9 @@ writes the entry under the name the mirror maps a secret to.
 
 from __future__ import annotations
 
+import re
 import secrets
+import tomllib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,10 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from secretmirror import metrics
 from secretmirror.crypto import Keyring, content_hash
 from secretmirror.daemon import make_app
+from secretmirror.errors import ConfigError
 from secretmirror.metrics import SharedStateCollector
+from secretmirror.mirrors import check_mirror
 from secretmirror.model import canonical
 from secretmirror.runtime import Runtime
-from secretmirror.settings import FileStoreSettings
+from secretmirror.settings import FileStoreSettings, load_settings
 from secretmirror.shared_gauges import Refresher
 from secretmirror.stores.base import StoreContext
 from secretmirror.stores.file import FileStore, file_name
@@ -255,3 +259,32 @@ def sample_value(name: str, **labels: str) -> float:
     """A sample of this process's registry (0 when it has none yet)."""
     value = metrics.REGISTRY.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+# -- the README's example --------------------------------------------------------------
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readme_three_destination_example_is_a_valid_configuration() -> None:
+    """The TOML example of the README's Mirrors section loads and passes the start-up
+    checks: aws by name, hashicorp by name (retain), gcp by id."""
+    section = README.read_text().split("\n## Mirrors\n", 1)[1].split("\n## ", 1)[0]
+    [example] = re.findall(r"```toml\n(.*?)```", section, re.DOTALL)
+    settings = load_settings(database_url="postgresql://db/main", **tomllib.loads(example))
+    for name, mirror in settings.mirrors.items():
+        check_mirror(name, mirror)
+    found = {
+        name: (m.store.type, m.naming, m.on_delete, m.include, m.exclude)
+        for name, m in settings.mirrors.items()
+    }
+    assert found == {
+        "payments": ("aws", "name", "delete", ("app-*",), ()),
+        "onprem": ("hashicorp", "name", "retain", ("*",), ("*-test", "test-*")),
+        "analytics": ("gcp", "id", "delete", ("etl-*",), ()),
+    }
+    # The example's gcp mirror by name would be refused, as the section says.
+    gcp = settings.mirrors["analytics"].model_copy(update={"naming": "name"})
+    with pytest.raises(ConfigError, match="GCP secret ids allow only"):
+        check_mirror("analytics", gcp)
