@@ -16,12 +16,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from secretmirror import metrics
+from secretmirror.api.openapi import openapi_document
 from secretmirror.crypto import Keyring, content_hash
 from secretmirror.daemon import make_app
 from secretmirror.errors import ConfigError
@@ -150,6 +152,12 @@ async def test_status_lists_each_mirror_under_stores_and_replication(
         "dead_reasons": {},
     }
     assert (replication["ids"]["applied"], replication["backup"]["applied"]) == (1, 2)
+    # The document matches the served OpenAPI schema, mirror rules and dead reasons included.
+    schema = openapi_document()["components"]["schemas"]["Status"]
+    jsonschema.validate(body, schema)
+    body["replication"]["team"]["dead_reasons"] = {"foreign_entry": "1"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(body, schema)
 
 
 async def until_settled(api: Api) -> dict[str, Any]:
