@@ -105,6 +105,7 @@ CREATE TABLE public.jobs (
     samples jsonb DEFAULT '{}'::jsonb NOT NULL,
     failures jsonb DEFAULT '[]'::jsonb NOT NULL,
     error text,
+    stores text[],
     CONSTRAINT jobs_mode_check CHECK ((mode = ANY (ARRAY['verify'::text, 'repair'::text, 'backup'::text, 'restore'::text, 'rekey'::text]))),
     CONSTRAINT jobs_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
 );

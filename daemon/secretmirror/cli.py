@@ -730,7 +730,7 @@ _no_wait_option = click.option(
 )
 
 
-def _run_job(mode: str, output: str, no_wait: bool, **options: bool) -> None:
+def _run_job(mode: str, output: str, no_wait: bool, **options: Any) -> None:
     """POST the job, then (unless --no-wait) follow it to the end; exit 3 on failures."""
     api = _api()
     job = api.request("POST", "/admin/v1/reconcile", body={"mode": mode, **options})
@@ -792,16 +792,29 @@ def restore(delete_secrets: bool, no_wait: bool, output: str) -> None:
 @main.command()
 @click.option("--repair", is_flag=True, help="Fix what verify finds.")
 @click.option("--dry-run", is_flag=True, help="With --repair: report, change nothing.")
+@click.option(
+    "--store",
+    "stores",
+    metavar="NAME",
+    multiple=True,
+    help="Only this store: primary, backup or a mirror's name (repeatable; default: all).",
+)
 @_no_wait_option
 @output_option()
-def reconcile(repair: bool, dry_run: bool, no_wait: bool, output: str) -> None:
-    """Verify that both stores hold what they should; --repair fixes drift (admin).
+def reconcile(
+    repair: bool, dry_run: bool, stores: tuple[str, ...], no_wait: bool, output: str
+) -> None:
+    """Verify that every store (primary, backup, mirrors) holds what it should; --repair
+    fixes drift (admin).
 
     Exits 4 when drift is left: found by a verify or a dry run, or not repaired.
     """
     if dry_run and not repair:
         raise click.UsageError("--dry-run goes with --repair")
-    _run_job("repair" if repair else "verify", output, no_wait, dry_run=dry_run)
+    options: dict[str, Any] = {"dry_run": dry_run}
+    if stores:
+        options["stores"] = list(dict.fromkeys(stores))
+    _run_job("repair" if repair else "verify", output, no_wait, **options)
 
 
 # -- operations ---------------------------------------------------------------

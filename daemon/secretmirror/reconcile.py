@@ -20,6 +20,22 @@ Repairs: missing and stale entries get the current version written directly
 is re-issued through the outbox as a new version with the same values, which
 every store accepts over what it holds at the current version; orphans are
 deleted.
+
+Mirrors (spec section 16) are scanned the same way against their own expected
+state: the live secrets the mirror's rule selects, keyed by secret id (fence:
+the version) or, with ``naming = "name"``, by name (fence: the ``events.seq``
+of the current version's event). An entry whose key maps to no live selected
+secret is an ``orphan``, including a secret that left the selection (renamed
+out, made private, excluded) whose removal never reached the mirror; a
+tombstone never is. A mirror with ``on_delete = "retain"`` keeps such entries
+on purpose: they are its expected state and count as ``in_sync``, and repair
+never deletes from it. A tombstone under the key of a live selected secret
+that is fenced at or above the expected version (removed by an earlier repair,
+then selected again) is ``missing``, repaired through the outbox like a
+mismatch (a write at the current fence would be a no-op). Mirror values come
+from the event log (else the primary or backup); mirrors are never read from
+for values. A job covers the stores it was started for (``stores``; default
+every store); backup and restore are primary <-> backup only.
 """
 
 from __future__ import annotations
@@ -39,13 +55,16 @@ from secretmirror import db, deliveries, metrics
 from secretmirror.crypto import secret_aad
 from secretmirror.errors import (
     DecryptionError,
+    Invalid,
     JobRunning,
     NotFound,
     StoreContended,
     StoreError,
+    StoreRejected,
     StoreThrottled,
     Unavailable,
 )
+from secretmirror.mirrors import Mirror
 from secretmirror.model import canonical
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
@@ -104,9 +123,13 @@ class Report:
 class Finding:
     store: str
     cls: str
+    #: The entry's key: the secret id, or the secret's name in a mirror keyed by name.
     secret_id: str
+    #: The expected fence: the version, or the event seq in a mirror keyed by name.
     expected_version: int | None
     entry: Entry | None
+    #: A mirror's finding: the live selected secret the key maps to (None: none).
+    holder: str | None = None
 
 
 Action = Callable[[Finding], Awaitable[None]]
@@ -125,6 +148,8 @@ def job_json(row: Any) -> dict[str, Any]:
         "created": ts(row["created"]),
         "started": ts(row["started"]),
         "finished": ts(row["finished"]),
+        #: The stores a verify or repair covers (null: every store when it ran).
+        "stores": row["stores"],
         "counts": row["counts"],
         "samples": row["samples"],
         "failures": row["failures"],
@@ -144,9 +169,12 @@ class Scanner:
         self.cancelled = cancelled
         #: verify counts an in-flight delivery as in sync; backup and restore copy it.
         self.in_flight_is_sync = True
+        #: The rule of the mirror being scanned (None: the primary or the backup).
+        self._rule: Mirror | None = None
 
     async def scan(self, role: RoleStore, act: Action | None) -> None:
         self._role = role
+        self._rule = None
         await self.conn.execute(Q.scan_seen_create)
         await self.conn.execute(Q.scan_seen_clear)
         async for page in _pages(role.list(), _PAGE):
@@ -165,6 +193,61 @@ class Scanner:
                 return
             after = rows[-1]["secret_id"]
 
+    async def scan_mirror(self, role: RoleStore, rule: Mirror, act: Action | None) -> None:
+        """As ``scan``, for a mirror: its entries against the live secrets ``rule`` selects."""
+        self._role = role
+        self._rule = rule
+        target = self.rt.key_of(role.role)
+        await self.conn.execute(Q.scan_keys_create)
+        await self.conn.execute(Q.scan_keys_clear)
+        async for page in _pages(role.list(), _PAGE):
+            if self.cancelled.is_set():
+                return
+            await self.conn.execute(Q.scan_keys_add, [e.secret_id for e in page])
+            expected = await self._mirror_expected(rule, [e.secret_id for e in page], target)
+            for entry in page:
+                row = expected.get(entry.secret_id)
+                cls = _classify_mirror(entry, row, rule)
+                if cls is None:
+                    continue
+                held = (
+                    row if row is not None and rule.selects(row["name"], row["private"]) else None
+                )
+                await self._found(
+                    Finding(
+                        role.role,
+                        cls,
+                        entry.secret_id,
+                        held["fence"] if held is not None else None,
+                        entry,
+                        held["secret_id"] if held is not None else None,
+                    ),
+                    act,
+                )
+        after: uuid.UUID | None = None
+        while not self.cancelled.is_set():
+            rows = await self.conn.fetch(Q.mirror_unseen, after, _PAGE, target, rule.by_name)
+            for row in rows:
+                if not rule.selects(row["name"], row["private"]):
+                    continue
+                cls = "in_sync" if row["in_flight"] else "missing"
+                await self._found(
+                    Finding(role.role, cls, row["key"], row["fence"], None, row["secret_id"]),
+                    act,
+                )
+            if len(rows) < _PAGE:
+                return
+            after = uuid.UUID(rows[-1]["secret_id"])
+
+    async def _mirror_expected(self, rule: Mirror, keys: list[str], target: str) -> dict[str, Any]:
+        """Key -> the live secret each listed key maps to (selected or not)."""
+        if rule.by_name:
+            rows = await self.conn.fetch(Q.mirror_expected_by_name, keys, target)
+        else:
+            ids = [u for u in map(_uuid_or_none, keys) if u is not None]
+            rows = await self.conn.fetch(Q.mirror_expected_by_id, ids, target)
+        return {r["key"]: r for r in rows}
+
     async def _listed(self, store: str, page: list[Entry], act: Action | None) -> None:
         ids = [uuid.UUID(e.secret_id) for e in page]
         await self.conn.execute(Q.scan_seen_add, ids)
@@ -180,7 +263,10 @@ class Scanner:
 
     async def _found(self, finding: Finding, act: Action | None) -> None:
         if finding.cls in _DRIFT and self.in_flight_is_sync:
-            confirmed = await self._confirm(finding)
+            if self._rule is not None:
+                confirmed = await self._confirm_mirror(finding, self._rule)
+            else:
+                confirmed = await self._confirm(finding)
             if confirmed is None:
                 return
             finding = confirmed
@@ -226,8 +312,49 @@ class Scanner:
             return replace(finding, cls="in_sync", expected_version=row["version"])
         return replace(finding, expected_version=row["version"])
 
+    async def _confirm_mirror(self, finding: Finding, rule: Mirror) -> Finding | None:
+        """``_confirm`` for a mirror's entry: the secret its key maps to now, one read."""
+        target = self.rt.key_of(finding.store)
+        row = (await self._mirror_expected(rule, [finding.secret_id], target)).get(
+            finding.secret_id
+        )
+        selected = row is not None and rule.selects(row["name"], row["private"])
+        in_flight = row is not None and bool(row["in_flight"])
+        if rule.by_name and not selected and not in_flight:
+            # The name of a secret that left it (renamed, deleted): a delivery about to
+            # remove it is no drift either.
+            in_flight = bool(
+                await self.conn.fetchval(Q.mirror_name_in_flight, finding.secret_id, target)
+            )
+        try:
+            stored = await self._role.get(finding.secret_id)
+        except (StoreError, DecryptionError):
+            return finding
+        if not selected:
+            if finding.cls != "orphan":
+                return None  # the secret left the selection or went meanwhile
+            vanished = stored is None and not (finding.entry and finding.entry.foreign_write)
+            return None if in_flight or vanished else finding
+        assert row is not None
+        foreign = finding.entry is not None and finding.entry.foreign_write
+        now = replace(finding, expected_version=row["fence"], holder=row["secret_id"])
+        if in_flight or (
+            not foreign
+            and stored is not None
+            and stored.version == row["fence"]
+            and stored.hash == row["hash"]
+        ):
+            return replace(now, cls="in_sync")
+        if finding.cls == "orphan" and finding.entry is not None:
+            # A secret took the key meanwhile: the entry is judged against it.
+            cls = _classify_mirror(finding.entry, row, rule)
+            return None if cls is None else replace(now, cls=cls)
+        return now
+
 
 _DRIFT = frozenset({"missing", "stale", "mismatch", "unreadable", "orphan"})
+#: At most this many new versions re-issued to pass one mirror entry's fence.
+_REISSUES = 5
 #: Classes a write at the current version cannot fix (the store holds that version
 #: already): the secret is re-issued as a new version through the outbox.
 _REISSUE = frozenset({"mismatch", "unreadable"})
@@ -256,6 +383,38 @@ def _classify(entry: Entry, row: Any, in_flight_is_sync: bool) -> str | None:
     return "in_sync"
 
 
+def _classify_mirror(entry: Entry, row: Any, rule: Mirror) -> str | None:
+    """A mirror's entry against the live secret its key maps to (``row``, or None)."""
+    if row is None or not rule.selects(row["name"], row["private"]):
+        if entry.deleted and not entry.foreign_write:
+            return None  # a tombstone is never an orphan
+        if rule.retain:
+            return "in_sync"  # kept on purpose: deleted, renamed or left the selection
+        if row is not None and row["in_flight"]:
+            return "in_sync"  # a delivery is about to remove it
+        return "orphan"
+    in_flight = bool(row["in_flight"])
+    expected = row["fence"]
+    if entry.deleted:
+        return "in_sync" if in_flight else "missing"
+    if entry.version < expected:
+        return "in_sync" if in_flight else "stale"
+    if entry.unreadable:
+        return "unreadable"
+    if entry.version > expected or entry.foreign_write:
+        return "mismatch"
+    if entry.hash is not None and entry.hash != row["hash"]:
+        return "mismatch"
+    return "in_sync"
+
+
+def _uuid_or_none(key: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(key)
+    except ValueError:
+        return None
+
+
 async def _pages(entries: AsyncIterator[Entry], size: int) -> AsyncIterator[list[Entry]]:
     page: list[Entry] = []
     async for entry in entries:
@@ -278,6 +437,8 @@ class Job:
         self.mode: str = row["mode"]
         self.dry_run: bool = row["dry_run"]
         self.delete_secrets: bool = row["delete_secrets"]
+        #: The stores a verify or repair covers (None: every store).
+        self.stores: list[str] | None = row["stores"]
         self.report = Report()
         self._sem = asyncio.Semaphore(rt.settings.reconcile.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -304,9 +465,10 @@ class Job:
                 finally:
                     ticker.cancel()
                     await asyncio.gather(ticker, return_exceptions=True)
-                    if self.mode in MODES:  # the scans' table (a rekey job scans none)
+                    if self.mode in MODES:  # the scans' tables (a rekey job scans none)
                         with contextlib.suppress(*db.DB_DOWN):  # a raw connection here
                             await conn.execute(Q.scan_seen_drop)
+                            await conn.execute(Q.scan_keys_drop)
                 if scanner.cancelled.is_set():
                     status = "cancelled"
         except asyncio.CancelledError:
@@ -362,14 +524,19 @@ class Job:
     async def _body(self, scanner: Scanner) -> None:
         rt = self.rt
         if self.mode in ("verify", "repair"):
+            chosen = self._chosen()
             stores = self.report.counts.setdefault("stores", {})
-            for role in (rt.primary, rt.backup):
-                if role is not None:  # an empty store reports zeros, not nothing
-                    stores.setdefault(role.role, dict.fromkeys(CLASSES, 0))
+            for name in chosen:  # an empty store reports zeros, not nothing
+                stores.setdefault(name, dict.fromkeys(CLASSES, 0))
             act = None if self.mode == "verify" or self.dry_run else self._repair
-            await scanner.scan(rt.primary, act)
-            if rt.backup is not None and not scanner.cancelled.is_set():
-                await scanner.scan(rt.backup, act)
+            for name in chosen:
+                if scanner.cancelled.is_set():
+                    break
+                rule = rt.rules.get(name)
+                if rule is None:
+                    await scanner.scan(rt.store_for(name), act)
+                else:
+                    await scanner.scan_mirror(rt.store_for(name), rule, act)
         elif self.mode == "backup":
             scanner.in_flight_is_sync = False
             if rt.backup is None:
@@ -380,6 +547,16 @@ class Job:
                 raise NotFound("no backup store is configured")
             scanner.in_flight_is_sync = False
             await scanner.scan(rt.primary, self._copy(rt.backup, rt.primary))
+
+    def _chosen(self) -> list[str]:
+        """The stores this verify or repair covers, in configuration order."""
+        names = store_names(self.rt)
+        if self.stores is None:
+            return names
+        unknown = sorted(set(self.stores) - set(names))
+        if unknown:  # configured when the job was started, not in this process
+            raise NotFound(f"store {unknown[0]!r} is not configured in this daemon")
+        return [n for n in names if n in self.stores]
 
     # -- actions, run at bounded concurrency ------------------------------
 
@@ -409,6 +586,10 @@ class Job:
         await self._spawn(self._repair_one(finding))
 
     async def _repair_one(self, f: Finding) -> None:
+        rule = self.rt.rules.get(f.store)
+        if rule is not None:
+            await self._repair_mirror_one(rule, f)
+            return
         store = self.rt.store_for(f.store)
         try:
             if f.cls == "orphan":
@@ -425,6 +606,102 @@ class Job:
             self.report.add("skipped")
         except (StoreError, DecryptionError, Unavailable) as exc:
             self.report.fail(f.secret_id, f.store, _reason(exc))
+
+    async def _repair_mirror_one(self, rule: Mirror, f: Finding) -> None:
+        """Repair one finding of a mirror: write the newest version under its key and fence,
+        re-issue what a write at that fence cannot fix, delete an orphan (never with retain)."""
+        store = self.rt.store_for(f.store)
+        try:
+            if f.cls == "orphan":
+                if not rule.retain:
+                    await self._delete_orphan(store, rule, f)
+                return
+            assert f.holder is not None
+            buried = (
+                f.entry is not None
+                and f.entry.deleted
+                and f.expected_version is not None
+                and f.entry.version >= f.expected_version
+            )
+            if f.cls in _REISSUE or buried:
+                await self._reissue_past(rule, f.holder, f.entry)
+                self.report.add("copied")
+            else:
+                await self._write_mirror(store, rule, f.holder)
+        except _Deleted:
+            self.report.add("skipped")
+        except (StoreError, DecryptionError, Unavailable) as exc:
+            self.report.fail(f.secret_id, f.store, _reason(exc))
+
+    async def _reissue_past(self, rule: Mirror, secret_id: str, entry: Entry | None) -> None:
+        """Re-issue the secret until its fence passes the entry's: a write at or below what
+        the entry holds (a tombstone a repair or a hand left above the current version) is a
+        no-op. By id that is a version per step; by name one new event passes any seq."""
+        for _ in range(_REISSUES):
+            await self._reissue(secret_id)
+            row = await self._current_row(secret_id)
+            if entry is None or (row["seq"] if rule.by_name else row["version"]) > entry.version:
+                return
+        raise StoreRejected(
+            f"the entry is fenced at {entry.version}, above the secret's version; "
+            "run the repair again"
+        )
+
+    async def _delete_orphan(self, store: RoleStore, rule: Mirror, f: Finding) -> None:
+        """Tombstone an orphan just above what it holds (a later holder of the key writes
+        at a higher fence: a newer version, or the seq of a later event)."""
+        assert f.entry is not None
+        tombstone = f.entry.version + 1
+        # Keyed by secret id, the entry's delivery row is leased like any job write.
+        leased = not rule.by_name and _uuid_or_none(f.secret_id) is not None
+        token = await self._lease(store, f.secret_id) if leased else ""
+        if token is None:
+            self.report.add("skipped")
+            return
+        try:
+            await _retrying(lambda: store.delete(f.secret_id, tombstone))
+        finally:
+            if leased:
+                await self._release(store, f.secret_id, token, 0)
+        self.report.add("deleted")
+
+    async def _write_mirror(self, store: RoleStore, rule: Mirror, secret_id: str) -> None:
+        """Put the secret's current version into a mirror under its key and fence (by name:
+        its current name at its current event's seq), under the delivery lease."""
+        token = await self._lease(store, secret_id)
+        if token is None:
+            self.report.add("skipped")
+            return
+        written = 0
+        try:
+            row = await self.rt.pool.fetchrow(Q.secret_snapshot_current, uuid.UUID(secret_id))
+            if row is None or not rule.selects(row["name"], row["private"]):
+                raise _Deleted()  # gone or left the selection meanwhile: its delivery says so
+            values = await self._values_of(secret_id, row)
+            key = rule.key(secret_id, row["name"])
+            fence = row["seq"] if rule.by_name else row["version"]
+            await _retrying(lambda: store.put(key, fence, values, row["hash"]))
+            written = row["version"]  # the delivery row counts secret versions
+        finally:
+            await self._release(store, secret_id, token, written)
+        self.report.add("copied")
+
+    async def _values_of(self, secret_id: str, row: Any) -> dict[str, str]:
+        """The current version's values: the event log, else the primary or the backup
+        holding that version (mirrors are never read from)."""
+        if row["snapshot"] is not None:
+            plain = self.rt.keyring.decrypt(row["snapshot"], secret_aad(secret_id, row["version"]))
+            values: dict[str, str] = json.loads(plain)
+            return values
+        for source in self.rt.sources:
+            with contextlib.suppress(StoreError, DecryptionError):
+                stored = await source.get(secret_id)
+                if stored is not None and (stored.version, stored.hash) == (
+                    row["version"],
+                    row["hash"],
+                ):
+                    return stored.values
+        raise StoreError("the current version's values are in neither the log nor a store")
 
     async def _write_current(
         self,
@@ -556,17 +833,25 @@ class Job:
 
     async def _current(self, secret_id: str) -> tuple[dict[str, str], int, str]:
         """The secret's current values from the log; ``_Deleted`` if it is gone meanwhile."""
+        row = await self._current_row(secret_id)
+        return self._logged(secret_id, row), row["version"], row["hash"]
+
+    async def _current_row(self, secret_id: str) -> Any:
         row = await self.rt.pool.fetchrow(Q.secret_snapshot_current, uuid.UUID(secret_id))
         if row is None:
             raise _Deleted()
+        return row
+
+    def _logged(self, secret_id: str, row: Any) -> dict[str, str]:
         if row["snapshot"] is None:
             raise StoreError("the current version's snapshot is missing from the event log")
         plain = self.rt.keyring.decrypt(row["snapshot"], secret_aad(secret_id, row["version"]))
         values: dict[str, str] = json.loads(plain)
-        return values, row["version"], row["hash"]
+        return values
 
     async def _reissue(self, secret_id: str) -> None:
-        values, version, _ = await self._current(secret_id)
+        row = await self._current_row(secret_id)
+        values, version = self._logged(secret_id, row), row["version"]
         blob = canonical(values)
         snapshot = self.rt.keyring.encrypt(blob, secret_aad(secret_id, version + 1))
         await self.rt.pool.fetchrow(
@@ -575,7 +860,8 @@ class Job:
             version_read=version,
             snapshot=snapshot,
             outbox_deployment=self.rt.outbox_deployment,
-            targets=self.rt.keys_of(self.rt.targets),
+            # The base targets and the mirrors selecting the secret (as every write).
+            targets=self.rt.keys_of(self.rt.targets_for((row["name"], row["private"]))),
         )
         self.rt.committed()
 
@@ -609,6 +895,11 @@ def _flat(counts: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in counts.items() if k != "stores"}
 
 
+def store_names(rt: Runtime) -> list[str]:
+    """Every configured store by the name jobs use: primary, backup, the mirrors."""
+    return [role.role for role in rt.stores]
+
+
 class _Deleted(Exception):
     """The secret was deleted while the job ran: nothing to copy (its delete replicates)."""
 
@@ -621,10 +912,31 @@ class Jobs:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._jobs: dict[str, Job] = {}
 
-    async def start(self, mode: str, *, dry_run: bool, delete_secrets: bool) -> dict[str, Any]:
+    async def start(
+        self,
+        mode: str,
+        *,
+        dry_run: bool,
+        delete_secrets: bool,
+        stores: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Start a job. ``stores`` (verify and repair): the stores it covers, by name (default
+        every store); an unknown name is ``Invalid`` and no job is made."""
+        if mode in ("verify", "repair"):
+            names = store_names(self.rt)
+            for name in stores or ():
+                if name not in names:
+                    raise Invalid(
+                        f"stores: unknown store {name!r}; the stores are {', '.join(names)}"
+                    )
+            chosen: list[str] | None = [n for n in names if stores is None or n in stores]
+        elif stores is not None:
+            raise Invalid("stores applies to verify and repair only")
+        else:
+            chosen = None
         try:
             row = await self.rt.pool.fetchrow(
-                Q.job_create, uuid.uuid4(), mode, dry_run, delete_secrets, self.rt.node
+                Q.job_create, uuid.uuid4(), mode, dry_run, delete_secrets, self.rt.node, chosen
             )
         except asyncpg.UniqueViolationError:
             raise JobRunning(f"a {mode} job is already running") from None

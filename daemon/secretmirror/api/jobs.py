@@ -21,7 +21,7 @@ JOBS: web.AppKey[Jobs] = web.AppKey("jobs")
 async def start_reconcile(request: web.Request) -> web.Response:
     await admin_of(request)
     body = await json_body(request)
-    _allowed(body, {"mode", "delete_secrets", "dry_run"})
+    _allowed(body, {"mode", "delete_secrets", "dry_run", "stores"})
     mode = body.get("mode")
     if mode not in MODES:
         raise Invalid("mode must be one of verify, repair, backup, restore")
@@ -31,7 +31,16 @@ async def start_reconcile(request: web.Request) -> web.Response:
         raise Invalid("dry_run and delete_secrets must be true or false")
     if delete_secrets and mode not in ("backup", "restore"):
         raise Invalid("delete_secrets applies to backup and restore only")
-    job = await request.app[JOBS].start(mode, dry_run=dry_run, delete_secrets=delete_secrets)
+    stores = body.get("stores")
+    if stores is not None and (
+        not isinstance(stores, list)
+        or not stores
+        or not all(isinstance(name, str) for name in stores)
+    ):
+        raise Invalid("stores must be a non-empty list of store names")
+    job = await request.app[JOBS].start(
+        mode, dry_run=dry_run, delete_secrets=delete_secrets, stores=stores
+    )
     return web.json_response(job, status=202)
 
 
@@ -54,14 +63,24 @@ async def _sample_names(
     ids = {i for per in samples.values() for listed in per.values() for i in listed}
     if not ids:
         return {}
+    uuids = [u for u in map(_uuid_or_none, ids) if u is not None]
     rows = await request.app[RUNTIME].pool.fetch(
-        Q.secret_names_of, [uuid.UUID(i) for i in ids], *principal.sql_visibility("list")
+        Q.secret_names_of, uuids, *principal.sql_visibility("list")
     )
     names = {r["id"]: r["name"] for r in rows}
+    # A mirror keyed by name lists its entries by name (shared secrets only): as they are.
+    names.update((i, i) for i in ids if _uuid_or_none(i) is None)
     return {
         store: {cls: sorted(names[i] for i in listed if i in names) for cls, listed in per.items()}
         for store, per in samples.items()
     }
+
+
+def _uuid_or_none(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
 
 
 async def cancel_job(request: web.Request) -> web.Response:

@@ -580,6 +580,7 @@ def _admin_schemas() -> dict[str, Any]:
                 "status",
                 "dry_run",
                 "delete_secrets",
+                "stores",
                 "created",
                 "started",
                 "finished",
@@ -600,6 +601,11 @@ def _admin_schemas() -> dict[str, Any]:
                 },
                 "dry_run": {"type": "boolean"},
                 "delete_secrets": {"type": "boolean"},
+                "stores": {
+                    "type": ["array", "null"],
+                    "items": {"type": "string"},
+                    "description": "The stores a verify or repair covers (null: every store)",
+                },
                 "created": _TS,
                 "started": _NULLABLE_TS,
                 "finished": _NULLABLE_TS,
@@ -748,6 +754,13 @@ def _admin_paths(common: tuple[int, ...]) -> dict[str, Any]:
                                 },
                                 "delete_secrets": {"type": "boolean"},
                                 "dry_run": {"type": "boolean"},
+                                "stores": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {"type": "string"},
+                                    "description": "verify and repair: the stores to cover "
+                                    "(primary, backup, mirror names); default every store",
+                                },
                             },
                             # delete_secrets applies to backup and restore only
                             "if": {

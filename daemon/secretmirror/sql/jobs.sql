@@ -2,8 +2,9 @@
 
 -- job_create --
 -- At most one queued or running job per mode: the unique index raises otherwise.
-INSERT INTO jobs (id, mode, status, dry_run, delete_secrets, owner, heartbeat)
-VALUES ($1, $2, 'queued', $3, $4, $5, now())
+-- $6: the stores a verify or repair covers (NULL: every store).
+INSERT INTO jobs (id, mode, status, dry_run, delete_secrets, owner, heartbeat, stores)
+VALUES ($1, $2, 'queued', $3, $4, $5, now(), $6)
 RETURNING *
 
 -- job_create_scheduled_verify --
@@ -106,9 +107,75 @@ WHERE NOT EXISTS (SELECT 1 FROM reconcile_seen r WHERE r.secret_id = s.id)
 ORDER BY s.id
 LIMIT $2
 
+-- scan_keys_create --
+-- The keys a mirror listed (secret ids, or names for naming = "name"), as scan_seen.
+CREATE TEMP TABLE IF NOT EXISTS reconcile_seen_keys (key text PRIMARY KEY) ON COMMIT PRESERVE ROWS
+
+-- scan_keys_clear --
+TRUNCATE reconcile_seen_keys
+
+-- scan_keys_drop --
+DROP TABLE IF EXISTS pg_temp.reconcile_seen_keys
+
+-- scan_keys_add --
+INSERT INTO reconcile_seen_keys (key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING
+
+-- mirror_expected_by_id --
+-- A mirror keyed by secret id: the live secrets of the listed ids ($1), with what the
+-- mirror's rule selects by (name, private), the fence (the version) and any pending
+-- delivery to the mirror ($2). Secrets the rule does not select are left out by the caller.
+SELECT s.id::text AS key, s.id::text AS secret_id, s.name, s.private, s.version,
+       s.version AS fence, s.hash,
+       COALESCE(d.version > d.applied_version AND NOT d.dead, false) AS in_flight
+FROM unnest($1::uuid[]) AS c(secret_id)
+JOIN secrets s ON s.id = c.secret_id
+LEFT JOIN deliveries d ON d.secret_id = s.id AND d.target = $2
+
+-- mirror_expected_by_name --
+-- A mirror keyed by name: the live shared secret holding each listed name ($1; private
+-- secrets never go to such a mirror), fenced by the seq of its current version's event.
+SELECT s.name AS key, s.id::text AS secret_id, s.name, s.private, s.version,
+       e.seq AS fence, s.hash,
+       COALESCE(d.version > d.applied_version AND NOT d.dead, false) AS in_flight
+FROM unnest($1::text[]) AS c(key)
+JOIN secrets s ON s.name = c.key AND NOT s.private
+JOIN events e ON e.secret_id = s.id AND e.version = s.version
+LEFT JOIN deliveries d ON d.secret_id = s.id AND d.target = $2
+
+-- mirror_unseen --
+-- Live secrets whose key (id, or name when $4) the mirror did not list, in pages by id
+-- ($1 after, $2 page size), with name, private, version, hash and the seq of the current
+-- version's event; the caller keeps those the mirror's rule selects. $3: the mirror.
+SELECT s.id::text AS secret_id, s.name, s.private, s.version, s.hash, e.seq,
+       CASE WHEN $4::boolean THEN s.name ELSE s.id::text END AS key,
+       CASE WHEN $4::boolean THEN e.seq ELSE s.version END AS fence,
+       COALESCE(d.version > d.applied_version AND NOT d.dead, false) AS in_flight
+FROM secrets s
+JOIN events e ON e.secret_id = s.id AND e.version = s.version
+LEFT JOIN deliveries d ON d.secret_id = s.id AND d.target = $3
+WHERE NOT EXISTS (
+        SELECT 1 FROM reconcile_seen_keys r
+        WHERE r.key = CASE WHEN $4::boolean THEN s.name ELSE s.id::text END
+      )
+  AND ($1::uuid IS NULL OR s.id > $1)
+ORDER BY s.id
+LIMIT $2
+
+-- mirror_name_in_flight --
+-- Whether a pending delivery to the mirror ($2) is about to write or remove the name $1:
+-- the secret held it at the version the mirror applied or at one still to deliver (a
+-- rename out of the selection not yet delivered leaves the old name for a moment).
+SELECT EXISTS (
+    SELECT 1 FROM deliveries d
+    JOIN events e ON e.secret_id = d.secret_id
+                 AND e.version BETWEEN d.applied_version AND d.version
+    WHERE d.target = $2 AND d.version > d.applied_version AND NOT d.dead AND e.name = $1
+)
+
 -- secret_snapshot_current --
--- The current version's values, to repair a store from the log.
-SELECT s.version, s.hash, e.snapshot
+-- The current version's values, to repair a store from the log; the name, visibility and
+-- event seq say which mirrors select it and under which key and fence (by name).
+SELECT s.version, s.hash, e.snapshot, s.name, s.private, e.seq
 FROM secrets s JOIN events e ON e.secret_id = s.id AND e.version = s.version
 WHERE s.id = $1
 
