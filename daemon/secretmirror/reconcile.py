@@ -642,6 +642,7 @@ class Job:
             row = await self._current_row(secret_id)
             if entry is None or (row["seq"] if rule.by_name else row["version"]) > entry.version:
                 return
+        assert entry is not None
         raise StoreRejected(
             f"the entry is fenced at {entry.version}, above the secret's version; "
             "run the repair again"

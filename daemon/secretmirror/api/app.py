@@ -108,7 +108,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    # The stores a reconcile job may name are this deployment's (primary, backup, mirrors).
+    return web.json_response(openapi_document(tuple(r.role for r in request.app[RUNTIME].stores)))
 
 
 def build_app(

@@ -92,7 +92,8 @@ _SCOPES = {
 
 
 @cache
-def openapi_document() -> dict[str, Any]:
+def openapi_document(stores: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The document; ``stores``: the configured store names a reconcile job may name."""
     common = (400, 401, 429, 503)
     values_in = {
         "type": "object",
@@ -550,7 +551,7 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     schemas.update(_admin_schemas())
-    paths.update(_admin_paths(common))
+    paths.update(_admin_paths(common, stores))
     paths.update(_health_paths())
     schemas.update(_audit_schemas())
     paths.update(_audit_paths(common))
@@ -734,7 +735,7 @@ def _key_inventory_schema() -> dict[str, Any]:
     }
 
 
-def _admin_paths(common: tuple[int, ...]) -> dict[str, Any]:
+def _admin_paths(common: tuple[int, ...], stores: tuple[str, ...]) -> dict[str, Any]:
     job = {"description": "The job", **_json(_ref("Job"))}
     return {
         "/admin/v1/reconcile": {
@@ -757,17 +758,30 @@ def _admin_paths(common: tuple[int, ...]) -> dict[str, Any]:
                                 "stores": {
                                     "type": "array",
                                     "minItems": 1,
-                                    "items": {"type": "string"},
+                                    "items": {"type": "string", "enum": list(stores)}
+                                    if stores
+                                    else {"type": "string"},
                                     "description": "verify and repair: the stores to cover "
                                     "(primary, backup, mirror names); default every store",
                                 },
                             },
-                            # delete_secrets applies to backup and restore only
-                            "if": {
-                                "required": ["delete_secrets"],
-                                "properties": {"delete_secrets": {"const": True}},
-                            },
-                            "then": {"properties": {"mode": {"enum": ["backup", "restore"]}}},
+                            "allOf": [
+                                {  # delete_secrets applies to backup and restore only
+                                    "if": {
+                                        "required": ["delete_secrets"],
+                                        "properties": {"delete_secrets": {"const": True}},
+                                    },
+                                    "then": {
+                                        "properties": {"mode": {"enum": ["backup", "restore"]}}
+                                    },
+                                },
+                                {  # stores applies to verify and repair only
+                                    "if": {"required": ["stores"]},
+                                    "then": {
+                                        "properties": {"mode": {"enum": ["verify", "repair"]}}
+                                    },
+                                },
+                            ],
                         }
                     ),
                 },
