@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from secretmirror.runtime import Runtime
+from secretmirror.shared_gauges import read_shared_state
 from secretmirror.stores.file import file_name
 from tests.conftest import Api
 from tests.test_cli import Cli, run, server_logs, server_url  # noqa: F401 (fixtures)
@@ -121,7 +122,7 @@ async def test_verify_finds_each_class_in_mirrors_and_repair_fixes_it(
 
     found = await run_job(api, "verify")
     assert found["status"] == "succeeded"
-    assert found["stores"] == ["primary", "backup", *sorted(MIRRORS)]
+    assert found["stores"] is None  # every store
     assert set(found["counts"]["stores"]) == {"primary", "backup", *MIRRORS}
     expected = {"missing": 2, "stale": 1, "mismatch": 1, "orphan": 2}
     assert drift(found, "named") == expected
@@ -201,16 +202,26 @@ async def test_a_job_covers_only_the_stores_it_names(api: Api, runtime: Runtime)
     await runtime.mirrors["named"].put("app-ghost", 1, {"k": "x"}, "h")
     await runtime.mirrors["ids"].put(str(uuid.uuid4()), 1, {"k": "x"}, "h")
 
+    every = await run_job(api, "verify")
+    assert (drift(every, "named"), drift(every, "ids")) == ({"orphan": 1}, {"orphan": 1})
+
     only = await run_job(api, "verify", stores=["named"])  # type: ignore[arg-type]
     assert only["status"] == "succeeded"
     assert only["stores"] == ["named"]
     assert list(only["counts"]["stores"]) == ["named"]
     assert drift(only, "named") == {"orphan": 1}
+    # The divergence gauge keeps each store's newest finding: a job of one store does not
+    # drop the others'.
+    gauge = (await read_shared_state(runtime.pool, runtime.target_keys)).divergent
+    assert (gauge[("named", "orphan")], gauge[("ids", "orphan")]) == (1, 1)
+    assert gauge[("primary", "missing")] == 0
 
     repaired = await run_job(api, "repair", stores=["named", "primary"])  # type: ignore[arg-type]
     assert repaired["stores"] == ["primary", "named"]
     assert set(repaired["counts"]["stores"]) == {"primary", "named"}
     assert repaired["counts"]["deleted"] == 1
+    gauge = (await read_shared_state(runtime.pool, runtime.target_keys)).divergent
+    assert (gauge[("named", "orphan")], gauge[("ids", "orphan")]) == (0, 1)
     after = await run_job(api, "verify")
     assert drift(after, "named") == {}
     assert drift(after, "ids") == {"orphan": 1}  # not covered by the repair: still there

@@ -610,11 +610,32 @@ WHERE dead AND target = ANY($1::text[])
 RETURNING target
 
 -- metrics_last_verify --
--- The newest successful verify or repair: its counts.stores is the divergence gauge.
-SELECT mode, dry_run, counts FROM jobs
-WHERE mode IN ('verify', 'repair') AND status = 'succeeded' AND finished IS NOT NULL
-ORDER BY finished DESC
-LIMIT 1
+-- The divergence gauge, per store from the newest successful verify or repair covering
+-- it: a job may cover some stores only (jobs.stores), so the jobs since the newest one of
+-- every store (stores NULL) are merged, shaped as one job for shared_gauges.divergence.
+-- A repair (not a dry run) that succeeded wrote what it found: its stores read 0.
+WITH done AS (
+    SELECT mode, dry_run, counts, finished, stores FROM jobs
+    WHERE mode IN ('verify', 'repair') AND status = 'succeeded' AND finished IS NOT NULL
+), recent AS (
+    SELECT * FROM done
+    WHERE finished >= COALESCE((SELECT max(finished) FROM done WHERE stores IS NULL),
+                               '-infinity')
+    ORDER BY finished DESC
+    LIMIT 1000
+), per_store AS (
+    SELECT DISTINCT ON (st.key) st.key,
+           CASE WHEN r.mode = 'repair' AND NOT r.dry_run THEN '{}'::jsonb ELSE st.value END
+               AS classes
+    FROM recent r
+    CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(r.counts -> 'stores') = 'object'
+                                       THEN r.counts -> 'stores' ELSE '{}'::jsonb END) st
+    ORDER BY st.key, r.finished DESC
+)
+SELECT 'verify' AS mode, false AS dry_run,
+       jsonb_build_object('failed', 0, 'stores', jsonb_object_agg(key, classes)) AS counts
+FROM per_store
+HAVING count(*) > 0
 
 -- metrics_reconcile_last_success --
 SELECT mode, EXTRACT(EPOCH FROM max(finished))::float8 AS finished FROM jobs
