@@ -77,7 +77,29 @@ def test_plan_by_name_writes_the_new_name_then_tombstones_the_old_where_it_was_l
     back = [v(1, 10, "app-a"), v(2, 11, "app-b", "rename"), v(3, 12, "app-a", "rename")]
     assert plan(rule, "s1", back) == [Step("put", "app-a", 12), Step("delete", "app-b", 12)]
     kept = Mirror("m", include=("app-*",), by_name=True, retain=True)
-    assert plan(kept, "s1", history) == [Step("put", "app-b", 45)]
+    assert plan(kept, "s1", history, applied=2) == [Step("put", "app-b", 45)]
+
+
+def test_plan_with_retain_keeps_the_last_held_values_of_what_left() -> None:
+    """A retained entry holds the secret as it was when it left, even when the version
+    that held it last was never delivered on its own (coalesced with the leaving event):
+    the e2e test under kill -9 found retained entries holding older values."""
+    kept = Mirror("m", include=("app-*",), by_name=True, retain=True)
+    # Applied v2 as app-a; v3 updated it (not delivered yet); v4 renamed it out.
+    history = [v(2, 20, "app-a"), v(3, 30, "app-a"), v(4, 40, "web-a", "rename")]
+    assert plan(kept, "s1", history, applied=2) == [Step("put", "app-a", 30, 3)]
+    # Never delivered at all: created and deleted between two claims.
+    gone = [v(1, 10, "app-a"), v(2, 20, None, "delete")]
+    assert plan(kept, "s1", gone) == [Step("put", "app-a", 10, 1)]
+    # Coalesced renames: every name it held keeps what it held there.
+    abc = [v(1, 10, "app-a"), v(2, 11, "app-b", "rename"), v(3, 12, "web-c", "rename")]
+    assert plan(kept, "s1", abc, applied=1) == [Step("put", "app-b", 11, 2)]
+    # What the applied version held is in the store already: nothing to write.
+    assert plan(kept, "s1", [v(2, 20, "app-a"), v(3, 30, "web-a", "rename")], applied=2) == []
+    by_id = Mirror("m", include=("app-*",), retain=True)
+    assert plan(
+        by_id, "s1", [v(2, 20, "app-a"), v(3, 30, "app-a"), v(4, 40, None, "delete")], applied=2
+    ) == [Step("put", "s1", 3, 3)]
 
 
 # -- start-up refusals ------------------------------------------------------------

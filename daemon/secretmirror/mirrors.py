@@ -95,11 +95,16 @@ def check_mirror(name: str, settings: MirrorSettings) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One store write of a delivery: ``put`` or ``delete`` the entry ``key`` at ``fence``."""
+    """One store write of a delivery: ``put`` or ``delete`` the entry ``key`` at ``fence``.
+
+    ``source`` is the secret version whose values a ``put`` writes (0: the version
+    being delivered); a ``retain`` mirror keeps what a secret held when it left.
+    """
 
     op: str
     key: str
     fence: int
+    source: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,25 +118,47 @@ class Version:
     private: bool | None
 
 
-def plan(mirror: Mirror, secret_id: str, history: Sequence[Version]) -> list[Step]:
+def plan(
+    mirror: Mirror, secret_id: str, history: Sequence[Version], applied: int = 0
+) -> list[Step]:
     """The writes that bring the mirror from the last applied version to the newest.
 
     ``history`` is the secret's events in version order, from the version the
-    mirror last applied (when there is one) to the one being delivered.
+    mirror last applied (when there is one) to the one being delivered;
+    ``applied`` is that version (0: none), whose writes are already in the store.
+
+    With ``retain`` a secret that left the selection (or a name it left) keeps
+    the values of the last version that held it, even when that version was
+    never delivered on its own (a later event coalesced it): the mirror keeps the
+    secret as it was when it left, not as an older delivery happened to leave it.
     """
     final = history[-1]
     if not mirror.by_name:
         if mirror.holds(final):
             return [Step("put", secret_id, final.version)]
-        return [] if mirror.retain else [Step("delete", secret_id, final.version)]
+        if not mirror.retain:
+            return [Step("delete", secret_id, final.version)]
+        kept = [e for e in history if mirror.holds(e)]
+        if kept and kept[-1].version > applied:
+            return [Step("put", secret_id, kept[-1].version, kept[-1].version)]
+        return []
     held: str | None = None
     left: dict[str, int] = {}  # name -> seq of the event that left it
+    last_held: dict[str, Version] = {}  # name -> the last event that held it
     for event in history:
         name = event.name if mirror.holds(event) else None
         if held is not None and name != held:
             left[held] = event.seq
+        if name is not None:
+            last_held[name] = event
         held = name
     steps = [Step("put", held, final.seq)] if held is not None else []
-    if not mirror.retain:
+    if mirror.retain:
+        steps += [
+            Step("put", old, e.seq, e.version)
+            for old, e in last_held.items()
+            if old != held and e.version > applied
+        ]
+    else:
         steps += [Step("delete", old, seq) for old, seq in left.items() if old != held]
     return steps

@@ -16,6 +16,7 @@ import functools
 import json
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import structlog
@@ -196,12 +197,23 @@ class Replicator:
         values: dict[str, str] = json.loads(plain)
         return values, event.hash
 
+    async def _payload_of(self, event: Event, version: int) -> tuple[dict[str, str], str]:
+        """The values and content hash of an earlier version of the event's secret."""
+        row = await self.rt.worker_pool.fetchrow(
+            Q.event_snapshot, uuid.UUID(event.secret_id), version
+        )
+        if row is None:
+            raise StoreRejected("an event a retained entry needs is missing from the log")
+        return self._payload(
+            replace(event, version=version, hash=row["hash"], snapshot=row["snapshot"])
+        )
+
     async def _mirror(self, rule: Mirror, store: RoleStore, claim: Claim, event: Event) -> None:
         """Deliver to a mirror: the writes ``mirrors.plan`` makes of the secret's events
         since the version the mirror applied (a rename writes the new name first)."""
         now = Version(event.version, event.seq, event.kind, event.name, event.private)
         history = [now]
-        if rule.by_name and claim.applied_version < event.version:
+        if (rule.by_name or rule.retain) and claim.applied_version < event.version:
             rows = await self.rt.worker_pool.fetch(
                 Q.delivery_history,
                 uuid.UUID(claim.secret_id),
@@ -211,8 +223,10 @@ class Replicator:
             history = [
                 Version(r["version"], r["seq"], r["kind"], r["name"], r["private"]) for r in rows
             ] or history
-        for step in plan(rule, claim.secret_id, history):
-            if step.op == "put":
+        for step in plan(rule, claim.secret_id, history, claim.applied_version):
+            if step.op == "put" and step.source not in (0, event.version):
+                await store.put(step.key, step.fence, *await self._payload_of(event, step.source))
+            elif step.op == "put":
                 await store.put(step.key, step.fence, *self._payload(event))
             else:
                 await store.delete(step.key, step.fence)
