@@ -49,6 +49,10 @@ class Reading:
 
     entries: dict[str, Held] = field(default_factory=dict)
     foreign: set[str] = field(default_factory=set)
+    #: Entries of this deployment whose provider state is past what secretmirror recorded
+    #: (hashicorp: a KV version written after the recorded ``kv-version``, never recorded).
+    #: ``entries`` holds what the recorded version holds, as the store serves it.
+    unrecorded: set[str] = field(default_factory=set)
 
     def live(self) -> dict[str, dict[str, str]]:
         """Key -> values of the entries that are not tombstones."""
@@ -137,13 +141,11 @@ def _read_vault_sync(bao: OpenBao, mount: str, prefix: str, deployment: str) -> 
             continue
         kv_version = custom.get("secretmirror.kv-version")
         data = _bao(bao, "GET", f"{mount}/data/{path}?version={kv_version}")
-        if (
-            data is None
-            or data["data"]["data"] is None
-            or str(meta["data"]["current_version"]) != kv_version
-        ):
-            reading.foreign.add(key)  # a half-done write or a version written by hand
+        if data is None or data["data"]["data"] is None:
+            reading.foreign.add(key)  # the recorded version is gone
             continue
+        if str(meta["data"]["current_version"]) != kv_version:
+            reading.unrecorded.add(key)  # a half-done write or a version written by hand
         reading.entries[key] = Held(version, dict(data["data"]["data"]))
     return reading
 
