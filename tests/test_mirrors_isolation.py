@@ -44,16 +44,19 @@ import aiohttp
 import asyncpg
 import pytest
 
+from secretmirror import deliveries
 from secretmirror.crypto import Keyring
+from secretmirror.runtime import Runtime
 from secretmirror.settings import AwsStoreSettings, FileStoreSettings
 from secretmirror.stores.aws import AwsStore
 from secretmirror.stores.base import Entry, StoreContext
 from secretmirror.stores.file import FileStore
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, Api
 from tests.daemon_proc import DaemonProcess
 from tests.faultproxy import ThreadedFaultProxy
 from tests.moto import MotoServer, aws_settings
 from tests.openbao import OpenBao
+from tests.test_replication import until, worker
 from tests.test_replication_e2e import deployment_id, store_env
 
 pytestmark = pytest.mark.acceptance
@@ -357,3 +360,55 @@ async def _measure(
             assert got is not None
             assert want is not None
             assert got.values == want.values
+
+
+# -- a mirror whose store fails at once -----------------------------------------------------
+
+POLL_INTERVAL_S = 0.5
+
+
+@pytest.fixture
+def settings_overrides(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "mirrors": {
+            "files": {"type": "file", "path": str(tmp_path / "files")},
+            "gone": {"type": "file", "path": str(tmp_path / "gone")},
+        },
+        "replication": {
+            "poll_interval_s": POLL_INTERVAL_S,
+            "backoff_initial_s": 0.02,
+            "backoff_max_s": 0.05,
+        },
+    }
+
+
+async def test_a_store_failing_at_once_gets_one_probe_per_poll(
+    api: Api, runtime: Runtime, tmp_path: Path
+) -> None:
+    """A mirror whose store refuses every call at once (here its directory replaced by a
+    plain file: ENOTDIR) is probed once per poll interval, not worked through its whole
+    backlog back to back (a storm of failing attempts that costs the worker, the
+    database and the other mirrors), and the other mirror keeps flowing."""
+    gone = tmp_path / "gone"
+    gone.rename(tmp_path / "gone.away")
+    gone.write_text("not a directory\n")
+    key = runtime.key_of("gone")
+    async with worker(runtime):
+        ids = [(await api.create(f"s-{n}", {"n": str(n)}))["id"] for n in range(40)]
+
+        async def files_drained() -> bool:
+            status = await deliveries.status(runtime.pool, runtime.target_keys)
+            return status["files"].pending == 0
+
+        await until(files_drained)
+        started = time.monotonic()
+        await asyncio.sleep(4 * POLL_INTERVAL_S)
+        attempts = await runtime.pool.fetchval(
+            "SELECT coalesce(sum(attempts), 0) FROM deliveries WHERE target = $1", key
+        )
+        took = time.monotonic() - started
+    # A probe per poll interval since the first attempt (a few at start: the worker
+    # had not yet seen the store down), never one per pending delivery.
+    assert runtime.mirrors["gone"].up is False
+    assert 1 <= attempts <= (took + 2) / POLL_INTERVAL_S + 4, attempts
+    assert len(ids) == 40

@@ -52,6 +52,8 @@ class Replicator:
         self._done: list[tuple[Claim, datetime]] = []
         #: Targets seen down: when one is up again its backlog is made due at once.
         self._down: set[str] = set()
+        #: Delivery key -> when its last probe started (``time.monotonic``), for stores down.
+        self._probed: dict[str, float] = {}
         self._slot_freed = asyncio.Event()
 
     # -- main loop ----------------------------------------------------------
@@ -115,14 +117,20 @@ class Replicator:
 
         Each target has its own ``concurrency`` slots, so a store that is slow
         or down never holds the slots of another; a store that is down gets
-        one probe delivery at a time.
+        one probe delivery per poll interval (one that fails at once, a refused
+        connection, must not walk its whole backlog back to back).
         """
         busy: dict[str, int] = {}
         for key, _ in self._in_flight:
             busy[key] = busy.get(key, 0) + 1
         free: dict[str, int] = {}
+        now = time.monotonic()
         for target, key in self.rt.target_keys.items():
-            slots = self.cfg.concurrency if self.rt.store_for(target).up else 1
+            if self.rt.store_for(target).up:
+                slots = self.cfg.concurrency
+            else:
+                probed = self._probed.get(key)
+                slots = int(probed is None or now - probed >= self.cfg.poll_interval_s)
             left = min(slots - busy.get(key, 0), self.cfg.batch_size)
             if left > 0:
                 free[key] = left
@@ -148,7 +156,10 @@ class Replicator:
             log.warning("replication.db_unavailable", error=type(exc.__cause__).__name__)
             await asyncio.sleep(min(self.cfg.poll_interval_s, 1.0))
             return 0
+        now = time.monotonic()
         for claim in claims:
+            if not self.rt.store_for(self.rt.role_of(claim.target)).up:
+                self._probed[claim.target] = now
             key = (claim.target, claim.secret_id)
             task = asyncio.create_task(
                 self._deliver(claim, events.get((claim.secret_id, claim.version)))
