@@ -22,9 +22,12 @@ The bound: a broken isolation (a down store holding the worker's slots, or
 its calls waiting out the 10 s store timeout in line with the others) shows
 as seconds of added latency. On a 2-core machine shared with other work the
 p99 of a few hundred samples also moves with other people's load, so the test
-asserts ``during <= 1.2 x before + SLACK_S`` (SLACK_S = 100 ms: scheduling
-noise, an order of magnitude below a store timeout) and prints the plain
-ratio; ``bench/mirrors.py`` records the ratio itself.
+asserts ``during <= 1.2 x before + max(100 ms, noise)``, where ``noise`` is
+how far apart the p99s of the two halves of the window before are (the same
+load, no fault: what the machine alone moves it by), and prints the plain
+ratio. 100 ms and the measured noise are both far below a store timeout.
+Runs on a quiet machine gave ratios of 0.24-1.23 (p99 46-295 ms): the
+windows before were sometimes the noisier ones.
 """
 
 from __future__ import annotations
@@ -96,6 +99,8 @@ class Latency:
         self.waiting: dict[str, set[str]] = {}  # secret id -> targets not yet seen applied
         self.samples: dict[str, dict[str, list[float]]] = {}  # window -> target -> seconds
         self.polls = 0
+        #: window -> target -> (committed at, seconds), in the order seen.
+        self.order: dict[str, dict[str, list[tuple[float, float]]]] = {}
 
     def committed_now(self, secret_id: str, window: str) -> None:
         self.committed[secret_id] = (time.monotonic(), window)
@@ -125,6 +130,8 @@ class Latency:
                         target = self.target_of[row["target"]]
                         by_target = self.samples.setdefault(window, {})
                         by_target.setdefault(target, []).append(max(asked - at, 0.0))
+                        in_order = self.order.setdefault(window, {}).setdefault(target, [])
+                        in_order.append((at, max(asked - at, 0.0)))
                         if not left:
                             del self.waiting[row["sid"]]
                 with contextlib.suppress(TimeoutError):
@@ -327,18 +334,23 @@ async def _measure(
     for target in MEASURED:
         before = p99(latency.samples["before"][target])
         during = p99(latency.samples["during"][target])
+        # The machine's own noise: how far apart the p99s of the two halves of the window
+        # before are (same store, same load, no fault).
+        by_commit = [seconds for _, seconds in sorted(latency.order["before"][target])]
+        half = len(by_commit) // 2
+        noise = abs(p99(by_commit[:half]) - p99(by_commit[half:]))
         hist = [
             histogram_p99(scrapes[a].get(target, {}), scrapes[b].get(target, {}))
             for a, b in (("start", "before"), ("before", "during"))
         ]
         print(
             f"{target:>6}: p99 before {before * 1000:7.1f} ms, during {during * 1000:7.1f} ms,"
-            f" ratio {during / max(before, 1e-9):.2f}; p50"
+            f" ratio {during / max(before, 1e-9):.2f}, noise {noise * 1000:.1f} ms; p50"
             f" {[round(quantile(latency.samples[w][target], 0.5) * 1000, 1) for w in windows]} ms;"
             " histogram p99"
             f" {[None if h is None else round(h * 1000, 1) for h in hist]} ms"
         )
-        assert during <= RATIO * before + SLACK_S, (target, before, during)
+        assert during <= RATIO * before + max(SLACK_S, noise), (target, before, during, noise)
     # The blackholed mirror really was cut off: work piled up during the window.
     assert cut_during["pending"] > 0
     # After the heal: nothing pending or dead anywhere, and the cut mirror holds everything.

@@ -1,0 +1,492 @@
+"""The mirrors benchmark (issue 16): fan-out to four mirrors beside each store's raw write loop.
+
+Everything runs on 127.0.0.1: PostgreSQL (``pgserver``, or fresh databases on
+``SECRETMIRROR_BENCH_DATABASE_URL``), moto (recorder off), an OpenBao dev
+server, the GCP Secret Manager fake (``tests/gcpfake.py``, its own process) and
+``secretmirror serve`` subprocesses configured only through ``SECRETMIRROR_*``
+variables: sql primary in the main database, no backup, the scheduled verify
+off, ``replication.concurrency`` at its default 16, and four mirrors selecting
+every secret: ``aws`` (moto), ``vault`` (hashicorp, KV v2, root token),
+``gcp`` (the fake, service-account key) and ``files`` (file).
+
+``max_writes_per_s``: the aws (default 40) and gcp (default 8) mirrors run with
+it lifted to 100,000, so what is measured is the store and the worker, not the
+limiter (``bench/replication.py`` and ``bench/gcp.py`` check that the limiter
+holds its rate). The raw loops have no limiter either. hashicorp and file have
+no such setting.
+
+Phases, in one run:
+
+1. **raw (before)**, each store alone, ``RAW_S`` seconds at 16 workers:
+   aws: a bare aiobotocore ``CreateSecret`` loop and a ``PutSecretValue`` loop
+   (``bench._harness.aws_raw_loop``); vault: a bare aiohttp KV v2 data write
+   loop (``bench.vault.raw_loop``); gcp: the official SDK's
+   ``add_secret_version`` from 16 threads (``bench.gcp.sdk_write_loop``);
+   files: a bare durable file write loop (temporary file, fsync, rename, fsync
+   of the directory; what the file store does per write, without its
+   encryption, header check and lock), 16 threads.
+2. **API, no mirrors**: a daemon on a fresh database, creates at 32 clients
+   for ``API_S`` seconds.
+3. **API, four mirrors** (a daemon on another fresh database): creates at 32
+   clients for ``API_S`` seconds while its worker delivers to the four mirrors
+   (they fall behind; the backlog is drained before the next phase).
+4. **fan-out drains**: the backlog of each mirror is made while its store is
+   paused (moto, OpenBao and the fake SIGSTOPped: connections are accepted
+   and never answered; the file mirror's directory swapped for a plain file),
+   ``SECRETS`` creates at 32 clients (the API's create rate with four mirrors
+   whose worker has nothing it can deliver is recorded too). Then every store
+   resumes at once and ``/admin/v1/status`` is sampled every 0.1 s until all
+   four drained: each mirror's apply rate is the rate between 10% and 90% of
+   its backlog applied (robust to the seconds a store takes to be found up
+   again and to the last stragglers), the whole drain is recorded too. Then
+   the same with one PATCH per secret (``updates``).
+5. **raw (after)**: the raw loops again; each limit is the mean of before and
+   after (moto grows slower as its region fills, the machine is shared).
+
+Targets (issue 16): each mirror's update apply rate >= 0.8 of its store's
+raw write loop (aws: ``PutSecretValue``; vault: KV v2 data write; gcp:
+``add_secret_version``; files: the durable write), and the API create rate
+with four mirrors (phase 3) >= 0.8 of the rate with none (phase 2). The
+creates' drain rates are recorded against the raw loops too (aws against
+``CreateSecret``). A measurement, not a test: targets are recorded as
+pass/miss and never fail the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from tests.moto import REGION, MotoServer
+from tests.openbao import OpenBao, start_bao
+
+from bench._common import check, knob, measured, ratio, run_standalone
+from bench._harness import (
+    VERIFY_OFF,
+    Api,
+    Cpu,
+    Daemon,
+    aws_env,
+    aws_raw_loop,
+    postgres,
+    run_ops,
+    values_for,
+)
+from bench.gcp import PROJECT, FakeProcess, sdk_write_loop
+from bench.vault import raw_loop as vault_raw_loop
+
+NAME = "mirrors"
+SECRETS = knob("SECRETMIRROR_BENCH_MIRRORS_SECRETS", 1500, 150)
+API_S = knob("SECRETMIRROR_BENCH_DURATION_S", 5.0, 2.0)
+RAW_S = knob("SECRETMIRROR_BENCH_MIRRORS_RAW_S", 6.0, 2.0)
+CONCURRENCY = 16
+API_CLIENTS = 32
+UNLIMITED = 100_000.0
+DRAIN_TIMEOUT_S = 600.0
+#: The stores' timeout at the default ``replication.lease_s`` (30): max(lease_s / 3, 1).
+STORE_TIMEOUT_S = 10.0
+MIRRORS = ("aws", "vault", "gcp", "files")
+#: The raw loop each mirror's update rate is compared with.
+RAW_OF = {"aws": "aws_put", "vault": "vault_write", "gcp": "gcp_add_version", "files": "file_write"}
+#: ... and its create rate.
+RAW_CREATE_OF = {**RAW_OF, "aws": "aws_create"}
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+def mirrors_env(
+    moto: MotoServer, bao: OpenBao, fake: FakeProcess, files: Path, tag: str
+) -> dict[str, str]:
+    env = aws_env(moto.endpoint_url, f"smbench-{tag}/aws/", UNLIMITED, role="MIRRORS__AWS")
+    env.update(
+        {
+            "SECRETMIRROR_MIRRORS__VAULT__TYPE": "hashicorp",
+            "SECRETMIRROR_MIRRORS__VAULT__URL": bao.url,
+            "SECRETMIRROR_MIRRORS__VAULT__AUTH_METHOD": "token",
+            "SECRETMIRROR_MIRRORS__VAULT__TOKEN": bao.root_token,
+            "SECRETMIRROR_MIRRORS__VAULT__MOUNT": "secret",
+            "SECRETMIRROR_MIRRORS__VAULT__PATH_PREFIX": f"smbench-{tag}/mirror/",
+            "SECRETMIRROR_MIRRORS__GCP__TYPE": "gcp",
+            "SECRETMIRROR_MIRRORS__GCP__PROJECT_ID": PROJECT,
+            "SECRETMIRROR_MIRRORS__GCP__ENDPOINT_URL": fake.url,
+            "SECRETMIRROR_MIRRORS__GCP__AUTH_METHOD": "service-account",
+            "SECRETMIRROR_MIRRORS__GCP__SERVICE_ACCOUNT_FILE": fake.key_file,
+            "SECRETMIRROR_MIRRORS__GCP__NAME_PREFIX": f"m{tag}-",
+            "SECRETMIRROR_MIRRORS__GCP__MAX_WRITES_PER_S": str(UNLIMITED),
+            "SECRETMIRROR_MIRRORS__FILES__TYPE": "file",
+            "SECRETMIRROR_MIRRORS__FILES__PATH": str(files),
+        }
+    )
+    return env
+
+
+# -- raw loops ---------------------------------------------------------------------------
+
+
+def _durable_write(directory: Path, name: str, body: bytes) -> None:
+    tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / name)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+async def file_raw_loop(directory: Path) -> dict[str, Any]:
+    """The file store's durable write, bare: 16 workers (threads), 25 files each."""
+    directory.mkdir(parents=True, exist_ok=True)
+    body = b'{"d":false,"v":1}\n' + secrets.token_bytes(220)
+
+    async def write(worker: int, n: int) -> None:
+        await asyncio.to_thread(_durable_write, directory, f"w{worker}-{n % 25}.secret", body)
+
+    result = await run_ops(write, CONCURRENCY, duration_s=RAW_S, label="raw file write")
+    return {"operation": "durable file write", **result}
+
+
+async def raw_phase(
+    moto: MotoServer, bao: OpenBao, fake: FakeProcess, workdir: Path, tag: str, round_: int
+) -> dict[str, Any]:
+    """Each store's bare write loop, one store at a time."""
+    found: dict[str, Any] = {}
+    prefix = f"smbench-{tag}/raw{round_}/"
+    for operation in ("create", "put"):
+        found[f"aws_{operation}"] = await aws_raw_loop(
+            moto.endpoint_url, prefix, CONCURRENCY, operation=operation, duration_s=RAW_S
+        )
+        print(f"  raw aws {operation}: {found[f'aws_{operation}']['ops_per_s']}/s", flush=True)
+    cpu = Cpu({})
+    found["vault_write"] = await vault_raw_loop(bao, prefix, "write", cpu)
+    gcp = await asyncio.to_thread(sdk_write_loop, fake, RAW_S, CONCURRENCY)
+    found["gcp_add_version"] = {**gcp, "ops_per_s": gcp["writes_per_s"]}
+    print(f"  raw gcp add_secret_version: {gcp['writes_per_s']}/s", flush=True)
+    found["file_write"] = await file_raw_loop(workdir / f"raw-files-{round_}")
+    return found
+
+
+# -- pausing the stores ------------------------------------------------------------------
+
+
+class Paused:
+    """Every mirror's store stops answering (SIGSTOP; the file directory swapped for a
+    plain file) until ``resume``."""
+
+    def __init__(self, pids: list[int], files: Path) -> None:
+        self.pids = pids
+        self.files = files
+        self.away = files.with_name(files.name + ".away")
+        self.paused = False
+
+    def pause(self) -> None:
+        for pid in self.pids:
+            os.kill(pid, signal.SIGSTOP)
+        self.files.rename(self.away)
+        self.files.write_text("paused\n")
+        self.paused = True
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        with contextlib.suppress(FileNotFoundError):
+            self.files.unlink()
+        self.away.rename(self.files)
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+async def mirror_status(api: Api) -> dict[str, dict[str, Any]]:
+    replication: dict[str, dict[str, Any]] = (await api.status())["replication"]
+    return {name: replication[name] for name in MIRRORS}
+
+
+async def leased(dsn: str) -> dict[str, int]:
+    """Deliveries under lease per target (a paused store's probes hold theirs)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT target, count(*) AS n FROM deliveries"
+            " WHERE leased_until > now() GROUP BY target"
+        )
+        return {r["target"]: int(r["n"]) for r in rows}
+    finally:
+        await conn.close()
+
+
+async def drain(api: Api, backlog: int, paused: Paused) -> dict[str, Any]:
+    """Resume the stores and sample until no mirror has anything pending."""
+    start = await mirror_status(api)
+    base = {name: int(start[name]["applied"]) for name in MIRRORS}
+    samples: list[tuple[float, dict[str, int], dict[str, int]]] = []
+    paused.resume()
+    resumed = time.perf_counter()
+    deadline = resumed + DRAIN_TIMEOUT_S
+    while time.perf_counter() < deadline:
+        found = await mirror_status(api)
+        at = time.perf_counter() - resumed
+        applied = {n: int(found[n]["applied"]) - base[n] for n in MIRRORS}
+        samples.append((at, applied, {n: int(found[n]["pending"]) for n in MIRRORS}))
+        if all(found[n]["pending"] == 0 for n in MIRRORS):
+            break
+        await asyncio.sleep(0.1)
+    result: dict[str, Any] = {"backlog": backlog}
+    for name in MIRRORS:
+        result[name] = _drain_rates(name, backlog, samples)
+    result["dead"] = {n: int(found[n]["dead"]) for n in MIRRORS}
+    return result
+
+
+def _crossed(name: str, level: float, samples: list[Any]) -> float | None:
+    for at, applied, _ in samples:
+        if applied[name] >= level:
+            return float(at)
+    return None
+
+
+def _drain_rates(name: str, backlog: int, samples: list[Any]) -> dict[str, Any]:
+    first = next((at for at, applied, _ in samples if applied[name] > 0), None)
+    done = next((at for at, _, pending in samples if not pending[name]), None)
+    t10, t90 = _crossed(name, 0.1 * backlog, samples), _crossed(name, 0.9 * backlog, samples)
+    steady = (
+        round(0.8 * backlog / (t90 - t10), 1) if t10 is not None and t90 and t90 > t10 else None
+    )
+    return {
+        "drained": done is not None,
+        "applied": samples[-1][1][name] if samples else 0,
+        "first_applied_after_s": None if first is None else round(first, 2),
+        "drained_after_s": None if done is None else round(done, 2),
+        "applied_per_s_10_90": steady,
+        "applied_per_s_whole": None
+        if done is None or first is None or done <= first
+        else round(backlog / (done - first), 1),
+    }
+
+
+async def until_drained(api: Api, timeout_s: float = DRAIN_TIMEOUT_S) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        found = await mirror_status(api)
+        if all(found[n]["pending"] == 0 for n in MIRRORS):
+            return time.perf_counter() - started
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"the mirrors did not drain in {timeout_s:g} s")
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+async def api_creates(api: Api, tag: str, label: str, cpu: Cpu | None = None) -> dict[str, Any]:
+    async def create(_worker: int, n: int) -> None:
+        await api.create(f"{tag}-{label.replace(' ', '-')}-{n}", n)
+
+    return await run_ops(
+        create, API_CLIENTS, duration_s=API_S, cpu=cpu, label=f"API creates ({label})"
+    )
+
+
+async def _measure(out: dict[str, Any], workdir: Path) -> None:
+    tag = secrets.token_hex(3)
+    files = workdir / "mirror-files"
+    async with postgres() as pg:
+        moto = await asyncio.to_thread(MotoServer, record=False)
+        server = await asyncio.to_thread(start_bao)
+        fake = FakeProcess(workdir)
+        paused: Paused | None = None
+        daemon: Daemon | None = None
+        api: Api | None = None
+        try:
+            bao = OpenBao(server.url, server.root_token)
+            pids = [p for p in (moto.pid, server.process.pid, fake.proc.pid) if p is not None]
+            print("raw (before): each store's bare write loop, alone", flush=True)
+            out["raw_before"] = await raw_phase(moto, bao, fake, workdir, tag, 1)
+
+            daemon = Daemon(await pg.database(), workdir / "none", {**VERIFY_OFF})
+            api = Api(daemon.url, API_CLIENTS)
+            await daemon.ready()
+            cpu = Cpu({"daemon": daemon.pid}, pg.postmaster_pid)
+            out["api_no_mirrors"] = await api_creates(api, tag, "no mirrors", cpu)
+            await api.close()
+            await daemon.close()
+            api = None
+
+            env = {**mirrors_env(moto, bao, fake, files, tag), **VERIFY_OFF}
+            dsn = await pg.database()
+            daemon = Daemon(dsn, workdir / "four", env)
+            api = Api(daemon.url, API_CLIENTS)
+            await daemon.ready()
+            cpu = Cpu(
+                {
+                    "daemon": daemon.pid,
+                    "moto": moto.pid,
+                    "bao": server.process.pid,
+                    "gcp_fake": fake.proc.pid,
+                },
+                pg.postmaster_pid,
+            )
+            out["api_four_mirrors"] = await api_creates(api, tag, "4 mirrors", cpu)
+            out["api_four_mirrors"]["then_drained_in_s"] = round(await until_drained(api), 2)
+
+            paused = Paused(pids, files)
+            ids: list[str] = []
+            for step in ("creates", "updates"):
+                paused.pause()
+                paused_at = time.perf_counter()
+
+                async def create(_worker: int, n: int) -> None:
+                    assert api is not None
+                    ids.append(await api.create(f"{tag}-fan-{n}", n))
+
+                async def update(_worker: int, n: int) -> None:
+                    assert api is not None
+                    # A new password every time: a PATCH that changes nothing writes nothing.
+                    await api.update(ids[n], {**values_for(n), "password": secrets.token_hex(12)})
+
+                op = create if step == "creates" else update
+                writes = await run_ops(
+                    op, API_CLIENTS, count=SECRETS if step == "creates" else len(ids)
+                )
+                print(
+                    f"  {step} with the stores paused: API {writes['ops_per_s']}/s"
+                    f" ({writes['errors']} errors)",
+                    flush=True,
+                )
+                # The deliveries claimed before the worker saw a store down wait out the
+                # store timeout and then keep their lease as long again (a write cut off
+                # may still land): the pause outlasts both, so the drain starts with
+                # every row claimable but the probes'.
+                resume_at = paused_at + 2 * STORE_TIMEOUT_S + 1
+                await asyncio.sleep(max(resume_at - time.perf_counter(), 0))
+                held = await leased(dsn)
+                cpu.start()
+                found = await drain(api, writes["ops"], paused)
+                found["leased_at_resume"] = held
+                found["cpu"] = cpu.stop(writes["ops"] * len(MIRRORS))
+                found["api_writes_while_paused"] = writes
+                out[f"drain_{step}"] = found
+                print(
+                    f"  {step} drained: "
+                    + ", ".join(f"{n} {found[n]['applied_per_s_10_90']}/s" for n in MIRRORS),
+                    flush=True,
+                )
+            out["status_at_end"] = await mirror_status(api)
+            await api.close()
+            api = None
+            await daemon.close()
+            out["daemon"] = {"shutdown_s": daemon.shutdown_s, "exit_code": daemon.exit_code}
+            daemon = None
+            print("raw (after)", flush=True)
+            out["raw_after"] = await raw_phase(moto, bao, fake, workdir, tag, 2)
+        finally:
+            if paused is not None:
+                paused.resume()
+            if api is not None:
+                await api.close()
+            if daemon is not None:
+                await daemon.close()
+            fake.stop()
+            await asyncio.to_thread(server.stop)
+            out["moto_500_answers"] = moto.server_errors()
+            await asyncio.to_thread(moto.stop)
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+def raw_mean(out: dict[str, Any], loop: str) -> float | None:
+    rates = [
+        out[side][loop]["ops_per_s"]
+        for side in ("raw_before", "raw_after")
+        if side in out and out[side].get(loop, {}).get("ops_per_s")
+    ]
+    return round(sum(rates) / len(rates), 1) if rates else None
+
+
+def targets(out: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name in MIRRORS:
+        rate = out.get("drain_updates", {}).get(name, {}).get("applied_per_s_10_90")
+        raw = raw_mean(out, RAW_OF[name])
+        found[f"{name}_updates_vs_raw"] = check(
+            ">=",
+            0.8,
+            ratio(rate, raw),
+            f"{name} mirror applied {rate}/s (10-90% of the drain, 4 mirrors draining)"
+            f" / raw {RAW_OF[name]} {raw}/s (mean of before and after)",
+        )
+    none = out.get("api_no_mirrors", {}).get("ops_per_s")
+    four = out.get("api_four_mirrors", {}).get("ops_per_s")
+    found["api_creates_four_mirrors_vs_none"] = check(
+        ">=",
+        0.8,
+        ratio(four, none),
+        f"API creates/s at 32 clients: {four} with 4 mirrors, {none} without",
+    )
+    return found
+
+
+def analysis(out: dict[str, Any]) -> dict[str, Any]:
+    """Ratios beside the targets: creates against the raw loops, the API with the worker idle."""
+    found: dict[str, Any] = {}
+    for name in MIRRORS:
+        rate = out.get("drain_creates", {}).get(name, {}).get("applied_per_s_10_90")
+        found[f"{name}_creates_vs_raw_{RAW_CREATE_OF[name]}"] = ratio(
+            rate, raw_mean(out, RAW_CREATE_OF[name])
+        )
+    paused = out.get("drain_creates", {}).get("api_writes_while_paused", {}).get("ops_per_s")
+    found["api_creates_four_paused_mirrors_vs_none"] = ratio(
+        paused, out.get("api_no_mirrors", {}).get("ops_per_s")
+    )
+    return found
+
+
+def print_summary(out: dict[str, Any]) -> None:
+    out["ratios"] = analysis(out)
+    print(f"\n== {NAME} ==")
+    for loop in ("aws_create", "aws_put", "vault_write", "gcp_add_version", "file_write"):
+        print(f"raw {loop:<16} {raw_mean(out, loop)}/s (mean of before and after)")
+    for step in ("creates", "updates"):
+        got = out.get(f"drain_{step}", {})
+        for name in MIRRORS:
+            if name in got:
+                d = got[name]
+                print(
+                    f"{step:<8} {name:<6} {d['applied_per_s_10_90']}/s (10-90%),"
+                    f" {d['applied_per_s_whole']}/s whole, first after"
+                    f" {d['first_applied_after_s']} s, drained after {d['drained_after_s']} s"
+                )
+    for key, value in out["ratios"].items():
+        print(f"{key}: {value}")
+
+
+async def main() -> dict[str, Any]:
+    config = {
+        "secrets": SECRETS,
+        "api_s": API_S,
+        "raw_s": RAW_S,
+        "replication_concurrency": CONCURRENCY,
+        "api_clients": API_CLIENTS,
+        "max_writes_per_s": f"aws and gcp mirrors {UNLIMITED:g} (lifted); hashicorp, file: none",
+        "region": REGION,
+        "mirrors": list(MIRRORS),
+    }
+    return await measured(NAME, _measure, config=config, targets=targets, summary=print_summary)
+
+
+if __name__ == "__main__":
+    run_standalone(NAME, main)
