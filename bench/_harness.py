@@ -256,7 +256,7 @@ def cpu_seconds(pid: int | None, tree: bool = False) -> float | None:
     return total
 
 
-def _machine_busy_s() -> float:
+def machine_busy_s() -> float:
     times = psutil.cpu_times()
     idle = times.idle + getattr(times, "iowait", 0.0)
     guests = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
@@ -279,7 +279,7 @@ class Cpu:
     def _now(self) -> dict[str, float | None]:
         found = {who: cpu_seconds(pid) for who, pid in self.pids.items()}
         found["postgres"] = cpu_seconds(self.postmaster, tree=True)
-        found["machine_busy"] = _machine_busy_s()
+        found["machine_busy"] = machine_busy_s()
         return found
 
     def start(self) -> None:
@@ -590,6 +590,7 @@ async def aws_raw_loop(
     secrets_per_worker: int = 25,
     region: str = REGION,
     create_secrets: bool = True,
+    ready: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """The raw limit: a bare aiobotocore loop against ``endpoint_url`` at ``concurrency``,
     for ``duration_s`` or ``count`` calls, whichever comes first.
@@ -599,7 +600,8 @@ async def aws_raw_loop(
     secret piles up versions; ``create_secrets`` False reuses the ones an earlier
     loop with this prefix made). "create": CreateSecret of new names with the
     two tags the aws store sets. One client, ``max_pool_connections`` 64 as the
-    store's; each worker waits for its answer before the next call.
+    store's; each worker waits for its answer before the next call. ``ready``, if
+    given, is called (in a thread: it may block) between the setup and the timed loop.
 
     moto looks a secret up by scanning every secret of its region, so a call
     costs more the more secrets the region holds: compare loops and daemons at
@@ -644,6 +646,8 @@ async def aws_raw_loop(
             )
 
         op = put if operation == "put" else create
+        if ready is not None:
+            await asyncio.to_thread(ready)
         # botocore's and aiohttp's errors alike count as failed calls
         result = await run_ops(
             op, concurrency, count=count, duration_s=duration_s, failures=(Exception,)

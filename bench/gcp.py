@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +138,11 @@ def _sdk_client(fake: FakeProcess) -> Any:
     )
 
 
-def sdk_write_loop(fake: FakeProcess, seconds: float, threads: int) -> dict[str, Any]:
-    """``add_secret_version`` from ``threads`` SDK clients for ``seconds``: calls per second."""
+def sdk_write_loop(
+    fake: FakeProcess, seconds: float, threads: int, ready: Callable[[], object] | None = None
+) -> dict[str, Any]:
+    """``add_secret_version`` from ``threads`` SDK clients for ``seconds``: calls per second.
+    ``ready``, if given, is called between making the secrets and the loop."""
     payload = canonical(values_for(0))
     clients = [_sdk_client(fake) for _ in range(threads)]
     names = []
@@ -171,6 +175,8 @@ def sdk_write_loop(fake: FakeProcess, seconds: float, threads: int) -> dict[str,
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
     for worker in workers:
         worker.start()
+    if ready is not None:
+        ready()
     started = time.monotonic()
     deadline[0] = started + seconds
     go.set()

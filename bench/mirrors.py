@@ -25,6 +25,14 @@ Phases, in one run:
    files: a bare durable file write loop (temporary file, fsync, rename, fsync
    of the directory; what the file store does per write, without its
    encryption, header check and lock), 16 threads.
+   Then **raw, together**: the four loops at once (aws ``PutSecretValue``,
+   vault, gcp, files), each in a process of its own (spawned), started
+   together by a barrier once each has made its entries, for ``RAW_S``:
+   what this machine gives four stores' writes at the same time with no
+   worker in between, i.e. the ceiling of a fan-out to these four here. Each
+   store server's CPU (moto, OpenBao, the fake; for files the loop process's
+   own, which is the kernel's work) is read every 0.2 s and taken over its
+   loop's timed window: CPU per write.
 2. **API, no mirrors**: a daemon on a fresh database, creates at 32 clients
    for ``API_S`` seconds.
 3. **API, four mirrors** (a daemon on another fresh database): creates at 32
@@ -50,17 +58,29 @@ with four mirrors (phase 3) >= 0.8 of the rate with none (phase 2). The
 creates' drain rates are recorded against the raw loops too (aws against
 ``CreateSecret``). A measurement, not a test: targets are recorded as
 pass/miss and never fail the run.
+
+Beside them (``ratios``): each loop's rate together against alone (before),
+each mirror against its loop together, and ``api_ceiling``: the most creates/s
+this machine could take if each create were also written to the four stores,
+with a worker and client that cost nothing for those writes (its cores over a
+create's CPU with no mirrors plus the four servers' CPU per write).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import multiprocessing
 import os
+import resource
 import secrets
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -75,6 +95,8 @@ from bench._harness import (
     Daemon,
     aws_env,
     aws_raw_loop,
+    cpu_seconds,
+    machine_busy_s,
     postgres,
     run_ops,
     values_for,
@@ -86,6 +108,8 @@ NAME = "mirrors"
 SECRETS = knob("SECRETMIRROR_BENCH_MIRRORS_SECRETS", 1500, 150)
 API_S = knob("SECRETMIRROR_BENCH_DURATION_S", 5.0, 2.0)
 RAW_S = knob("SECRETMIRROR_BENCH_MIRRORS_RAW_S", 6.0, 2.0)
+#: The four raw loops at once (each makes its entries first, then they start together).
+TOGETHER_S = RAW_S
 CONCURRENCY = 16
 API_CLIENTS = 32
 UNLIMITED = 100_000.0
@@ -147,15 +171,20 @@ def _durable_write(directory: Path, name: str, body: bytes) -> None:
         os.close(dir_fd)
 
 
-async def file_raw_loop(directory: Path) -> dict[str, Any]:
-    """The file store's durable write, bare: 16 workers (threads), 25 files each."""
+async def file_raw_loop(
+    directory: Path, duration_s: float = RAW_S, ready: Callable[[], object] | None = None
+) -> dict[str, Any]:
+    """The file store's durable write, bare: 16 workers (threads), 25 files each
+    (``ready``, if given, is called in a thread first)."""
     directory.mkdir(parents=True, exist_ok=True)
     body = b'{"d":false,"v":1}\n' + secrets.token_bytes(220)
 
     async def write(worker: int, n: int) -> None:
         await asyncio.to_thread(_durable_write, directory, f"w{worker}-{n % 25}.secret", body)
 
-    result = await run_ops(write, CONCURRENCY, duration_s=RAW_S, label="raw file write")
+    if ready is not None:
+        await asyncio.to_thread(ready)
+    result = await run_ops(write, CONCURRENCY, duration_s=duration_s, label="raw file write")
     return {"operation": "durable file write", **result}
 
 
@@ -176,6 +205,149 @@ async def raw_phase(
     found["gcp_add_version"] = {**gcp, "ops_per_s": gcp["writes_per_s"]}
     print(f"  raw gcp add_secret_version: {gcp['writes_per_s']}/s", flush=True)
     found["file_write"] = await file_raw_loop(workdir / f"raw-files-{round_}")
+    return found
+
+
+# -- the machine's ceiling: the four raw loops at once ------------------------------------
+
+#: The loop each mirror's deliveries stand for, and the process that serves it.
+TOGETHER = {
+    "aws_put": "moto",
+    "vault_write": "bao",
+    "gcp_add_version": "gcp_fake",
+    "file_write": "",
+}
+
+
+def _one_raw_loop(loop: str, where: dict[str, str], start: Any, seconds: float) -> dict[str, Any]:
+    """One raw loop in a process of its own (spawned): it makes its entries, waits at the
+    ``start`` barrier for the other three, then runs: the four at once, each with its own
+    interpreter, as if each store had a client of its own."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    found: dict[str, Any]
+    if loop == "aws_put":
+        found = asyncio.run(
+            aws_raw_loop(
+                where["aws"],
+                where["prefix"],
+                CONCURRENCY,
+                operation="put",
+                duration_s=seconds,
+                ready=start.wait,
+            )
+        )
+    elif loop == "vault_write":
+        bao = OpenBao(where["bao"], where["bao_token"])
+        found = asyncio.run(
+            vault_raw_loop(bao, where["prefix"], "write", Cpu({}), seconds, start.wait)
+        )
+    elif loop == "gcp_add_version":
+        fake = SimpleNamespace(url=where["gcp"], key_file=where["gcp_key"])
+        gcp = sdk_write_loop(fake, seconds, CONCURRENCY, start.wait)  # type: ignore[arg-type]
+        found = {**gcp, "ops": gcp["calls"], "ops_per_s": gcp["writes_per_s"]}
+    else:
+        found = asyncio.run(file_raw_loop(Path(where["files"]), seconds, start.wait))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    ended = time.time()
+    found["window"] = [round(ended - found["seconds"], 3), round(ended, 3)]
+    found["client_cpu_s"] = round(
+        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3
+    )
+    return found
+
+
+def _cpu_between(
+    samples: list[tuple[float, dict[str, float | None]]], who: str, t0: float, t1: float
+) -> float | None:
+    """``who``'s CPU seconds between ``t0`` and ``t1``, read off ``samples`` (interpolated)."""
+
+    def at(t: float) -> float | None:
+        points = [(ts, got[who]) for ts, got in samples if got.get(who) is not None]
+        if len(points) < 2 or not points[0][0] <= t <= points[-1][0]:
+            return None
+        for (ta, va), (tb, vb) in itertools.pairwise(points):
+            if ta <= t <= tb:
+                assert va is not None
+                assert vb is not None
+                return va + (vb - va) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
+        return None
+
+    start, end = at(t0), at(t1)
+    return None if start is None or end is None else end - start
+
+
+async def together_phase(
+    moto: MotoServer,
+    bao: OpenBao,
+    fake: FakeProcess,
+    workdir: Path,
+    tag: str,
+    pids: dict[str, int | None],
+) -> dict[str, Any]:
+    """The four raw loops at once, each in its own process, for ``TOGETHER_S``: what this
+    machine gives four stores' writes at the same time with no worker in between (the
+    ceiling of a fan-out here), and each store server's CPU per write in that window."""
+    where = {
+        "aws": moto.endpoint_url,
+        "bao": bao.url,
+        "bao_token": bao.root_token,
+        "gcp": fake.url,
+        "gcp_key": fake.key_file,
+        "files": str(workdir / "raw-files-together"),
+        "prefix": f"smbench-{tag}/together/",
+    }
+    samples: list[tuple[float, dict[str, float | None]]] = []
+    done = asyncio.Event()
+
+    def take() -> None:
+        got = {who: cpu_seconds(pid) for who, pid in pids.items()}
+        samples.append((time.time(), {**got, "machine_busy": machine_busy_s()}))
+
+    async def sample() -> None:
+        while not done.is_set():
+            take()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.2)
+        take()
+
+    sampler = asyncio.create_task(sample())
+    loop = asyncio.get_running_loop()
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Manager() as manager, ProcessPoolExecutor(len(TOGETHER), mp_context=spawn) as pool:
+        start = manager.Barrier(len(TOGETHER))
+        runs = [
+            loop.run_in_executor(pool, _one_raw_loop, name, where, start, TOGETHER_S)
+            for name in TOGETHER
+        ]
+        results = await asyncio.gather(*runs)
+    done.set()
+    await sampler
+    found: dict[str, Any] = {"seconds": TOGETHER_S}
+    for name, result in zip(TOGETHER, results, strict=True):
+        t0, t1 = result["window"]
+        server = TOGETHER[name]
+        used = _cpu_between(samples, server, t0, t1) if server else result["client_cpu_s"]
+        result["server"] = server or "the kernel, from the loop's own process"
+        result["server_cpu_ms_per_write"] = (
+            None if used is None or not result["ops"] else round(used * 1000 / result["ops"], 3)
+        )
+        found[name] = result
+        print(
+            f"  together {name}: {result['ops_per_s']}/s,"
+            f" server {result['server_cpu_ms_per_write']} ms CPU per write",
+            flush=True,
+        )
+    starts = [r["window"][0] for r in results]
+    ends = [r["window"][1] for r in results]
+    overlap = max(min(ends) - max(starts), 0.0)
+    found["overlap_s"] = round(overlap, 3)
+    shortest = min(r["window"][1] - r["window"][0] for r in results)
+    found["overlap_of_shortest"] = round(overlap / shortest, 3)
+    first, last = min(starts), max(ends)
+    busy = _cpu_between(samples, "machine_busy", first, last)
+    found["machine_busy_fraction"] = (
+        None if busy is None else round(busy / ((last - first) * (os.cpu_count() or 1)), 3)
+    )
     return found
 
 
@@ -315,6 +487,10 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             pids = [p for p in (moto.pid, server.process.pid, fake.proc.pid) if p is not None]
             print("raw (before): each store's bare write loop, alone", flush=True)
             out["raw_before"] = await raw_phase(moto, bao, fake, workdir, tag, 1)
+            # Right after, at the same fill of moto's region (it slows as the region fills).
+            print("raw, the four loops at once, each in its own process", flush=True)
+            servers = {"moto": moto.pid, "bao": server.process.pid, "gcp_fake": fake.proc.pid}
+            out["raw_together"] = await together_phase(moto, bao, fake, workdir, tag, servers)
 
             daemon = Daemon(await pg.database(), workdir / "none", {**VERIFY_OFF})
             api = Api(daemon.url, API_CLIENTS)
@@ -452,14 +628,58 @@ def analysis(out: dict[str, Any]) -> dict[str, Any]:
     found["api_creates_four_paused_mirrors_vs_none"] = ratio(
         paused, out.get("api_no_mirrors", {}).get("ops_per_s")
     )
+    together = out.get("raw_together", {})
+    for name in MIRRORS:
+        loop = RAW_OF[name]
+        rate = together.get(loop, {}).get("ops_per_s")
+        # What the machine gives this store's writes while the other three stores are
+        # written too: the ceiling a fan-out to these four can reach here (against the
+        # loop alone just before it, at the same fill of moto's region).
+        alone = out.get("raw_before", {}).get(loop, {}).get("ops_per_s")
+        found[f"{name}_raw_together_vs_alone"] = ratio(rate, alone)
+        applied = out.get("drain_updates", {}).get(name, {}).get("applied_per_s_10_90")
+        found[f"{name}_updates_vs_raw_together"] = ratio(applied, rate)
+    found["api_ceiling"] = api_ceiling(out)
     return found
+
+
+def api_ceiling(out: dict[str, Any]) -> dict[str, Any] | None:
+    """The most creates/s this machine could take if each create were also written to the
+    four stores as it is made, with a worker and a bench client that cost nothing for
+    those writes: its cores over (a create's CPU with no mirrors: client, daemon,
+    PostgreSQL) plus (each store server's CPU per write, from the loops run together).
+    An upper bound: the daemon's create with four delivery rows costs more than with
+    none, a mirrored create to aws is a DescribeSecret and a CreateSecret, not one put."""
+    per_create = out.get("api_no_mirrors", {}).get("cpu_ms_per_op", {})
+    together = out.get("raw_together", {})
+    stores = [together.get(RAW_OF[n], {}).get("server_cpu_ms_per_write") for n in MIRRORS]
+    if not per_create or any(ms is None for ms in stores):
+        return None
+    api_ms = sum(per_create.get(who, 0.0) for who in ("client", "daemon", "postgres"))
+    stores_ms = sum(ms for ms in stores if ms is not None)
+    ceiling = (os.cpu_count() or 1) * 1000 / (api_ms + stores_ms)
+    none = out.get("api_no_mirrors", {}).get("ops_per_s")
+    return {
+        "create_cpu_ms_no_mirrors": round(api_ms, 3),
+        "store_servers_cpu_ms_per_create": round(stores_ms, 3),
+        "creates_per_s": round(ceiling, 1),
+        "vs_no_mirrors": ratio(ceiling, none),
+        "api_four_mirrors_vs_ceiling": ratio(
+            out.get("api_four_mirrors", {}).get("ops_per_s"), ceiling
+        ),
+    }
 
 
 def print_summary(out: dict[str, Any]) -> None:
     out["ratios"] = analysis(out)
     print(f"\n== {NAME} ==")
+    together = out.get("raw_together", {})
     for loop in ("aws_create", "aws_put", "vault_write", "gcp_add_version", "file_write"):
-        print(f"raw {loop:<16} {raw_mean(out, loop)}/s (mean of before and after)")
+        at_once = together.get(loop, {}).get("ops_per_s")
+        print(
+            f"raw {loop:<16} {raw_mean(out, loop)}/s (mean of before and after);"
+            f" {at_once}/s with the four loops at once"
+        )
     for step in ("creates", "updates"):
         got = out.get(f"drain_{step}", {})
         for name in MIRRORS:

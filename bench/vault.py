@@ -44,6 +44,7 @@ import asyncio
 import json
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,16 @@ async def _kv(
     return answer
 
 
-async def raw_loop(bao: OpenBao, prefix: str, kind: str, cpu: Cpu) -> dict[str, Any]:
-    """``kind`` "write": one data write per op; "store_update": the store's three calls."""
+async def raw_loop(
+    bao: OpenBao,
+    prefix: str,
+    kind: str,
+    cpu: Cpu,
+    duration_s: float = RAW_S,
+    ready: Callable[[], object] | None = None,
+) -> dict[str, Any]:
+    """``kind`` "write": one data write per op; "store_update": the store's three calls.
+    ``ready``, if given, is called (in a thread) between making the entries and the loop."""
     base = f"{bao.url}/v1/{MOUNT}"
     paths = [
         [f"{prefix}{kind}/w{w}-{i}" for i in range(RAW_ENTRIES_PER_WORKER)]
@@ -156,7 +165,9 @@ async def raw_loop(bao: OpenBao, prefix: str, kind: str, cpu: Cpu) -> dict[str, 
             await _kv(session, "POST", f"{base}/metadata/{path}", body)
 
         op = write if kind == "write" else store_update
-        result = await run_ops(op, CONCURRENCY, duration_s=RAW_S, cpu=cpu, label=f"raw {kind}")
+        if ready is not None:
+            await asyncio.to_thread(ready)
+        result = await run_ops(op, CONCURRENCY, duration_s=duration_s, cpu=cpu, label=f"raw {kind}")
     result["calls_per_op"] = 1 if kind == "write" else 3
     result["vault_calls_per_s"] = round(result["ops_per_s"] * result["calls_per_op"], 1)
     return result
