@@ -698,6 +698,16 @@ async def test_unknown_or_empty_query_parameters_are_400(
     assert error_code(body) == "bad_request"
 
 
+async def test_an_unknown_field_or_query_parameter_is_echoed_cut_short(api: Api) -> None:
+    """A huge unknown field or query parameter is named by its first 64 characters only."""
+    huge = "f" * 64 + "x" * 9_936
+    status, body, _ = await api.request("POST", SECRETS, json={"name": "a", huge: 1})
+    assert (status, body["error"]["message"]) == (422, f"unknown field '{'f' * 64}…'")
+    huge = "q" * 64 + "x" * 4_000  # within aiohttp's 8 KiB request line
+    status, body, _ = await api.request("GET", SECRETS, params={huge: "1"})
+    assert (status, body["error"]["message"]) == (400, f"unknown query parameter '{'q' * 64}…'")
+
+
 async def test_nul_in_a_list_filter_matches_nothing(api: Api) -> None:
     """A NUL character in a filter matches no secret (and is not a database failure)."""
     await api.create("a", {"k": "1"})

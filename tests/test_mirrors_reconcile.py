@@ -233,6 +233,8 @@ async def test_unknown_or_misplaced_stores_are_refused_and_no_job_is_made(api: A
         ({"mode": "verify", "stores": ["named", "nope"]}, "unknown store 'nope'"),
         ({"mode": "repair", "stores": []}, "non-empty list"),
         ({"mode": "verify", "stores": "named"}, "non-empty list"),
+        ({"mode": "verify", "stores": ["named", 3]}, "non-empty list"),
+        ({"mode": "verify", "stores": {"named": True}}, "non-empty list"),
         ({"mode": "backup", "stores": ["backup"]}, "verify and repair only"),
     ):
         status, answer, _ = await api.request("POST", "/admin/v1/reconcile", json=body)
@@ -244,6 +246,30 @@ async def test_unknown_or_misplaced_stores_are_refused_and_no_job_is_made(api: A
         )
     )[1]
     assert "primary, backup, ids, kept, named" in json.dumps(unknown)
+    assert (await api.request("GET", "/admin/v1/jobs"))[1]["items"] == before
+
+
+async def test_a_huge_store_name_or_list_is_refused_without_being_echoed(api: Api) -> None:
+    """A 10,000-character store name is echoed cut to its first 64 characters; a list of
+    10,000 names is refused by its length, none of it echoed; no job is made."""
+    before = (await api.request("GET", "/admin/v1/jobs"))[1]["items"]
+    name = "n" * 64 + "x" * 9_936
+    status, answer, _ = await api.request(
+        "POST", "/admin/v1/reconcile", json={"mode": "verify", "stores": [name]}
+    )
+    message = answer["error"]["message"]
+    assert status == 422, answer
+    assert f"unknown store '{'n' * 64}…'" in message
+    assert "x" not in message.split("'")[1]
+    assert len(json.dumps(answer)) < 300
+    many = [f"store-{i}" for i in range(10_000)]
+    status, answer, _ = await api.request(
+        "POST", "/admin/v1/reconcile", json={"mode": "repair", "stores": many}
+    )
+    assert status == 422, answer
+    assert "10000 names for 5 stores" in answer["error"]["message"]
+    assert "store-" not in json.dumps(answer)
+    assert len(json.dumps(answer)) < 300
     assert (await api.request("GET", "/admin/v1/jobs"))[1]["items"] == before
 
 

@@ -220,3 +220,16 @@ class StoreNotFound(StoreError):
 
     status = 404
     reason = "not_found"
+
+
+#: How much of a caller's string an error message repeats.
+ECHO_CHARS = 64
+
+
+def echoed(text: str) -> str:
+    """``text`` quoted for an error message, cut to ``ECHO_CHARS`` characters and "…".
+
+    A message repeats what the caller sent (an unknown field, store or parameter) so they see
+    their typo; a request may send a megabyte of it, which the answer and the logs must not.
+    """
+    return repr(text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "…")

@@ -63,6 +63,7 @@ from secretmirror.errors import (
     StoreRejected,
     StoreThrottled,
     Unavailable,
+    echoed,
 )
 from secretmirror.mirrors import Mirror
 from secretmirror.model import canonical
@@ -922,13 +923,19 @@ class Jobs:
         stores: list[str] | None = None,
     ) -> dict[str, Any]:
         """Start a job. ``stores`` (verify and repair): the stores it covers, by name (default
-        every store); an unknown name is ``Invalid`` and no job is made."""
+        every store); an unknown name, or more names than stores, is ``Invalid`` and no job
+        is made."""
         if mode in ("verify", "repair"):
             names = store_names(self.rt)
+            if stores is not None and len(stores) > len(names):
+                raise Invalid(
+                    f"stores: {len(stores)} names for {len(names)} stores; "
+                    f"name each at most once: {', '.join(names)}"
+                )
             for name in stores or ():
                 if name not in names:
                     raise Invalid(
-                        f"stores: unknown store {name!r}; the stores are {', '.join(names)}"
+                        f"stores: unknown store {echoed(name)}; the stores are {', '.join(names)}"
                     )
             # None: every store (what the divergence gauge takes as a full verify).
             chosen = None if stores is None else [n for n in names if n in stores]

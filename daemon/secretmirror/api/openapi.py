@@ -758,6 +758,7 @@ def _admin_paths(common: tuple[int, ...], stores: tuple[str, ...]) -> dict[str, 
                                 "stores": {
                                     "type": "array",
                                     "minItems": 1,
+                                    **({"maxItems": len(stores)} if stores else {}),
                                     "items": {"type": "string", "enum": list(stores)}
                                     if stores
                                     else {"type": "string"},

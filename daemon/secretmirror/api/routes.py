@@ -25,6 +25,7 @@ from secretmirror.errors import (
     RequestTimeout,
     TooManyRequests,
     Unauthorized,
+    echoed,
 )
 from secretmirror.model import Principal
 from secretmirror.service import ReadResult
@@ -66,7 +67,7 @@ def check_query(request: web.Request, *allowed: str) -> None:
     """400 for a query parameter the route does not know (a typo must not widen a list)."""
     unknown = sorted(set(request.query) - set(allowed))
     if unknown:
-        raise BadRequest(f"unknown query parameter {unknown[0]!r}")
+        raise BadRequest(f"unknown query parameter {echoed(unknown[0])}")
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
@@ -89,7 +90,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 def _allowed(body: dict[str, Any], fields: set[str]) -> None:
     unknown = sorted(set(body) - fields)
     if unknown:
-        raise Invalid(f"unknown field {unknown[0]!r}")
+        raise Invalid(f"unknown field {echoed(unknown[0])}")
 
 
 def _not_null(body: dict[str, Any], *fields: str) -> None:
