@@ -24,6 +24,7 @@ from secretmirror.settings import load_settings
 from secretmirror.stores.base import StoreContext
 from secretmirror.stores.instrumented import RoleStore
 from tests.conftest import Api
+from tests.mirrorconf import file_mirrors, holdings
 from tests.test_replication import drained, until, worker
 
 # -- the rules (pure logic) ---------------------------------------------------
@@ -195,30 +196,12 @@ def test_mirrors_from_environment_variables(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.fixture
 def settings_overrides(tmp_path: Path) -> dict[str, Any]:
-    def file(name: str, **rule: Any) -> dict[str, Any]:
-        return {"type": "file", "path": str(tmp_path / name), **rule}
-
-    return {
-        "backup": file("backup"),
-        "mirrors": {
-            "named": file("named", include=["app-*"], naming="name"),
-            "ids": file("ids", exclude=["*-secret"], include_private=True),
-            "kept": file("kept", include=["app-*"], naming="name", on_delete="retain"),
-        },
-        "replication": {"poll_interval_s": 0.2, "backoff_initial_s": 0.05, "backoff_max_s": 0.5},
-    }
-
-
-async def holdings(rt: Runtime, mirror: str) -> dict[str, tuple[int, dict[str, str]]]:
-    """Key -> (version, values) of every live entry of a mirror."""
-    store = rt.mirrors[mirror]
-    found = {}
-    async for entry in store.list():
-        if not entry.deleted:
-            stored = await store.get(entry.secret_id)
-            assert stored is not None
-            found[entry.secret_id] = (stored.version, stored.values)
-    return found
+    return file_mirrors(
+        tmp_path,
+        named={"include": ["app-*"], "naming": "name"},
+        ids={"exclude": ["*-secret"], "include_private": True},
+        kept={"include": ["app-*"], "naming": "name", "on_delete": "retain"},
+    )
 
 
 async def test_each_mirror_holds_its_selection_under_its_names(api: Api, runtime: Runtime) -> None:

@@ -36,6 +36,7 @@ from secretmirror.shared_gauges import Refresher
 from secretmirror.stores.base import StoreContext
 from secretmirror.stores.file import FileStore, file_name
 from tests.conftest import Api
+from tests.mirrorconf import file_mirrors
 from tests.test_cli import Cli
 from tests.test_replication import until, worker
 
@@ -45,21 +46,11 @@ EXIT_FOUND_PROBLEM = 4
 
 @pytest.fixture
 def settings_overrides(tmp_path: Path) -> dict[str, Any]:
-    def file(name: str, **rule: Any) -> dict[str, Any]:
-        return {"type": "file", "path": str(tmp_path / name), **rule}
-
-    return {
-        "backup": file("backup"),
-        "mirrors": {
-            "team": file("team", include=["app-*"], naming="name"),
-            "ids": file("ids", exclude=["*-secret"], on_delete="retain"),
-        },
-        "replication": {
-            "poll_interval_s": 0.2,
-            "backoff_initial_s": 0.05,
-            "backoff_max_s": 0.5,
-        },
-    }
+    return file_mirrors(
+        tmp_path,
+        team={"include": ["app-*"], "naming": "name"},
+        ids={"exclude": ["*-secret"], "on_delete": "retain"},
+    )
 
 
 async def status_of(api: Api) -> dict[str, Any]:

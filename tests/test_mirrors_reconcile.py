@@ -20,8 +20,8 @@ from secretmirror.runtime import Runtime
 from secretmirror.shared_gauges import read_shared_state
 from secretmirror.stores.file import file_name
 from tests.conftest import Api
+from tests.mirrorconf import file_mirrors, holdings
 from tests.test_cli import Cli, run, server_logs, server_url  # noqa: F401 (fixtures)
-from tests.test_mirrors import holdings
 from tests.test_reconcile import run_job
 from tests.test_replication import drained, until, worker
 
@@ -31,19 +31,13 @@ DRIFT = ("missing", "stale", "mismatch", "unreadable", "orphan")
 
 @pytest.fixture
 def settings_overrides(tmp_path: Path) -> dict[str, Any]:
-    def file(name: str, **rule: Any) -> dict[str, Any]:
-        return {"type": "file", "path": str(tmp_path / name), **rule}
-
-    return {
-        "backup": file("backup"),
-        "mirrors": {
-            "named": file("named", include=["app-*"], naming="name"),
-            "ids": file("ids", include=["app-*"]),
-            "kept": file("kept", include=["app-*"], naming="name", on_delete="retain"),
-        },
-        "replication": {"poll_interval_s": 0.2, "backoff_initial_s": 0.05, "backoff_max_s": 0.5},
-        "reconcile": {"verify_interval_s": 0, "concurrency": 4},
-    }
+    mirrors = file_mirrors(
+        tmp_path,
+        named={"include": ["app-*"], "naming": "name"},
+        ids={"include": ["app-*"]},
+        kept={"include": ["app-*"], "naming": "name", "on_delete": "retain"},
+    )
+    return {**mirrors, "reconcile": {"verify_interval_s": 0, "concurrency": 4}}
 
 
 async def current(rt: Runtime, secret_id: str) -> tuple[int, int, str, str]:
