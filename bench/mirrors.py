@@ -84,8 +84,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
+from tests.daemon_proc import store_env
+from tests.gcpfake import gcp_settings
 from tests.moto import REGION, MotoServer
-from tests.openbao import OpenBao, start_bao
+from tests.openbao import OpenBao, bao_settings, start_bao
 
 from bench._common import check, knob, measured, ratio, run_standalone
 from bench._harness import (
@@ -129,27 +131,17 @@ RAW_CREATE_OF = {**RAW_OF, "aws": "aws_create"}
 def mirrors_env(
     moto: MotoServer, bao: OpenBao, fake: FakeProcess, files: Path, tag: str
 ) -> dict[str, str]:
-    env = aws_env(moto.endpoint_url, f"smbench-{tag}/aws/", UNLIMITED, role="MIRRORS__AWS")
-    env.update(
-        {
-            "SECRETMIRROR_MIRRORS__VAULT__TYPE": "hashicorp",
-            "SECRETMIRROR_MIRRORS__VAULT__URL": bao.url,
-            "SECRETMIRROR_MIRRORS__VAULT__AUTH_METHOD": "token",
-            "SECRETMIRROR_MIRRORS__VAULT__TOKEN": bao.root_token,
-            "SECRETMIRROR_MIRRORS__VAULT__MOUNT": "secret",
-            "SECRETMIRROR_MIRRORS__VAULT__PATH_PREFIX": f"smbench-{tag}/mirror/",
-            "SECRETMIRROR_MIRRORS__GCP__TYPE": "gcp",
-            "SECRETMIRROR_MIRRORS__GCP__PROJECT_ID": PROJECT,
-            "SECRETMIRROR_MIRRORS__GCP__ENDPOINT_URL": fake.url,
-            "SECRETMIRROR_MIRRORS__GCP__AUTH_METHOD": "service-account",
-            "SECRETMIRROR_MIRRORS__GCP__SERVICE_ACCOUNT_FILE": fake.key_file,
-            "SECRETMIRROR_MIRRORS__GCP__NAME_PREFIX": f"m{tag}-",
-            "SECRETMIRROR_MIRRORS__GCP__MAX_WRITES_PER_S": str(UNLIMITED),
-            "SECRETMIRROR_MIRRORS__FILES__TYPE": "file",
-            "SECRETMIRROR_MIRRORS__FILES__PATH": str(files),
-        }
+    gcp = gcp_settings(
+        fake.url, Path(fake.key_file), f"m{tag}-", project_id=PROJECT, max_writes_per_s=UNLIMITED
     )
-    return env
+    return {
+        **aws_env(moto.endpoint_url, f"smbench-{tag}/aws/", UNLIMITED, role="MIRRORS__AWS"),
+        **store_env(
+            "mirrors__vault", {"type": "hashicorp", **bao_settings(bao, f"smbench-{tag}/mirror/")}
+        ),
+        **store_env("mirrors__gcp", {"type": "gcp", **gcp}),
+        **store_env("mirrors__files", {"type": "file", "path": files}),
+    }
 
 
 # -- raw loops ---------------------------------------------------------------------------

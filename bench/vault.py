@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from tests.openbao import BaoProcess, OpenBao, start_bao
+from tests.daemon_proc import store_env
+from tests.openbao import BaoProcess, OpenBao, bao_settings, start_bao
 
 from bench._common import check, knob, measured, ratio, run_standalone
 from bench._harness import (
@@ -83,14 +84,7 @@ AUDIT_DEVICE = "bench/"
 
 
 def vault_backup_env(bao: OpenBao, prefix: str) -> dict[str, str]:
-    return {
-        "SECRETMIRROR_BACKUP__TYPE": "hashicorp",
-        "SECRETMIRROR_BACKUP__URL": bao.url,
-        "SECRETMIRROR_BACKUP__AUTH_METHOD": "token",
-        "SECRETMIRROR_BACKUP__TOKEN": bao.root_token,
-        "SECRETMIRROR_BACKUP__MOUNT": MOUNT,
-        "SECRETMIRROR_BACKUP__PATH_PREFIX": prefix,
-    }
+    return store_env("backup", {"type": "hashicorp", **bao_settings(bao, prefix, mount=MOUNT)})
 
 
 # -- the raw limit ---------------------------------------------------------------------

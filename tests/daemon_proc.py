@@ -20,6 +20,13 @@ from tests.conftest import ADMIN_TOKEN
 from tests.net import free_port
 
 
+def store_env(role: str, fields: dict[str, Any]) -> dict[str, str]:
+    """``SECRETMIRROR_<ROLE>__<FIELD>`` for a store's fields (role: ``backup``,
+    ``mirrors__<name>``)."""
+    prefix = f"SECRETMIRROR_{role.upper()}__"
+    return {prefix + key.upper(): str(value) for key, value in fields.items()}
+
+
 class DaemonProcess:
     """One daemon process; ``start`` again after ``kill`` or ``terminate`` to restart it."""
 

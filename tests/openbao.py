@@ -71,6 +71,20 @@ class OpenBao(NamedTuple):
         return answer
 
 
+def bao_settings(bao: OpenBao, path_prefix: str, **overrides: Any) -> dict[str, Any]:
+    """Fields of a ``HashicorpStoreSettings`` on the server's KV v2 ``secret/`` mount with
+    its root token."""
+    fields: dict[str, Any] = {
+        "url": bao.url,
+        "auth_method": "token",
+        "token": bao.root_token,
+        "mount": "secret",
+        "path_prefix": path_prefix,
+    }
+    fields.update(overrides)
+    return fields
+
+
 def bao_binary() -> str:
     """``bao`` next to this interpreter (the virtualenv), else on PATH."""
     beside = Path(sys.executable).parent / "bao"

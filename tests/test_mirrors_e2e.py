@@ -37,7 +37,7 @@ from tests.daemon_proc import DaemonProcess
 from tests.gcpfake import PROJECT, GcpFake, gcp_settings
 from tests.mirror_readers import Reading, read_aws, read_file_store, read_gcp, read_vault
 from tests.moto import aws_settings, secrets_client
-from tests.openbao import OpenBao
+from tests.openbao import OpenBao, bao_settings
 from tests.stores.hashicorp import unique_prefix
 from tests.test_replication_e2e import (
     daemons,  # noqa: F401 (a fixture)
@@ -103,13 +103,7 @@ class Places:
                 del rule["exclude"]
         aws = aws_settings(self.moto, self.aws_prefix, max_writes_per_s=5000)
         gcp = gcp_settings(self.gcp.url, self.gcp_key, self.gcp_prefix, max_writes_per_s=5000)
-        vault = {
-            "url": self.bao.url,
-            "mount": MOUNT,
-            "path_prefix": self.vault_prefix,
-            "auth_method": "token",
-            "token": self.bao.root_token,
-        }
+        vault = bao_settings(self.bao, self.vault_prefix, mount=MOUNT)
         return {
             **store_env("backup", {"type": "file", "path": self.backup_dir}),
             **store_env(

@@ -55,12 +55,12 @@ from secretmirror.stores.aws import AwsStore
 from secretmirror.stores.base import Entry, StoreContext
 from secretmirror.stores.file import FileStore
 from tests.conftest import ADMIN_TOKEN, Api
-from tests.daemon_proc import DaemonProcess
+from tests.daemon_proc import DaemonProcess, store_env
 from tests.faultproxy import ThreadedFaultProxy
 from tests.moto import MotoServer, aws_settings
-from tests.openbao import OpenBao
+from tests.openbao import OpenBao, bao_settings
 from tests.test_replication import until, worker
-from tests.test_replication_e2e import deployment_id, store_env
+from tests.test_replication_e2e import deployment_id
 
 pytestmark = pytest.mark.acceptance
 
@@ -262,15 +262,7 @@ async def test_a_blackholed_mirror_never_delays_the_others(
             **store_env("backup", {"type": "file", "path": tmp_path / "backup"}),
             **mirror_env("files", {"type": "file", "path": tmp_path / "files"}),
             **mirror_env(
-                "vault",
-                {
-                    "type": "hashicorp",
-                    "url": openbao.url,
-                    "auth_method": "token",
-                    "token": openbao.root_token,
-                    "mount": "secret",
-                    "path_prefix": f"smt-iso-{run}/",
-                },
+                "vault", {"type": "hashicorp", **bao_settings(openbao, f"smt-iso-{run}/")}
             ),
             **mirror_env("team", {"type": "aws", **aws_settings(moto.endpoint_url, team_prefix)}),
             **mirror_env("cut", {"type": "aws", **aws_settings(proxy.url, cut_prefix)}),

@@ -27,7 +27,7 @@ from secretmirror.stores.aws import AwsStore
 from secretmirror.stores.base import StoreContext
 from secretmirror.stores.file import FileStore
 from tests.conftest import ADMIN_TOKEN
-from tests.daemon_proc import DaemonProcess
+from tests.daemon_proc import DaemonProcess, store_env
 from tests.faultproxy import ThreadedFaultProxy
 from tests.load import Load
 from tests.moto import aws_settings, secrets_client
@@ -41,11 +41,6 @@ FAST_REPLICATION = {
     "SECRETMIRROR_REPLICATION__LEASE_S": "5",
     "SECRETMIRROR_RECONCILE__VERIFY_INTERVAL_S": "0",
 }
-
-
-def store_env(role: str, fields: dict[str, Any]) -> dict[str, str]:
-    prefix = f"SECRETMIRROR_{role.upper()}__"
-    return {prefix + key.upper(): str(value) for key, value in fields.items()}
 
 
 def aws_env(role: str, endpoint: str, prefix: str) -> dict[str, str]:
