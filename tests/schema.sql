@@ -117,6 +117,13 @@ CREATE TABLE public.kms_data_keys (
     created timestamp with time zone DEFAULT clock_timestamp() NOT NULL
 );
 
+CREATE TABLE public.name_leases (
+    target text NOT NULL,
+    name text NOT NULL,
+    holder text NOT NULL,
+    leased_until timestamp with time zone NOT NULL
+);
+
 CREATE TABLE public.schema_migrations (
     version integer NOT NULL,
     name text NOT NULL,
@@ -194,6 +201,9 @@ ALTER TABLE ONLY public.jobs
 
 ALTER TABLE ONLY public.kms_data_keys
     ADD CONSTRAINT kms_data_keys_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.name_leases
+    ADD CONSTRAINT name_leases_pkey PRIMARY KEY (target, name);
 
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);

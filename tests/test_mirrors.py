@@ -254,6 +254,48 @@ async def test_each_mirror_holds_its_selection_under_its_names(api: Api, runtime
     assert d["version"] == 1
 
 
+async def test_a_name_another_process_holds_is_written_only_once_it_is_free(
+    api: Api, runtime: Runtime
+) -> None:
+    """A mirror by name leases each entry name a delivery writes (``name_leases``, under the
+    delivery's token): while another process's delivery holds a name, a delivery to it is
+    contended and tried again, never written; an expired hold is taken over; every name
+    is given back after the write."""
+    target = runtime.keys_of(["named"])[0]
+    hold = (
+        "INSERT INTO name_leases (target, name, holder, leased_until)"
+        " VALUES ($1, $2, 'other-node/token', now() + make_interval(secs => $3))"
+    )
+    await runtime.pool.execute(hold, target, "app-held", 3600.0)
+    await runtime.pool.execute(hold, target, "app-lapsed", -1.0)
+    async with worker(runtime):
+        held = await api.create("app-held", {"k": "1"})
+        await api.create("app-lapsed", {"k": "2"})
+
+        async def contended() -> bool:
+            error = await runtime.pool.fetchval(
+                "SELECT last_error FROM deliveries WHERE target = $1 AND secret_id = $2",
+                target,
+                uuid.UUID(held["id"]),
+            )
+            return error is not None and error.startswith("contended")
+
+        async def lapsed_written() -> bool:
+            return "app-lapsed" in await holdings(runtime, "named")
+
+        await until(contended)
+        await until(lapsed_written)
+        assert "app-held" not in await holdings(runtime, "named")
+        await runtime.pool.execute("DELETE FROM name_leases WHERE name = 'app-held'")
+        await until(lambda: drained(runtime))
+        named = await holdings(runtime, "named")
+        assert {k: vals for k, (_, vals) in named.items()} == {
+            "app-held": {"k": "1"},
+            "app-lapsed": {"k": "2"},
+        }
+    assert await runtime.pool.fetchval("SELECT count(*) FROM name_leases") == 0
+
+
 async def test_a_secret_outside_every_filter_gets_no_mirror_delivery(
     api: Api, runtime: Runtime
 ) -> None:

@@ -9,6 +9,7 @@ faults the provider answers as it documents them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import secrets
 import uuid
@@ -316,6 +317,28 @@ async def test_a_listing_teaches_a_process_what_another_wrote(
     assert got is not None
     assert (got.version, got.values) == (3, {"a": "3"})
     assert await store.get(deleted) is None
+
+
+async def test_shared_entries_trust_the_entry_not_what_a_process_remembers(
+    open_store: OpenStore, ctx: StoreContext
+) -> None:
+    """``shared_entries`` (a mirror by name: secrets write an entry in turn, from any
+    process): a process that wrote an entry and then saw another process write a newer
+    version never lets its late, older tombstone or put undo the newer one."""
+    shared = dataclasses.replace(ctx, shared_entries=True)
+    one, two = await open_store(shared), await open_store(shared)
+    sid = _sid()
+    await _put(one, sid, 5, {"a": "5"})
+    assert await _put(two, sid, 7, {"a": "7"}) is PutOutcome.WRITTEN
+    await one.delete(sid, 6)
+    assert await _put(one, sid, 6, {"a": "6"}) is PutOutcome.UNCHANGED
+    for reader in (one, two):
+        got = await reader.get(sid)
+        assert got is not None
+        assert (got.version, got.values) == (7, {"a": "7"})
+    await two.delete(sid, 8)
+    assert await _put(one, sid, 7, {"a": "7"}) is PutOutcome.UNCHANGED
+    assert await one.get(sid) is None
 
 
 # -- ownership ------------------------------------------------------------------------------

@@ -13,15 +13,17 @@ the one that counts, and an older write never marks the row applied.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from secretmirror.errors import StoreContended, Unavailable
 from secretmirror.queries import Q
 
 
@@ -96,6 +98,31 @@ async def claim(
         )
         for r in rows
     ]
+
+
+@contextlib.asynccontextmanager
+async def names_held(
+    pool: Any, target: str, holder: str, names: Collection[str], lease_s: float
+) -> AsyncIterator[None]:
+    """Hold the entry ``names`` of ``target`` (a mirror by name) for the writes inside.
+
+    Deliveries are leased per secret, but a by-name entry is written in turn by
+    whichever secret holds the name: a writer holds the names it writes here
+    with its lease token (``holder``) for as long as its lease, so two processes
+    never write one name at once. A name held by someone else is
+    ``StoreContended``: the delivery is tried again later. No names: no query.
+    """
+    wanted = sorted(set(names))
+    rows = await pool.fetch(Q.name_lease_take, target, holder, wanted, lease_s) if wanted else []
+    got = [r["name"] for r in rows]
+    try:
+        if len(got) < len(wanted):
+            raise StoreContended("another delivery is writing an entry of the same name")
+        yield
+    finally:
+        if got:
+            with contextlib.suppress(Unavailable):  # else the lease expires by itself
+                await pool.execute(Q.name_lease_release, target, holder, got)
 
 
 async def events_for(pool: asyncpg.Pool, claims: list[Claim]) -> dict[tuple[str, int], Event]:

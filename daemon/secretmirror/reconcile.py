@@ -661,7 +661,9 @@ class Job:
             self.report.add("skipped")
             return
         try:
-            await _retrying(lambda: store.delete(f.secret_id, tombstone))
+            # Keyed by name, the name is leased instead, as a delivery writing it holds it.
+            async with self._name_held(store, rule, f.secret_id):
+                await _retrying(lambda: store.delete(f.secret_id, tombstone))
         finally:
             if leased:
                 await self._release(store, f.secret_id, token, 0)
@@ -682,7 +684,8 @@ class Job:
             values = await self._values_of(secret_id, row)
             key = rule.key(secret_id, row["name"])
             fence = row["seq"] if rule.by_name else row["version"]
-            await _retrying(lambda: store.put(key, fence, values, row["hash"]))
+            async with self._name_held(store, rule, key):
+                await _retrying(lambda: store.put(key, fence, values, row["hash"]))
             written = row["version"]  # the delivery row counts secret versions
         finally:
             await self._release(store, secret_id, token, written)
@@ -764,6 +767,18 @@ class Job:
             return
         with contextlib.suppress(Unavailable):  # else the lease expires by itself
             await self.rt.pool.execute(Q.delivery_release_for_job, *row_key, token, written)
+
+    def _name_held(
+        self, store: RoleStore, rule: Mirror, key: str
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the entry name ``key`` of a mirror by name for one write (nothing by id)."""
+        return deliveries.names_held(
+            self.rt.pool,
+            self.rt.key_of(store.role),
+            deliveries.new_token(self._holder),
+            [key] if rule.by_name else [],
+            self.rt.settings.replication.lease_s,
+        )
 
     def _row_key(self, store: RoleStore, secret_id: str) -> tuple[str, uuid.UUID] | None:
         """The delivery row of (``store``, secret); None for a store the worker does not

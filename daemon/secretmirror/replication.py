@@ -234,13 +234,19 @@ class Replicator:
             history = [
                 Version(r["version"], r["seq"], r["kind"], r["name"], r["private"]) for r in rows
             ] or history
-        for step in plan(rule, claim.secret_id, history, claim.applied_version):
-            if step.op == "put" and step.source not in (0, event.version):
-                await store.put(step.key, step.fence, *await self._payload_of(event, step.source))
-            elif step.op == "put":
-                await store.put(step.key, step.fence, *self._payload(event))
-            else:
-                await store.delete(step.key, step.fence)
+        steps = plan(rule, claim.secret_id, history, claim.applied_version)
+        names: list[str] = [step.key for step in steps] if rule.by_name else []
+        async with deliveries.names_held(
+            self.rt.worker_pool, claim.target, claim.token, names, self.cfg.lease_s
+        ):
+            for step in steps:
+                if step.op == "put" and step.source not in (0, event.version):
+                    payload = await self._payload_of(event, step.source)
+                    await store.put(step.key, step.fence, *payload)
+                elif step.op == "put":
+                    await store.put(step.key, step.fence, *self._payload(event))
+                else:
+                    await store.delete(step.key, step.fence)
 
     async def _failed(self, claim: Claim, exc: Exception, bound: structlog.BoundLogger) -> None:
         reason = exc.reason if isinstance(exc, StoreError) else "decryption"

@@ -9,7 +9,7 @@ import secrets as pysecrets
 import socket
 import stat
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asyncpg
@@ -289,7 +289,9 @@ def build_mirrors(
     seen = list(taken)
     for name, mirror in sorted(settings.mirrors.items()):
         check_mirror(name, mirror)
-        role = RoleStore(name, build_store(mirror.store, ctx, dsn), timeout_s)
+        # By name, other secrets' deliveries write an entry in turn, from any process.
+        shared = replace(ctx, shared_entries=mirror.naming == "name")
+        role = RoleStore(name, build_store(mirror.store, shared, dsn), timeout_s)
         for other in seen:
             if _overlap(role, other):
                 raise ConfigError(

@@ -475,6 +475,21 @@ SELECT version, seq, kind, name, private FROM events
 WHERE secret_id = $1 AND version BETWEEN $2 AND $3
 ORDER BY version
 
+-- name_lease_take --
+-- Lease the entry names $3 (sorted: two takers lock them in one order) of target $1 to
+-- the holder $2 for $4 seconds: a name is taken when free, expired or already $2's.
+-- Returns the names $2 holds now; a holder that did not get them all gives them back.
+INSERT INTO name_leases (target, name, holder, leased_until)
+SELECT $1, n, $2, now() + make_interval(secs => $4) FROM unnest($3::text[]) AS n
+ON CONFLICT (target, name) DO UPDATE
+SET holder = excluded.holder, leased_until = excluded.leased_until
+WHERE name_leases.leased_until < now() OR name_leases.holder = excluded.holder
+RETURNING name
+
+-- name_lease_release --
+-- Give back the names $3 of target $1 that the holder $2 still holds.
+DELETE FROM name_leases WHERE target = $1 AND holder = $2 AND name = ANY($3::text[])
+
 -- delivery_complete --
 -- Mark applied (never moving applied_version back) and release the lease, for the
 -- rows still leased with the writer's token ($4): a writer whose lease expired and

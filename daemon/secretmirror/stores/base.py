@@ -41,6 +41,10 @@ class StoreContext:
     #: The deployment's keyed content hash of (secret id, canonical JSON), for a store that
     #: must hold a value it reads against the hash it recorded (azure); None: no such check.
     content_hash: Callable[[str, bytes], str] | None = None
+    #: Entries other secrets' deliveries write in turn from other processes (a mirror
+    #: with ``naming = "name"``): a store must not trust what it remembers of one, but
+    #: read its state before each write (the worker holds a lease on the name meanwhile).
+    shared_entries: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,6 +129,9 @@ class FencedStore(Generic[S]):
         self._throttle = Throttle()
         #: What this process knows of entries; one forgotten for space costs a read.
         self._remembered: Remembered[S] = Remembered()
+        #: False: every write reads the entry first (``remembers``, or entries that other
+        #: processes write under other secrets' leases: ``StoreContext.shared_entries``).
+        self._remembers = self.remembers and not ctx.shared_entries
 
     @property
     def max_value_bytes(self) -> int | None:
@@ -242,7 +245,7 @@ class FencedStore(Generic[S]):
         """
         async with self._remembered.writing(secret_id):
             state: S | None = None
-            if guess and self._remembered.unlisted(secret_id):
+            if guess and self._remembers and self._remembered.unlisted(secret_id):
                 state = self._unlisted()
             if state is None:
                 state = await self._state(secret_id, name)
@@ -261,20 +264,20 @@ class FencedStore(Generic[S]):
 
     async def _state(self, secret_id: str, name: str) -> S:
         """The remembered state, else the provider's (remembered from now on)."""
-        if self.remembers:
+        if self._remembers:
             known = self._remembered.get(secret_id)
             if known is not None:
                 return known
         state = await self._load(secret_id, name)
         if state is None:
             return self._absent()
-        if self.remembers:
+        if self._remembers:
             self._remembered.remember(secret_id, state)
         return state
 
     def _observe(self, secret_id: str, state: S) -> None:
         """A listing saw ``state``: learn an unknown entry, forget a belief it contradicts."""
-        if not self.remembers:
+        if not self._remembers:
             return
         known = self._remembered.peek(secret_id)
         if known is None:
