@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from secretmirror import metrics, retention
-from secretmirror.audit import AuditLog, Record
+from secretmirror.audit import AuditLog, Entry, Record
 from secretmirror.runtime import Runtime
 from tests.blackbox import Http, cli, serve_daemon
 from tests.conftest import ADMIN_TOKEN
@@ -287,7 +287,7 @@ async def test_concurrent_records_are_group_committed(runtime: Runtime, tmp_path
     """64 concurrent writers: every record committed, in a few multi-row inserts."""
     log = AuditLog(runtime.pool, tmp_path / "audit.jsonl")
     before = _batches()
-    await asyncio.gather(*(log.write([_record(n)]) for n in range(64)))
+    await asyncio.gather(*(log.write(Entry.of(_record(n))) for n in range(64)))
     await log.close()
     batches = _batches() - before
     assert 1 <= batches <= 8
@@ -296,11 +296,47 @@ async def test_concurrent_records_are_group_committed(runtime: Runtime, tmp_path
     assert stat.S_IMODE(os.stat(tmp_path / "audit.jsonl").st_mode) == 0o600
 
 
+async def test_a_batch_of_entries_keeps_each_records_fields_and_order(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Entries of one request each (one with 3 secrets) in one insert: a record per secret,
+    in the order written, each with its own request's fields, the file the same."""
+    log = AuditLog(runtime.pool, tmp_path / "audit.jsonl")
+    single = [_record(n) for n in range(2)]
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    bulk = Entry(
+        at=datetime.now(UTC) - timedelta(seconds=5),
+        actor="bench-bulk",
+        token_id=str(uuid.uuid4()),
+        action="secret.read",
+        outcome="ok",
+        status=200,
+        remote_addr="10.0.0.9",
+        request_id="bulk1",
+        secrets=[(ids[0], "b0"), (ids[1], "b1"), (ids[2], "b2")],
+    )
+    await asyncio.gather(
+        log.write(Entry.of(single[0])), log.write(bulk), log.write(Entry.of(single[1]))
+    )
+    await log.close()
+    expected = [single[0], *bulk.records(), single[1]]
+    rows = await runtime.pool.fetch(
+        "SELECT id, at, actor, token_id::text, action, secret_id::text, secret_name, outcome,"
+        " status, remote_addr, request_id FROM audit_log WHERE secret_id = ANY($1::uuid[])"
+        " ORDER BY id",
+        [r.secret_id for r in expected],
+    )
+    assert [Record(**{k: v for k, v in dict(r).items() if k != "id"}) for r in rows] == expected
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert lines == [r.to_json(row["id"]) for r, row in zip(expected, rows, strict=True)]
+
+
 async def test_retention_purges_records_older_than_keep_days(runtime: Runtime) -> None:
     """audit.keep_days (365 by default): older records go, newer ones stay."""
     log = AuditLog(runtime.pool)
     old = _record(1, datetime.now(UTC) - timedelta(days=400))
-    await log.write([old, _record(2)])
+    await log.write(Entry.of(old))
+    await log.write(Entry.of(_record(2)))
     assert await retention.purge_audit_once(runtime) == 1
     names = await runtime.pool.fetch("SELECT secret_name FROM audit_log WHERE actor = 'bench'")
     assert [r["secret_name"] for r in names] == ["s2"]

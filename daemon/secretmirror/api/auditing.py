@@ -11,13 +11,13 @@ whatever the route. When the record cannot be written the response becomes
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from secretmirror.access import Principal
-from secretmirror.audit import AuditLog, Record, outcome_of
+from secretmirror.audit import AuditLog, Entry, outcome_of
 from secretmirror.errors import SecretMirrorError
 
 AUDIT = web.AppKey("audit", AuditLog)
@@ -105,39 +105,35 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
         error, status = exc, 500
     action = "auth.failed" if status == 401 else _action(request, _route(request))
     if action is not None:
-        await request.app[AUDIT].write(_records(request, action, status))
+        await request.app[AUDIT].write(_entry(request, action, status))
     if error is not None:
         raise error
     return response
 
 
-def _records(request: web.Request, action: str, status: int) -> list[Record]:
+def _entry(request: web.Request, action: str, status: int) -> Entry:
     principal = request.get(PRINCIPAL)
-    at = datetime.now(UTC)
     outcome = outcome_of(status)
     action = request.get(_ACTION, action) if outcome == "ok" else action
-
-    def record(secret_id: str | None, name: str | None) -> Record:
-        return Record(
-            at=at,
-            actor=principal.actor if principal else None,
-            token_id=principal.token_id if principal else None,
-            action=action,
-            secret_id=secret_id,
-            secret_name=name,
-            outcome=outcome,
-            status=status,
-            remote_addr=request.remote,
-            request_id=request.get(REQUEST_ID),
-        )
-
     bulk = request.get(_SECRETS)
+    secrets: Sequence[tuple[str | None, str | None]]
     if bulk is not None and outcome == "ok":
-        return [record(secret_id, name) for secret_id, name in bulk]
-    noted = request.get(_NOTED)
-    if noted is not None:
-        return [record(*noted)]
-    return [record(_path_secret_id(request), None)]
+        secrets = bulk
+    elif (noted := request.get(_NOTED)) is not None:
+        secrets = [noted]
+    else:
+        secrets = [(_path_secret_id(request), None)]
+    return Entry(
+        at=datetime.now(UTC),
+        actor=principal.actor if principal else None,
+        token_id=principal.token_id if principal else None,
+        action=action,
+        outcome=outcome,
+        status=status,
+        remote_addr=request.remote,
+        request_id=request.get(REQUEST_ID),
+        secrets=secrets,
+    )
 
 
 def _path_secret_id(request: web.Request) -> str | None:

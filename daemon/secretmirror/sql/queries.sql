@@ -665,16 +665,21 @@ SELECT CASE WHEN c.reltuples < 100000 THEN (SELECT count(*) FROM secrets)
 FROM pg_class c WHERE c.oid = 'secrets'::regclass
 
 -- audit_insert --
--- One batch of audit records (group commit: see audit.py), in the order given.
+-- One batch of audit records (group commit: see audit.py), in the order given. $1-$8 hold
+-- one element per request (the fields its records share), $9-$11 one per record: the
+-- position of its request in $1-$8 (from 1) and its secret.
 INSERT INTO audit_log (at, actor, token_id, action, secret_id, secret_name, outcome, status,
                        remote_addr, request_id)
-SELECT at, actor, token_id, action, secret_id, secret_name, outcome, status, remote_addr,
-       request_id
-FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], $5::uuid[],
-                     $6::text[], $7::text[], $8::int[], $9::text[], $10::text[])
-    WITH ORDINALITY AS r(at, actor, token_id, action, secret_id, secret_name, outcome, status,
-                         remote_addr, request_id, n)
-ORDER BY n
+SELECT q.at, q.actor, q.token_id, q.action, s.secret_id, s.secret_name, q.outcome, q.status,
+       q.remote_addr, q.request_id
+FROM unnest($9::int[], $10::uuid[], $11::text[]) WITH ORDINALITY AS s(request, secret_id,
+                                                                        secret_name, n)
+JOIN unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::int[],
+            $7::text[], $8::text[])
+    WITH ORDINALITY AS q(at, actor, token_id, action, outcome, status, remote_addr,
+                         request_id, request)
+    USING (request)
+ORDER BY s.n
 RETURNING id
 
 -- audit_list --
