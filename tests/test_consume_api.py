@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import select
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 
 from secretmirror import replication
 from secretmirror.daemon import bind_listener, open_runtime
+from secretmirror.model import SecretMeta, canonical
 from secretmirror.runtime import Runtime
 from tests.conftest import Api, make_settings
 from tests.daemon_proc import free_port
@@ -118,6 +121,31 @@ async def test_list_with_values_returns_every_value(api: Api) -> None:
         (f"app-{i}", {"n": str(i)}) for i in range(5)
     ]
     assert page["next_cursor"] is None
+
+
+async def test_a_bulk_item_is_what_a_get_answers(api: Api) -> None:
+    """Each item of a bulk read has the fields and values GET /secrets/{id} answers."""
+    values = [{"b": "2", "a": "1"}, {"k": 'caf\u00e9 "quoted" \\ \u2603', "z": ""}]
+    ids = [(await api.create(f"same-{i}", v))["id"] for i, v in enumerate(values)]
+    page = await get_ok(api, SECRETS, values="true", name_prefix="same-")
+    assert page["items"] == [await get_ok(api, f"{SECRETS}/{i}") for i in ids]
+
+
+def test_row_json_is_to_json_as_text() -> None:
+    """SecretMeta.row_json gives the JSON of to_json, for any text and a whole-second time."""
+    when = datetime(2026, 12, 3, 10, 0, 0, tzinfo=UTC)
+    row = {
+        "id": str(uuid.uuid4()),
+        "name": 'odd "name" \u00e9\\',
+        "owner": str(uuid.uuid4()),
+        "private": True,
+        "version": 7,
+        "created": when,
+        "updated": when.replace(microsecond=123),
+    }
+    values = {"b": "x\ny", "a": "\u2603"}
+    text = SecretMeta.row_json(row, canonical(values).decode())
+    assert json.loads(text) == SecretMeta.from_row(row).to_json(values)
 
 
 async def test_list_without_values_has_none(api: Api) -> None:

@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from secretmirror.access import Principal
@@ -82,6 +83,26 @@ class SecretMeta:
         if values is not None:
             body["values"] = values
         return body
+
+    @staticmethod
+    def row_json(row: Any, values_json: str) -> str:
+        """``from_row(row).to_json(values)`` as JSON text, with ``values_json`` (the values'
+        JSON: a stored value's plaintext is their canonical JSON) spliced in as it is.
+
+        A bulk read answers 20 of these per request; building the metadata object, the
+        dict, parsing the plaintext and encoding it all again was a fifth of the daemon's
+        time in a storm of bulk reads.
+        """
+        return (
+            f'{{"id": {encode_basestring_ascii(row["id"])}, '
+            f'"name": {encode_basestring_ascii(row["name"])}, '
+            f'"owner": {encode_basestring_ascii(row["owner"])}, '
+            f'"private": {"true" if row["private"] else "false"}, '
+            f'"version": {int(row["version"])}, '
+            f'"created": "{row["created"].isoformat()}", '
+            f'"updated": "{row["updated"].isoformat()}", '
+            f'"values": {values_json}}}'
+        )
 
     def visible_to(self, principal: Principal, action: str = "read") -> bool:
         """Whether this secret exists for ``principal`` doing ``action`` (see ``access``)."""

@@ -56,6 +56,21 @@ class ReadResult:
     kind: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One secret of a bulk read: its list item as JSON text (values included), with the
+    id and name the page's cursor and the audit records need."""
+
+    id: str
+    name: str
+    json: str
+
+    @classmethod
+    def of(cls, result: ReadResult) -> Listed:
+        body = json.dumps(result.meta.to_json(result.values))
+        return cls(result.meta.id, result.meta.name, body)
+
+
 class SecretService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -347,14 +362,22 @@ class SecretService:
         """The value written in the outbox, read with the metadata; the fallback when there
         is none (no such store), or it is older, missing, or does not decrypt (a failed read
         of the primary, like any other)."""
-        if row["stored_version"] == meta.version and row["ciphertext"] is not None:
-            try:
-                values = self._open(meta.id, meta.version, row["ciphertext"])
-            except DecryptionError:
-                log.warning("secret.unreadable", secret_id=meta.id, source="primary")
-            else:
-                return ReadResult(meta, values, "primary")
+        plaintext = self._stored_plaintext(row)
+        if plaintext is not None:
+            values: dict[str, str] = json.loads(plaintext)
+            return ReadResult(meta, values, "primary")
         return await self._read_fallback(meta)
+
+    def _stored_plaintext(self, row: Any) -> bytes | None:
+        """The plaintext (canonical JSON) of the value written in the outbox that ``row``
+        carries, when it is the secret's current version and decrypts."""
+        if row["stored_version"] != row["version"] or row["ciphertext"] is None:
+            return None
+        try:
+            return self.rt.keyring.decrypt(row["ciphertext"], secret_aad(row["id"], row["version"]))
+        except DecryptionError:
+            log.warning("secret.unreadable", secret_id=row["id"], source="primary")
+            return None
 
     async def _read_fallback(self, meta: SecretMeta) -> ReadResult:
         """The stores the worker delivers to (a primary written in the outbox was read with
@@ -488,7 +511,7 @@ class SecretService:
         private: bool | None,
         limit: int,
         after: tuple[str, str] | None,
-    ) -> list[ReadResult]:
+    ) -> list[Listed]:
         """The list route with each secret's values (``?values=true``): one request, one query.
 
         Each secret falls back (backup, then the log) as a single read does; the
@@ -517,14 +540,20 @@ class SecretService:
                 async with gate:
                     return await self._read_fallback(meta)
 
-            return list(await asyncio.gather(*(one(m) for m in metas)))
+            return [Listed.of(r) for r in await asyncio.gather(*(one(m) for m in metas))]
         rows = await self.rt.pool.fetch(
             Q.secret_list_with_values, *args, self.rt.outbox_deployment, own_token, patterns
         )
-        results: list[ReadResult] = []
+        listed: list[Listed] = []
         for row in rows:
-            results.append(await self._from_row(SecretMeta.from_row(row), row))
-        return results
+            plaintext = self._stored_plaintext(row)
+            if plaintext is not None:
+                body = SecretMeta.row_json(row, plaintext.decode())
+                listed.append(Listed(row["id"], row["name"], body))
+            else:
+                meta = SecretMeta.from_row(row)
+                listed.append(Listed.of(await self._read_fallback(meta)))
+        return listed
 
     async def deleted_history(self, principal: Principal, name: str) -> list[dict[str, Any]]:
         """The history of the most recently deleted secret called ``name`` the caller could see."""
