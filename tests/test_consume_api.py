@@ -10,7 +10,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,10 @@ def test_row_json_is_to_json_as_text() -> None:
     values = {"b": "x\ny", "a": "\u2603"}
     text = SecretMeta.row_json(row, canonical(values).decode())
     assert json.loads(text) == SecretMeta.from_row(row).to_json(values)
+    # The same instant in another zone is an equal datetime but not the same text.
+    elsewhere = {**row, "created": when.astimezone(timezone(timedelta(hours=2)))}
+    text = SecretMeta.row_json(elsewhere, canonical(values).decode())
+    assert json.loads(text)["created"] == "2026-12-03T12:00:00+02:00"
 
 
 async def test_list_without_values_has_none(api: Api) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -17,6 +18,19 @@ __all__ = ["Principal", "SecretMeta"]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _KEY = re.compile(r"[A-Za-z0-9_.-]{1,255}")
 ROLES = ("admin", "writer", "reader")
+
+
+@lru_cache(maxsize=16384)
+def _utc_isoformat(when: datetime) -> str:
+    return when.isoformat()
+
+
+def _isoformat(when: datetime) -> str:
+    """``when.isoformat()``; remembered for UTC times (what asyncpg returns), since an
+    aware datetime's isoformat costs 1.4 us here and a bulk read formats 40 per request,
+    mostly the same ones from one request to the next. Only UTC: times of one instant in
+    other zones are equal keys but format differently."""
+    return _utc_isoformat(when) if when.tzinfo is UTC else when.isoformat()
 
 
 def check_name(name: Any, field: str = "name") -> str:
@@ -99,8 +113,8 @@ class SecretMeta:
             f'"owner": {encode_basestring_ascii(row["owner"])}, '
             f'"private": {"true" if row["private"] else "false"}, '
             f'"version": {int(row["version"])}, '
-            f'"created": "{row["created"].isoformat()}", '
-            f'"updated": "{row["updated"].isoformat()}", '
+            f'"created": "{_isoformat(row["created"])}", '
+            f'"updated": "{_isoformat(row["updated"])}", '
             f'"values": {values_json}}}'
         )
 
