@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from secretmirror.access import Principal
 from secretmirror.auth import TokenCache
 from secretmirror.daemon import make_app
 from secretmirror.runtime import Runtime
@@ -424,6 +425,51 @@ def test_cli_get_by_name_with_a_read_only_scope(daemon: DaemonProcess, admin: Ht
     missing = cli(daemon.url, token, "secret", "get", unique("hidden"))
     assert missing.returncode == 1
     assert "no secret named" in missing.stderr
+
+
+class _HeldQuery:
+    """A token lookup that waits until released, counting how often it ran."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self) -> tuple[Principal, None]:
+        self.runs += 1
+        await self.release.wait()
+        return Principal(str(uuid.uuid4()), "held", "reader"), None
+
+
+async def test_concurrent_misses_for_one_token_share_one_query() -> None:
+    """50 requests missing the cache at once for the same token run one query; the
+    answer is cached for the next one."""
+    cache, query = TokenCache(), _HeldQuery()
+    waiting = [asyncio.create_task(cache.lookup(b"t" * 32, query)) for _ in range(50)]
+    await asyncio.sleep(0)
+    query.release.set()
+    found = await asyncio.gather(*waiting)
+    assert query.runs == 1
+    assert len({id(p) for p in found}) == 1
+    assert await cache.lookup(b"t" * 32, query) is found[0]
+    assert query.runs == 1
+
+
+async def test_a_clear_during_a_lookup_keeps_its_answer_out_of_the_cache() -> None:
+    """A revocation here while a lookup is in flight: that answer is not cached, and a
+    request after the revocation runs a query of its own."""
+    cache, query = TokenCache(), _HeldQuery()
+    first = asyncio.create_task(cache.lookup(b"t" * 32, query))
+    await asyncio.sleep(0)
+    cache.clear()
+    second = asyncio.create_task(cache.lookup(b"t" * 32, query))
+    for _ in range(10):  # a few turns of the loop: both queries start, nothing else runs
+        await asyncio.sleep(0)
+    assert query.runs == 2
+    query.release.set()
+    await asyncio.gather(first, second)
+    assert cache.get(b"t" * 32) is not None  # the second one's answer, after the clear
+    cache.clear()
+    assert cache.get(b"t" * 32) is None
 
 
 async def test_disabling_reaches_another_replica_within_its_token_cache(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -71,18 +73,32 @@ class FailureLimiter:
         self._levels[address] = (self._level(address) + 1, self._clock())
 
 
+#: A token's principal and expiry, or None for a token that is not valid.
+Found = tuple[Principal, datetime | None] | None
+
+
 class TokenCache:
     """Valid tokens seen in the last ``ttl_s`` seconds, by hash: one query less per request.
 
     A revocation in this process empties it at once; one made through another
     replica takes effect here within ``ttl_s``. Expiry is checked on every hit.
     Only successes are cached, so a new token works immediately.
+
+    Concurrent misses for one token share one query (``lookup``): a fleet
+    restarting with one token sends hundreds of requests in the same instant,
+    all missing the cache, and each ran the same query (an entry lives 1 s, so
+    every storm found it lapsed). A request joining a query already in flight
+    gets an answer as fresh as a cache entry younger than the query. A
+    revocation here (``clear``) also forgets the queries in flight, and their
+    answers are not cached: requests after it run a query of their own.
     """
 
     def __init__(self, ttl_s: float = 1.0, max_entries: int = 10_000) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._entries: dict[bytes, tuple[Principal, datetime | None, float]] = {}
+        self._in_flight: dict[bytes, asyncio.Task[Found]] = {}
+        self._generation = 0
 
     def get(self, digest: bytes) -> Principal | None:
         found = self._entries.get(digest)
@@ -101,8 +117,36 @@ class TokenCache:
             self._entries.clear()
         self._entries[digest] = (principal, expires, time.monotonic())
 
+    async def lookup(
+        self, digest: bytes, query: Callable[[], Coroutine[Any, Any, Found]]
+    ) -> Principal | None:
+        """The cached principal, else ``query``'s (shared with concurrent callers for the
+        same token); None when the token is not valid."""
+        cached = self.get(digest)
+        if cached is not None:
+            return cached
+        task = self._in_flight.get(digest)
+        if task is None:
+            task = asyncio.ensure_future(query())
+            self._in_flight[digest] = task
+            task.add_done_callback(partial(self._settled, digest, self._generation))
+        # Shielded: a caller that goes away must not cancel the query others wait on.
+        found = await asyncio.shield(task)
+        return None if found is None else found[0]
+
+    def _settled(self, digest: bytes, generation: int, task: asyncio.Task[Found]) -> None:
+        if self._in_flight.get(digest) is task:
+            del self._in_flight[digest]
+        if task.cancelled() or task.exception() is not None or generation != self._generation:
+            return
+        found = task.result()
+        if found is not None:
+            self.put(digest, *found)
+
     def clear(self) -> None:
         self._entries.clear()
+        self._in_flight.clear()
+        self._generation += 1
 
 
 async def authenticate(
@@ -116,11 +160,20 @@ async def authenticate(
         # lone surrogates) is simply not one, not a reason to fail hashing it.
         raise Unauthorized()
     digest = crypto.token_hash(token)
-    if cache is not None and (cached := cache.get(digest)) is not None:
-        return cached
+    if cache is not None:
+        principal = await cache.lookup(digest, partial(_find, pool, digest))
+    else:
+        found = await _find(pool, digest)
+        principal = None if found is None else found[0]
+    if principal is None:
+        raise Unauthorized("the token is unknown, expired or revoked")
+    return principal
+
+
+async def _find(pool: Gateway, digest: bytes) -> Found:
     row = await pool.fetchrow(Q.authenticate, digest)
     if row is None:
-        raise Unauthorized("the token is unknown, expired or revoked")
+        return None
     principal = Principal(
         row["user_id"],
         row["name"],
@@ -130,9 +183,7 @@ async def authenticate(
         own_token=row["own_token"],
         creator=row["creator"],
     )
-    if cache is not None:
-        cache.put(digest, principal, row["expires"])
-    return principal
+    return principal, row["expires"]
 
 
 def user_json(row: Any) -> dict[str, Any]:
