@@ -108,7 +108,7 @@ async def raw_storm(dsn: str, pool: asyncpg.Pool) -> float:
 
     async def client(c: int) -> int:
         rows = await pool.fetch(
-            Q.secret_list_with_values,
+            Q.secret_list_with_values_by_prefix,
             admin,
             None,
             f"app{c:03d}-",
@@ -244,7 +244,7 @@ async def main() -> dict[str, Any]:
         "feed_clients": FEED_CLIENTS,
         "feed_events": FEED_EVENTS,
         "feed_gap_s": FEED_GAP_S,
-        "raw": "asyncpg pool of 20, Q.secret_list_with_values per client, no decryption",
+        "raw": "asyncpg pool of 20, Q.secret_list_with_values_by_prefix per client, no decryption",
         "bare_http": "an aiohttp process answering a canned 20-item body (http_ceiling.py)",
     }
     return await measured(NAME, _measure, config=config, targets=_targets, summary=print_summary)

@@ -178,6 +178,30 @@ async def test_list_with_values_pages_with_the_cursor(api: Api) -> None:
     assert seen == [str(i) for i in range(7)]
 
 
+async def test_a_bulk_read_by_prefix_pages_as_the_list_does(api: Api) -> None:
+    """With a name prefix (its own query), a bulk read pages with the cursor and filters
+    on private as the metadata list does: the same secrets, in the same order."""
+    for i in range(7):
+        await api.create(f"pre-{i}", {"n": str(i)}, private=i % 3 == 0)
+    await api.create("prefix-other", {"n": "x"})
+    for private in (None, "true", "false"):
+        extra = {} if private is None else {"private": private}
+        listed = await get_ok(api, SECRETS, name_prefix="pre-", **extra)
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"values": "true", "name_prefix": "pre-", "limit": 2}
+            page = await get_ok(
+                api, SECRETS, **params, **extra, **({"cursor": cursor} if cursor else {})
+            )
+            seen += [f"{i['name']}={i['values']['n']}" for i in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        assert seen == [f"{i['name']}={i['name'][4:]}" for i in listed["items"]]
+        assert len(seen) == {None: 7, "true": 3, "false": 4}[private]
+
+
 async def test_list_with_values_allows_1000_and_refuses_more(api: Api) -> None:
     """limit goes up to 1000 with values too; 1001 is 400."""
     await api.create("one", {"n": "1"})

@@ -541,8 +541,9 @@ class SecretService:
                     return await self._read_fallback(meta)
 
             return [Listed.of(r) for r in await asyncio.gather(*(one(m) for m in metas))]
+        query = Q.secret_list_with_values_by_prefix if name_prefix else Q.secret_list_with_values
         rows = await self.rt.pool.fetch(
-            Q.secret_list_with_values, *args, self.rt.outbox_deployment, own_token, patterns
+            query, *args, self.rt.outbox_deployment, own_token, patterns
         )
         listed: list[Listed] = []
         for row in rows:
