@@ -41,6 +41,8 @@ class _Queries:
         self._blocks = {name: text for name, (text, _) in blocks.items()}
         #: The parameter names of each block that has them, by its text (what callers hold).
         self._names = {text: names for text, names in blocks.values() if names}
+        #: The same names as a set, made once: ``args`` runs on every read by name.
+        self._name_sets = {text: frozenset(names) for text, names in self._names.items()}
 
     def __getattr__(self, name: str) -> str:
         try:
@@ -58,7 +60,7 @@ class _Queries:
     def args(self, query: str, **values: Any) -> tuple[Any, ...]:
         """The values of ``query``'s named parameters, in ``$n`` order."""
         names = self.params(query)
-        if values.keys() != set(names):
+        if values.keys() != self._name_sets.get(query, frozenset()):
             missing = sorted(set(names) - values.keys())
             unknown = sorted(values.keys() - set(names))
             raise TypeError(f"SQL parameters: missing {missing}, unknown {unknown}")
