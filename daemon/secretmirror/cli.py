@@ -325,7 +325,7 @@ def serve(config_file: str | None) -> None:
     sm_logging.configure()
     try:
         settings = load_settings(config_file)
-        asyncio.run(daemon.serve(settings))
+        daemon.run(settings)
     except SecretMirrorError as exc:
         raise CliError(exc.message) from None
 
