@@ -22,6 +22,7 @@ database, no backup) on a pgserver PostgreSQL, as bench/api.py runs it.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from datetime import datetime
@@ -32,7 +33,7 @@ import aiohttp
 import asyncpg
 
 from bench._common import check, knob, latency_summary, measured, run_standalone
-from bench._harness import AUTH, Api, Daemon, postgres, run_ops, values_for
+from bench._harness import AUTH, Api, Cpu, Daemon, postgres, run_ops, values_for
 from bench.http_ceiling import BareServer
 from secretmirror.queries import Q
 
@@ -180,12 +181,20 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             single = [await storm(daemon.url, bulk=False) for _ in range(ROUNDS)]
             bulk: list[float] = []
             http: list[float] = []
+            bulk_cpu: list[dict[str, float]] = []
+            http_cpu: list[dict[str, float]] = []
             bare = BareServer(PER_CLIENT)
             try:
                 await asyncio.to_thread(bare.wait_ready)
                 for _ in range(ROUNDS):  # alternated, so both see the same machine
+                    cpu = Cpu({"daemon": daemon.pid}, pg.postmaster_pid)
+                    cpu.start()
                     bulk.append(await storm(daemon.url, bulk=True))
+                    bulk_cpu.append(cpu.stop(CLIENTS)["ms_per_op"])
+                    cpu = Cpu({"bare": bare.pid})
+                    cpu.start()
                     http.append(await storm(bare.base_url, bulk=True))
+                    http_cpu.append(cpu.stop(CLIENTS)["ms_per_op"])
             finally:
                 bare.stop()
             pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
@@ -203,10 +212,25 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                 "raw_median": round(statistics.median(raw)),
                 "bare_http_median": round(statistics.median(http)),
                 "bulk_to_bare_http": round(statistics.median(bulk) / statistics.median(http), 2),
+                "bulk_cpu_ms_per_request": cpu_per_request(bulk_cpu),
+                "bare_http_cpu_ms_per_request": cpu_per_request(http_cpu),
             }
             out["feed"] = await feed_latency(daemon.url)
         finally:
             await daemon.close()
+
+
+def cpu_per_request(storms: list[dict[str, float]]) -> dict[str, Any]:
+    """CPU ms per request of each process over all the storms (``client`` is this one,
+    ``postgres`` only on pgserver), and the values/s that CPU allows on this machine's cores
+    if every core were busy the whole storm: the ceiling the CPU sets, whatever the overlap."""
+    found: dict[str, Any] = {
+        who: round(statistics.fmean(s[who] for s in storms), 3) for who in storms[0]
+    }
+    total = sum(found.values())
+    cores = os.cpu_count() or 1
+    found["cpu_ceiling_values_per_s"] = round(cores * 1000 / total * PER_CLIENT) if total else None
+    return found
 
 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
@@ -228,6 +252,8 @@ def print_summary(out: dict[str, Any]) -> None:
     print(f"  bulk read     {storm_out.get('bulk_values_per_s')}")
     print(f"  raw asyncpg   {storm_out.get('raw_asyncpg_values_per_s')}")
     print(f"  bare aiohttp  {storm_out.get('bare_http_values_per_s')} (canned body: the ceiling)")
+    print(f"  CPU ms per bulk request    {storm_out.get('bulk_cpu_ms_per_request')}")
+    print(f"  CPU ms per bare request    {storm_out.get('bare_http_cpu_ms_per_request')}")
     feed = out.get("feed") or {}
     print(
         f"change feed: {FEED_CLIENTS} long-pollers, {FEED_EVENTS} events: "

@@ -55,6 +55,10 @@ class BareServer:
             stdin=subprocess.DEVNULL,
         )
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
