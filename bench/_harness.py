@@ -26,8 +26,8 @@ import asyncpg
 import psutil
 from tests.blackbox import encryption_key
 from tests.conftest import ADMIN_TOKEN
-from tests.daemon_proc import DaemonProcess
-from tests.moto import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
+from tests.daemon_proc import DaemonProcess, store_env
+from tests.moto import REGION, MotoServer, aws_settings, secrets_client
 from tests.pg import TestPostgres
 
 from bench._common import latency_summary
@@ -115,6 +115,10 @@ class Daemon(DaemonProcess):
     async def close(self) -> None:
         await asyncio.to_thread(self.stop)
 
+    def stopped(self) -> dict[str, Any]:
+        """How the last ``close`` went."""
+        return {"shutdown_s": self.shutdown_s, "exit_code": self.exit_code}
+
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.pid).memory_info().rss)
 
@@ -131,10 +135,32 @@ class Daemon(DaemonProcess):
         return found
 
 
-async def started(daemon: Daemon) -> Api:
-    """Start ``daemon``, wait until it is ready, and return a client of its API."""
-    await daemon.ready()
-    return Api(daemon.url)
+@contextlib.asynccontextmanager
+async def serving(daemon: Daemon, clients: int = 64) -> AsyncIterator[Api]:
+    """Start ``daemon`` and wait until it is ready: a client of its API (connection limit
+    ``clients``); on the way out the client closes and the daemon stops."""
+    api = Api(daemon.url, clients)
+    try:
+        await daemon.ready()
+        yield api
+    finally:
+        await api.close()
+        await daemon.close()
+
+
+async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """``query``'s rows on a connection of its own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+async def fetchval(dsn: str, query: str, *args: Any) -> Any:
+    """The first column of ``query``'s first row, on a connection of its own."""
+    rows = await fetch(dsn, query, *args)
+    return rows[0][0] if rows else None
 
 
 class RssPeak:
@@ -217,9 +243,25 @@ class Api:
         status: dict[str, Any] = await self.call("GET", "/admin/v1/status")
         return status
 
+    async def replication(self) -> dict[str, dict[str, Any]]:
+        """Each target's ``applied``, ``pending``, ``dead``, ... from the status."""
+        replication: dict[str, dict[str, Any]] = (await self.status())["replication"]
+        return replication
+
     async def backup_status(self) -> dict[str, Any]:
-        backup: dict[str, Any] = (await self.status())["replication"]["backup"]
-        return backup
+        return (await self.replication())["backup"]
+
+    async def until_drained(self, timeout_s: float, targets: tuple[str, ...] = ()) -> float:
+        """Poll the status every 0.1 s until nothing is pending for ``targets`` (none named:
+        every target); the seconds that took, OpError after ``timeout_s``."""
+        started = time.perf_counter()
+        while True:
+            found = await self.replication()
+            if all(found[t]["pending"] == 0 for t in targets or found):
+                return time.perf_counter() - started
+            if time.perf_counter() - started > timeout_s:
+                raise OpError(f"not drained after {timeout_s:g} s: {found}")
+            await asyncio.sleep(0.1)
 
     async def metrics(self) -> str:
         async with self.session.get(self.base + "/metrics") as resp:
@@ -445,6 +487,16 @@ class Progress:
         return None if best is None else round(best, 1)
 
 
+def steady_rate(samples: list[tuple[float, int]], total: int) -> float | None:
+    """Per second between the samples ``(at, done)`` where 10% and 90% of ``total`` were
+    first done: a drain's rate without its ramp-up and its stragglers."""
+    low = next((s for s in samples if s[1] >= total * 0.1), None)
+    high = next((s for s in samples if s[1] >= total * 0.9), None)
+    if low is None or high is None or high[0] <= low[0]:
+        return None
+    return (high[1] - low[1]) / (high[0] - low[0])
+
+
 def _rate(events: int, seconds: float | None) -> float | None:
     return round(events / seconds, 1) if seconds else None
 
@@ -503,30 +555,42 @@ async def replicated_phase(
     return result
 
 
-async def counted_phase(
+async def counted_phases(
     progress: Progress,
-    op: Op,
-    count: int,
+    phases: list[tuple[str, int, Op]],
     mark: Callable[[], int],
     calls: Callable[[int], dict[str, Any]],
+    *,
+    what: str = "calls",
+    by: str = "by_operation",
     settle_s: float = 0.0,
 ) -> dict[str, Any]:
-    """``count`` API writes at 8 clients and the store calls they caused once applied:
-    ``calls(mark())`` counts them (``"work"``: calls that are not health probes)."""
-    applied0 = (await progress.sample())[1]
-    since = mark()
-    writes = await run_ops(op, 8, count=count)
-    drained = await progress.until_applied(applied0 + writes["ops"])
-    await asyncio.sleep(settle_s)  # the store's log may lag behind the last answer
-    found = calls(since)
-    applied = progress.samples[-1][1] - applied0
-    found.update(
-        changes=writes["ops"],
-        api_errors=writes["errors"],
-        events_applied=applied,
-        drained=drained is not None,
-        calls_per_change=round(found["work"] / applied, 3) if applied else None,
-    )
+    """Per phase ``(label, count, op)``: ``count`` API writes at 8 clients and the store calls
+    they caused once applied: ``calls(mark())`` counts them (``"work"``: calls that are not
+    health probes, ``by``: their breakdown)."""
+    found: dict[str, Any] = {}
+    for label, count, op in phases:
+        applied0 = (await progress.sample())[1]
+        since = mark()
+        writes = await run_ops(op, 8, count=count)
+        drained = await progress.until_applied(applied0 + writes["ops"])
+        await asyncio.sleep(settle_s)  # the store's log may lag behind the last answer
+        counted = found[label] = calls(since)
+        applied = progress.samples[-1][1] - applied0
+        counted.update(
+            changes=writes["ops"],
+            api_errors=writes["errors"],
+            events_applied=applied,
+            drained=drained is not None,
+            calls_per_change=round(counted["work"] / applied, 3) if applied else None,
+        )
+        refused = f" (refused {counted['refused']})" if "refused" in counted else ""
+        print(
+            f"  {label}: {counted['work']} {what} for {applied} applied changes ="
+            f" {counted['calls_per_change']}/change {counted[by]}{refused}"
+            f" (+{counted['health_probes']} health probes)",
+            flush=True,
+        )
     return found
 
 
@@ -534,21 +598,17 @@ async def counted_phase(
 
 
 def aws_env(
-    endpoint_url: str, prefix: str, writes_per_s: float | None, role: str = "BACKUP"
+    endpoint_url: str, prefix: str, writes_per_s: float | None, role: str = "backup"
 ) -> dict[str, str]:
     """``SECRETMIRROR_<role>__*`` for the aws store on moto (None: the default write rate)."""
-    env = {
-        f"SECRETMIRROR_{role}__TYPE": "aws",
-        f"SECRETMIRROR_{role}__ENDPOINT_URL": endpoint_url,
-        f"SECRETMIRROR_{role}__REGION": REGION,
-        f"SECRETMIRROR_{role}__AUTH_METHOD": "secret-key",
-        f"SECRETMIRROR_{role}__AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        f"SECRETMIRROR_{role}__AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        f"SECRETMIRROR_{role}__NAME_PREFIX": prefix,
-    }
-    if writes_per_s is not None:
-        env[f"SECRETMIRROR_{role}__MAX_WRITES_PER_S"] = str(writes_per_s)
-    return env
+    return store_env(
+        role, {"type": "aws", **aws_settings(endpoint_url, prefix), **limit(writes_per_s)}
+    )
+
+
+def limit(writes_per_s: float | None) -> dict[str, float]:
+    """A store's ``max_writes_per_s`` field, none for None (the store's default)."""
+    return {} if writes_per_s is None else {"max_writes_per_s": writes_per_s}
 
 
 def count_calls(calls: list[dict[str, Any]]) -> dict[str, Any]:
@@ -563,20 +623,6 @@ def count_calls(calls: list[dict[str, Any]]) -> dict[str, Any]:
         "work": len(calls) - probes,
         "by_operation": dict(sorted(by_operation.items())),
     }
-
-
-def secretsmanager_client(endpoint_url: str, region: str = REGION, config: Any = None) -> Any:
-    """An aiobotocore Secrets Manager client on moto (an async context manager)."""
-    from aiobotocore.session import AioSession
-
-    return AioSession().create_client(
-        "secretsmanager",
-        region_name=region,
-        endpoint_url=endpoint_url,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        config=config,
-    )
 
 
 async def aws_raw_loop(
@@ -622,7 +668,7 @@ async def aws_raw_loop(
     ]
     names = [[f"{prefix}w{w}-{i}" for i in range(secrets_per_worker)] for w in range(concurrency)]
     run = uuid.uuid4().hex[:6]
-    async with secretsmanager_client(endpoint_url, region, config) as client:
+    async with secrets_client(endpoint_url, region, config) as client:
         await client.list_secrets(MaxResults=1)  # moto builds its backend once, not racing
         if operation == "put" and create_secrets:
             gate = asyncio.Semaphore(concurrency)
@@ -709,8 +755,7 @@ class Stack:
             {
                 "label": daemon.label,
                 "rss_at_stop_mib": rss,
-                "shutdown_s": daemon.shutdown_s,
-                "exit_code": daemon.exit_code,
+                **daemon.stopped(),
                 "log_events": daemon.log_events(LOG_EVENTS),
             }
         )

@@ -83,11 +83,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import asyncpg
 from tests.daemon_proc import store_env
 from tests.gcpfake import gcp_settings
 from tests.moto import REGION, MotoServer
 from tests.openbao import OpenBao, bao_settings, start_bao
+from tests.prometheus import Outage
 
 from bench._common import check, knob, measured, ratio, run_standalone
 from bench._harness import (
@@ -98,9 +98,12 @@ from bench._harness import (
     aws_env,
     aws_raw_loop,
     cpu_seconds,
+    fetch,
     machine_busy_s,
     postgres,
     run_ops,
+    serving,
+    steady_rate,
     values_for,
 )
 from bench.gcp import PROJECT, FakeProcess, sdk_write_loop
@@ -348,108 +351,59 @@ async def together_phase(
 
 class Paused:
     """Every mirror's store stops answering (SIGSTOP; the file directory swapped for a
-    plain file) until ``resume``."""
+    plain file: ``tests/prometheus.py``'s ``Outage``) until ``resume``."""
 
     def __init__(self, pids: list[int], files: Path) -> None:
         self.pids = pids
-        self.files = files
-        self.away = files.with_name(files.name + ".away")
+        self.files = Outage(files)
         self.paused = False
 
     def pause(self) -> None:
         for pid in self.pids:
             os.kill(pid, signal.SIGSTOP)
-        self.files.rename(self.away)
-        self.files.write_text("paused\n")
+        self.files.begin()
         self.paused = True
 
     def resume(self) -> None:
         if not self.paused:
             return
         self.paused = False
-        with contextlib.suppress(FileNotFoundError):
-            self.files.unlink()
-        self.away.rename(self.files)
+        self.files.end()
         for pid in self.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
 
 
-async def mirror_status(api: Api) -> dict[str, dict[str, Any]]:
-    replication: dict[str, dict[str, Any]] = (await api.status())["replication"]
-    return {name: replication[name] for name in MIRRORS}
-
-
-async def leased(dsn: str) -> dict[str, int]:
-    """Deliveries under lease per target (a paused store's probes hold theirs)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT target, count(*) AS n FROM deliveries"
-            " WHERE leased_until > now() GROUP BY target"
-        )
-        return {r["target"]: int(r["n"]) for r in rows}
-    finally:
-        await conn.close()
-
-
 async def drain(api: Api, backlog: int, paused: Paused) -> dict[str, Any]:
     """Resume the stores and sample until no mirror has anything pending."""
-    start = await mirror_status(api)
-    base = {name: int(start[name]["applied"]) for name in MIRRORS}
-    samples: list[tuple[float, dict[str, int], dict[str, int]]] = []
+    start = await api.replication()
+    samples: list[tuple[float, dict[str, dict[str, Any]]]] = []
     paused.resume()
     resumed = time.perf_counter()
-    deadline = resumed + DRAIN_TIMEOUT_S
-    while time.perf_counter() < deadline:
-        found = await mirror_status(api)
-        at = time.perf_counter() - resumed
-        applied = {n: int(found[n]["applied"]) - base[n] for n in MIRRORS}
-        samples.append((at, applied, {n: int(found[n]["pending"]) for n in MIRRORS}))
+    while time.perf_counter() < resumed + DRAIN_TIMEOUT_S:
+        found = await api.replication()
+        samples.append((time.perf_counter() - resumed, found))
         if all(found[n]["pending"] == 0 for n in MIRRORS):
             break
         await asyncio.sleep(0.1)
     result: dict[str, Any] = {"backlog": backlog}
     for name in MIRRORS:
-        result[name] = _drain_rates(name, backlog, samples)
-    result["dead"] = {n: int(found[n]["dead"]) for n in MIRRORS}
+        applied = [(at, found[name]["applied"] - start[name]["applied"]) for at, found in samples]
+        first = next((at for at, done in applied if done > 0), None)
+        done = next((at for at, found in samples if not found[name]["pending"]), None)
+        steady = steady_rate(applied, backlog)
+        result[name] = {
+            "drained": done is not None,
+            "applied": applied[-1][1] if applied else 0,
+            "first_applied_after_s": None if first is None else round(first, 2),
+            "drained_after_s": None if done is None else round(done, 2),
+            "applied_per_s_10_90": None if steady is None else round(steady, 1),
+            "applied_per_s_whole": None
+            if done is None or first is None or done <= first
+            else round(backlog / (done - first), 1),
+        }
+    result["dead"] = {n: int(samples[-1][1][n]["dead"]) for n in MIRRORS}
     return result
-
-
-def _crossed(name: str, level: float, samples: list[Any]) -> float | None:
-    for at, applied, _ in samples:
-        if applied[name] >= level:
-            return float(at)
-    return None
-
-
-def _drain_rates(name: str, backlog: int, samples: list[Any]) -> dict[str, Any]:
-    first = next((at for at, applied, _ in samples if applied[name] > 0), None)
-    done = next((at for at, _, pending in samples if not pending[name]), None)
-    t10, t90 = _crossed(name, 0.1 * backlog, samples), _crossed(name, 0.9 * backlog, samples)
-    steady = (
-        round(0.8 * backlog / (t90 - t10), 1) if t10 is not None and t90 and t90 > t10 else None
-    )
-    return {
-        "drained": done is not None,
-        "applied": samples[-1][1][name] if samples else 0,
-        "first_applied_after_s": None if first is None else round(first, 2),
-        "drained_after_s": None if done is None else round(done, 2),
-        "applied_per_s_10_90": steady,
-        "applied_per_s_whole": None
-        if done is None or first is None or done <= first
-        else round(backlog / (done - first), 1),
-    }
-
-
-async def until_drained(api: Api, timeout_s: float = DRAIN_TIMEOUT_S) -> float:
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout_s:
-        found = await mirror_status(api)
-        if all(found[n]["pending"] == 0 for n in MIRRORS):
-            return time.perf_counter() - started
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"the mirrors did not drain in {timeout_s:g} s")
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -471,106 +425,92 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         moto = await asyncio.to_thread(MotoServer, record=False)
         server = await asyncio.to_thread(start_bao)
         fake = FakeProcess(workdir)
-        paused: Paused | None = None
-        daemon: Daemon | None = None
-        api: Api | None = None
         try:
             bao = OpenBao(server.url, server.root_token)
-            pids = [p for p in (moto.pid, server.process.pid, fake.proc.pid) if p is not None]
+            servers = {"moto": moto.pid, "bao": server.process.pid, "gcp_fake": fake.proc.pid}
             print("raw (before): each store's bare write loop, alone", flush=True)
             out["raw_before"] = await raw_phase(moto, bao, fake, workdir, tag, 1)
             # Right after, at the same fill of moto's region (it slows as the region fills).
             print("raw, the four loops at once, each in its own process", flush=True)
-            servers = {"moto": moto.pid, "bao": server.process.pid, "gcp_fake": fake.proc.pid}
             out["raw_together"] = await together_phase(moto, bao, fake, workdir, tag, servers)
 
             daemon = Daemon(await pg.database(), workdir / "none", {**VERIFY_OFF})
-            api = Api(daemon.url, API_CLIENTS)
-            await daemon.ready()
-            cpu = Cpu({"daemon": daemon.pid}, pg.postmaster_pid)
-            out["api_no_mirrors"] = await api_creates(api, tag, "no mirrors", cpu)
-            await api.close()
-            await daemon.close()
-            api = None
+            async with serving(daemon, API_CLIENTS) as api:
+                cpu = Cpu({"daemon": daemon.pid}, pg.postmaster_pid)
+                out["api_no_mirrors"] = await api_creates(api, tag, "no mirrors", cpu)
 
             env = {**mirrors_env(moto, bao, fake, files, tag), **VERIFY_OFF}
             dsn = await pg.database()
             daemon = Daemon(dsn, workdir / "four", env)
-            api = Api(daemon.url, API_CLIENTS)
-            await daemon.ready()
-            cpu = Cpu(
-                {
-                    "daemon": daemon.pid,
-                    "moto": moto.pid,
-                    "bao": server.process.pid,
-                    "gcp_fake": fake.proc.pid,
-                },
-                pg.postmaster_pid,
-            )
-            out["api_four_mirrors"] = await api_creates(api, tag, "4 mirrors", cpu)
-            out["api_four_mirrors"]["then_drained_in_s"] = round(await until_drained(api), 2)
-
-            paused = Paused(pids, files)
-            ids: list[str] = []
-            for step in ("creates", "updates"):
-                paused.pause()
-                paused_at = time.perf_counter()
-
-                async def create(_worker: int, n: int) -> None:
-                    assert api is not None
-                    ids.append(await api.create(f"{tag}-fan-{n}", n))
-
-                async def update(_worker: int, n: int) -> None:
-                    assert api is not None
-                    # A new password every time: a PATCH that changes nothing writes nothing.
-                    await api.update(ids[n], {**values_for(n), "password": secrets.token_hex(12)})
-
-                op = create if step == "creates" else update
-                writes = await run_ops(
-                    op, API_CLIENTS, count=SECRETS if step == "creates" else len(ids)
-                )
-                print(
-                    f"  {step} with the stores paused: API {writes['ops_per_s']}/s"
-                    f" ({writes['errors']} errors)",
-                    flush=True,
-                )
-                # The deliveries claimed before the worker saw a store down wait out the
-                # store timeout and then keep their lease as long again (a write cut off
-                # may still land): the pause outlasts both, so the drain starts with
-                # every row claimable but the probes'.
-                resume_at = paused_at + 2 * STORE_TIMEOUT_S + 1
-                await asyncio.sleep(max(resume_at - time.perf_counter(), 0))
-                held = await leased(dsn)
-                cpu.start()
-                found = await drain(api, writes["ops"], paused)
-                found["leased_at_resume"] = held
-                found["cpu"] = cpu.stop(writes["ops"] * len(MIRRORS))
-                found["api_writes_while_paused"] = writes
-                out[f"drain_{step}"] = found
-                print(
-                    f"  {step} drained: "
-                    + ", ".join(f"{n} {found[n]['applied_per_s_10_90']}/s" for n in MIRRORS),
-                    flush=True,
-                )
-            out["status_at_end"] = await mirror_status(api)
-            await api.close()
-            api = None
-            await daemon.close()
-            out["daemon"] = {"shutdown_s": daemon.shutdown_s, "exit_code": daemon.exit_code}
-            daemon = None
+            async with serving(daemon, API_CLIENTS) as api:
+                cpu = Cpu({"daemon": daemon.pid, **servers}, pg.postmaster_pid)
+                out["api_four_mirrors"] = await api_creates(api, tag, "4 mirrors", cpu)
+                drained_s = await api.until_drained(DRAIN_TIMEOUT_S, MIRRORS)
+                out["api_four_mirrors"]["then_drained_in_s"] = round(drained_s, 2)
+                paused = Paused([p for p in servers.values() if p is not None], files)
+                try:
+                    await _fan_out(out, api, dsn, cpu, paused, tag)
+                finally:
+                    paused.resume()
+                out["status_at_end"] = {
+                    n: t for n, t in (await api.replication()).items() if n in MIRRORS
+                }
+            out["daemon"] = daemon.stopped()
             print("raw (after)", flush=True)
             out["raw_after"] = await raw_phase(moto, bao, fake, workdir, tag, 2)
         finally:
-            if paused is not None:
-                paused.resume()
-            if api is not None:
-                await api.close()
-            if daemon is not None:
-                await daemon.close()
             fake.stop()
             await asyncio.to_thread(server.stop)
             out["moto_500_answers"] = moto.server_errors()
             await asyncio.to_thread(moto.stop)
+
+
+async def _fan_out(
+    out: dict[str, Any], api: Api, dsn: str, cpu: Cpu, paused: Paused, tag: str
+) -> None:
+    """The backlogs built with the stores paused (creates, then updates), and their drains."""
+    ids: list[str] = []
+
+    async def create(_worker: int, n: int) -> None:
+        ids.append(await api.create(f"{tag}-fan-{n}", n))
+
+    async def update(_worker: int, n: int) -> None:
+        # A new password every time: a PATCH that changes nothing writes nothing.
+        await api.update(ids[n], {**values_for(n), "password": secrets.token_hex(12)})
+
+    for step in ("creates", "updates"):
+        paused.pause()
+        paused_at = time.perf_counter()
+        op = create if step == "creates" else update
+        writes = await run_ops(op, API_CLIENTS, count=SECRETS if step == "creates" else len(ids))
+        print(
+            f"  {step} with the stores paused: API {writes['ops_per_s']}/s"
+            f" ({writes['errors']} errors)",
+            flush=True,
+        )
+        # The deliveries claimed before the worker saw a store down wait out the
+        # store timeout and then keep their lease as long again (a write cut off
+        # may still land): the pause outlasts both, so the drain starts with
+        # every row claimable but the probes'.
+        resume_at = paused_at + 2 * STORE_TIMEOUT_S + 1
+        await asyncio.sleep(max(resume_at - time.perf_counter(), 0))
+        # Deliveries under lease per target (a paused store's probes hold theirs).
+        held = await fetch(
+            dsn,
+            "SELECT target, count(*) AS n FROM deliveries"
+            " WHERE leased_until > now() GROUP BY target",
+        )
+        cpu.start()
+        found = await drain(api, writes["ops"], paused)
+        found["leased_at_resume"] = {r["target"]: int(r["n"]) for r in held}
+        found["cpu"] = cpu.stop(writes["ops"] * len(MIRRORS))
+        found["api_writes_while_paused"] = writes
+        out[f"drain_{step}"] = found
+        print(
+            f"  {step} drained: "
+            + ", ".join(f"{n} {found[n]['applied_per_s_10_90']}/s" for n in MIRRORS),
+            flush=True,
+        )
 
 
 # -- results ------------------------------------------------------------------------------

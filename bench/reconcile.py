@@ -56,7 +56,7 @@ from bench._harness import (
     aws_stack,
     count_calls,
     run_ops,
-    secretsmanager_client,
+    secrets_client,
 )
 
 NAME = "reconcile"
@@ -112,7 +112,7 @@ async def aws_scan_floor(
     a floor under any listing of ``pages`` pages, whatever its filters.
     """
     filters = [{"Key": "name", "Values": [name_prefix + "zz-no-such-entry-"]}]
-    async with secretsmanager_client(endpoint_url, region) as client:
+    async with secrets_client(endpoint_url, region) as client:
         started = time.perf_counter()
         for _ in range(pages):
             page = await client.list_secrets(Filters=filters, MaxResults=100)
@@ -135,7 +135,7 @@ async def aws_list_loop(
     """
     pages = entries = 0
     page_s: list[float] = []
-    async with secretsmanager_client(endpoint_url, region) as client:
+    async with secrets_client(endpoint_url, region) as client:
         token: str | None = None
         started = time.perf_counter()
         while True:

@@ -64,6 +64,12 @@ from typing import Any
 
 import aiohttp
 from tests.faultproxy import ProxyProcess
+from tests.prometheus import (
+    histogram_buckets,
+    histogram_delta,
+    histogram_fraction_le,
+    histogram_quantile,
+)
 
 from bench._common import check, knob, latency_summary, measured, ratio, run_standalone
 from bench._harness import (
@@ -79,10 +85,10 @@ from bench._harness import (
     aws_raw_loop,
     aws_stack,
     count_calls,
-    counted_phase,
+    counted_phases,
     replicated_phase,
     run_ops,
-    secretsmanager_client,
+    secrets_client,
     values_for,
 )
 
@@ -125,61 +131,6 @@ WRITE_OPERATIONS = {
 def patch_values(n: int) -> dict[str, str]:
     """A new password every time: each PATCH writes a version."""
     return {"password": f"p-{n}-{secrets.token_hex(8)}"}
-
-
-# -- Prometheus histograms from /metrics ------------------------------------------------------
-
-
-def histogram_buckets(text: str, name: str, labels: dict[str, str]) -> list[tuple[float, float]]:
-    """Cumulative ``(le, count)`` of histogram ``name`` with ``labels`` in an exposition."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    buckets: list[tuple[float, float]] = []
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name != name + "_bucket":
-                continue
-            if any(sample.labels.get(k) != v for k, v in labels.items()):
-                continue
-            buckets.append((float(sample.labels["le"]), float(sample.value)))
-    return sorted(buckets)
-
-
-def histogram_delta(
-    before: list[tuple[float, float]], after: list[tuple[float, float]]
-) -> list[tuple[float, float]]:
-    """What was observed between two scrapes of one histogram."""
-    old = dict(before)
-    return [(le, count - old.get(le, 0.0)) for le, count in after]
-
-
-def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
-    """Prometheus' ``histogram_quantile``: linear interpolation inside the bucket.
-
-    None without observations; the last finite bound when the quantile falls
-    in the ``+Inf`` bucket.
-    """
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    rank = q * buckets[-1][1]
-    lower_le, lower_count = 0.0, 0.0
-    for le, count in buckets:
-        if count >= rank:
-            if le == float("inf"):
-                return lower_le
-            if count == lower_count:
-                return le
-            return lower_le + (le - lower_le) * (rank - lower_count) / (count - lower_count)
-        lower_le, lower_count = le, count
-    return lower_le
-
-
-def histogram_fraction_le(buckets: list[tuple[float, float]], bound: float) -> float | None:
-    """Share of observations at or below ``bound`` (exact when it is a bucket boundary)."""
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    below = max((count for le, count in buckets if le <= bound), default=0.0)
-    return below / buckets[-1][1]
 
 
 # -- phases --------------------------------------------------------------------------
@@ -305,7 +256,6 @@ async def _calls(
     moto = stack.moto
     moto.recording(True)
     try:
-        found: dict[str, Any] = {}
 
         async def create(_worker: int, n: int) -> None:
             await api.create(f"calls-{tag}-{n}", n)
@@ -313,27 +263,16 @@ async def _calls(
         async def update(_worker: int, n: int) -> None:
             await api.update(ids[n % len(ids)], patch_values(20_000_000 + n))
 
-        for label, count, op in (
-            ("first_write", COUNTED_CREATES, create),
-            ("update_known", COUNTED_UPDATES, update),
-        ):
-            counted = await counted_phase(
-                progress,
-                op,
-                count,
-                moto.mark,
-                lambda since: count_calls(moto.read_calls(since, needles)[0]),
-                settle_s=0.3,  # let moto finish appending the last lines
-            )
+        found = await counted_phases(
+            progress,
+            [("first_write", COUNTED_CREATES, create), ("update_known", COUNTED_UPDATES, update)],
+            moto.mark,
+            lambda since: count_calls(moto.read_calls(since, needles)[0]),
+            settle_s=0.3,  # let moto finish appending the last lines
+        )
+        for counted in found.values():
             writes = sum(n for o, n in counted["by_operation"].items() if o in WRITE_OPERATIONS)
             counted["writes_per_change"] = ratio(writes, counted["events_applied"])
-            found[label] = counted
-            print(
-                f"  {label}: {counted['work']} calls for {counted['events_applied']} applied"
-                f" changes = {counted['calls_per_change']}/change {counted['by_operation']}"
-                f" (+{counted['health_probes']} health probes)",
-                flush=True,
-            )
         return found
     finally:
         moto.recording(False)
@@ -542,7 +481,7 @@ async def _poll_versions(
     seen: dict[str, int] = {}
     backwards: list[dict[str, Any]] = []
     reads = rounds = errors = 0
-    async with secretsmanager_client(endpoint_url) as client:
+    async with secrets_client(endpoint_url) as client:
         last = False
         while not last:
             last = stop.is_set()
@@ -635,7 +574,7 @@ async def _two_daemons_load(
         flush=True,
     )
     ids = [await apis[0].create(f"two-{tag}-{n}", n) for n in range(TWO_DAEMONS_SECRETS)]
-    await _drained(apis[0])
+    await apis[0].until_drained(DRAIN_TIMEOUT_S)
     print("two daemons: raw PutSecretValue loop through the proxy", flush=True)
     result["raw_put_via_proxy"] = await aws_raw_loop(
         proxy.url,
@@ -663,7 +602,7 @@ async def _two_daemons_load(
             for api in apis
         )
     )
-    await _drained(apis[0])
+    await apis[0].until_drained(DRAIN_TIMEOUT_S)
     drained_s = time.perf_counter() - started
     stop.set()  # each poller ends with one whole round read after the drain
     polls = {role: await task for role, task in pollers.items()}
@@ -688,17 +627,6 @@ async def _two_daemons_load(
         pollers=polls,
         verify={"status": job["status"], "stores": job["counts"].get("stores")},
     )
-
-
-async def _drained(api: Api) -> None:
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while True:
-        replication = (await api.status())["replication"]
-        if all(t["pending"] == 0 for t in replication.values()):
-            return
-        if time.monotonic() > deadline:
-            raise OpError(f"not drained after {DRAIN_TIMEOUT_S:g} s: {replication}")
-        await asyncio.sleep(0.1)
 
 
 def _two_daemon_targets(two: dict[str, Any]) -> dict[str, Any]:

@@ -60,10 +60,11 @@ from bench._harness import (
     Daemon,
     OpError,
     Progress,
-    counted_phase,
+    counted_phases,
     postgres,
     replicated_phase,
     run_ops,
+    serving,
     values_for,
 )
 
@@ -238,7 +239,6 @@ async def calls_phase(
 ) -> dict[str, Any]:
     print("calls: OpenBao's audit log during updates, creates and deletes", flush=True)
     log = server.dir / "audit.log"
-    found: dict[str, Any] = {}
     fresh: list[str] = []
     updated = ids[:COUNTED_UPDATES]
 
@@ -253,28 +253,20 @@ async def calls_phase(
 
     await _audit(server, bao, log)
     try:
-        for label, count, op in (
-            ("update", len(updated), update),
-            ("create", COUNTED_CREATES, create),
-            ("delete", COUNTED_CREATES, delete),
-        ):
-            counted = await counted_phase(
-                progress,
-                op,
-                count,
-                lambda: log.stat().st_size,
-                lambda since: count_audited(log, since, prefix),
-            )
-            found[label] = counted
-            print(
-                f"  {label}: {counted['work']} Vault calls for {counted['events_applied']} applied"
-                f" changes = {counted['calls_per_change']}/change {counted['by_kind']}"
-                f" (refused {counted['refused']}, +{counted['health_probes']} health probes)",
-                flush=True,
-            )
+        return await counted_phases(
+            progress,
+            [
+                ("update", len(updated), update),
+                ("create", COUNTED_CREATES, create),
+                ("delete", COUNTED_CREATES, delete),
+            ],
+            lambda: log.stat().st_size,
+            lambda since: count_audited(log, since, prefix),
+            what="Vault calls",
+            by="by_kind",
+        )
     finally:
         await _audit(server, bao, None)
-    return found
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -287,52 +279,44 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
     async with postgres() as pg:
         dsn = await pg.database()
         server = await asyncio.to_thread(start_bao, config="")
-        daemon: Daemon | None = None
-        api: Api | None = None
         try:
             bao = OpenBao(server.url, server.root_token)
             out["openbao"] = bao.ok("GET", "sys/health")["version"]
             backup_prefix = prefix + "backup/"
             env = {**vault_backup_env(bao, backup_prefix), **VERIFY_OFF}
             daemon = Daemon(dsn, workdir / "daemon", env)
-            api = Api(daemon.url)
-            await daemon.ready()
-            cpu = Cpu({"daemon": daemon.pid, "bao": server.process.pid}, pg.postmaster_pid)
-            progress = Progress(api, DRAIN_TIMEOUT_S)
+            async with serving(daemon) as api:
+                cpu = Cpu({"daemon": daemon.pid, "bao": server.process.pid}, pg.postmaster_pid)
+                progress = Progress(api, DRAIN_TIMEOUT_S)
+                print(f"raw: bare aiohttp KV v2 loops at {CONCURRENCY}", flush=True)
+                out["raw"] = {
+                    "write_before": await raw_loop(bao, prefix + "raw-1/", "write", cpu),
+                    "store_update": await raw_loop(bao, prefix + "raw-2/", "store_update", cpu),
+                }
+                print(f"first writes: {SECRETS} creates at {API_CLIENTS} clients", flush=True)
+                ids: list[str] = []
 
-            print(f"raw: bare aiohttp KV v2 loops at {CONCURRENCY}", flush=True)
-            out["raw"] = {
-                "write_before": await raw_loop(bao, prefix + "raw-1/", "write", cpu),
-                "store_update": await raw_loop(bao, prefix + "raw-2/", "store_update", cpu),
-            }
-            print(f"first writes: {SECRETS} creates at {API_CLIENTS} clients", flush=True)
-            ids: list[str] = []
+                async def create(_worker: int, n: int) -> None:
+                    ids.append(await api.create(f"bulk-{tag}-{n}", n))
 
-            async def create(_worker: int, n: int) -> None:
-                assert api is not None
-                ids.append(await api.create(f"bulk-{tag}-{n}", n))
+                out["first_writes"] = await replicated_phase(
+                    "first writes", api, progress, cpu, SECRETS, create
+                )
+                print(f"throughput: {len(ids)} PATCHes (one per secret) at {API_CLIENTS} clients")
 
-            out["first_writes"] = await replicated_phase(
-                "first writes", api, progress, cpu, SECRETS, create
-            )
-            print(f"throughput: {len(ids)} PATCHes (one per secret) at {API_CLIENTS} clients")
+                async def update(_worker: int, n: int) -> None:
+                    await api.update(ids[n], update_values(n + 7))
 
-            async def update(_worker: int, n: int) -> None:
-                assert api is not None
-                await api.update(ids[n], update_values(n + 7))
-
-            out["throughput"] = await replicated_phase(
-                "updates", api, progress, cpu, len(ids), update
-            )
-            out["raw"]["write_after"] = await raw_loop(bao, prefix + "raw-3/", "write", cpu)
-            out["calls"] = await calls_phase(server, bao, api, progress, ids, backup_prefix, tag)
-            out["backup_status_at_end"] = await api.backup_status()
+                out["throughput"] = await replicated_phase(
+                    "updates", api, progress, cpu, len(ids), update
+                )
+                out["raw"]["write_after"] = await raw_loop(bao, prefix + "raw-3/", "write", cpu)
+                out["calls"] = await calls_phase(
+                    server, bao, api, progress, ids, backup_prefix, tag
+                )
+                out["backup_status_at_end"] = await api.backup_status()
+            out["daemon"] = daemon.stopped()
         finally:
-            if api is not None:
-                await api.close()
-            if daemon is not None:
-                await daemon.close()
-                out["daemon"] = {"shutdown_s": daemon.shutdown_s, "exit_code": daemon.exit_code}
             await asyncio.to_thread(server.stop)
 
 

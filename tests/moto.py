@@ -209,16 +209,18 @@ def aws_prefix() -> str:
     return f"smt-{uuid.uuid4().hex[:12]}/"
 
 
-def secrets_client(endpoint_url: str) -> Any:
-    """A plain Secrets Manager client on moto (an async context manager): the console, a tool."""
+def secrets_client(endpoint_url: str, region: str = REGION, config: Any = None) -> Any:
+    """A plain Secrets Manager client on moto (an async context manager): the console, a
+    tool, the benchmarks' bare loops (``config``: an ``AioConfig``)."""
     from aiobotocore.session import AioSession
 
     return AioSession().create_client(
         "secretsmanager",
-        region_name=REGION,
+        region_name=region,
         endpoint_url=endpoint_url,
         aws_access_key_id=ACCESS_KEY,
         aws_secret_access_key=SECRET_KEY,
+        config=config,
     )
 
 

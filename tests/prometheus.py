@@ -166,6 +166,61 @@ def running_prometheus(
         _stop(proc)
 
 
+# -- histograms in an exposition (test_mirrors_isolation, bench/replication) ---
+
+
+def histogram_buckets(text: str, name: str, labels: dict[str, str]) -> list[tuple[float, float]]:
+    """Cumulative ``(le, count)`` of histogram ``name`` with ``labels`` in an exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: list[tuple[float, float]] = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != name + "_bucket":
+                continue
+            if any(sample.labels.get(k) != v for k, v in labels.items()):
+                continue
+            buckets.append((float(sample.labels["le"]), float(sample.value)))
+    return sorted(buckets)
+
+
+def histogram_delta(
+    before: list[tuple[float, float]], after: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """What was observed between two scrapes of one histogram."""
+    old = dict(before)
+    return [(le, count - old.get(le, 0.0)) for le, count in after]
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Prometheus' ``histogram_quantile``: linear interpolation inside the bucket.
+
+    None without observations; the last finite bound when the quantile falls
+    in the ``+Inf`` bucket.
+    """
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_le, lower_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return lower_le
+            if count == lower_count:
+                return le
+            return lower_le + (le - lower_le) * (rank - lower_count) / (count - lower_count)
+        lower_le, lower_count = le, count
+    return lower_le
+
+
+def histogram_fraction_le(buckets: list[tuple[float, float]], bound: float) -> float | None:
+    """Share of observations at or below ``bound`` (exact when it is a bucket boundary)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    below = max((count for le, count in buckets if le <= bound), default=0.0)
+    return below / buckets[-1][1]
+
+
 # -- the daemon ----------------------------------------------------------------
 
 

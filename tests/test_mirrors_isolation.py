@@ -37,7 +37,6 @@ import base64
 import contextlib
 import secrets
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -59,6 +58,7 @@ from tests.daemon_proc import DaemonProcess, store_env
 from tests.faultproxy import ThreadedFaultProxy
 from tests.moto import MotoServer, aws_settings
 from tests.openbao import OpenBao, bao_settings
+from tests.prometheus import histogram_buckets, histogram_delta, histogram_quantile, http
 from tests.test_replication import until, worker
 from tests.test_replication_e2e import deployment_id
 
@@ -175,41 +175,18 @@ async def steady_creates(
     return count
 
 
-def scrape_latency(url: str) -> dict[str, dict[float, float]]:
-    """``secretmirror_replication_latency_seconds`` buckets per target, from /metrics."""
-    request = urllib.request.Request(
-        url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        text = response.read().decode()
-    found: dict[str, dict[float, float]] = {}
-    for line in text.splitlines():
-        if not line.startswith("secretmirror_replication_latency_seconds_bucket{"):
-            continue
-        labels, _, value = line.rpartition(" ")
-        fields = dict(part.split("=", 1) for part in labels[labels.index("{") + 1 : -1].split(","))
-        target = fields["target"].strip('"')
-        le = float(fields["le"].strip('"').replace("+Inf", "inf"))
-        found.setdefault(target, {})[le] = float(value)
-    return found
+def scrape(url: str) -> str:
+    """The daemon's /metrics exposition."""
+    return http("GET", url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})[
+        1
+    ].decode()
 
 
-def histogram_p99(before: dict[float, float], after: dict[float, float]) -> float | None:
-    """The p99 of the observations between two scrapes, interpolated inside its bucket."""
-    bounds = sorted(after)
-    counts = [after[b] - before.get(b, 0.0) for b in bounds]
-    total = counts[-1] if counts else 0.0
-    if total <= 0:
-        return None
-    rank = 0.99 * total
-    low, below = 0.0, 0.0
-    for bound, count in zip(bounds, counts, strict=True):
-        if count >= rank:
-            if bound == float("inf"):
-                return low
-            return low + (bound - low) * (rank - below) / max(count - below, 1e-9)
-        low, below = bound, count
-    return None
+def histogram_p99(before: str, after: str, target: str) -> float | None:
+    """The p99 of ``target``'s commit-to-applied observations between two scrapes."""
+    name, labels = "secretmirror_replication_latency_seconds", {"target": target}
+    buckets = [histogram_buckets(text, name, labels) for text in (before, after)]
+    return histogram_quantile(histogram_delta(*buckets), 0.99)
 
 
 async def status(url: str) -> dict[str, Any]:
@@ -292,19 +269,19 @@ async def _measure(
     stop = asyncio.Event()
     poller = asyncio.create_task(latency.run(stop))
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    scrapes: dict[str, dict[str, dict[float, float]]] = {}
+    scrapes: dict[str, str] = {}
     try:
         async with aiohttp.ClientSession(headers=headers) as session:
             # Warm-up: first connections, moto's backend, OpenBao's mount; then settle.
             await steady_creates(session, daemon.url, latency, "warmup", WARMUP_S, created)
             await wait_drained(daemon.url, 60)
-            scrapes["start"] = await asyncio.to_thread(scrape_latency, daemon.url)
+            scrapes["start"] = await asyncio.to_thread(scrape, daemon.url)
             await steady_creates(session, daemon.url, latency, "before", WINDOW_S, created)
-            scrapes["before"] = await asyncio.to_thread(scrape_latency, daemon.url)
+            scrapes["before"] = await asyncio.to_thread(scrape, daemon.url)
             await asyncio.to_thread(proxy.blackhole)
             blackholed_at = time.monotonic()
             await steady_creates(session, daemon.url, latency, "during", WINDOW_S, created)
-            scrapes["during"] = await asyncio.to_thread(scrape_latency, daemon.url)
+            scrapes["during"] = await asyncio.to_thread(scrape, daemon.url)
             cut_during = (await status(daemon.url))["replication"]["cut"]
             # The blackhole lasted the whole window (30 s) before the heal.
             assert time.monotonic() - blackholed_at >= WINDOW_S - 0.5
@@ -332,7 +309,7 @@ async def _measure(
         half = len(by_commit) // 2
         noise = abs(p99(by_commit[:half]) - p99(by_commit[half:]))
         hist = [
-            histogram_p99(scrapes[a].get(target, {}), scrapes[b].get(target, {}))
+            histogram_p99(scrapes[a], scrapes[b], target)
             for a, b in (("start", "before"), ("before", "during"))
         ]
         print(
