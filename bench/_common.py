@@ -8,6 +8,7 @@ The processes and clients (PostgreSQL, daemons, moto, the API) live in
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import platform
@@ -146,8 +147,11 @@ async def measured(
 
     A failure is recorded as ``"error"`` (``run_all`` then exits 1) after
     ``measure`` cleaned up; the targets and the summary are computed from
-    whatever it measured, then the closing lines are printed.
+    whatever it measured, then the closing lines are printed. Standard output is line
+    buffered from here on: every line a bench prints shows as it happens.
     """
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     out: dict[str, Any] = {
         "benchmark": name,
         "started": now_iso(),

@@ -425,8 +425,7 @@ async def run_ops(
         print(
             f"  {label:<18} c={clients:<3} {result['ops_per_s']:>9.1f} ops/s"
             f"  p50 {result['p50_ms'] or 0:>7.2f} ms  p99 {result['p99_ms'] or 0:>7.2f} ms"
-            f"  errors {errors}",
-            flush=True,
+            f"  errors {errors}"
         )
     return result
 
@@ -549,8 +548,7 @@ async def replicated_phase(
         f" errors), applied {result['applied_per_s']}/s overall,"
         f" {result['applied_per_s_while_writing']}/s while writing,"
         f" {result['applied_per_s_after_writes']}/s after (backlog {backlog});"
-        f" others used {cpu_used.get('others_share_of_machine')} of the machine",
-        flush=True,
+        f" others used {cpu_used.get('others_share_of_machine')} of the machine"
     )
     return result
 
@@ -588,8 +586,7 @@ async def counted_phases(
         print(
             f"  {label}: {counted['work']} {what} for {applied} applied changes ="
             f" {counted['calls_per_change']}/change {counted[by]}{refused}"
-            f" (+{counted['health_probes']} health probes)",
-            flush=True,
+            f" (+{counted['health_probes']} health probes)"
         )
     return found
 

@@ -283,7 +283,7 @@ async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -
     ids: list[str] = []
 
     # 1. Fill to 10,000 secrets through the API at 32 clients, then read the RSS.
-    print(f"fill: {RSS_SECRETS} secrets through the API at 32 clients", flush=True)
+    print(f"fill: {RSS_SECRETS} secrets through the API at 32 clients")
     api = Api(daemon.url, 32)
     try:
         create = api_ops(api, ids, run_tag + "f")["create"]
@@ -300,7 +300,7 @@ async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -
     out["api"], out["raw"] = {}, {}
     for concurrency in CONCURRENCY:
         key = f"c{concurrency}"
-        print(f"API at {concurrency} client(s), {DURATION_S:g} s per operation", flush=True)
+        print(f"API at {concurrency} client(s), {DURATION_S:g} s per operation")
         api = Api(daemon.url, concurrency)
         results: dict[str, Any] = {}
         try:
@@ -315,7 +315,7 @@ async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -
             await api.close()
         out["api"][key] = results
 
-        print(f"raw asyncpg at {concurrency} connection(s)", flush=True)
+        print(f"raw asyncpg at {concurrency} connection(s)")
         conns = [await asyncpg.connect(dsn) for _ in range(concurrency)]
         raw = RawOps(conns, keyring, hash_key, deployment["id"], ids, f"{run_tag}c{concurrency}")
         try:

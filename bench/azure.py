@@ -264,16 +264,16 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
     try:
         out["fake"] = {"url": fake.url}
         prefix = f"b{uuid.uuid4().hex[:10]}-"
-        print("raw: the official SDK's bare set loop ...", flush=True)
+        print("raw: the official SDK's bare set loop ...")
         fake_cpu = cpu_seconds(fake.pid) or 0.0
         raw = await raw_sdk_loop(fake, f"{prefix}r-", RAW_S)
         used = (cpu_seconds(fake.pid) or 0.0) - fake_cpu
         raw["fake_cpu_ms_per_op"] = round(used * 1000 / max(raw["writes"] + RAW_NAMES, 1), 2)
         out["raw_sdk"] = raw
-        print(f"  {raw['ops_s']} sets/s at {CONCURRENCY}", flush=True)
+        print(f"  {raw['ops_s']} sets/s at {CONCURRENCY}")
         rest = await raw_rest_loop(fake, f"{prefix}r-", RAW_S)
         out["raw_rest_context"] = rest
-        print(f"  (bare aiohttp PUTs, for context: {rest['ops_s']} sets/s)", flush=True)
+        print(f"  (bare aiohttp PUTs, for context: {rest['ops_s']} sets/s)")
         async with postgres() as pg:
             dsn = await pg.database()
             env = azure_backup_env(fake, prefix, UNLIMITED_WRITES_PER_S)
@@ -286,7 +286,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             finally:
                 await api.close()
                 await lifted.close()
-            print("raw again: the SDK loop after the lifted phases ...", flush=True)
+            print("raw again: the SDK loop after the lifted phases ...")
             raw_after = await raw_sdk_loop(fake, f"{prefix}r-", RAW_S)
             out["raw_sdk_after"] = raw_after
             limit = (raw["ops_s"] + raw_after["ops_s"]) / 2
@@ -296,9 +296,9 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             }
             for phase in ("throughput", "alongside_api_writes"):
                 out[phase]["ratio_to_raw"] = round(out[phase]["applied_per_s"] / limit, 3)
-            print(f"  {raw_after['ops_s']} sets/s; limit {limit:.1f}", flush=True)
+            print(f"  {raw_after['ops_s']} sets/s; limit {limit:.1f}")
 
-            print("limiter: the default max_writes_per_s (25) under Key Vault's quota", flush=True)
+            print("limiter: the default max_writes_per_s (25) under Key Vault's quota")
             fake.quota(KEY_VAULT_SETS_PER_10_S, 10.0)
             env = azure_backup_env(fake, prefix, None)
             limited = Daemon(dsn, workdir / "limited", env, key=lifted.key)
@@ -319,7 +319,7 @@ async def _lifted(
 ) -> list[str]:
     """Seed, updates alongside the API's writes, and a backlog after an outage; the ids."""
     progress = Progress(api, DRAIN_TIMEOUT_S)
-    print(f"seed: {SECRETS} creates through the API ...", flush=True)
+    print(f"seed: {SECRETS} creates through the API ...")
     mark = fake.mark()
     baseline = int((await api.backup_status())["applied"])
     started = time.perf_counter()
@@ -338,7 +338,7 @@ async def _lifted(
         "calls": _count(fake.call_log(mark, prefix)),
     }
 
-    print(f"alongside: {SECRETS} updates while replicating ...", flush=True)
+    print(f"alongside: {SECRETS} updates while replicating ...")
     mark = fake.mark()
     baseline = int((await api.backup_status())["applied"])
     started = time.perf_counter()
@@ -365,9 +365,9 @@ async def _lifted(
         "counts": _count(calls),
         "sets_per_update": round(sum(1 for c in calls if c["op"] == "set") / SECRETS, 3),
     }
-    print(f"  {rate:.1f} applied/s (API {SECRETS / api_s:.0f} updates/s)", flush=True)
+    print(f"  {rate:.1f} applied/s (API {SECRETS / api_s:.0f} updates/s)")
 
-    print(f"throughput: a backlog of {SECRETS} updates after an outage ...", flush=True)
+    print(f"throughput: a backlog of {SECRETS} updates after an outage ...")
     # The vault answers 503 while the updates commit (the worker only probes a
     # store that is down, so the backlog builds), then comes back.
     fake.inject(503, 10**9)
@@ -391,7 +391,7 @@ async def _lifted(
         "dead": drained["dead"],
         "note": OUTAGE_NOTE,
     }
-    print(f"  {rate:.1f} applied/s draining the backlog", flush=True)
+    print(f"  {rate:.1f} applied/s draining the backlog")
     return ids
 
 

@@ -183,9 +183,8 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             http: list[float] = []
             bulk_cpu: list[dict[str, float]] = []
             http_cpu: list[dict[str, float]] = []
-            bare = BareServer(PER_CLIENT)
+            bare = await asyncio.to_thread(BareServer, PER_CLIENT)
             try:
-                await asyncio.to_thread(bare.wait_ready)
                 for _ in range(ROUNDS):  # alternated, so both see the same machine
                     cpu = Cpu({"daemon": daemon.pid}, pg.postmaster_pid)
                     cpu.start()

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -42,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tests.net import LineServer
 
 from bench._common import check, knob, measured, run_standalone
 from bench._harness import (
@@ -57,7 +56,6 @@ from bench._harness import (
 from secretmirror.model import canonical
 
 NAME = "gcp"
-REPO = Path(__file__).resolve().parent.parent
 SECRETS = knob("SECRETMIRROR_BENCH_GCP_SECRETS", 1500, 150)
 LIMITED_SECRETS = knob("SECRETMIRROR_BENCH_GCP_LIMITED_SECRETS", 100, 40)
 CONCURRENCY = 16
@@ -70,22 +68,12 @@ PROJECT = "smbench-project"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
-class FakeProcess:
+class FakeProcess(LineServer):
     """``python -m tests.gcpfake`` in a subprocess: its URL, a key file, its call statistics."""
 
     def __init__(self, workdir: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.gcpfake", "--key-dir", str(workdir)],
-            cwd=REPO,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the Secret Manager fake did not start")
-        started = json.loads(line)
+        super().__init__("tests.gcpfake", "--key-dir", str(workdir))
+        started = json.loads(self.first_line)
         self.url: str = started["url"]
         self.key_file: str = started["key_file"]
 
@@ -96,16 +84,6 @@ class FakeProcess:
         ):
             found: dict[str, Any] = await resp.json()
             return found
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def gcp_env(fake: FakeProcess, writes_per_s: float | None) -> dict[str, str]:

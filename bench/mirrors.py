@@ -193,12 +193,12 @@ async def raw_phase(
         found[f"aws_{operation}"] = await aws_raw_loop(
             moto.endpoint_url, prefix, CONCURRENCY, operation=operation, duration_s=RAW_S
         )
-        print(f"  raw aws {operation}: {found[f'aws_{operation}']['ops_per_s']}/s", flush=True)
+        print(f"  raw aws {operation}: {found[f'aws_{operation}']['ops_per_s']}/s")
     cpu = Cpu({})
     found["vault_write"] = await vault_raw_loop(bao, prefix, "write", cpu)
     gcp = await asyncio.to_thread(sdk_write_loop, fake, RAW_S, CONCURRENCY)
     found["gcp_add_version"] = {**gcp, "ops_per_s": gcp["writes_per_s"]}
-    print(f"  raw gcp add_secret_version: {gcp['writes_per_s']}/s", flush=True)
+    print(f"  raw gcp add_secret_version: {gcp['writes_per_s']}/s")
     found["file_write"] = await file_raw_loop(workdir / f"raw-files-{round_}")
     return found
 
@@ -329,8 +329,7 @@ async def together_phase(
         found[name] = result
         print(
             f"  together {name}: {result['ops_per_s']}/s,"
-            f" server {result['server_cpu_ms_per_write']} ms CPU per write",
-            flush=True,
+            f" server {result['server_cpu_ms_per_write']} ms CPU per write"
         )
     starts = [r["window"][0] for r in results]
     ends = [r["window"][1] for r in results]
@@ -427,11 +426,11 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         fake = FakeProcess(workdir)
         try:
             bao = OpenBao(server.url, server.root_token)
-            servers = {"moto": moto.pid, "bao": server.process.pid, "gcp_fake": fake.proc.pid}
-            print("raw (before): each store's bare write loop, alone", flush=True)
+            servers = {"moto": moto.pid, "bao": server.process.pid, "gcp_fake": fake.pid}
+            print("raw (before): each store's bare write loop, alone")
             out["raw_before"] = await raw_phase(moto, bao, fake, workdir, tag, 1)
             # Right after, at the same fill of moto's region (it slows as the region fills).
-            print("raw, the four loops at once, each in its own process", flush=True)
+            print("raw, the four loops at once, each in its own process")
             out["raw_together"] = await together_phase(moto, bao, fake, workdir, tag, servers)
 
             daemon = Daemon(await pg.database(), workdir / "none", {**VERIFY_OFF})
@@ -456,7 +455,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                     n: t for n, t in (await api.replication()).items() if n in MIRRORS
                 }
             out["daemon"] = daemon.stopped()
-            print("raw (after)", flush=True)
+            print("raw (after)")
             out["raw_after"] = await raw_phase(moto, bao, fake, workdir, tag, 2)
         finally:
             fake.stop()
@@ -485,8 +484,7 @@ async def _fan_out(
         writes = await run_ops(op, API_CLIENTS, count=SECRETS if step == "creates" else len(ids))
         print(
             f"  {step} with the stores paused: API {writes['ops_per_s']}/s"
-            f" ({writes['errors']} errors)",
-            flush=True,
+            f" ({writes['errors']} errors)"
         )
         # The deliveries claimed before the worker saw a store down wait out the
         # store timeout and then keep their lease as long again (a write cut off
@@ -508,8 +506,7 @@ async def _fan_out(
         out[f"drain_{step}"] = found
         print(
             f"  {step} drained: "
-            + ", ".join(f"{n} {found[n]['applied_per_s_10_90']}/s" for n in MIRRORS),
-            flush=True,
+            + ", ".join(f"{n} {found[n]['applied_per_s_10_90']}/s" for n in MIRRORS)
         )
 
 

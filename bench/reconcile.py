@@ -207,8 +207,7 @@ async def _job_phase(
         f"  {label}: {job['status']} in {job['seconds']} s = {job.get('secrets_per_s')}"
         f" secrets/s; AWS calls {calls['work']} {calls['by_operation']}"
         f" (+{calls['health_probes']} probes); counts {_flat(job['counts'])}"
-        + (f"; RSS +{rss_result['growth_mib']} MiB" if rss_result else ""),
-        flush=True,
+        + (f"; RSS +{rss_result['growth_mib']} MiB" if rss_result else "")
     )
     return job
 
@@ -226,7 +225,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         moto = stack.moto
         moto.recording(True)
 
-        print(f"fill: {SECRETS} secrets through a daemon without a backup", flush=True)
+        print(f"fill: {SECRETS} secrets through a daemon without a backup")
         api = await stack.serve("fill, no backup", {})
         ids: list[str] = []
 
@@ -237,7 +236,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         out["fill"] = fill
         print(f"  {fill['ops']} created at {fill['ops_per_s']}/s, {fill['errors']} errors")
 
-        print(f"raw: bare aiobotocore loops at {CONCURRENCY} into {RAW_REGION}", flush=True)
+        print(f"raw: bare aiobotocore loops at {CONCURRENCY} into {RAW_REGION}")
         raw_cpu = Cpu({"moto": moto.pid})
         raw_cpu.start()
         raw_create = await aws_raw_loop(
@@ -262,8 +261,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         for r in (raw_create, raw_put):
             print(
                 f"  raw {r['operation']:<15} {r['ops']} in {r['seconds']} s ="
-                f" {r['ops_per_s']}/s  p50 {r['p50_ms']} ms  errors {r['errors']}",
-                flush=True,
+                f" {r['ops_per_s']}/s  p50 {r['p50_ms']} ms  errors {r['errors']}"
             )
 
         api = await stack.serve(
@@ -275,7 +273,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         needles = (backup_prefix, status["deployment_id"])
         cpu = Cpu({"daemon": stack.daemon.pid, "moto": moto.pid}, stack.pg.postmaster_pid)
         out["rss_before_jobs_mib"] = round(stack.daemon.rss_bytes() / 2**20, 1)
-        print(f"jobs on {SECRETS} secrets", flush=True)
+        print(f"jobs on {SECRETS} secrets")
         out["first_backup"] = await _job_phase("first backup", stack, api, "backup", needles, cpu)
         out["second_backup"] = await _job_phase("second backup", stack, api, "backup", needles, cpu)
         out["verify"] = await _job_phase("verify", stack, api, "verify", needles, cpu, rss=True)
@@ -290,15 +288,11 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         out["raw"]["list"] = listing
         print(
             f"  raw ListSecrets: {listing['entries']} entries in {listing['pages']} pages,"
-            f" {listing['seconds']} s (page p50 {listing['page']['p50_ms']} ms)",
-            flush=True,
+            f" {listing['seconds']} s (page p50 {listing['page']['p50_ms']} ms)"
         )
         floor = await aws_scan_floor(moto.endpoint_url, backup_prefix, listing["pages"])
         out["raw"]["scan_floor"] = floor
-        print(
-            f"  floor: {floor['pages']} ListSecrets matching nothing, {floor['seconds']} s",
-            flush=True,
-        )
+        print(f"  floor: {floor['pages']} ListSecrets matching nothing, {floor['seconds']} s")
         for key in ("second_backup", "verify"):
             job = out[key]
             if job.get("seconds"):

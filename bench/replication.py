@@ -161,15 +161,14 @@ async def _raw(
     print(
         f"  raw {result['operation']:<15} {result['ops_per_s']:>8.1f}/s  p50 {result['p50_ms']}"
         f" ms  p99 {result['p99_ms']} ms  errors {result['errors']};  others used"
-        f" {result['cpu_incl_setup'].get('others_share_of_machine')} of the machine",
-        flush=True,
+        f" {result['cpu_incl_setup'].get('others_share_of_machine')} of the machine"
     )
     return result
 
 
 async def _steady_latency(api: Api, progress: Progress, cpu: Cpu, ids: list[str]) -> dict[str, Any]:
     """An open-loop writer at STEADY_RATE; commit-to-applied from the daemon's histogram."""
-    print(f"latency: open-loop {STEADY_RATE:g} PATCH/s for {STEADY_S:g} s", flush=True)
+    print(f"latency: open-loop {STEADY_RATE:g} PATCH/s for {STEADY_S:g} s")
     labels = {"target": "backup"}
     before = histogram_buckets(await api.metrics(), LATENCY_METRIC, labels)
     start_applied = (await progress.sample())[1]
@@ -238,8 +237,7 @@ async def _steady_latency(api: Api, progress: Progress, cpu: Cpu, ids: list[str]
         f"  p99 {result['p99_ms']} ms over {observed:g} events; <=50 ms"
         f" {result['share_le_50ms']}, <=250 ms {result['share_le_250ms']};"
         f" API PATCH p50 {result['api_patch']['p50_ms']} ms;"
-        f" others used {cpu_used.get('others_share_of_machine')} of the machine",
-        flush=True,
+        f" others used {cpu_used.get('others_share_of_machine')} of the machine"
     )
     return result
 
@@ -252,7 +250,7 @@ async def _calls(
     api: Api, progress: Progress, stack: Stack, needles: tuple[str, ...], ids: list[str], tag: str
 ) -> dict[str, Any]:
     """AWS calls per applied change, from moto's recorder: first writes, then updates."""
-    print("calls: moto's recorder during first writes and updates", flush=True)
+    print("calls: moto's recorder during first writes and updates")
     moto = stack.moto
     moto.recording(True)
     try:
@@ -283,7 +281,7 @@ async def _limiter(
 ) -> dict[str, Any]:
     """A burst of updates at the default write rate: write calls reaching moto per 0.1 s."""
     moto = stack.moto
-    print(f"limiter: {LIMITED_UPDATES} PATCHes at the default 40 writes/s", flush=True)
+    print(f"limiter: {LIMITED_UPDATES} PATCHes at the default 40 writes/s")
     moto.recording(True)
     try:
         applied0 = (await progress.sample())[1]
@@ -342,8 +340,7 @@ async def _limiter(
     }
     print(
         f"  {writes_seen} write calls, mean {mean}/s, at most {peak} within 1 s"
-        f" (setting {DEFAULT_WRITES_PER_S:g}/s)",
-        flush=True,
+        f" (setting {DEFAULT_WRITES_PER_S:g}/s)"
     )
     return result
 
@@ -365,8 +362,7 @@ async def _backup_latency(api: Api, proxy: ProxyProcess, tag: str) -> dict[str, 
             print(
                 f"  create c={clients} {mode} added latency: {result['ops_per_s']}/s"
                 f"  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms"
-                f"  errors {result['errors']}",
-                flush=True,
+                f"  errors {result['errors']}"
             )
     proxy.pass_through()
     ratios: dict[str, Any] = {}
@@ -406,7 +402,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             progress = Progress(api, DRAIN_TIMEOUT_S)
             cpu = Cpu({"daemon": stack.daemon.pid, "moto": moto.pid}, stack.pg.postmaster_pid)
 
-            print(f"first writes: {SECRETS} creates at {API_CLIENTS} clients", flush=True)
+            print(f"first writes: {SECRETS} creates at {API_CLIENTS} clients")
             ids: list[str] = []
 
             async def create(_worker: int, n: int) -> None:
@@ -453,9 +449,8 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             limiter_progress = Progress(api, DRAIN_TIMEOUT_S)
             out["limiter"] = await _limiter(api, limiter_progress, stack, needles, ids)
 
-            print("backup latency: the backup behind a fault proxy", flush=True)
-            proxy = ProxyProcess(moto.port)
-            await asyncio.to_thread(proxy.start)
+            print("backup latency: the backup behind a fault proxy")
+            proxy = await asyncio.to_thread(ProxyProcess, moto.port)
             api = await stack.serve(
                 "backup latency", aws_env(proxy.url, backup_prefix, UNLIMITED_WRITES_PER_S)
             )
@@ -527,8 +522,7 @@ async def _two_daemons(workdir: Path, tag: str) -> dict[str, Any]:
     apis: list[Api] = []
     async with aws_stack(result, workdir / "two") as stack:
         try:
-            proxy = ProxyProcess(stack.moto.port)
-            await asyncio.to_thread(proxy.start)
+            proxy = await asyncio.to_thread(ProxyProcess, stack.moto.port)
             await asyncio.to_thread(proxy.latency, TWO_DAEMONS_LATENCY_S, "upstream")
             prefixes = {
                 "primary": f"smbench-{tag}/two-primary/",
@@ -570,12 +564,11 @@ async def _two_daemons_load(
     print(
         f"two daemons: {TWO_DAEMONS_SECRETS} secrets, PATCHed from both at"
         f" {TWO_DAEMONS_CLIENTS} clients each for {TWO_DAEMONS_LOAD_S:g} s,"
-        f" +{TWO_DAEMONS_LATENCY_S * 1000:g} ms on every AWS request",
-        flush=True,
+        f" +{TWO_DAEMONS_LATENCY_S * 1000:g} ms on every AWS request"
     )
     ids = [await apis[0].create(f"two-{tag}-{n}", n) for n in range(TWO_DAEMONS_SECRETS)]
     await apis[0].until_drained(DRAIN_TIMEOUT_S)
-    print("two daemons: raw PutSecretValue loop through the proxy", flush=True)
+    print("two daemons: raw PutSecretValue loop through the proxy")
     result["raw_put_via_proxy"] = await aws_raw_loop(
         proxy.url,
         f"smbench-{tag}/two-raw/",

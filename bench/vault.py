@@ -237,7 +237,7 @@ async def calls_phase(
     prefix: str,
     tag: str,
 ) -> dict[str, Any]:
-    print("calls: OpenBao's audit log during updates, creates and deletes", flush=True)
+    print("calls: OpenBao's audit log during updates, creates and deletes")
     log = server.dir / "audit.log"
     fresh: list[str] = []
     updated = ids[:COUNTED_UPDATES]
@@ -288,12 +288,12 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             async with serving(daemon) as api:
                 cpu = Cpu({"daemon": daemon.pid, "bao": server.process.pid}, pg.postmaster_pid)
                 progress = Progress(api, DRAIN_TIMEOUT_S)
-                print(f"raw: bare aiohttp KV v2 loops at {CONCURRENCY}", flush=True)
+                print(f"raw: bare aiohttp KV v2 loops at {CONCURRENCY}")
                 out["raw"] = {
                     "write_before": await raw_loop(bao, prefix + "raw-1/", "write", cpu),
                     "store_update": await raw_loop(bao, prefix + "raw-2/", "store_update", cpu),
                 }
-                print(f"first writes: {SECRETS} creates at {API_CLIENTS} clients", flush=True)
+                print(f"first writes: {SECRETS} creates at {API_CLIENTS} clients")
                 ids: list[str] = []
 
                 async def create(_worker: int, n: int) -> None:

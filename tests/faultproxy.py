@@ -35,17 +35,17 @@ import asyncio
 import contextlib
 import socket
 import struct
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import aiohttp
 from aiohttp import web
+
+from tests.net import LineServer
 
 Direction = Literal["upstream", "downstream", "both", "connect"]
 T = TypeVar("T")
@@ -399,35 +399,18 @@ class HttpFaultProxy:
             return web.Response(status=upstream.status, body=data, headers=back)
 
 
-class ProxyProcess:
+class ProxyProcess(LineServer):
     """A ``FaultProxy`` on 127.0.0.1 in front of ``upstream_port``, in a subprocess."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.faultproxy", str(self.upstream_port)],
-            cwd=Path(__file__).resolve().parent.parent,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        port = self.proc.stdout.readline().strip()
-        if not port.isdigit():
+        super().__init__("tests.faultproxy", str(upstream_port))
+        if not self.first_line.isdigit():
+            self.stop()
             raise RuntimeError("the fault proxy did not start")
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{self.first_line}"
 
     def _command(self, line: str) -> None:
-        assert self.proc is not None
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        if self.proc.stdout.readline().strip() != "ok":
+        if self.command(line) != "ok":
             raise RuntimeError(f"the fault proxy refused {line!r}")
 
     def latency(self, seconds: float, direction: Direction = "both") -> None:
@@ -435,18 +418,6 @@ class ProxyProcess:
 
     def pass_through(self) -> None:
         self._command("pass")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(OSError):
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
 
 
 async def _serve(upstream_port: int) -> None:
