@@ -42,6 +42,11 @@ class OpError(Exception):
     """A request that did not get the answer it should have."""
 
 
+def mib(size: int) -> float:
+    """Bytes in MiB, to 0.1."""
+    return round(size / 2**20, 1)
+
+
 def values_for(n: int) -> dict[str, str]:
     """A realistic small secret (~110 bytes of canonical JSON)."""
     return {
@@ -119,8 +124,8 @@ class Daemon(DaemonProcess):
         """How the last ``close`` went."""
         return {"shutdown_s": self.shutdown_s, "exit_code": self.exit_code}
 
-    def rss_bytes(self) -> int:
-        return int(psutil.Process(self.pid).memory_info().rss)
+    def rss_mib(self) -> float:
+        return mib(psutil.Process(self.pid).memory_info().rss)
 
     def log_events(self, names: tuple[str, ...]) -> dict[str, int]:
         """How often each structlog ``event`` in ``names`` appears in the log."""
@@ -192,12 +197,12 @@ class RssPeak:
             await self._task
         end = None
         with contextlib.suppress(psutil.Error):
-            end = round(self.proc.memory_info().rss / 2**20, 1)
+            end = mib(self.proc.memory_info().rss)
         return {
-            "baseline_mib": round(self.baseline / 2**20, 1),
-            "peak_mib": round(self.peak / 2**20, 1),
+            "baseline_mib": mib(self.baseline),
+            "peak_mib": mib(self.peak),
             "end_mib": end,
-            "growth_mib": round((self.peak - self.baseline) / 2**20, 1),
+            "growth_mib": mib(self.peak - self.baseline),
             "growth_mb": round((self.peak - self.baseline) / 1e6, 1),
             "samples": self.samples,
         }
@@ -746,7 +751,7 @@ class Stack:
             return
         rss = None
         with contextlib.suppress(psutil.Error):
-            rss = round(daemon.rss_bytes() / 2**20, 1)
+            rss = daemon.rss_mib()
         await daemon.close()
         self.out.setdefault("daemons", []).append(
             {

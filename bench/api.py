@@ -54,6 +54,8 @@ from bench._harness import (
     OpError,
     Postgres,
     RssPeak,
+    fetch,
+    fetchval,
     postgres,
     run_ops,
     values_for,
@@ -69,6 +71,8 @@ DURATION_S = knob("SECRETMIRROR_BENCH_DURATION_S", 5.0, 1.0)
 RSS_SECRETS = knob("SECRETMIRROR_BENCH_API_SECRETS", 10_000, 500)
 API_OPS = ("create", "get", "update", "list")
 RAW_OPS = ("create", "create_sql", "get", "get_sql", "update", "list")
+#: The database's connections but the one asking.
+BACKENDS = "SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()"
 #: The raw variants with no API counterpart, printed below the table.
 RAW_EXTRA = {"create_sql": "create without crypto", "get_sql": "get without decrypting"}
 
@@ -228,24 +232,11 @@ class RawOps:
 # -- the run ---------------------------------------------------------------------------
 
 
-def _mib(value: int) -> float:
-    return round(value / 2**20, 1)
-
-
-async def _server_facts(conn: asyncpg.Connection) -> dict[str, Any]:
-    facts: dict[str, Any] = {"version": await conn.fetchval("SHOW server_version")}
-    for setting in ("synchronous_commit", "fsync", "shared_buffers", "max_connections"):
-        facts[setting] = await conn.fetchval(f"SHOW {setting}")
-    return facts
-
-
-async def _secret_count(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        count: int = await conn.fetchval(Q.secret_count)
-        return count
-    finally:
-        await conn.close()
+async def _server_facts(dsn: str) -> dict[str, Any]:
+    """The server's version and the settings that bound a write's cost (as SHOW gives them)."""
+    names = ("server_version", "synchronous_commit", "fsync", "shared_buffers", "max_connections")
+    row = await fetch(dsn, "SELECT " + ", ".join(f"current_setting('{n}') AS {n}" for n in names))
+    return {"version" if n == "server_version" else n: row[0][n] for n in names}
 
 
 async def _measure(out: dict[str, Any], workdir: Path) -> None:
@@ -263,19 +254,15 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                 out.setdefault("rss", {})["peak_mib"] = (await sampler.stop())["peak_mib"]
         finally:
             await daemon.close()
-            out["daemon"].update(shutdown_s=daemon.shutdown_s, exit_code=daemon.exit_code)
+            out["daemon"].update(daemon.stopped())
             out["daemon"]["log_lines"] = _count_lines(daemon.log_path)
 
 
 async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -> None:
-    out["daemon"]["rss_ready_mib"] = _mib(daemon.rss_bytes())
+    out["daemon"]["rss_ready_mib"] = daemon.rss_mib()
     cpu = Cpu({"daemon": daemon.pid}, pg.postmaster_pid)
-    admin = await asyncpg.connect(dsn)
-    try:
-        out["postgres"] = await _server_facts(admin)
-        deployment = await admin.fetchrow(Q.deployment_get)
-    finally:
-        await admin.close()
+    out["postgres"] = await _server_facts(dsn)
+    deployment = (await fetch(dsn, Q.deployment_get))[0]
     out["postgres"]["source"] = "external" if pg.server.external else "pgserver"
     keyring = crypto.Keyring(crypto.parse_keys(daemon.key))
     hash_key = keyring.decrypt(deployment["hash_key"], b"deployment-hash-key")
@@ -292,8 +279,8 @@ async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -
         await api.close()
     await asyncio.sleep(1.0)
     rss = out.setdefault("rss", {})
-    rss["secrets_at_reading"] = await _secret_count(dsn)
-    rss["after_10k_mib"] = _mib(daemon.rss_bytes())
+    rss["secrets_at_reading"] = await fetchval(dsn, Q.secret_count)
+    rss["after_10k_mib"] = daemon.rss_mib()
     out["fill"] = fill
 
     # 2. API and raw phases at each concurrency.
@@ -310,7 +297,7 @@ async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -
                     ops[op], concurrency, duration_s=DURATION_S, cpu=cpu, label=f"api {op}"
                 )
                 if op == "get" and concurrency == max(CONCURRENCY):
-                    results["db_connections_in_use"] = await _backend_count(dsn)
+                    results["db_connections_in_use"] = await fetchval(dsn, BACKENDS)
         finally:
             await api.close()
         out["api"][key] = results
@@ -329,19 +316,8 @@ async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -
             for conn in conns:
                 await conn.close()
 
-    rss["end_mib"] = _mib(daemon.rss_bytes())
-    rss["secrets_at_end"] = await _secret_count(dsn)
-
-
-async def _backend_count(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        count: int = await conn.fetchval(
-            "SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()"
-        )
-        return count
-    finally:
-        await conn.close()
+    rss["end_mib"] = daemon.rss_mib()
+    rss["secrets_at_end"] = await fetchval(dsn, Q.secret_count)
 
 
 def _count_lines(path: Path) -> int | None:

@@ -14,15 +14,14 @@ PostgreSQL and ``SECRETMIRROR_BENCH_DURATION_S`` as in bench/api.py;
 
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from bench._common import check, knob, measured, run_standalone
-from bench._harness import Api, Cpu, Daemon, postgres, run_ops
+from bench._harness import Api, Cpu, Daemon, fetchval, postgres, run_ops, serving
 from bench.api import DURATION_S, api_ops
 
 NAME = "audit"
@@ -42,22 +41,17 @@ async def _batch_stats(api: Api) -> dict[str, float]:
 
 
 async def _measure(out: dict[str, Any], workdir: Path) -> None:
-    async with postgres() as pg:
+    async with postgres() as pg, contextlib.AsyncExitStack() as running:
         dsn = await pg.database()
         on = Daemon(dsn, workdir / "on")
         # Same key for both, so each reads what the other wrote.
         off = Daemon(dsn, workdir / "off", {"SECRETMIRROR_AUDIT__ENABLED": "false"}, key=on.key)
-        apis: dict[str, Api] = {}
-        try:
-            for side, daemon in (("on", on), ("off", off)):
-                apis[side] = Api(daemon.url, CLIENTS)
-                await daemon.ready()
-            await _phases(apis, {"on": on, "off": off}, pg.postmaster_pid, dsn, out)
-        finally:
-            for api in apis.values():
-                await api.close()
-            await off.close()
-            await on.close()
+        daemons = {"on": on, "off": off}
+        apis = {
+            side: await running.enter_async_context(serving(daemon, CLIENTS))
+            for side, daemon in daemons.items()
+        }
+        await _phases(apis, daemons, pg.postmaster_pid, dsn, out)
 
 
 async def _phases(
@@ -85,11 +79,7 @@ async def _phases(
     after = await _batch_stats(apis["on"])
     inserts = after["count"] - before["count"]
     records = after["sum"] - before["sum"]
-    conn = await asyncpg.connect(dsn)
-    try:
-        stored = await conn.fetchval("SELECT count(*) FROM audit_log WHERE action = 'secret.read'")
-    finally:
-        await conn.close()
+    stored = await fetchval(dsn, "SELECT count(*) FROM audit_log WHERE action = 'secret.read'")
     out["phases"] = phases
     out["gets_per_s"] = {side: statistics.median(r) for side, r in rates.items()}
     out["all_gets_per_s"] = rates

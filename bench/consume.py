@@ -33,7 +33,7 @@ import aiohttp
 import asyncpg
 
 from bench._common import check, knob, latency_summary, measured, run_standalone
-from bench._harness import AUTH, Api, Cpu, Daemon, postgres, run_ops, values_for
+from bench._harness import AUTH, Api, Cpu, Daemon, postgres, run_ops, serving, values_for
 from bench.http_ceiling import BareServer
 from secretmirror.queries import Q
 
@@ -50,18 +50,14 @@ def secret_name(client: int, i: int) -> str:
     return f"app{client:03d}-s{i:02d}"
 
 
-async def seed(base_url: str) -> None:
+async def seed(api: Api) -> None:
     """CLIENTS x PER_CLIENT secrets through the API, 32 at a time."""
-    api = Api(base_url, 32)
 
     async def one(_worker: int, n: int) -> None:
         body = {"name": secret_name(*divmod(n, PER_CLIENT)), "values": values_for(n)}
         await api.call("POST", "/api/v1/secrets", body, ok=201, parse=False)
 
-    try:
-        seeded = await run_ops(one, 32, count=CLIENTS * PER_CLIENT)
-    finally:
-        await api.close()
+    seeded = await run_ops(one, 32, count=CLIENTS * PER_CLIENT)
     if seeded["errors"]:
         raise RuntimeError(f"seeding failed: {seeded['error_samples']}")
 
@@ -173,10 +169,9 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
     async with postgres() as pg:
         dsn = await pg.database()
         daemon = Daemon(dsn, workdir)
-        try:
-            await daemon.ready()
+        async with serving(daemon, 32) as api:
             seeded = time.perf_counter()
-            await seed(daemon.url)
+            await seed(api)
             out["seed_s"] = round(time.perf_counter() - seeded, 1)
             single = [await storm(daemon.url, bulk=False) for _ in range(ROUNDS)]
             bulk: list[float] = []
@@ -215,8 +210,6 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                 "bare_http_cpu_ms_per_request": cpu_per_request(http_cpu),
             }
             out["feed"] = await feed_latency(daemon.url)
-        finally:
-            await daemon.close()
 
 
 def cpu_per_request(storms: list[dict[str, float]]) -> dict[str, Any]:

@@ -40,17 +40,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tests.daemon_proc import store_env
+from tests.gcpfake import gcp_settings, sdk_client
 from tests.net import LineServer
 
 from bench._common import check, knob, measured, run_standalone
 from bench._harness import (
     VERIFY_OFF,
-    Api,
     Daemon,
     Postgres,
     Progress,
+    limit,
     postgres,
     run_ops,
+    serving,
     values_for,
 )
 from secretmirror.model import canonical
@@ -65,7 +68,6 @@ DEFAULT_WRITES_PER_S = 8.0
 UNLIMITED_WRITES_PER_S = 100_000.0
 DRAIN_TIMEOUT_S = 300.0
 PROJECT = "smbench-project"
-SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
 class FakeProcess(LineServer):
@@ -75,7 +77,7 @@ class FakeProcess(LineServer):
         super().__init__("tests.gcpfake", "--key-dir", str(workdir))
         started = json.loads(self.first_line)
         self.url: str = started["url"]
-        self.key_file: str = started["key_file"]
+        self.key_file = Path(started["key_file"])
 
     async def stats(self, since: int = 0) -> dict[str, Any]:
         async with (
@@ -88,32 +90,14 @@ class FakeProcess(LineServer):
 
 def gcp_env(fake: FakeProcess, writes_per_s: float | None) -> dict[str, str]:
     """A gcp backup on the fake (a fresh name prefix), the verify schedule off."""
-    env = {
-        "SECRETMIRROR_BACKUP__TYPE": "gcp",
-        "SECRETMIRROR_BACKUP__PROJECT_ID": PROJECT,
-        "SECRETMIRROR_BACKUP__ENDPOINT_URL": fake.url,
-        "SECRETMIRROR_BACKUP__AUTH_METHOD": "service-account",
-        "SECRETMIRROR_BACKUP__SERVICE_ACCOUNT_FILE": fake.key_file,
-        "SECRETMIRROR_BACKUP__NAME_PREFIX": f"b{uuid.uuid4().hex[:8]}-",
-        **VERIFY_OFF,
-    }
-    if writes_per_s is not None:
-        env["SECRETMIRROR_BACKUP__MAX_WRITES_PER_S"] = str(writes_per_s)
-    return env
+    prefix = f"b{uuid.uuid4().hex[:8]}-"
+    fields = gcp_settings(
+        fake.url, fake.key_file, prefix, project_id=PROJECT, **limit(writes_per_s)
+    )
+    return {**store_env("backup", {"type": "gcp", **fields}), **VERIFY_OFF}
 
 
 # -- the SDK's bare write loop ---------------------------------------------------------
-
-
-def _sdk_client(fake: FakeProcess) -> Any:
-    from google.api_core.client_options import ClientOptions
-    from google.cloud import secretmanager
-    from google.oauth2 import service_account
-
-    creds = service_account.Credentials.from_service_account_file(fake.key_file, scopes=[SCOPE])
-    return secretmanager.SecretManagerServiceClient(
-        credentials=creds, transport="rest", client_options=ClientOptions(api_endpoint=fake.url)
-    )
 
 
 def sdk_write_loop(
@@ -122,7 +106,7 @@ def sdk_write_loop(
     """``add_secret_version`` from ``threads`` SDK clients for ``seconds``: calls per second.
     ``ready``, if given, is called between making the secrets and the loop."""
     payload = canonical(values_for(0))
-    clients = [_sdk_client(fake) for _ in range(threads)]
+    clients = [sdk_client(fake.url, fake.key_file) for _ in range(threads)]
     names = []
     for client in clients:
         created = client.create_secret(
@@ -196,9 +180,7 @@ async def replication_phase(
         "max_writes_per_s": writes_per_s or DEFAULT_WRITES_PER_S,
         "secrets": secrets_n,
     }
-    api = Api(daemon.url, API_CLIENTS)
-    try:
-        await daemon.ready()
+    async with serving(daemon, API_CLIENTS) as api:
         progress = Progress(api, DRAIN_TIMEOUT_S)
         ids = [""] * secrets_n
 
@@ -218,9 +200,6 @@ async def replication_phase(
                 raise RuntimeError(f"{step}: {writes['error_samples']}")
             done = await progress.drained(applied * secrets_n)
             out[step] = _summary(await fake.stats(mark), secrets_n, done - started)
-    finally:
-        await api.close()
-        await daemon.close()
     return out
 
 

@@ -135,7 +135,7 @@ def mirrors_env(
     moto: MotoServer, bao: OpenBao, fake: FakeProcess, files: Path, tag: str
 ) -> dict[str, str]:
     gcp = gcp_settings(
-        fake.url, Path(fake.key_file), f"m{tag}-", project_id=PROJECT, max_writes_per_s=UNLIMITED
+        fake.url, fake.key_file, f"m{tag}-", project_id=PROJECT, max_writes_per_s=UNLIMITED
     )
     return {
         **aws_env(moto.endpoint_url, f"smbench-{tag}/aws/", UNLIMITED, role="MIRRORS__AWS"),
@@ -287,7 +287,7 @@ async def together_phase(
         "bao": bao.url,
         "bao_token": bao.root_token,
         "gcp": fake.url,
-        "gcp_key": fake.key_file,
+        "gcp_key": str(fake.key_file),
         "files": str(workdir / "raw-files-together"),
         "prefix": f"smbench-{tag}/together/",
     }

@@ -272,7 +272,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         status = await api.status()
         needles = (backup_prefix, status["deployment_id"])
         cpu = Cpu({"daemon": stack.daemon.pid, "moto": moto.pid}, stack.pg.postmaster_pid)
-        out["rss_before_jobs_mib"] = round(stack.daemon.rss_bytes() / 2**20, 1)
+        out["rss_before_jobs_mib"] = stack.daemon.rss_mib()
         print(f"jobs on {SECRETS} secrets")
         out["first_backup"] = await _job_phase("first backup", stack, api, "backup", needles, cpu)
         out["second_backup"] = await _job_phase("second backup", stack, api, "backup", needles, cpu)

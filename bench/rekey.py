@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 
 from bench._common import check, knob, latency_summary, measured, ratio, run_standalone
-from bench._harness import Api, Daemon, postgres, run_ops
+from bench._harness import Api, Daemon, fetchval, postgres, run_ops, serving
 from secretmirror.crypto import Keyring, secret_aad
 
 N = knob("SECRETMIRROR_BENCH_REKEY_N", 100_000, 4000)
@@ -141,13 +141,8 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
     async with postgres() as pg:
         dsn = await pg.database()
         keys = f"{base64.b64encode(raw_b).decode()},{base64.b64encode(raw_a).decode()}"
-        daemon = Daemon(dsn, workdir, key=keys)
-        api = Api(daemon.url)
-        try:
-            await daemon.ready()
-            conn = await asyncpg.connect(dsn)
-            deployment_id = str(await conn.fetchval("SELECT id FROM deployment"))
-            await conn.close()
+        async with serving(Daemon(dsn, workdir, key=keys)) as api:
+            deployment_id = str(await fetchval(dsn, "SELECT id FROM deployment"))
             started = time.monotonic()
             await _fill(dsn, key_a, deployment_id)
             out["fill_s"] = round(time.monotonic() - started, 1)
@@ -178,9 +173,6 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                 "per_s": round(job["counts"]["rekeyed"] / seconds, 1),
             }
             out["job_writes"] = {"n": len(during), **latency_summary(during)}
-        finally:
-            await api.close()
-            await daemon.close()
 
 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:

@@ -1132,6 +1132,19 @@ def gcp_settings(
     return fields
 
 
+def sdk_client(endpoint_url: str, key_file: Path | str) -> Any:
+    """The official SDK's client (REST transport) on ``endpoint_url`` with a service-account
+    key: what an operator's tooling would use."""
+    from google.api_core.client_options import ClientOptions
+    from google.cloud import secretmanager
+    from google.oauth2 import service_account
+
+    creds = service_account.Credentials.from_service_account_file(str(key_file), scopes=[SCOPE])
+    return secretmanager.SecretManagerServiceClient(
+        credentials=creds, transport="rest", client_options=ClientOptions(api_endpoint=endpoint_url)
+    )
+
+
 # -- a process of its own --------------------------------------------------------------
 
 

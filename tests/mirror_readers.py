@@ -159,17 +159,10 @@ async def read_vault(bao: OpenBao, mount: str, prefix: str, deployment: str) -> 
 
 
 def _read_gcp_sync(endpoint: str, key_file: Path, project: str, prefix: str, dep: str) -> Reading:
-    from google.api_core.client_options import ClientOptions
-    from google.cloud import secretmanager
-    from google.oauth2 import service_account
-
     from secretmirror.stores.gcp import label_value
-    from tests.gcpfake import SCOPE
+    from tests.gcpfake import sdk_client
 
-    creds = service_account.Credentials.from_service_account_file(str(key_file), scopes=[SCOPE])
-    client = secretmanager.SecretManagerServiceClient(
-        credentials=creds, transport="rest", client_options=ClientOptions(api_endpoint=endpoint)
-    )
+    client = sdk_client(endpoint, key_file)
     reading = Reading()
     ours = label_value(dep)
     for secret in client.list_secrets(request={"parent": f"projects/{project}"}):

@@ -23,9 +23,7 @@ from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
-from google.api_core.client_options import ClientOptions
 from google.cloud import secretmanager
-from google.oauth2 import service_account
 
 from secretmirror.crypto import Keyring
 from secretmirror.runtime import Runtime
@@ -35,7 +33,7 @@ from secretmirror.stores.file import FileStore
 from secretmirror.stores.gcp import GcpStore, label_value
 from tests.conftest import Api
 from tests.daemon_proc import DaemonProcess
-from tests.gcpfake import PROJECT, SCOPE, GcpFake, gcp_settings
+from tests.gcpfake import PROJECT, GcpFake, gcp_settings, sdk_client
 from tests.load import Load
 from tests.test_reconcile import run_job
 from tests.test_reconcile_aws import drained_daemon, drift_counts, wait_job
@@ -86,10 +84,7 @@ async def gcp_versions(store: GcpStore) -> dict[str, int]:
 @pytest.fixture
 def sdk(gcp_fake: GcpFake, gcp_key_file: Path) -> secretmanager.SecretManagerServiceClient:
     """The official client, for drift made behind secretmirror's back."""
-    creds = service_account.Credentials.from_service_account_file(str(gcp_key_file), scopes=[SCOPE])
-    return secretmanager.SecretManagerServiceClient(
-        credentials=creds, transport="rest", client_options=ClientOptions(api_endpoint=gcp_fake.url)
-    )
+    return sdk_client(gcp_fake.url, gcp_key_file)
 
 
 def _metric_total(daemon: DaemonProcess, prefix: str) -> float:

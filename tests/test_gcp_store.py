@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.api_core.client_options import ClientOptions
 from google.cloud import secretmanager
-from google.oauth2 import service_account
 from pydantic import ValidationError
 
 from secretmirror.crypto import Keyring, content_hash
@@ -39,7 +37,7 @@ from secretmirror.stores import gcp
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext
 from secretmirror.stores.gcp import GcpStore, label_value
 from secretmirror.stores.http import Reply, retry_after_s
-from tests.gcpfake import PROJECT, SCOPE, GcpFake, gcp_settings
+from tests.gcpfake import PROJECT, GcpFake, gcp_settings, sdk_client
 
 HASH_KEY = secrets.token_bytes(32)
 PARENT = f"projects/{PROJECT}"
@@ -92,10 +90,7 @@ async def store(make_store: MakeStore) -> GcpStore:
 @pytest.fixture
 def sdk(fake: GcpFake, gcp_key_file: Path) -> secretmanager.SecretManagerServiceClient:
     """The official client, for changes made behind the store's back."""
-    creds = service_account.Credentials.from_service_account_file(str(gcp_key_file), scopes=[SCOPE])
-    return secretmanager.SecretManagerServiceClient(
-        credentials=creds, transport="rest", client_options=ClientOptions(api_endpoint=fake.url)
-    )
+    return sdk_client(fake.url, gcp_key_file)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 from secretmirror.settings import GcpStoreSettings
 from secretmirror.stores.base import StoreContext
 from secretmirror.stores.gcp import GcpStore
-from tests.gcpfake import PROJECT, SCOPE, ApiError, GcpFake, gcp_settings
+from tests.gcpfake import PROJECT, ApiError, GcpFake, gcp_settings, sdk_client
 from tests.net import free_port
 from tests.stores import Fault
 
@@ -62,18 +62,7 @@ class GcpPlace:
     @property
     def sdk(self) -> Any:
         if self._sdk is None:
-            from google.api_core.client_options import ClientOptions
-            from google.cloud import secretmanager
-            from google.oauth2 import service_account
-
-            creds = service_account.Credentials.from_service_account_file(
-                str(self.key_file), scopes=[SCOPE]
-            )
-            self._sdk = secretmanager.SecretManagerServiceClient(
-                credentials=creds,
-                transport="rest",
-                client_options=ClientOptions(api_endpoint=self.fake.url),
-            )
+            self._sdk = sdk_client(self.fake.url, self.key_file)
         return self._sdk
 
     async def plant_foreign(self, secret_id: str) -> None:
