@@ -604,11 +604,11 @@ def aws_env(
 ) -> dict[str, str]:
     """``SECRETMIRROR_<role>__*`` for the aws store on moto (None: the default write rate)."""
     return store_env(
-        role, {"type": "aws", **aws_settings(endpoint_url, prefix), **limit(writes_per_s)}
+        role, {"type": "aws", **aws_settings(endpoint_url, prefix), **write_limit(writes_per_s)}
     )
 
 
-def limit(writes_per_s: float | None) -> dict[str, float]:
+def write_limit(writes_per_s: float | None) -> dict[str, float]:
     """A store's ``max_writes_per_s`` field, none for None (the store's default)."""
     return {} if writes_per_s is None else {"max_writes_per_s": writes_per_s}
 

@@ -53,7 +53,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from tests.azurefake import CLIENT_ID, CLIENT_SECRET, TENANT_ID, AzureFake
+from tests.azurefake import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    TENANT_ID,
+    AzureFake,
+    azure_settings,
+    sdk_client,
+)
+from tests.daemon_proc import store_env
 
 from bench._common import check, knob, measured, ratio, run_standalone
 from bench._harness import (
@@ -61,12 +69,16 @@ from bench._harness import (
     Api,
     Cpu,
     Daemon,
+    Op,
     OpError,
     Progress,
     cpu_seconds,
     postgres,
     run_ops,
+    serving,
+    steady_rate,
     values_for,
+    write_limit,
 )
 
 NAME = "azure"
@@ -103,21 +115,8 @@ def azure_backup_env(
     fake: AzureFake, prefix: str, max_writes_per_s: float | None
 ) -> dict[str, str]:
     """The azure backup on the fake (None: the default write rate), the verify schedule off."""
-    env = {
-        **VERIFY_OFF,
-        **RESUME_FAST,
-        "SECRETMIRROR_BACKUP__TYPE": "azure",
-        "SECRETMIRROR_BACKUP__VAULT_URL": fake.url,
-        "SECRETMIRROR_BACKUP__AUTH_METHOD": "service-principal",
-        "SECRETMIRROR_BACKUP__TENANT_ID": TENANT_ID,
-        "SECRETMIRROR_BACKUP__CLIENT_ID": CLIENT_ID,
-        "SECRETMIRROR_BACKUP__CLIENT_SECRET": CLIENT_SECRET,
-        "SECRETMIRROR_BACKUP__NAME_PREFIX": prefix,
-        **fake.env(),
-    }
-    if max_writes_per_s is not None:
-        env["SECRETMIRROR_BACKUP__MAX_WRITES_PER_S"] = str(max_writes_per_s)
-    return env
+    fields = {"type": "azure", **azure_settings(fake, prefix, **write_limit(max_writes_per_s))}
+    return {**VERIFY_OFF, **RESUME_FAST, **store_env("backup", fields), **fake.env()}
 
 
 # -- phase 1: the bare SDK loop -----------------------------------------------------------
@@ -126,22 +125,14 @@ def azure_backup_env(
 async def raw_sdk_loop(fake: AzureFake, prefix: str, seconds: float) -> dict[str, Any]:
     """``set_secret`` on pre-created names at ``CONCURRENCY`` for ``seconds``."""
     from azure.core.pipeline.transport import AioHttpTransport
-    from azure.identity.aio import ClientSecretCredential
-    from azure.keyvault.secrets.aio import SecretClient
 
     # Trust the fake's CA through the session's connector. (``connection_verify=<path>``
     # would make azure-core build an SSL context per request, and aiohttp then opens
     # a new TLS connection for every call: not how the SDK runs in production.)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=fake.ssl_context()))
     transport = AioHttpTransport(session=session, session_owner=False)
-    credential = ClientSecretCredential(
-        TENANT_ID, CLIENT_ID, CLIENT_SECRET, authority=fake.url, transport=transport
-    )
-    client = SecretClient(
-        fake.url, credential, verify_challenge_resource=False, transport=transport
-    )
     names = [f"{prefix}raw-{i}" for i in range(RAW_NAMES)]
-    async with session, credential, client:
+    async with session, sdk_client(fake, transport=transport) as client:
         for start in range(0, len(names), CONCURRENCY):
             await asyncio.gather(
                 *(client.set_secret(n, "{}") for n in names[start : start + CONCURRENCY])
@@ -228,6 +219,19 @@ async def drain(progress: Progress, started: float, baseline: int, expected: int
     }
 
 
+async def written(
+    fake: AzureFake, progress: Progress, prefix: str, op: Op, count: int
+) -> dict[str, Any]:
+    """``count`` API writes at ``API_CLIENTS``, then the drain of what they caused: the API's
+    seconds (``api_s``), ``drain``'s figures and the fake's ``calls`` since the first write."""
+    mark = fake.mark()
+    baseline = (await progress.sample())[1]
+    started = time.perf_counter()
+    api_s = (await run_ops(op, API_CLIENTS, count=count))["seconds"]
+    drained = await drain(progress, started, baseline, count)
+    return {**drained, "api_s": api_s, "calls": fake.call_log(mark, prefix)}
+
+
 async def until_pending(api: Api, count: int) -> None:
     """Wait until ``count`` deliveries are pending (every update committed, none applied)."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -235,15 +239,6 @@ async def until_pending(api: Api, count: int) -> None:
         if time.monotonic() > deadline:
             raise OpError(f"the backlog did not reach {count}")
         await asyncio.sleep(0.1)  # the sampling interval
-
-
-def steady_rate(samples: list[tuple[float, int]], total: int) -> float | None:
-    """Events per second between 10% and 90% of ``total`` applied (ramp-up and tail cut)."""
-    low = next((s for s in samples if s[1] >= total * 0.1), None)
-    high = next((s for s in samples if s[1] >= total * 0.9), None)
-    if low is None or high is None or high[0] <= low[0]:
-        return None
-    return (high[1] - low[1]) / (high[0] - low[0])
 
 
 def sets_per_second(calls: list[dict[str, Any]]) -> float | None:
@@ -278,14 +273,9 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             dsn = await pg.database()
             env = azure_backup_env(fake, prefix, UNLIMITED_WRITES_PER_S)
             lifted = Daemon(dsn, workdir / "lifted", env)
-            api = Api(lifted.url, API_CLIENTS)
-            try:
-                await lifted.ready()
+            async with serving(lifted, API_CLIENTS) as api:
                 cpu = Cpu({"daemon": lifted.pid, "fake": fake.pid}, pg.postmaster_pid)
                 ids = await _lifted(out, fake, api, cpu, prefix)
-            finally:
-                await api.close()
-                await lifted.close()
             print("raw again: the SDK loop after the lifted phases ...")
             raw_after = await raw_sdk_loop(fake, f"{prefix}r-", RAW_S)
             out["raw_sdk_after"] = raw_after
@@ -302,13 +292,10 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             fake.quota(KEY_VAULT_SETS_PER_10_S, 10.0)
             env = azure_backup_env(fake, prefix, None)
             limited = Daemon(dsn, workdir / "limited", env, key=lifted.key)
-            api = Api(limited.url, API_CLIENTS)
             try:
-                await limited.ready()
-                out["limiter"] = await _limiter(fake, api, ids[:LIMITED_UPDATES], prefix)
+                async with serving(limited, API_CLIENTS) as api:
+                    out["limiter"] = await _limiter(fake, api, ids[:LIMITED_UPDATES], prefix)
             finally:
-                await api.close()
-                await limited.close()
                 fake.quota(None)
     finally:
         await asyncio.to_thread(fake.stop)
@@ -320,34 +307,26 @@ async def _lifted(
     """Seed, updates alongside the API's writes, and a backlog after an outage; the ids."""
     progress = Progress(api, DRAIN_TIMEOUT_S)
     print(f"seed: {SECRETS} creates through the API ...")
-    mark = fake.mark()
-    baseline = int((await api.backup_status())["applied"])
-    started = time.perf_counter()
     ids: list[str] = [""] * SECRETS
 
     async def create(_worker: int, n: int) -> None:
         ids[n] = await api.create(f"bench-{n}", n)
 
-    api_s = (await run_ops(create, API_CLIENTS, count=SECRETS))["seconds"]
-    seeded = await drain(progress, started, baseline, SECRETS)
+    seeded = await written(fake, progress, prefix, create, SECRETS)
     out["seed"] = {
         "secrets": SECRETS,
-        "api_s": round(api_s, 3),
+        "api_s": round(seeded["api_s"], 3),
         "drain_s": seeded["wall_s"],
         "applied_per_s": round(SECRETS / seeded["wall_s"], 1),
-        "calls": _count(fake.call_log(mark, prefix)),
+        "calls": _count(seeded["calls"]),
     }
 
     print(f"alongside: {SECRETS} updates while replicating ...")
-    mark = fake.mark()
-    baseline = int((await api.backup_status())["applied"])
-    started = time.perf_counter()
     cpu.start()
-    api_s = (await run_ops(update_op(api, ids), API_CLIENTS, count=SECRETS))["seconds"]
-    drained = await drain(progress, started, baseline, SECRETS)
+    drained = await written(fake, progress, prefix, update_op(api, ids), SECRETS)
     used = cpu.stop(SECRETS)
     used["ms_per_update"] = used.pop("ms_per_op")
-    calls = fake.call_log(mark, prefix)
+    api_s, calls = drained["api_s"], drained["calls"]
     rate = SECRETS / drained["wall_s"]
     out["alongside_api_writes"] = {
         "cpu": used,
@@ -397,12 +376,8 @@ async def _lifted(
 
 async def _limiter(fake: AzureFake, api: Api, chosen: list[str], prefix: str) -> dict[str, Any]:
     progress = Progress(api, DRAIN_TIMEOUT_S)
-    mark = fake.mark()
-    baseline = int((await api.backup_status())["applied"])
-    started = time.perf_counter()
-    await run_ops(update_op(api, chosen, 1000), API_CLIENTS, count=len(chosen))
-    drained = await drain(progress, started, baseline, len(chosen))
-    calls = fake.call_log(mark, prefix)
+    drained = await written(fake, progress, prefix, update_op(api, chosen, 1000), len(chosen))
+    calls = drained["calls"]
     steady = steady_rate(drained["samples"], len(chosen))
     at_fake = sets_per_second(calls)
     throttled = sum(1 for c in calls if c["status"] == 429)

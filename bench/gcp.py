@@ -50,11 +50,11 @@ from bench._harness import (
     Daemon,
     Postgres,
     Progress,
-    limit,
     postgres,
     run_ops,
     serving,
     values_for,
+    write_limit,
 )
 from secretmirror.model import canonical
 
@@ -92,7 +92,7 @@ def gcp_env(fake: FakeProcess, writes_per_s: float | None) -> dict[str, str]:
     """A gcp backup on the fake (a fresh name prefix), the verify schedule off."""
     prefix = f"b{uuid.uuid4().hex[:8]}-"
     fields = gcp_settings(
-        fake.url, fake.key_file, prefix, project_id=PROJECT, **limit(writes_per_s)
+        fake.url, fake.key_file, prefix, project_id=PROJECT, **write_limit(writes_per_s)
     )
     return {**store_env("backup", {"type": "gcp", **fields}), **VERIFY_OFF}
 

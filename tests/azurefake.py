@@ -1080,24 +1080,26 @@ def azure_settings(fake: AzureFake, name_prefix: str, **overrides: Any) -> dict[
 
 
 @contextlib.asynccontextmanager
-async def sdk_client(fake: AzureFake, **options: Any) -> AsyncIterator[Any]:
+async def sdk_client(fake: AzureFake, transport: Any = None, **options: Any) -> AsyncIterator[Any]:
     """The official async ``SecretClient`` on a real ``ClientSecretCredential``, both on the fake.
 
     What an operator's tooling would use: tests inject drift with it. The
     challenge names https://vault.azure.net, as Key Vault's does, and the SDK
     checks that it is a parent domain of the vault's host, which 127.0.0.1
-    cannot satisfy: hence ``verify_challenge_resource=False``.
+    cannot satisfy: hence ``verify_challenge_resource=False``. ``transport``, an
+    azure-core transport both go through, trusts the CA its own way (the
+    benchmarks' session); without it both trust ``fake.ca_file``.
     """
     from azure.identity.aio import ClientSecretCredential
     from azure.keyvault.secrets.aio import SecretClient
 
-    ca = str(fake.ca_file)
+    how = (
+        {"connection_verify": str(fake.ca_file)} if transport is None else {"transport": transport}
+    )
     credential = ClientSecretCredential(
-        TENANT_ID, CLIENT_ID, CLIENT_SECRET, authority=fake.url, connection_verify=ca
+        TENANT_ID, CLIENT_ID, CLIENT_SECRET, authority=fake.url, **how
     )
-    client = SecretClient(
-        fake.url, credential, verify_challenge_resource=False, connection_verify=ca, **options
-    )
+    client = SecretClient(fake.url, credential, verify_challenge_resource=False, **how, **options)
     async with credential, client:
         yield client
 
