@@ -212,18 +212,33 @@ class RssPeak:
 
 
 class Api:
-    """One aiohttp session to a daemon with the admin token (connection limit ``limit``)."""
+    """One aiohttp session to a daemon with the admin token (connection limit ``limit``), or
+    to another HTTP API with ``headers`` of its own (``ssl``: aiohttp's, e.g. a context)."""
 
-    def __init__(self, base_url: str, limit: int = 64) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        limit: int = 64,
+        headers: dict[str, str] = AUTH,
+        *,
+        ssl: Any = True,
+        timeout_s: float = 60.0,
+    ) -> None:
         self.base = base_url
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit),
-            headers=AUTH,
-            timeout=aiohttp.ClientTimeout(total=60),
+            connector=aiohttp.TCPConnector(limit=limit, ssl=ssl),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
         )
 
     async def close(self) -> None:
         await self.session.close()
+
+    async def __aenter__(self) -> Api:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def call(
         self, method: str, path: str, body: Any = None, *, ok: int | None = 200, parse: bool = True

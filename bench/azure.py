@@ -178,17 +178,13 @@ async def raw_rest_loop(fake: AzureFake, prefix: str, seconds: float) -> dict[st
     async with credential:
         token = (await credential.get_token("https://vault.azure.net/.default")).token
     headers = {"Authorization": f"Bearer {token}"}
-    connector = aiohttp.TCPConnector(ssl=fake.ssl_context(), limit=CONCURRENCY)
     cpu = time.process_time()
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+    async with Api(fake.url, CONCURRENCY, headers, ssl=fake.ssl_context()) as rest:
 
         async def put(_worker: int, n: int) -> None:
-            url = f"{fake.url}/secrets/{prefix}rest-{n % RAW_NAMES}?api-version=7.5"
+            path = f"/secrets/{prefix}rest-{n % RAW_NAMES}?api-version=7.5"
             body = {"value": "{}", "contentType": "application/json", "tags": {"n": str(n)}}
-            async with session.put(url, json=body) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    raise OpError(f"PUT: {resp.status}")
+            await rest.call("PUT", path, body, parse=False)
 
         found = await run_ops(put, CONCURRENCY, duration_s=seconds)
     return _raw_result(found, time.process_time() - cpu)

@@ -48,7 +48,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from tests.daemon_proc import store_env
 from tests.openbao import BaoProcess, OpenBao, bao_settings, start_bao
 
@@ -58,7 +57,6 @@ from bench._harness import (
     Api,
     Cpu,
     Daemon,
-    OpError,
     Progress,
     counted_phases,
     postgres,
@@ -91,25 +89,6 @@ def vault_backup_env(bao: OpenBao, prefix: str) -> dict[str, str]:
 # -- the raw limit ---------------------------------------------------------------------
 
 
-def _kv_session(bao: OpenBao) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=CONNECTIONS),
-        headers={"X-Vault-Token": bao.root_token},
-        timeout=aiohttp.ClientTimeout(total=30),
-    )
-
-
-async def _kv(
-    session: aiohttp.ClientSession, method: str, url: str, body: Any = None
-) -> dict[str, Any]:
-    async with session.request(method, url, json=body) as resp:
-        raw = await resp.read()
-        if resp.status not in (200, 204):
-            raise OpError(f"{method} {url.rpartition('/v1/')[2]}: {resp.status} {raw[:200]!r}")
-    answer: dict[str, Any] = json.loads(raw) if raw else {}
-    return answer
-
-
 async def raw_loop(
     bao: OpenBao,
     prefix: str,
@@ -120,44 +99,40 @@ async def raw_loop(
 ) -> dict[str, Any]:
     """``kind`` "write": one data write per op; "store_update": the store's three calls.
     ``ready``, if given, is called (in a thread) between making the entries and the loop."""
-    base = f"{bao.url}/v1/{MOUNT}"
+    token = {"X-Vault-Token": bao.root_token}
     paths = [
         [f"{prefix}{kind}/w{w}-{i}" for i in range(RAW_ENTRIES_PER_WORKER)]
         for w in range(CONCURRENCY)
     ]
     marks = {"secretmirror.deployment": "bench-raw", "secretmirror.version": "1"}
-    async with _kv_session(bao) as session:
+    async with Api(f"{bao.url}/v1/{MOUNT}", CONNECTIONS, token, timeout_s=30) as kv:
         gate = asyncio.Semaphore(CONCURRENCY)
 
         async def make(path: str) -> None:
             async with gate:
                 if kind == "store_update":
                     body = {"custom_metadata": marks, "metadata_cas": 0}
-                    await _kv(session, "POST", f"{base}/metadata/{path}", body)
-                await _kv(session, "POST", f"{base}/data/{path}", {"data": values_for(0)})
+                    await kv.call("POST", f"/metadata/{path}", body, ok=None)
+                await kv.call("POST", f"/data/{path}", {"data": values_for(0)}, ok=None)
 
         await asyncio.gather(*(make(p) for row in paths for p in row))
 
         async def write(worker: int, n: int) -> None:
             path = paths[worker][n % RAW_ENTRIES_PER_WORKER]
-            await _kv(session, "POST", f"{base}/data/{path}", {"data": values_for(n + 1)})
+            await kv.call("POST", f"/data/{path}", {"data": values_for(n + 1)}, ok=None)
 
         async def store_update(worker: int, n: int) -> None:
             path = paths[worker][n % RAW_ENTRIES_PER_WORKER]
-            meta = (await _kv(session, "GET", f"{base}/metadata/{path}"))["data"]
-            written = await _kv(
-                session,
-                "POST",
-                f"{base}/data/{path}",
-                {"options": {"cas": meta["current_version"]}, "data": values_for(n + 1)},
-            )
+            meta = (await kv.call("GET", f"/metadata/{path}"))["data"]
+            body = {"options": {"cas": meta["current_version"]}, "data": values_for(n + 1)}
+            written = await kv.call("POST", f"/data/{path}", body, ok=None)
             custom = {
                 **marks,
                 "secretmirror.version": str(n + 2),
                 "secretmirror.kv-version": str(written["data"]["version"]),
             }
             body = {"custom_metadata": custom, "metadata_cas": meta["current_metadata_version"]}
-            await _kv(session, "POST", f"{base}/metadata/{path}", body)
+            await kv.call("POST", f"/metadata/{path}", body, ok=None)
 
         op = write if kind == "write" else store_update
         if ready is not None:
