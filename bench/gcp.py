@@ -101,12 +101,16 @@ def gcp_env(fake: FakeProcess, writes_per_s: float | None) -> dict[str, str]:
 
 
 def sdk_write_loop(
-    fake: FakeProcess, seconds: float, threads: int, ready: Callable[[], object] | None = None
+    url: str,
+    key_file: Path | str,
+    seconds: float,
+    threads: int,
+    ready: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """``add_secret_version`` from ``threads`` SDK clients for ``seconds``: calls per second.
     ``ready``, if given, is called between making the secrets and the loop."""
     payload = canonical(values_for(0))
-    clients = [sdk_client(fake.url, fake.key_file) for _ in range(threads)]
+    clients = [sdk_client(url, key_file) for _ in range(threads)]
     names = []
     for client in clients:
         created = client.create_secret(
@@ -168,7 +172,6 @@ async def replication_phase(
     pg: Postgres,
     fake: FakeProcess,
     workdir: Path,
-    *,
     writes_per_s: float | None,
     secrets_n: int,
     update: bool,
@@ -264,19 +267,17 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
     fake = FakeProcess(workdir)
     try:
         async with postgres() as pg:
-            out["raw"].append(await asyncio.to_thread(sdk_write_loop, fake, RAW_S, CONCURRENCY))
-            out["unlimited"] = await replication_phase(
-                pg,
-                fake,
-                workdir,
-                writes_per_s=UNLIMITED_WRITES_PER_S,
-                secrets_n=SECRETS,
-                update=True,
-            )
-            out["raw"].append(await asyncio.to_thread(sdk_write_loop, fake, RAW_S, CONCURRENCY))
-            out["limited"] = await replication_phase(
-                pg, fake, workdir, writes_per_s=None, secrets_n=LIMITED_SECRETS, update=False
-            )
+            # The SDK loop right before and right after the unlimited phase.
+            for phase, writes_per_s, count, update in (
+                ("unlimited", UNLIMITED_WRITES_PER_S, SECRETS, True),
+                ("limited", None, LIMITED_SECRETS, False),
+            ):
+                out["raw"].append(
+                    await asyncio.to_thread(
+                        sdk_write_loop, fake.url, fake.key_file, RAW_S, CONCURRENCY
+                    )
+                )
+                out[phase] = await replication_phase(pg, fake, workdir, writes_per_s, count, update)
     finally:
         await asyncio.to_thread(fake.stop)
 

@@ -80,7 +80,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from tests.daemon_proc import store_env
@@ -183,23 +182,57 @@ async def file_raw_loop(
     return {"operation": "durable file write", **result}
 
 
+def locations(
+    moto: MotoServer, bao: OpenBao, fake: FakeProcess, files: Path, prefix: str
+) -> dict[str, str]:
+    """What a raw loop needs to find its store (plain strings: it may run in another process)."""
+    return {
+        "aws": moto.endpoint_url,
+        "bao": bao.url,
+        "bao_token": bao.root_token,
+        "gcp": fake.url,
+        "gcp_key": str(fake.key_file),
+        "files": str(files),
+        "prefix": prefix,
+    }
+
+
+async def raw_loop(
+    loop: str, where: dict[str, str], seconds: float, ready: Callable[[], object] | None = None
+) -> dict[str, Any]:
+    """One store's bare write loop (``RAW_CREATE_OF`` and ``RAW_OF`` name them) for
+    ``seconds``; ``ready``, if given, is called between making its entries and the loop."""
+    if loop.startswith("aws_"):
+        return await aws_raw_loop(
+            where["aws"],
+            where["prefix"],
+            CONCURRENCY,
+            operation=loop[4:],
+            duration_s=seconds,
+            ready=ready,
+        )
+    if loop == "vault_write":
+        bao = OpenBao(where["bao"], where["bao_token"])
+        return await vault_raw_loop(bao, where["prefix"], "write", Cpu({}), seconds, ready)
+    if loop == "gcp_add_version":
+        gcp = await asyncio.to_thread(
+            sdk_write_loop, where["gcp"], where["gcp_key"], seconds, CONCURRENCY, ready
+        )
+        return {**gcp, "ops_per_s": gcp["writes_per_s"]}
+    return await file_raw_loop(Path(where["files"]), seconds, ready)
+
+
 async def raw_phase(
     moto: MotoServer, bao: OpenBao, fake: FakeProcess, workdir: Path, tag: str, round_: int
 ) -> dict[str, Any]:
     """Each store's bare write loop, one store at a time."""
     found: dict[str, Any] = {}
-    prefix = f"smbench-{tag}/raw{round_}/"
-    for operation in ("create", "put"):
-        found[f"aws_{operation}"] = await aws_raw_loop(
-            moto.endpoint_url, prefix, CONCURRENCY, operation=operation, duration_s=RAW_S
-        )
-        print(f"  raw aws {operation}: {found[f'aws_{operation}']['ops_per_s']}/s")
-    cpu = Cpu({})
-    found["vault_write"] = await vault_raw_loop(bao, prefix, "write", cpu)
-    gcp = await asyncio.to_thread(sdk_write_loop, fake, RAW_S, CONCURRENCY)
-    found["gcp_add_version"] = {**gcp, "ops_per_s": gcp["writes_per_s"]}
-    print(f"  raw gcp add_secret_version: {gcp['writes_per_s']}/s")
-    found["file_write"] = await file_raw_loop(workdir / f"raw-files-{round_}")
+    stores = locations(
+        moto, bao, fake, workdir / f"raw-files-{round_}", f"smbench-{tag}/raw{round_}/"
+    )
+    for loop in ("aws_create", "aws_put", "vault_write", "gcp_add_version", "file_write"):
+        found[loop] = await raw_loop(loop, stores, RAW_S)
+        print(f"  raw {loop}: {found[loop]['ops_per_s']}/s")
     return found
 
 
@@ -219,29 +252,8 @@ def _one_raw_loop(loop: str, where: dict[str, str], start: Any, seconds: float) 
     ``start`` barrier for the other three, then runs: the four at once, each with its own
     interpreter, as if each store had a client of its own."""
     before = resource.getrusage(resource.RUSAGE_SELF)
-    found: dict[str, Any]
-    if loop == "aws_put":
-        found = asyncio.run(
-            aws_raw_loop(
-                where["aws"],
-                where["prefix"],
-                CONCURRENCY,
-                operation="put",
-                duration_s=seconds,
-                ready=start.wait,
-            )
-        )
-    elif loop == "vault_write":
-        bao = OpenBao(where["bao"], where["bao_token"])
-        found = asyncio.run(
-            vault_raw_loop(bao, where["prefix"], "write", Cpu({}), seconds, start.wait)
-        )
-    elif loop == "gcp_add_version":
-        fake = SimpleNamespace(url=where["gcp"], key_file=where["gcp_key"])
-        gcp = sdk_write_loop(fake, seconds, CONCURRENCY, start.wait)  # type: ignore[arg-type]
-        found = {**gcp, "ops": gcp["calls"], "ops_per_s": gcp["writes_per_s"]}
-    else:
-        found = asyncio.run(file_raw_loop(Path(where["files"]), seconds, start.wait))
+    found = asyncio.run(raw_loop(loop, where, seconds, start.wait))
+    found.setdefault("ops", found.get("calls"))  # the SDK loop counts calls
     after = resource.getrusage(resource.RUSAGE_SELF)
     ended = time.time()
     found["window"] = [round(ended - found["seconds"], 3), round(ended, 3)]
@@ -282,15 +294,7 @@ async def together_phase(
     """The four raw loops at once, each in its own process, for ``TOGETHER_S``: what this
     machine gives four stores' writes at the same time with no worker in between (the
     ceiling of a fan-out here), and each store server's CPU per write in that window."""
-    where = {
-        "aws": moto.endpoint_url,
-        "bao": bao.url,
-        "bao_token": bao.root_token,
-        "gcp": fake.url,
-        "gcp_key": str(fake.key_file),
-        "files": str(workdir / "raw-files-together"),
-        "prefix": f"smbench-{tag}/together/",
-    }
+    stores = locations(moto, bao, fake, workdir / "raw-files-together", f"smbench-{tag}/together/")
     samples: list[tuple[float, dict[str, float | None]]] = []
     done = asyncio.Event()
 
@@ -311,7 +315,7 @@ async def together_phase(
     with spawn.Manager() as manager, ProcessPoolExecutor(len(TOGETHER), mp_context=spawn) as pool:
         start = manager.Barrier(len(TOGETHER))
         runs = [
-            loop.run_in_executor(pool, _one_raw_loop, name, where, start, TOGETHER_S)
+            loop.run_in_executor(pool, _one_raw_loop, name, stores, start, TOGETHER_S)
             for name in TOGETHER
         ]
         results = await asyncio.gather(*runs)
