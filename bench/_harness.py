@@ -63,30 +63,25 @@ def values_for(n: int) -> dict[str, str]:
 async def postgres() -> AsyncIterator[Postgres]:
     """A pgserver in a temp dir, or the server ``SECRETMIRROR_BENCH_DATABASE_URL`` names;
     every database made on it is dropped after."""
-    server = await asyncio.to_thread(TestPostgres, "SECRETMIRROR_BENCH_DATABASE_URL")
-    pg = Postgres(server)
+    pg = await asyncio.to_thread(Postgres)
     try:
         yield pg
     finally:
         for name in pg.names:
             with contextlib.suppress(Exception):
-                await server.drop_database(name)
-        await asyncio.to_thread(server.stop)
+                await pg.drop_database(name)
+        await asyncio.to_thread(pg.stop)
 
 
-class Postgres:
-    def __init__(self, server: TestPostgres) -> None:
-        self.server = server
+class Postgres(TestPostgres):
+    def __init__(self) -> None:
+        super().__init__("SECRETMIRROR_BENCH_DATABASE_URL")
         self.names: list[str] = []
-
-    @property
-    def postmaster_pid(self) -> int | None:
-        return self.server.postmaster_pid
 
     async def database(self) -> str:
         """The DSN of a fresh, empty database (the daemon migrates it)."""
-        self.names.append(await self.server.create_database())
-        return self.server.dsn(self.names[-1])
+        self.names.append(await self.create_database())
+        return self.dsn(self.names[-1])
 
 
 class Daemon(DaemonProcess):

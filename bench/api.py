@@ -263,7 +263,7 @@ async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -
     cpu = Cpu({"daemon": daemon.pid}, pg.postmaster_pid)
     out["postgres"] = await _server_facts(dsn)
     deployment = (await fetch(dsn, Q.deployment_get))[0]
-    out["postgres"]["source"] = "external" if pg.server.external else "pgserver"
+    out["postgres"]["source"] = "external" if pg.external else "pgserver"
     keyring = crypto.Keyring(crypto.parse_keys(daemon.key))
     hash_key = keyring.decrypt(deployment["hash_key"], b"deployment-hash-key")
     run_tag = secrets.token_hex(3)

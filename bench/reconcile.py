@@ -43,7 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.moto import REGION
+from tests.moto import REGION, secrets_client
 
 from bench._common import check, knob, latency_summary, measured, run_standalone
 from bench._harness import (
@@ -56,7 +56,6 @@ from bench._harness import (
     aws_stack,
     count_calls,
     run_ops,
-    secrets_client,
 )
 
 NAME = "reconcile"

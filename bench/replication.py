@@ -64,6 +64,7 @@ from typing import Any
 
 import aiohttp
 from tests.faultproxy import ProxyProcess
+from tests.moto import MotoServer, secrets_client
 from tests.prometheus import (
     histogram_buckets,
     histogram_delta,
@@ -88,7 +89,7 @@ from bench._harness import (
     counted_phases,
     replicated_phase,
     run_ops,
-    secrets_client,
+    serving,
     values_for,
 )
 
@@ -136,26 +137,12 @@ def patch_values(n: int) -> dict[str, str]:
 # -- phases --------------------------------------------------------------------------
 
 
-async def _raw(
-    moto_pid: int | None,
-    url: str,
-    prefix: str,
-    operation: str,
-    duration_s: float,
-    *,
-    create_secrets: bool,
-) -> dict[str, Any]:
-    """A bare aiobotocore loop at CONCURRENCY, with the CPU it and moto used."""
-    cpu = Cpu({"moto": moto_pid})
+async def _raw(moto: MotoServer, prefix: str, **loop: Any) -> dict[str, Any]:
+    """A bare aiobotocore loop at CONCURRENCY (``loop``: ``aws_raw_loop``'s arguments), with
+    the CPU it and moto used."""
+    cpu = Cpu({"moto": moto.pid})
     cpu.start()
-    result = await aws_raw_loop(
-        url,
-        prefix,
-        CONCURRENCY,
-        operation=operation,
-        duration_s=duration_s,
-        create_secrets=create_secrets,
-    )
+    result = await aws_raw_loop(moto.endpoint_url, prefix, CONCURRENCY, **loop)
     # Includes creating the put loop's secrets: an upper bound per op.
     result["cpu_incl_setup"] = cpu.stop(result["ops"])
     print(
@@ -416,15 +403,10 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             print(f"raw: bare aiobotocore loops at {CONCURRENCY}, moto holding {len(ids)}+ secrets")
             raw: dict[str, Any] = {
                 "create": await _raw(
-                    moto.pid,
-                    url,
-                    prefix + "raw-create/",
-                    "create",
-                    RAW_CREATE_S,
-                    create_secrets=True,
+                    moto, prefix + "raw-create/", operation="create", duration_s=RAW_CREATE_S
                 ),
                 "put_before": await _raw(
-                    moto.pid, url, prefix + "raw-put/", "put", RAW_S, create_secrets=True
+                    moto, prefix + "raw-put/", operation="put", duration_s=RAW_S
                 ),
             }
             out["raw"] = raw
@@ -437,7 +419,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                 "updates", api, progress, cpu, len(ids), update
             )
             raw["put_after"] = await _raw(
-                moto.pid, url, prefix + "raw-put/", "put", RAW_S, create_secrets=False
+                moto, prefix + "raw-put/", operation="put", duration_s=RAW_S, create_secrets=False
             )
             rates = [raw[k]["ops_per_s"] for k in ("put_before", "put_after") if raw[k]["ops"]]
             raw["put_ops_per_s_mean"] = round(sum(rates) / len(rates), 1) if rates else None
@@ -517,12 +499,9 @@ async def _two_daemons(workdir: Path, tag: str) -> dict[str, Any]:
         "load_s": TWO_DAEMONS_LOAD_S,
         "added_latency_s": TWO_DAEMONS_LATENCY_S,
     }
-    proxy: ProxyProcess | None = None
-    daemons: list[Daemon] = []
-    apis: list[Api] = []
     async with aws_stack(result, workdir / "two") as stack:
+        proxy = await asyncio.to_thread(ProxyProcess, stack.moto.port)
         try:
-            proxy = await asyncio.to_thread(ProxyProcess, stack.moto.port)
             await asyncio.to_thread(proxy.latency, TWO_DAEMONS_LATENCY_S, "upstream")
             prefixes = {
                 "primary": f"smbench-{tag}/two-primary/",
@@ -533,22 +512,15 @@ async def _two_daemons(workdir: Path, tag: str) -> dict[str, Any]:
                 **aws_env(proxy.url, prefixes["backup"], UNLIMITED_WRITES_PER_S),
                 **VERIFY_OFF,
             }
-            key = None
-            for label in ("a", "b"):
-                daemon = Daemon(stack.dsn, workdir / f"two-{label}", env, key=key, label=label)
-                daemons.append(daemon)
-                await daemon.ready()
-                key = daemon.key
-                apis.append(Api(daemon.url))
-            await _two_daemons_load(result, stack, proxy, apis, prefixes, tag)
+            a = Daemon(stack.dsn, workdir / "two-a", env, label="a")
+            b = Daemon(stack.dsn, workdir / "two-b", env, key=a.key, label="b")
+            try:
+                async with serving(a) as api_a, serving(b) as api_b:
+                    await _two_daemons_load(result, stack, proxy, [api_a, api_b], prefixes, tag)
+            finally:
+                result["log_events"] = [daemon.log_events(LOG_EVENTS) for daemon in (a, b)]
         finally:
-            for api in apis:
-                await api.close()
-            for daemon in daemons:
-                await daemon.close()
-            result["log_events"] = [daemon.log_events(LOG_EVENTS) for daemon in daemons]
-            if proxy is not None:
-                await asyncio.to_thread(proxy.stop)
+            await asyncio.to_thread(proxy.stop)
     return result
 
 
