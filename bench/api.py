@@ -127,6 +127,15 @@ class RawOps:
         blob = canonical(values_for(0))
         self.fixed_snapshot = keyring.encrypt(blob, secret_aad(str(uuid.uuid4()), 1))
         self.fixed_hash = crypto.content_hash(hash_key, "fixed", blob)
+        #: What a change writes besides the secret: the outbox of the sql primary in the main
+        #: database, no backup.
+        self.outbox = {
+            "outbox_deployment": deployment_id,
+            "targets": [],
+            "inline": [],
+            "token": self.node,
+            "lease_s": 6.0,
+        }
 
     async def _auth(self, conn: asyncpg.Connection) -> Any:
         row = await conn.fetchrow(Q.authenticate, crypto.token_hash(ADMIN_TOKEN))
@@ -154,11 +163,7 @@ class RawOps:
             hash=content_hash,
             actor=principal["name"],
             snapshot=snapshot,
-            outbox_deployment=self.deployment_id,  # the sql primary in the main database
-            targets=[],  # no backup
-            inline=[],
-            token=self.node,
-            lease_s=6.0,
+            **self.outbox,
         )
         await conn.fetchrow(Q.secret_create, *args)
 
@@ -168,34 +173,29 @@ class RawOps:
     async def create_sql(self, worker: int, _n: int) -> None:
         await self._create(worker, encrypt=False)
 
-    async def _get(self, worker: int, secret_id: str, decrypt: bool) -> Any:
-        conn = self.conns[worker]
-        await self._auth(conn)
-        row = await conn.fetchrow(Q.secret_get_with_value, uuid.UUID(secret_id), self.deployment_id)
-        if row is None:
-            raise OpError("get: no such secret")
-        if decrypt:
-            json.loads(
-                self.keyring.decrypt(row["ciphertext"], secret_aad(secret_id, row["version"]))
-            )
-        return row
-
-    async def get(self, worker: int, _n: int) -> None:
-        await self._get(worker, self.ids[random.randrange(len(self.ids))], decrypt=True)
-
-    async def get_sql(self, worker: int, _n: int) -> None:
-        await self._get(worker, self.ids[random.randrange(len(self.ids))], decrypt=False)
-
-    async def update(self, worker: int, n: int) -> None:
+    async def _read(self, worker: int, secret_id: str, decrypt: bool) -> Any:
+        """``authenticate`` + ``secret_get_with_value`` (+ decrypting): the principal, the row
+        and the values (None without decrypting)."""
         conn = self.conns[worker]
         principal = await self._auth(conn)
-        secret_id = self.ids[n % len(self.ids)]
         row = await conn.fetchrow(Q.secret_get_with_value, uuid.UUID(secret_id), self.deployment_id)
         if row is None:
-            raise OpError("update: no such secret")
-        current = json.loads(
-            self.keyring.decrypt(row["ciphertext"], secret_aad(secret_id, row["version"]))
-        )
+            raise OpError(f"no such secret: {secret_id}")
+        values = None
+        if decrypt:
+            aad = secret_aad(secret_id, row["version"])
+            values = json.loads(self.keyring.decrypt(row["ciphertext"], aad))
+        return principal, row, values
+
+    async def get(self, worker: int, _n: int) -> None:
+        await self._read(worker, self.ids[random.randrange(len(self.ids))], decrypt=True)
+
+    async def get_sql(self, worker: int, _n: int) -> None:
+        await self._read(worker, self.ids[random.randrange(len(self.ids))], decrypt=False)
+
+    async def update(self, worker: int, n: int) -> None:
+        secret_id = self.ids[n % len(self.ids)]
+        principal, row, current = await self._read(worker, secret_id, decrypt=True)
         current["password"] = new_password(n, "raw" + self.run_tag)
         blob = canonical(current)
         version = row["version"] + 1
@@ -210,13 +210,9 @@ class RawOps:
             kind="update",
             actor=principal["name"],
             snapshot=snapshot,
-            outbox_deployment=self.deployment_id,
-            targets=[],
-            inline=[],
-            token=self.node,
-            lease_s=6.0,
+            **self.outbox,
         )
-        changed = await conn.fetchrow(Q.secret_change, *args)
+        changed = await self.conns[worker].fetchrow(Q.secret_change, *args)
         if changed is None:
             raise OpError("update: lost a race")
 

@@ -64,6 +64,7 @@ from typing import Any
 
 import aiohttp
 from tests.faultproxy import ProxyProcess
+from tests.load import open_loop
 from tests.moto import MotoServer, secrets_client
 from tests.prometheus import (
     histogram_buckets,
@@ -162,7 +163,6 @@ async def _steady_latency(api: Api, progress: Progress, cpu: Cpu, ids: list[str]
     total = int(STEADY_RATE * STEADY_S)
     latencies: list[float] = []
     errors: list[str] = []
-    late: list[float] = []
 
     async def one(n: int) -> None:
         started = time.perf_counter()
@@ -173,18 +173,9 @@ async def _steady_latency(api: Api, progress: Progress, cpu: Cpu, ids: list[str]
         else:
             latencies.append(time.perf_counter() - started)
 
-    tasks = []
     cpu.start()
-    begin = time.perf_counter() + 0.05
-    for n in range(total):
-        due = begin + n / STEADY_RATE
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        late.append(time.perf_counter() - due)
-        tasks.append(asyncio.create_task(one(n)))
-    sent_s = time.perf_counter() - begin
-    await asyncio.gather(*tasks)
+    late = await open_loop(one, STEADY_RATE, total)
+    sent_s = (total - 1) / STEADY_RATE + late[-1]  # from the first send's due time to the last
     drained = await progress.until_applied(start_applied + len(latencies))
     cpu_used = cpu.stop(total)
     after = histogram_buckets(await api.metrics(), LATENCY_METRIC, labels)

@@ -88,9 +88,22 @@ async def _listings(
     return found
 
 
+async def _both(
+    checked: Any, raw: Any, hash_key: bytes, calls: Callable[[int], list[str]], mark: Any
+) -> dict[str, Any]:
+    """Fill ``checked``; then list it and ``raw`` (the same entries without the checks)."""
+    for store in (checked, raw):
+        await store.open()
+    try:
+        await _fill(checked, hash_key)
+        return await _listings({"checked": checked, "raw": raw}, calls, mark)
+    finally:
+        for store in (checked, raw):
+            await store.close()
+
+
 async def _gcp() -> dict[str, Any]:
     fake = GcpFake().start()
-    hash_key = secrets.token_bytes(32)
     ctx = StoreContext(str(uuid.uuid4()), Keyring([secrets.token_bytes(32)]))
     try:
         key_file = fake.service_account_file(Path(tempfile.mkdtemp()))
@@ -98,14 +111,7 @@ async def _gcp() -> dict[str, Any]:
             **gcp_settings(fake.url, key_file, "bench-", max_writes_per_s=5000)
         )
         checked, raw = GcpStore(settings, ctx), _UncheckedGcp(settings, ctx)
-        for store in (checked, raw):
-            await store.open()
-        try:
-            await _fill(checked, hash_key)
-            return await _listings({"checked": checked, "raw": raw}, fake.ops, fake.mark)
-        finally:
-            for store in (checked, raw):
-                await store.close()
+        return await _both(checked, raw, secrets.token_bytes(32), fake.ops, fake.mark)
     finally:
         fake.stop()
 
@@ -122,16 +128,7 @@ async def _azure() -> dict[str, Any]:
     try:
         checked = azure_store(fake, ctx, prefix, max_writes_per_s=5000)
         raw = azure_store(fake, StoreContext(ctx.deployment_id, ctx.keyring), prefix)
-        for store in (checked, raw):
-            await store.open()
-        try:
-            await _fill(checked, hash_key)
-            return await _listings(
-                {"checked": checked, "raw": raw}, lambda since: fake.calls(since), fake.mark
-            )
-        finally:
-            for store in (checked, raw):
-                await store.close()
+        return await _both(checked, raw, hash_key, lambda since: fake.calls(since), fake.mark)
     finally:
         fake.stop()
 

@@ -3,12 +3,15 @@
 Clients create, update and delete secrets at random. A write whose response
 never arrived (the daemon was killed, the connection reset) has an unknown
 outcome: the secret is marked uncertain and re-read from the API at the end.
+``open_loop`` sends requests on a schedule instead, answered or not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +20,24 @@ import aiohttp
 from tests.conftest import ADMIN_TOKEN
 
 _HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def open_loop(one: Callable[[int], Awaitable[None]], rate: float, count: int) -> list[float]:
+    """``one(n)`` for each n below ``count``, each started on schedule at ``rate`` per second
+    whether the earlier ones have answered or not, then all awaited; how late each started
+    (seconds after its due time)."""
+    begin = time.perf_counter() + 0.05
+    late: list[float] = []
+    tasks = []
+    for n in range(count):
+        due = begin + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        late.append(time.perf_counter() - due)
+        tasks.append(asyncio.create_task(one(n)))
+    await asyncio.gather(*tasks)
+    return late
 
 
 @dataclass

@@ -56,6 +56,7 @@ from secretmirror.stores.file import FileStore
 from tests.conftest import ADMIN_TOKEN, Api
 from tests.daemon_proc import DaemonProcess, store_env
 from tests.faultproxy import ThreadedFaultProxy
+from tests.load import open_loop
 from tests.moto import MotoServer, aws_settings
 from tests.openbao import OpenBao, bao_settings
 from tests.prometheus import histogram_buckets, histogram_delta, histogram_quantile, http
@@ -163,14 +164,7 @@ async def steady_creates(
         created[secret_id] = name
 
     count = int(seconds * RATE)
-    started = time.monotonic()
-    tasks = []
-    for n in range(count):
-        delay = started + n / RATE - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(n)))
-    await asyncio.gather(*tasks)
+    await open_loop(one, RATE, count)
     assert not failures, f"{len(failures)} creates failed: {failures[:5]}"
     return count
 
