@@ -18,6 +18,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -283,13 +284,17 @@ class Api:
             return await resp.text()
 
     async def job(self, path: str, body: Any = None, poll_s: float = 0.2) -> dict[str, Any]:
-        """POST a job and poll it until it ended; the job, and the seconds since the POST."""
+        """POST a job and poll it until it ended; the job, the seconds since the POST and
+        ``seconds``: from its ``started`` to its ``finished`` (None without both)."""
         started = time.perf_counter()
         job: dict[str, Any] = await self.call("POST", path, body, ok=None)
         while job["status"] in ("queued", "running"):
             await asyncio.sleep(poll_s)
             job = await self.call("GET", f"/admin/v1/jobs/{job['id']}")
         job["seconds_wall_from_post"] = round(time.perf_counter() - started, 3)
+        begin, end = job.get("started"), job.get("finished")
+        ran = datetime.fromisoformat(end) - datetime.fromisoformat(begin) if begin and end else None
+        job["seconds"] = None if ran is None else ran.total_seconds()
         return job
 
 
