@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.load import quantile
 
 #: ``--quick`` on the command line (or SECRETMIRROR_BENCH_QUICK=1): every module at a size
 #: that proves it runs (a minute or so each), not one whose figures mean much.
@@ -78,27 +79,17 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list (None when empty)."""
-    if not sorted_values:
-        return None
-    rank = max(1, min(len(sorted_values), round(fraction * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
-
-
 def latency_summary(latencies_s: list[float]) -> dict[str, float | None]:
-    """p50/p90/p99/max/mean in milliseconds."""
+    """p50/p90/p99 (nearest rank)/max/mean in milliseconds; None of no latencies."""
     values = sorted(latencies_s)
-
-    def ms(value: float | None) -> float | None:
-        return None if value is None else round(value * 1000, 3)
-
+    if not values:
+        return dict.fromkeys(("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms"))
     return {
-        "p50_ms": ms(percentile(values, 0.50)),
-        "p90_ms": ms(percentile(values, 0.90)),
-        "p99_ms": ms(percentile(values, 0.99)),
-        "max_ms": ms(values[-1] if values else None),
-        "mean_ms": ms(sum(values) / len(values) if values else None),
+        "p50_ms": round(quantile(values, 0.50) * 1000, 3),
+        "p90_ms": round(quantile(values, 0.90) * 1000, 3),
+        "p99_ms": round(quantile(values, 0.99) * 1000, 3),
+        "max_ms": round(values[-1] * 1000, 3),
+        "mean_ms": round(sum(values) / len(values) * 1000, 3),
     }
 
 

@@ -573,6 +573,30 @@ async def replicated_phase(
     return result
 
 
+async def first_writes(
+    api: Api, progress: Progress, cpu: Cpu, count: int, tag: str, ids: list[str]
+) -> dict[str, Any]:
+    """``replicated_phase`` of ``count`` creates (``ids`` gets each new secret's id)."""
+    print(f"first writes: {count} creates at 32 clients")
+
+    async def create(_worker: int, n: int) -> None:
+        ids.append(await api.create(f"bulk-{tag}-{n}", n))
+
+    return await replicated_phase("first writes", api, progress, cpu, count, create)
+
+
+async def updates(
+    api: Api, progress: Progress, cpu: Cpu, ids: list[str], values: Callable[[int], Any]
+) -> dict[str, Any]:
+    """``replicated_phase`` of one PATCH per secret of ``ids`` to ``values(n)``."""
+    print(f"throughput: {len(ids)} PATCHes (one per secret) at 32 clients")
+
+    async def update(_worker: int, n: int) -> None:
+        await api.update(ids[n], values(n))
+
+    return await replicated_phase("updates", api, progress, cpu, len(ids), update)
+
+
 async def counted_phases(
     progress: Progress,
     phases: list[tuple[str, int, Op]],

@@ -88,9 +88,10 @@ from bench._harness import (
     aws_stack,
     count_calls,
     counted_phases,
-    replicated_phase,
+    first_writes,
     run_ops,
     serving,
+    updates,
     values_for,
 )
 
@@ -380,15 +381,8 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             progress = Progress(api, DRAIN_TIMEOUT_S)
             cpu = Cpu({"daemon": stack.daemon.pid, "moto": moto.pid}, stack.pg.postmaster_pid)
 
-            print(f"first writes: {SECRETS} creates at {API_CLIENTS} clients")
             ids: list[str] = []
-
-            async def create(_worker: int, n: int) -> None:
-                ids.append(await api.create(f"bulk-{tag}-{n}", n))
-
-            out["first_writes"] = await replicated_phase(
-                "first writes", api, progress, cpu, SECRETS, create
-            )
+            out["first_writes"] = await first_writes(api, progress, cpu, SECRETS, tag, ids)
             # moto scans every secret of the region per lookup: the raw loops run now, at
             # the fill the throughput phase sees, and again after it (the machine is shared).
             print(f"raw: bare aiobotocore loops at {CONCURRENCY}, moto holding {len(ids)}+ secrets")
@@ -401,14 +395,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                 ),
             }
             out["raw"] = raw
-            print(f"throughput: {len(ids)} PATCHes (one per secret) at {API_CLIENTS} clients")
-
-            async def update(_worker: int, n: int) -> None:
-                await api.update(ids[n], patch_values(n))
-
-            out["throughput"] = await replicated_phase(
-                "updates", api, progress, cpu, len(ids), update
-            )
+            out["throughput"] = await updates(api, progress, cpu, ids, patch_values)
             raw["put_after"] = await _raw(
                 moto, prefix + "raw-put/", operation="put", duration_s=RAW_S, create_secrets=False
             )

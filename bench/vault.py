@@ -59,10 +59,11 @@ from bench._harness import (
     Daemon,
     Progress,
     counted_phases,
+    first_writes,
     postgres,
-    replicated_phase,
     run_ops,
     serving,
+    updates,
     values_for,
 )
 
@@ -268,22 +269,10 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                     "write_before": await raw_loop(bao, prefix + "raw-1/", "write", cpu),
                     "store_update": await raw_loop(bao, prefix + "raw-2/", "store_update", cpu),
                 }
-                print(f"first writes: {SECRETS} creates at {API_CLIENTS} clients")
                 ids: list[str] = []
-
-                async def create(_worker: int, n: int) -> None:
-                    ids.append(await api.create(f"bulk-{tag}-{n}", n))
-
-                out["first_writes"] = await replicated_phase(
-                    "first writes", api, progress, cpu, SECRETS, create
-                )
-                print(f"throughput: {len(ids)} PATCHes (one per secret) at {API_CLIENTS} clients")
-
-                async def update(_worker: int, n: int) -> None:
-                    await api.update(ids[n], update_values(n + 7))
-
-                out["throughput"] = await replicated_phase(
-                    "updates", api, progress, cpu, len(ids), update
+                out["first_writes"] = await first_writes(api, progress, cpu, SECRETS, tag, ids)
+                out["throughput"] = await updates(
+                    api, progress, cpu, ids, lambda n: update_values(n + 7)
                 )
                 out["raw"]["write_after"] = await raw_loop(bao, prefix + "raw-3/", "write", cpu)
                 out["calls"] = await calls_phase(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,12 @@ import aiohttp
 from tests.conftest import ADMIN_TOKEN
 
 _HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def quantile(values: Iterable[float], fraction: float) -> float:
+    """The nearest-rank quantile of ``values`` (at least one)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))]
 
 
 async def open_loop(one: Callable[[int], Awaitable[None]], rate: float, count: int) -> list[float]:

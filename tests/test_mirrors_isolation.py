@@ -56,7 +56,7 @@ from secretmirror.stores.file import FileStore
 from tests.conftest import ADMIN_TOKEN, Api
 from tests.daemon_proc import DaemonProcess, store_env
 from tests.faultproxy import ThreadedFaultProxy
-from tests.load import open_loop
+from tests.load import open_loop, quantile
 from tests.moto import MotoServer, aws_settings
 from tests.openbao import OpenBao, bao_settings
 from tests.prometheus import histogram_buckets, histogram_delta, histogram_quantile, http
@@ -78,12 +78,6 @@ MEASURED = ("backup", "files", "vault", "team")
 
 def mirror_env(name: str, fields: dict[str, Any]) -> dict[str, str]:
     return store_env(f"mirrors__{name}", fields)
-
-
-def quantile(values: list[float], fraction: float) -> float:
-    """Nearest rank."""
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))]
 
 
 def p99(values: list[float]) -> float:
