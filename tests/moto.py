@@ -2,8 +2,9 @@
 
 Registered in ``tests/conftest.py`` (``pytest_plugins``). Tests isolate
 themselves by a unique ``name_prefix`` and deployment id rather than by
-resetting the server, so they can share it. moto's server is not safe for
-concurrent creates of one account/region: keep fixture set-up sequential.
+resetting the server, so they can share it. moto's own server is not safe for
+concurrent requests (a listing during a create answers 500); this one runs
+them one at a time (``moto_one_at_a_time.py``).
 
 The server records every request (moto's recorder, into a file of its own),
 so a test can count the AWS calls an operation made: ``mark()`` before,
@@ -38,10 +39,12 @@ ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
 REGION = "us-east-1"
 _START_TIMEOUT_S = 30.0
+#: moto's server with a lock around each request (see that file for why).
+_ONE_AT_A_TIME = Path(__file__).with_name("moto_one_at_a_time.py")
 
 
 class MotoServer:
-    """``python -m moto.server`` on 127.0.0.1; ``stop()`` ends it."""
+    """moto's server on 127.0.0.1, one request at a time; ``stop()`` ends it."""
 
     def __init__(self, *, record: bool = True) -> None:
         self._record = record
@@ -67,7 +70,7 @@ class MotoServer:
             env["MOTO_ENABLE_RECORDING"] = "true"
         with self._log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                [sys.executable, "-P", str(_ONE_AT_A_TIME), "-H", "127.0.0.1", "-p", str(port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -767,3 +767,40 @@ async def test_keyed_lock_does_not_block_other_keys() -> None:
 async def _enter(locks: KeyedLock, key: str) -> None:
     async with locks.hold(key):
         return
+
+
+async def test_the_fake_lists_while_others_create(raw: Any, moto: Any, aws_prefix: str) -> None:
+    """AWS answers a ListSecrets while CreateSecrets land; moto's own server answered 500
+    ("dictionary changed size during iteration"), which failed a backup job in CI. The
+    session's server takes one request at a time (tests/moto_one_at_a_time.py)."""
+    for n in range(0, 600, 6):  # a listing long enough to be interleaved with creates
+        await asyncio.gather(
+            *(
+                raw.create_secret(Name=f"{aws_prefix}seed-{m}", SecretString="x")
+                for m in range(n, n + 6)
+            )
+        )
+    errors_before = moto.server_errors()
+    stop = asyncio.Event()
+
+    async def create(worker: int) -> int:
+        made = 0
+        while not stop.is_set():
+            await raw.create_secret(Name=f"{aws_prefix}race-{worker}-{made}", SecretString="x")
+            made += 1
+        return made
+
+    async def list_all() -> None:
+        for _ in range(15):
+            pages = raw.get_paginator("list_secrets").paginate(PaginationConfig={"PageSize": 100})
+            async for _page in pages:
+                pass
+
+    creators = [asyncio.create_task(create(w)) for w in range(4)]
+    try:
+        await asyncio.gather(list_all(), list_all())
+    finally:
+        stop.set()
+        made = await asyncio.gather(*creators)
+    assert sum(made) > 0
+    assert moto.server_errors() == errors_before
