@@ -140,6 +140,15 @@ def _read_or_none(path: Path) -> bytes | None:
         return handle.read()
 
 
+def _split(data: bytes) -> tuple[_Header | None, bytes]:
+    """The header and body; no header when the file is not a secretmirror entry."""
+    line, _, body = data.partition(b"\n")
+    try:
+        return _Header.decode(line), body
+    except ValueError:
+        return None, b""
+
+
 def tombstone_aad(secret_id: str, version: int, deployment: str) -> bytes:
     """What a tombstone's envelope authenticates: a forged one (say at version 2**31-1,
     which would fence off every later write) does not open."""
@@ -208,7 +217,7 @@ class FileStore:
         data = await self._run(self._read, secret_id)
         if data is None:
             return None
-        header, body = self._split(secret_id, data)
+        header, body = _split(data)
         if header is None or header.deployment != self._deployment_id:
             return None  # not an entry of this deployment
         if header.deleted:
@@ -263,9 +272,7 @@ class FileStore:
 
     def _count_key_ids(self) -> dict[bytes, int]:
         counts: dict[bytes, int] = {}
-        for name in os.listdir(self._dir):
-            if name.startswith(".") or not name.endswith(_SUFFIX):
-                continue
+        for name in self._files():
             kid = self._key_id_of(self._dir / name)
             if kid is not None:
                 counts[kid] = counts.get(kid, 0) + 1
@@ -287,11 +294,7 @@ class FileStore:
     def _rekey_files(
         self, keyring: Keyring, kid: bytes, after: str | None, limit: int
     ) -> tuple[int, int, builtins.list[tuple[str, str]], str | None]:
-        names = sorted(
-            n
-            for n in os.listdir(self._dir)
-            if not n.startswith(".") and n.endswith(_SUFFIX) and (after is None or n > after)
-        )
+        names = sorted(n for n in self._files() if after is None or n > after)
         seen = rekeyed = 0
         failures: builtins.list[tuple[str, str]] = []
         for name in names:
@@ -316,7 +319,7 @@ class FileStore:
             data = _read_or_none(path)
             if data is None:
                 return 0
-            header, body = self._split(secret_id, data)
+            header, body = _split(data)
             if (
                 header is None
                 or header.deployment != self._deployment_id
@@ -340,6 +343,10 @@ class FileStore:
 
     def _path(self, secret_id: str) -> Path:
         return self._dir / file_name(secret_id)
+
+    def _files(self) -> builtins.list[str]:
+        """The names of the entry files in the directory."""
+        return [n for n in os.listdir(self._dir) if not n.startswith(".") and n.endswith(_SUFFIX)]
 
     def _prepare(self) -> None:
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -413,23 +420,6 @@ class FileStore:
         finally:
             os.close(dir_fd)
 
-    def _read_header(self, path: Path) -> _Header | None:
-        """The header of ``path``; None when there is no such file."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise StoreRejected(f"the file store file {path.name} is a symlink") from None
-            raise
-        with os.fdopen(fd, "rb") as handle:
-            line = handle.readline(_MAX_HEADER)
-        try:
-            return _Header.decode(line)
-        except ValueError:
-            raise StoreRejected(f"the file store file {path.name} is malformed") from None
-
     def _read_entry(self, path: Path) -> tuple[_Header | None, bytes]:
         """The header and body of ``path``; (None, b"") when there is no such file.
 
@@ -439,32 +429,24 @@ class FileStore:
         data = _read_or_none(path)
         if data is None:
             return None, b""
-        line, _, body = data.partition(b"\n")
-        try:
-            return _Header.decode(line), body
-        except ValueError:
+        header, body = _split(data)
+        if header is None:
             raise StoreForeignEntry(
                 f"the file store file {path.name} is not a secretmirror entry; it is left alone"
-            ) from None
+            )
+        return header, body
 
     def _authentic(self, secret_id: str, header: _Header, body: bytes) -> bool:
         """The header is the one this store wrote: the envelope opens under it."""
-        if not header.deleted:
-            return self._opens(secret_id, header, body)
         try:
-            self._keyring.decrypt(body, tombstone_aad(secret_id, header.version, header.deployment))
-        except DecryptionError:
+            if header.deleted:
+                aad = tombstone_aad(secret_id, header.version, header.deployment)
+                self._keyring.decrypt(body, aad)
+            else:
+                self._open(header, body)
+        except (DecryptionError, ValueError, KeyError):
             return False
-        return True
-
-    @staticmethod
-    def _split(secret_id: str, data: bytes) -> tuple[_Header | None, bytes]:
-        """The header and body; no header when the file is not a secretmirror entry."""
-        line, _, body = data.partition(b"\n")
-        try:
-            return _Header.decode(line), body
-        except ValueError:
-            return None, b""
+        return header.deleted or header.secret_id == secret_id
 
     def _read(self, secret_id: str) -> bytes | None:
         """The entry's file; None when there is none, ``OSError`` when the directory is gone
@@ -477,9 +459,7 @@ class FileStore:
     def _scan(self) -> builtins.list[tuple[str, str]]:
         """(secret id, file name) of every entry file, sorted by secret id."""
         found: builtins.list[tuple[str, str]] = []
-        for name in os.listdir(self._dir):
-            if name.startswith(".") or not name.endswith(_SUFFIX):
-                continue
+        for name in self._files():
             stem = name[: -len(_SUFFIX)]
             if not stem.startswith("_"):
                 found.append((stem, name))
@@ -496,7 +476,7 @@ class FileStore:
             data = _read_or_none(self._dir / name)
             if data is None:
                 continue  # deleted since the directory was read
-            header, body = self._split(secret_id, data)
+            header, body = _split(data)
             if header is None:
                 log.warning("file_store.malformed_entry", file=name)
                 continue
@@ -513,19 +493,14 @@ class FileStore:
             )
         return entries
 
-    def _opens(self, secret_id: str, header: _Header, body: bytes) -> bool:
-        if header.secret_id != secret_id:
-            return False
-        try:
-            self._open(header, body)
-        except (DecryptionError, ValueError, KeyError):
-            return False
-        return True
-
     def _header_or_none(self, path: Path) -> _Header | None:
-        """For listing: a malformed file is logged and skipped, not fatal to the whole listing."""
+        """The header of ``path``; None when there is no such file. For listing: a malformed
+        file (or a symlink) is logged and skipped, not fatal to the whole listing."""
         try:
-            return self._read_header(path)
+            data = _read_or_none(path)
         except StoreRejected:
+            data = b""
+        header = None if data is None else _split(data)[0]
+        if data is not None and header is None:
             log.warning("file_store.malformed_entry", file=path.name)
-            return None
+        return header

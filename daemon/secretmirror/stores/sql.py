@@ -10,7 +10,6 @@ database.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -111,7 +110,7 @@ class SqlStore:
             await self._pool.close()
 
     async def health(self) -> None:
-        await self._fetchval(Q.sql_store_health)
+        await self._query("fetchval", Q.sql_store_health)
 
     def encrypt(self, secret_id: str, version: int, values: dict[str, str]) -> bytes:
         return self._keyring.encrypt(canonical(values), secret_aad(secret_id, version))
@@ -120,13 +119,12 @@ class SqlStore:
         self, secret_id: str, version: int, values: dict[str, str], content_hash: str
     ) -> PutOutcome:
         blob = self.encrypt(secret_id, version, values)
-        written = await self._fetchval(
-            Q.sql_store_put, self._deployment_id, secret_id, version, content_hash, blob, False
-        )
+        row = (self._deployment_id, secret_id, version, content_hash, blob, False)
+        written = await self._query("fetchval", Q.sql_store_put, *row)
         return PutOutcome.WRITTEN if written is not None else PutOutcome.UNCHANGED
 
     async def get(self, secret_id: str) -> StoredValue | None:
-        row = await self._fetchrow(Q.sql_store_get, self._deployment_id, secret_id)
+        row = await self._query("fetchrow", Q.sql_store_get, self._deployment_id, secret_id)
         if row is None or row["ciphertext"] is None:
             return None
         return self.decode(secret_id, row["version"], row["hash"], row["ciphertext"])
@@ -136,14 +134,14 @@ class SqlStore:
         return StoredValue(secret_id, version, hash_, json.loads(plain))
 
     async def delete(self, secret_id: str, version: int) -> None:
-        await self._fetchval(
-            Q.sql_store_put, self._deployment_id, secret_id, version, None, None, True
+        await self._query(
+            "fetchval", Q.sql_store_put, self._deployment_id, secret_id, version, None, None, True
         )
 
     async def list(self) -> AsyncIterator[Entry]:
         after: str | None = None
         while True:
-            rows = await self._fetch(Q.sql_store_list, self._deployment_id, after, _PAGE)
+            rows = await self._query("fetch", Q.sql_store_list, self._deployment_id, after, _PAGE)
             for row in rows:
                 yield Entry(
                     row["secret_id"],
@@ -165,20 +163,11 @@ class SqlStore:
         aad = secret_aad(row["secret_id"], row["version"])
         return not self._keyring.opens(row["ciphertext"], aad)
 
-    async def _fetchval(self, query: str, *args: Any) -> Any:
+    async def _query(self, method: str, query: str, *args: Any) -> Any:
+        """The pool's ``fetchval``, ``fetchrow`` or ``fetch`` of ``query``; errors the store's."""
         with _store_errors():
             pool = await self._ready()
-            return await pool.fetchval(query, *args)
-
-    async def _fetchrow(self, query: str, *args: Any) -> Any:
-        with _store_errors():
-            pool = await self._ready()
-            return await pool.fetchrow(query, *args)
-
-    async def _fetch(self, query: str, *args: Any) -> builtins.list[Any]:
-        with _store_errors():
-            pool = await self._ready()
-            return list(await pool.fetch(query, *args))
+            return await getattr(pool, method)(query, *args)
 
 
 #: SQLSTATE classes and codes that say the database, not the statement, is the problem:
