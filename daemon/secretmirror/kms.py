@@ -79,7 +79,7 @@ class AwsKms:
         self._client: Any = None
 
     async def open(self) -> None:
-        from secretmirror.stores.aws import _config, open_session
+        from secretmirror.stores.aws import open_client
 
         s = self._settings
         auth = AwsStoreSettings(
@@ -93,18 +93,7 @@ class AwsKms:
         )
         stack = contextlib.AsyncExitStack()
         try:
-            session, keys = await open_session(auth, stack, "secretmirror-kms")
-            self._client = await stack.enter_async_context(
-                session.create_client(
-                    "kms",
-                    region_name=s.region,
-                    endpoint_url=s.endpoint_url,
-                    config=_config(),
-                    aws_access_key_id=keys.access_key,
-                    aws_secret_access_key=keys.secret_key,
-                    aws_session_token=keys.token,
-                )
-            )
+            self._client = await open_client(auth, stack, "kms", "secretmirror-kms")
         except BaseException:
             await stack.aclose()
             raise

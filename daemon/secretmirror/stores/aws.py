@@ -58,7 +58,7 @@ import functools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -212,14 +212,6 @@ def _is_deleted_error(exc: BaseException) -> bool:
     )
 
 
-class _Keys(NamedTuple):
-    """Static credentials for a client; all None to use the session's own."""
-
-    access_key: str | None = None
-    secret_key: str | None = None
-    token: str | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class _State:
     """What AWS holds for one entry, as this process last saw it."""
@@ -334,19 +326,9 @@ class AwsStore(FencedStore[_State]):
     async def open(self) -> None:
         """Build the client; no request is sent, so a start-up does not wait for AWS."""
         stack = contextlib.AsyncExitStack()
+        session_name = f"secretmirror-{self._deployment_id[:8]}"
         try:
-            session, keys = await self._session(stack)
-            self._client = await stack.enter_async_context(
-                session.create_client(
-                    "secretsmanager",
-                    region_name=self._settings.region,
-                    endpoint_url=self._settings.endpoint_url,
-                    config=_config(),
-                    aws_access_key_id=keys.access_key,
-                    aws_secret_access_key=keys.secret_key,
-                    aws_session_token=keys.token,
-                )
-            )
+            self._client = await open_client(self._settings, stack, "secretsmanager", session_name)
         except BaseException as exc:
             await stack.aclose()
             if isinstance(exc, BotoCoreError | ClientError):
@@ -365,9 +347,6 @@ class AwsStore(FencedStore[_State]):
         await self._call(
             "ListSecrets", lambda: client.list_secrets(Filters=self._filters, MaxResults=1)
         )
-
-    async def _session(self, stack: contextlib.AsyncExitStack) -> tuple[AioSession, _Keys]:
-        return await open_session(self._settings, stack, f"secretmirror-{self._deployment_id[:8]}")
 
     # -- reads --
 
@@ -620,52 +599,54 @@ class AwsStore(FencedStore[_State]):
             raise
 
 
-async def open_session(
-    s: AwsStoreSettings, stack: contextlib.AsyncExitStack, session_name: str
-) -> tuple[AioSession, _Keys]:
-    """The session for an AWS client and the static keys to pass to it.
+async def open_client(
+    s: AwsStoreSettings,
+    stack: contextlib.AsyncExitStack,
+    service: Literal["secretsmanager", "kms"],
+    session_name: str,
+) -> Any:
+    """A client of ``service`` (closed with ``stack``) signing with the configured credentials.
 
     implicit: botocore's default chain. secret-key / sts-token: the configured
     keys. iam-role: AssumeRole on ``role_arn``, signed with the configured keys
     if any (else the default chain), refreshed before the role session expires.
     Shared by the store and by KMS envelope encryption (``kms.py``).
     """
-    keys = _Keys()
-    if s.aws_access_key_id and s.aws_secret_access_key:
-        keys = _Keys(
-            s.aws_access_key_id,
-            s.aws_secret_access_key.get_secret_value(),
-            s.aws_session_token.get_secret_value() if s.aws_session_token else None,
-        )
-    if s.auth_method == "implicit":
-        return AioSession(), _Keys()
-    if s.auth_method != "iam-role":
-        return AioSession(), keys
-    sts: STSClient = await stack.enter_async_context(
-        AioSession().create_client(
-            "sts",
-            region_name=s.region,
-            endpoint_url=_sts_endpoint(s.endpoint_url),
-            config=_config(),
-            aws_access_key_id=keys.access_key,
-            aws_secret_access_key=keys.secret_key,
-            aws_session_token=keys.token,
-        )
-    )
-    assert s.role_arn is not None  # checked by _check
-    role_arn = s.role_arn
-
-    async def assume() -> dict[str, str]:
-        answer = await sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name)
-        creds = answer["Credentials"]
-        return {
-            "access_key": creds["AccessKeyId"],
-            "secret_key": creds["SecretAccessKey"],
-            "token": creds["SessionToken"],
-            "expiry_time": creds["Expiration"].isoformat(),
+    keys: dict[str, Any] = {}
+    if s.auth_method != "implicit" and s.aws_access_key_id and s.aws_secret_access_key:
+        keys = {
+            "aws_access_key_id": s.aws_access_key_id,
+            "aws_secret_access_key": s.aws_secret_access_key.get_secret_value(),
+            "aws_session_token": (
+                s.aws_session_token.get_secret_value() if s.aws_session_token else None
+            ),
         }
+    session = AioSession()
+    if s.auth_method == "iam-role":
+        endpoint = _sts_endpoint(s.endpoint_url)
+        sts: STSClient = await stack.enter_async_context(
+            session.create_client(
+                "sts", region_name=s.region, endpoint_url=endpoint, config=_config(), **keys
+            )
+        )
+        assert s.role_arn is not None  # checked by _check
+        role_arn = s.role_arn
 
-    return _RoleSession(AioDeferredRefreshableCredentials(assume, "assume-role")), _Keys()
+        async def assume() -> dict[str, str]:
+            answer = await sts.assume_role(RoleArn=role_arn, RoleSessionName=session_name)
+            creds = answer["Credentials"]
+            return {
+                "access_key": creds["AccessKeyId"],
+                "secret_key": creds["SecretAccessKey"],
+                "token": creds["SessionToken"],
+                "expiry_time": creds["Expiration"].isoformat(),
+            }
+
+        session, keys = _RoleSession(AioDeferredRefreshableCredentials(assume, "assume-role")), {}
+    client = session.create_client(
+        service, region_name=s.region, endpoint_url=s.endpoint_url, config=_config(), **keys
+    )
+    return await stack.enter_async_context(client)
 
 
 def _sts_endpoint(url: str | None) -> str | None:
