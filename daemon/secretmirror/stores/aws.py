@@ -87,7 +87,7 @@ from secretmirror.errors import (
 from secretmirror.settings import AwsStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
 from secretmirror.stores.fenced import FencedStore, Stale, Write, a_hash, moves_forward
-from secretmirror.stores.http import retry_after_s
+from secretmirror.stores.http import POOL, retry_after_s
 
 if TYPE_CHECKING:
     from types_aiobotocore_secretsmanager import SecretsManagerClient
@@ -112,9 +112,8 @@ CURRENT = "AWSCURRENT"
 _TOKEN, _MAX_VERSION = re.compile(r"sm1-(\d{10})-([0-9a-f]{32})"), 9_999_999_999
 #: AWS secret names: 1-512 of these characters.
 _NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
-#: Secrets per ListSecrets page, and connections per client (above replication and
-#: reconcile concurrency, 16 each by default).
-_PAGE, _POOL = 100, 64
+#: Secrets per ListSecrets page.
+_PAGE = 100
 
 #: AWS error codes by meaning (``map_error``).
 _THROTTLED = {
@@ -663,7 +662,7 @@ def _config() -> AioConfig:
         retries={"max_attempts": 2, "mode": "standard"},
         connect_timeout=3,
         read_timeout=10,
-        max_pool_connections=_POOL,
+        max_pool_connections=POOL,
         user_agent_extra="secretmirror",
     )
 

@@ -55,7 +55,7 @@ accesses/min; 2 adds or updates per second per secret):
   decide, since another process may have written since). A latest version
   the labels do not claim reads as None.
 - list: 1 read per 500 entries (filter on the deployment label), plus 1
-  access of ``latest`` per entry (``_checked``): GCP's listing carries no
+  access of ``latest`` per entry (``_listed_entry``): GCP's listing carries no
   version information, and a version added, disabled or destroyed by hand
   leaves the labels as they were. An entry whose ``latest`` is not the
   claimed version lists as ``Entry.foreign_write``; a tombstone with a
@@ -150,8 +150,8 @@ _OURS = (L_MANAGED, L_DEPLOYMENT, L_VERSION, L_HASH, L_GCP_VERSION, L_DELETED)
 
 #: GCP secret ids, and project ids as this store accepts them.
 _SECRET_ID, _PROJECT = re.compile(r"[A-Za-z0-9_-]{1,255}"), re.compile(r"[A-Za-z0-9.:-]{1,100}")
-#: Entries per listing page (each item is a Secret with its labels, ~0.5 KB); connections.
-_PAGE, _POOL = 500, 64
+#: Entries per listing page (each item is a Secret with its labels, ~0.5 KB).
+_PAGE = 500
 #: Old versions destroyed per write at most (the rest wait for the next write).
 _PRUNE_MAX = 4
 _THROTTLE_DEFAULT_S = 1.0
@@ -303,7 +303,7 @@ class GcpStore(FencedStore[_State]):
         """Load the credentials (no token yet) and open the HTTP session; no API request."""
         self._credentials = await asyncio.to_thread(self._load_credentials)
         self._auth_request = google.auth.transport.requests.Request()
-        self._session = open_session(pool=_POOL, total_s=10, connect_s=3)
+        self._session = open_session(total_s=10, connect_s=3)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -434,9 +434,6 @@ class GcpStore(FencedStore[_State]):
         return secret_id, name, _State.of(item)
 
     async def _listed_entry(self, secret_id: str, name: str, state: _State) -> Entry:
-        return await self._checked(secret_id, state)
-
-    async def _checked(self, secret_id: str, state: _State) -> Entry:
         """The listed entry, held against the version GCP serves as ``latest`` (1 access).
 
         Readers of the secret read ``latest``: a version added, disabled or
@@ -450,7 +447,6 @@ class GcpStore(FencedStore[_State]):
         first (1 read, 1 access more, only for such entries), before it is
         called foreign; a hand-made version stays off, a write in flight does not.
         """
-        name = self._settings.name_prefix + secret_id
         for attempt in range(2):
             entry = state.entry(secret_id)
             if entry.foreign_write:

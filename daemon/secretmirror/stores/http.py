@@ -219,10 +219,6 @@ class TokenSource:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
 
-    @property
-    def token(self) -> Token | None:
-        return self._token
-
     def forget(self) -> None:
         self._token = None
 
