@@ -484,14 +484,18 @@ async def test_force_delete_without_recovery_window(
         await raw.describe_secret(SecretId=aws_prefix + sid)
 
 
+@pytest.mark.parametrize("read_between", [False, True])
 async def test_force_deleted_entry_is_not_revived_by_a_late_put(
-    open_store: OpenStore, raw: Any, aws_prefix: str
+    open_store: OpenStore, raw: Any, aws_prefix: str, read_between: bool
 ) -> None:
-    """After a force delete, the same process refuses a late older put."""
+    """After a force delete, the same process refuses a late older put, also after a read
+    that found nothing (it keeps the tombstone only this process holds)."""
     sid = _sid()
     async with open_store(recovery_window_days=0) as store:
         await _put(store, sid, 1, {"a": "1"})
         await store.delete(sid, 2)
+        if read_between:
+            assert await store.get(sid) is None
         assert await _put(store, sid, 1, {"a": "1"}) is PutOutcome.UNCHANGED
     with pytest.raises(ClientError, match="ResourceNotFoundException"):
         await raw.describe_secret(SecretId=aws_prefix + sid)

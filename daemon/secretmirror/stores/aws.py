@@ -360,7 +360,7 @@ class AwsStore(FencedStore[_State]):
                 lambda: client.get_secret_value(SecretId=name, VersionStage=CURRENT),
             )
         except StoreNotFound:
-            self._remembered.forget(secret_id)
+            self._read_nothing(secret_id)
             return None
         except StoreRejected as exc:
             if _is_deleted_error(exc):

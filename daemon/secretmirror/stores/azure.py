@@ -224,7 +224,7 @@ class AzureStore(FencedStore[_State]):
             return None
         reply = await self._request("GET", f"secrets/{name}/", "get")
         if reply.status == 404 or _disabled(reply):
-            self._forget_if_known_live(secret_id)
+            self._read_nothing(secret_id)
             return None
         _expect(reply, 200, f"read {name}")
         tags = _tags_of(reply.body)
@@ -451,11 +451,6 @@ class AzureStore(FencedStore[_State]):
             newest=max(s.version for s in ours),
             tombstone=max(s.tombstone for s in ours),
         )
-
-    def _forget_if_known_live(self, secret_id: str) -> None:
-        known = self._remembered.peek(secret_id)
-        if known is not None and known.exists:
-            self._remembered.forget(secret_id)
 
     # -- HTTP -------------------------------------------------------------------------
 

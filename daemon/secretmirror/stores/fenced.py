@@ -285,6 +285,13 @@ class FencedStore(Generic[S]):
         elif not self._agrees(known, state):
             self._remembered.forget(secret_id)
 
+    def _read_nothing(self, secret_id: str) -> None:
+        """A read found no entry: forget a live one this process remembers (gone behind its
+        back); a remembered tombstone stays, where it may be all that fences a late put."""
+        known = self._remembered.peek(secret_id)
+        if known is not None and known.exists:
+            self._remembered.forget(secret_id)
+
     def _checked_write(self, version: int, values: dict[str, str], content_hash: str) -> Write:
         blob = canonical(values)
         if len(blob) > self.max_bytes:

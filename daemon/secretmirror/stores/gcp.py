@@ -363,8 +363,7 @@ class GcpStore(FencedStore[_State]):
         try:
             number, data = await self._access(name, "latest")
         except StoreNotFound:
-            if known is not None and known.exists:
-                self._remembered.forget(secret_id)  # gone behind this process's back
+            self._read_nothing(secret_id)
             return None
         except _Precondition:
             return await self._get_claimed(secret_id, name)
