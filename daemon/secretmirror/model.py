@@ -64,7 +64,7 @@ def check_key(key: Any) -> str:
     return key
 
 
-def canonical(values: dict[str, str]) -> bytes:
+def canonical(values: dict[str, Any]) -> bytes:
     return json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

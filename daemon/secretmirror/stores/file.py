@@ -68,6 +68,7 @@ from secretmirror.errors import (
     StoreRejected,
     StoreUnavailable,
 )
+from secretmirror.model import canonical
 from secretmirror.ratelimit import KeyedLock
 from secretmirror.settings import FileStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
@@ -201,12 +202,7 @@ class FileStore:
     async def put(
         self, secret_id: str, version: int, values: dict[str, str], content_hash: str
     ) -> PutOutcome:
-        inner = json.dumps(
-            {"h": content_hash, "values": values},
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode()
+        inner = canonical({"h": content_hash, "values": values})
         body = self._keyring.encrypt(inner, secret_aad(secret_id, version))
         header = _Header(secret_id, version, content_hash, False, self._deployment_id)
         async with self._locks.hold(secret_id):

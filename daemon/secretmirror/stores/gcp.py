@@ -218,14 +218,10 @@ class _State:
             return Entry(secret_id, self.version, None, foreign_write=True)
         return Entry(secret_id, self.version, self.hash)
 
-    def same_claim(self, other: _State) -> bool:
-        return (self.exists, self.etag, self.version, self.hash, self.gcp_version) == (
-            other.exists,
-            other.etag,
-            other.version,
-            other.hash,
-            other.gcp_version,
-        ) and self.deleted == other.deleted
+    @property
+    def claim(self) -> tuple[object, ...]:
+        """What the labels claim, and the etag: two views of the entry agree when it is equal."""
+        return (self.exists, self.etag, self.version, self.hash, self.gcp_version, self.deleted)
 
     @classmethod
     def of(cls, secret: Mapping[str, Any]) -> _State:
@@ -413,7 +409,7 @@ class GcpStore(FencedStore[_State]):
         return _State(exists=False)
 
     def _agrees(self, known: _State, listed: _State) -> bool:
-        return known.same_claim(listed)
+        return known.claim == listed.claim
 
     async def _pages(self) -> AsyncIterator[Sequence[Any]]:
         params = {"filter": self._filter(), "pageSize": str(_PAGE)}
