@@ -79,7 +79,7 @@ def _load_custom(settings: CustomStoreSettings, ctx: StoreContext) -> SecretStor
         cls = getattr(cls, part, None)
     if not isinstance(cls, type):
         raise ConfigError(f"custom store: {path}: {module_name} has no class {class_name}")
-    wrong = [name for name in _ASYNC_METHODS if not _is_async(getattr(cls, name, None))]
+    wrong = [n for n in _ASYNC_METHODS if not inspect.iscoroutinefunction(getattr(cls, n, None))]
     if not callable(getattr(cls, "list", None)):
         wrong.append("list")
     if wrong:
@@ -102,7 +102,3 @@ def _load_custom(settings: CustomStoreSettings, ctx: StoreContext) -> SecretStor
             "(it needs type, location and max_value_bytes too)"
         )
     return store
-
-
-def _is_async(method: Any) -> bool:
-    return inspect.iscoroutinefunction(method)

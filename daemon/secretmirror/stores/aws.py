@@ -424,22 +424,17 @@ class AwsStore(FencedStore[_State]):
 
     async def _pages(self) -> AsyncIterator[Sequence[Any]]:
         client = self._require()
-        next_token: str | None = None
+        query: ListSecretsRequestTypeDef = {
+            "Filters": self._filters,
+            "IncludePlannedDeletion": True,
+            "MaxResults": _PAGE,
+        }
         while True:
-            request: ListSecretsRequestTypeDef = {
-                "Filters": self._filters,
-                "IncludePlannedDeletion": True,
-                "MaxResults": _PAGE,
-            }
-            if next_token:
-                request["NextToken"] = next_token
-            page = await self._call(
-                "ListSecrets", functools.partial(client.list_secrets, **request)
-            )
+            page = await self._call("ListSecrets", functools.partial(client.list_secrets, **query))
             yield page.get("SecretList", [])
-            next_token = page.get("NextToken")
-            if not next_token:
+            if not page.get("NextToken"):
                 return
+            query["NextToken"] = page["NextToken"]
 
     async def _listed(self, item: Any) -> tuple[str, str, _State] | None:
         name = str(item.get("Name", ""))

@@ -416,10 +416,9 @@ class GcpStore(FencedStore[_State]):
         while True:
             page = await self._call("GET", "secrets", "secrets.list", params=params)
             yield page.get("secrets") or []
-            token = page.get("nextPageToken")
-            if not token:
+            if not page.get("nextPageToken"):
                 return
-            params = {**params, "pageToken": str(token)}
+            params["pageToken"] = str(page["nextPageToken"])
 
     async def _listed(self, item: Any) -> tuple[str, str, _State] | None:
         name = str(item.get("name", "")).rsplit("/", 1)[-1]
@@ -637,10 +636,9 @@ class GcpStore(FencedStore[_State]):
                 for v in page.get("versions") or []
                 if v.get("state") != "DESTROYED"
             ]
-            token = page.get("nextPageToken")
-            if not token:
+            if not page.get("nextPageToken"):
                 break
-            params = {**params, "pageToken": str(token)}
+            params["pageToken"] = str(page["nextPageToken"])
         for number in live:
             await self._destroy(name, number)
 
