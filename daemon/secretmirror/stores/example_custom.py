@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 from secretmirror.crypto import Keyring, secret_aad
 from secretmirror.errors import ConfigError, StoreContended, StoreRejected, StoreUnavailable
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
-from secretmirror.stores.fenced import FencedStore, Stale, Write, moves_forward
+from secretmirror.stores.fenced import FencedStore, Stale, Write, covers_delete, moves_forward
 
 T = TypeVar("T")
 
@@ -183,8 +183,8 @@ class SqliteStore(FencedStore[_State]):
         return PutOutcome.WRITTEN
 
     async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
-        if state.version > version or (state.version == version and state.deleted):
-            return  # newer values, or as new a tombstone
+        if covers_delete(version, held=state.version, deleted=state.deleted):
+            return
         await self._write(secret_id, state, _State(True, version, deleted=True), None)
 
     async def _pages(self) -> AsyncIterator[Sequence[Any]]:

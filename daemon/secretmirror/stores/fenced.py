@@ -92,6 +92,12 @@ def moves_forward(version: int, *, held: int, tombstone: int = 0, again: bool = 
     return version >= held if again else version > held
 
 
+def covers_delete(version: int, *, held: int, deleted: bool) -> bool:
+    """True when a delete at ``version`` changes nothing: the entry holds a newer version,
+    or is a tombstone at least as new (``held`` is then the tombstone's version)."""
+    return held >= version if deleted else held > version
+
+
 def int_or_zero(text: str | None) -> int:
     """A non-negative integer label or tag; 0 when absent or not a number."""
     return int(text) if text and text.isdigit() else 0

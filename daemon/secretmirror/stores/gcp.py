@@ -103,6 +103,7 @@ from secretmirror.stores.fenced import (
     Stale,
     Write,
     a_hash,
+    covers_delete,
     int_or_zero,
     moves_forward,
 )
@@ -206,10 +207,6 @@ class _State:
         tombstone = self.version if self.deleted else 0
         again = not self.claim_ok
         return moves_forward(version, held=self.version, tombstone=tombstone, again=again)
-
-    def covers_delete(self, version: int) -> bool:
-        """True when a delete at ``version`` changes nothing (as new a tombstone, newer values)."""
-        return self.version >= version if self.deleted else self.version > version
 
     def entry(self, secret_id: str) -> Entry:
         if self.deleted:
@@ -602,7 +599,7 @@ class GcpStore(FencedStore[_State]):
             if version > state.version:  # nothing in GCP to fence on: remember it here
                 self._remembered.remember(secret_id, replace(state, version=version, deleted=True))
             return
-        if state.covers_delete(version):
+        if covers_delete(version, held=state.version, deleted=state.deleted):
             return
         await self._destroy_all(name)
         labels = {**dict(state.others), L_MANAGED: "true", L_DEPLOYMENT: self._deployment}

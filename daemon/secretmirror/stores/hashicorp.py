@@ -48,7 +48,7 @@ from secretmirror.errors import (
 )
 from secretmirror.settings import HashicorpStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
-from secretmirror.stores.fenced import FencedStore, Stale, Write
+from secretmirror.stores.fenced import FencedStore, Stale, Write, covers_delete
 from secretmirror.stores.http import Reply, Token, TokenSource, error_for, open_session, send
 
 log = structlog.get_logger("secretmirror.stores")
@@ -128,12 +128,6 @@ class _State:
         if self.mark.version != version:
             return self.mark.version > version
         return self.mark.deleted or self.consistent
-
-    def covers_delete(self, version: int) -> bool:
-        """True when a delete at ``version`` writes nothing (newer values, as new a tombstone)."""
-        if self.mark.deleted:
-            return self.mark.version >= version
-        return self.mark.version > version
 
     def entry(self, secret_id: str) -> Entry:
         mark = self.mark
@@ -296,7 +290,7 @@ class HashicorpStore(FencedStore[_State]):
     async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
         if not state.exists:
             return
-        if not state.covers_delete(version):
+        if not covers_delete(version, held=state.mark.version, deleted=state.mark.deleted):
             tombstone = _Mark(version, None, None, deleted=True)
             if not await self._write_metadata(name, tombstone, state.extra, state.metadata_version):
                 raise Stale
