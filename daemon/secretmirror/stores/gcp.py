@@ -274,6 +274,8 @@ class GcpStore(FencedStore[_State]):
         super().__init__(ctx, settings.name_prefix, settings.max_writes_per_s)
         self._settings = settings
         self._deployment = label_value(ctx.deployment_id)
+        #: This deployment's entries, as a listing filter.
+        self._filter = f"labels.{L_DEPLOYMENT}={self._deployment}"
         self._base = (
             f"{(settings.endpoint_url or DEFAULT_ENDPOINT).rstrip('/')}"
             f"/v1/projects/{quote(settings.project_id, safe='')}"
@@ -308,10 +310,7 @@ class GcpStore(FencedStore[_State]):
 
     async def health(self) -> None:
         await self._call(
-            "GET",
-            "secrets",
-            "secrets.list",
-            params={"filter": self._filter(), "pageSize": "1"},
+            "GET", "secrets", "secrets.list", params={"filter": self._filter, "pageSize": "1"}
         )
 
     def _load_credentials(self) -> Credentials:
@@ -409,7 +408,7 @@ class GcpStore(FencedStore[_State]):
         return known.claim == listed.claim
 
     async def _pages(self) -> AsyncIterator[Sequence[Any]]:
-        params = {"filter": self._filter(), "pageSize": str(_PAGE)}
+        params = {"filter": self._filter, "pageSize": str(_PAGE)}
         while True:
             page = await self._call("GET", "secrets", "secrets.list", params=params)
             yield page.get("secrets") or []
@@ -704,9 +703,6 @@ class GcpStore(FencedStore[_State]):
         state = _State.of(secret)
         self._remembered.remember(secret_id, state)
         return state
-
-    def _filter(self) -> str:
-        return f"labels.{L_DEPLOYMENT}={self._deployment}"
 
     # -- calls --
 
