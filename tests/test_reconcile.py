@@ -292,6 +292,26 @@ async def test_failures_are_reported(api: Api, runtime: Runtime) -> None:
     ]
 
 
+async def test_a_job_a_store_stops_says_what_stopped_it(api: Api, runtime: Runtime) -> None:
+    """A listing that fails ends the job with the store's own message, not only a class name
+    (an operator at 3 a.m. needs the operation and the provider's answer)."""
+    from secretmirror.errors import StoreUnavailable
+
+    await api.create("stopped", {"k": "v"})
+    assert runtime.backup is not None
+
+    def down(*_args: Any, **_kwargs: Any) -> Any:
+        raise StoreUnavailable("AWS ListSecrets failed: HTTP 500")
+
+    runtime.backup.store.list = down  # type: ignore[method-assign]
+    job = await run_job(api, "verify")
+    assert job["status"] == "failed"
+    assert job["error"] == (
+        "StoreUnavailable: the job could not continue "
+        "(unavailable: AWS ListSecrets failed: HTTP 500)"
+    )
+
+
 async def _delivery(runtime: Runtime, sid: str) -> tuple[int, int, str | None] | None:
     row = await runtime.pool.fetchrow(
         "SELECT version, applied_version, leased_by FROM deliveries"

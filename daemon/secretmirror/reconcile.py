@@ -478,8 +478,11 @@ class Job:
         except NotFound as exc:  # our own message, e.g. no backup store to copy to
             status, error = "failed", str(exc)
         except (Unavailable, StoreError) as exc:
-            status, error = "failed", f"{type(exc).__name__}: the job could not continue"
-            self.log.warning("job.failed", error=type(exc).__name__)
+            # The store's own message (the operation and the provider's error code, never a
+            # value or a request), so whoever reads the job sees what stopped it.
+            reason = _reason(exc)
+            status, error = "failed", f"{type(exc).__name__}: the job could not continue ({reason})"
+            self.log.warning("job.failed", error=type(exc).__name__, reason=reason)
         except Exception as exc:
             status, error = "failed", f"internal error ({type(exc).__name__})"
             self.log.exception("job.crashed")
