@@ -79,7 +79,7 @@ async def _phases(
     after = await _batch_stats(apis["on"])
     inserts = after["count"] - before["count"]
     records = after["sum"] - before["sum"]
-    stored = await fetchval(dsn, "SELECT count(*) FROM audit_log WHERE action = 'secret.read'")
+    stored = await fetchval(dsn, "SELECT count(*) FROM audit_records WHERE action = 'secret.read'")
     out["phases"] = phases
     out["gets_per_s"] = {side: statistics.median(r) for side, r in rates.items()}
     out["all_gets_per_s"] = rates

@@ -24,17 +24,35 @@ CREATE TABLE public.audit_log (
     status integer NOT NULL,
     remote_addr text,
     request_id text,
+    secret_ids uuid[],
+    secret_names text[],
     CONSTRAINT audit_log_outcome_check CHECK ((outcome = ANY (ARRAY['ok'::text, 'denied'::text, 'not_found'::text, 'error'::text])))
 );
+ALTER TABLE ONLY public.audit_log ALTER COLUMN secret_ids SET STATISTICS 1000;
 
 CREATE SEQUENCE public.audit_log_id_seq
     START WITH 1
-    INCREMENT BY 1
+    INCREMENT BY 1024
     NO MINVALUE
     NO MAXVALUE
     CACHE 1;
 
 ALTER SEQUENCE public.audit_log_id_seq OWNED BY public.audit_log.id;
+
+CREATE VIEW public.audit_records AS
+ SELECT ((a.id + s.n) - 1) AS id,
+    a.at,
+    a.actor,
+    a.token_id,
+    a.action,
+    s.secret_id,
+    s.secret_name,
+    a.outcome,
+    a.status,
+    a.remote_addr,
+    a.request_id
+   FROM (public.audit_log a
+     CROSS JOIN LATERAL UNNEST(COALESCE(a.secret_ids, ARRAY[a.secret_id]), COALESCE(a.secret_names, ARRAY[a.secret_name])) WITH ORDINALITY s(secret_id, secret_name, n));
 
 CREATE TABLE public.deliveries (
     target text NOT NULL,
@@ -231,6 +249,8 @@ CREATE INDEX audit_log_actor ON public.audit_log USING btree (actor, id);
 CREATE INDEX audit_log_at ON public.audit_log USING btree (at);
 
 CREATE INDEX audit_log_secret ON public.audit_log USING btree (secret_id, id) WHERE (secret_id IS NOT NULL);
+
+CREATE INDEX audit_log_secrets ON public.audit_log USING gin (secret_ids) WHERE (secret_ids IS NOT NULL);
 
 CREATE INDEX deliveries_dead ON public.deliveries USING btree (target) WHERE dead;
 

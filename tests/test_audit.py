@@ -12,6 +12,7 @@ import os
 import stat
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ import asyncpg
 import pytest
 
 from secretmirror import metrics, retention
-from secretmirror.audit import AuditLog, Entry, Record
+from secretmirror.audit import ROW_SECRETS, AuditLog, Entry, Record
+from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
 from tests.blackbox import Http, cli, serve_daemon
 from tests.conftest import ADMIN_TOKEN
@@ -291,7 +293,8 @@ async def test_concurrent_records_are_group_committed(runtime: Runtime, tmp_path
     await log.close()
     batches = _batches() - before
     assert 1 <= batches <= 8
-    assert await runtime.pool.fetchval("SELECT count(*) FROM audit_log WHERE actor = 'bench'") == 64
+    found = "SELECT count(*) FROM audit_records WHERE actor = 'bench'"
+    assert await runtime.pool.fetchval(found) == 64
     assert len((tmp_path / "audit.jsonl").read_text().splitlines()) == 64
     assert stat.S_IMODE(os.stat(tmp_path / "audit.jsonl").st_mode) == 0o600
 
@@ -322,13 +325,89 @@ async def test_a_batch_of_entries_keeps_each_records_fields_and_order(
     expected = [single[0], *bulk.records(), single[1]]
     rows = await runtime.pool.fetch(
         "SELECT id, at, actor, token_id::text, action, secret_id::text, secret_name, outcome,"
-        " status, remote_addr, request_id FROM audit_log WHERE secret_id = ANY($1::uuid[])"
+        " status, remote_addr, request_id FROM audit_records WHERE secret_id = ANY($1::uuid[])"
         " ORDER BY id",
         [r.secret_id for r in expected],
     )
     assert [Record(**{k: v for k, v in dict(r).items() if k != "id"}) for r in rows] == expected
     lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert lines == [r.to_json(row["id"]) for r, row in zip(expected, rows, strict=True)]
+    # The bulk read's three records are one row (migration 0009), the others one each.
+    rows_of = "SELECT count(*) FROM audit_log WHERE request_id = $1"
+    assert [await runtime.pool.fetchval(rows_of, r) for r in ("bulk1", "r0", "r1")] == [1, 1, 1]
+
+
+def _bulk(count: int, actor: str = "bench-bulk") -> Entry:
+    return Entry(
+        at=datetime.now(UTC),
+        actor=actor,
+        token_id=None,
+        action="secret.read",
+        outcome="ok",
+        status=200,
+        remote_addr="127.0.0.1",
+        request_id=uuid.uuid4().hex,
+        secrets=[(str(uuid.uuid4()), f"b{n}") for n in range(count)],
+    )
+
+
+async def _listed(runtime: Runtime, page: int, **filters: Any) -> list[asyncpg.Record]:
+    """Every record ``Q.audit_list`` finds for ``filters``, ``page`` at a time by the cursor."""
+    found: list[asyncpg.Record] = []
+    before = None
+    while True:
+        params = dict.fromkeys(("actor", "secret_id", "secret_name", "action", "outcome"))
+        params.update(since=None, until=None, **filters)
+        rows = await runtime.pool.fetch(Q.audit_list, **params, before=before, limit=page)
+        found += rows
+        if len(rows) < page:
+            return found
+        before = rows[-1]["id"]
+
+
+async def test_a_request_with_more_records_than_a_row_holds_takes_several_rows(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """ROW_SECRETS + 6 records: two rows; every record listed once, in order, with the id
+    the file has; the ids step by ROW_SECRETS between rows, as the sequence does."""
+    step = "SELECT increment_by FROM pg_sequences WHERE sequencename = 'audit_log_id_seq'"
+    assert await runtime.pool.fetchval(step) == ROW_SECRETS
+    log = AuditLog(runtime.pool, tmp_path / "audit.jsonl")
+    entry = _bulk(ROW_SECRETS + 6, actor="bench-big")
+    await log.write(entry)
+    await log.close()
+    rows = await runtime.pool.fetch("SELECT id FROM audit_log WHERE actor = 'bench-big'")
+    assert len(rows) == 2
+    listed = await _listed(runtime, 500, actor="bench-big")
+    assert [r["secret_name"] for r in reversed(listed)] == [n for _, n in entry.secrets]
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in reversed(listed)] == [line["id"] for line in lines]
+    assert len({r["id"] for r in listed}) == ROW_SECRETS + 6
+
+
+async def test_the_cursor_pages_through_rows_of_one_and_of_many_records(
+    runtime: Runtime,
+) -> None:
+    """A row written as before migration 0009 (one record, secret_id) and a 3-record row:
+    one record per page, newest first, none twice; a secret_id inside a row finds its record."""
+    actor = unique("mixed")
+    legacy = str(uuid.uuid4())
+    await runtime.pool.execute(
+        "INSERT INTO audit_log (at, actor, action, secret_id, secret_name, outcome, status)"
+        " VALUES (now(), $1, 'secret.read', $2, 'legacy', 'ok', 200)",
+        actor,
+        legacy,
+    )
+    entry = _bulk(3, actor=actor)
+    await AuditLog(runtime.pool).write(entry)
+    listed = await _listed(runtime, 1, actor=actor)
+    assert [r["secret_name"] for r in listed] == ["b2", "b1", "b0", "legacy"]
+    assert [r["id"] for r in listed] == sorted((r["id"] for r in listed), reverse=True)
+    middle = entry.secrets[1][0]
+    assert [r["secret_name"] for r in await _listed(runtime, 10, secret_id=middle)] == ["b1"]
+    assert [r["secret_id"] for r in await _listed(runtime, 10, secret_id=legacy)] == [legacy]
+    found = await _listed(runtime, 10, actor=actor, secret_name="b0")
+    assert [r["secret_id"] for r in found] == [entry.secrets[0][0]]
 
 
 async def test_retention_purges_records_older_than_keep_days(runtime: Runtime) -> None:
@@ -337,8 +416,9 @@ async def test_retention_purges_records_older_than_keep_days(runtime: Runtime) -
     old = _record(1, datetime.now(UTC) - timedelta(days=400))
     await log.write(Entry.of(old))
     await log.write(Entry.of(_record(2)))
-    assert await retention.purge_audit_once(runtime) == 1
-    names = await runtime.pool.fetch("SELECT secret_name FROM audit_log WHERE actor = 'bench'")
+    await log.write(replace(_bulk(3), at=datetime.now(UTC) - timedelta(days=400)))
+    assert await retention.purge_audit_once(runtime) == 4  # records, in two rows
+    names = await runtime.pool.fetch("SELECT secret_name FROM audit_records WHERE actor = 'bench'")
     assert [r["secret_name"] for r in names] == ["s2"]
 
 

@@ -12,9 +12,11 @@ takes everything queued (one multi-row ``INSERT ... SELECT FROM unnest``) and
 wakes every request of that batch when it commits. A lone request pays one
 round trip; under load a batch grows with the load instead of the round trips.
 The records of one request (a bulk read has one per secret) differ only in
-their secret, so an ``Entry`` carries the fields they share once, and the
-insert sends those once per request: encoding every field of every record was
-a tenth of the daemon's time in a storm of bulk reads.
+their secret, so an ``Entry`` carries the fields they share once, and a request
+is one row in ``audit_log`` with its secrets in arrays (migration 0009): a row
+and its index entries per record were about half of PostgreSQL's work in a
+storm of bulk reads. A record's id is its row's id plus its position in the
+row; row ids step by ``ROW_SECRETS``, the most records a row holds.
 
 ``audit.file`` also appends each committed record as a JSON line to a file
 (mode 0600). The file is a copy for shipping: PostgreSQL is the record of
@@ -64,6 +66,8 @@ ACTIONS = (
 OUTCOMES = ("ok", "denied", "not_found", "error")
 #: Records per insert at most (a batch beyond it waits for the next round trip).
 MAX_BATCH = 2000
+#: Records per row at most: the step of ``audit_log``'s ids (migration 0009).
+ROW_SECRETS = 1024
 
 
 def outcome_of(status: int) -> str:
@@ -211,17 +215,24 @@ class AuditLog:
                     done.set_result(None)
 
     async def _insert(self, entries: list[Entry]) -> list[int]:
-        shared = list(zip(*(_shared(e) for e in entries), strict=True))
-        positions: list[int] = []
+        """One row per request (per ``ROW_SECRETS`` of its records); each record's id."""
+        shared: list[tuple[Any, ...]] = []
+        slots: list[int] = []
         secret_ids: list[str | None] = []
         secret_names: list[str | None] = []
-        for position, entry in enumerate(entries, 1):
-            positions.extend([position] * len(entry.secrets))
-            for secret_id, secret_name in entry.secrets:
-                secret_ids.append(secret_id)
-                secret_names.append(secret_name)
-        rows = await self.pool.fetch(Q.audit_insert, *shared, positions, secret_ids, secret_names)
-        return [int(r["id"]) for r in rows]
+        sizes: list[int] = []
+        for entry in entries:
+            for first in range(0, len(entry.secrets), ROW_SECRETS):
+                chunk = entry.secrets[first : first + ROW_SECRETS]
+                shared.append(_shared(entry))
+                slots.extend([len(shared)] * len(chunk))
+                for secret_id, secret_name in chunk:
+                    secret_ids.append(secret_id)
+                    secret_names.append(secret_name)
+                sizes.append(len(chunk))
+        columns = list(zip(*shared, strict=True))
+        rows = await self.pool.fetch(Q.audit_insert, *columns, slots, secret_ids, secret_names)
+        return [int(r["id"]) + n for r, size in zip(rows, sizes, strict=True) for n in range(size)]
 
     async def _append_file(self, records: list[Record], ids: list[int]) -> None:
         lines = "".join(

@@ -46,8 +46,8 @@ async def purge_audit_once(rt: Runtime) -> int:
     async with rt.pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval(Q.retention_lock):
             return 0
-        result: str = await conn.execute(Q.audit_purge, rt.settings.audit.keep_days, _BATCH)
-    return int(result.split()[-1])
+        purged: int = await conn.fetchval(Q.audit_purge, rt.settings.audit.keep_days, _BATCH)
+    return purged
 
 
 def next_wait(wait_s: float, interval_s: float) -> float:

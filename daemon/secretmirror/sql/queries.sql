@@ -690,40 +690,59 @@ SELECT CASE WHEN c.reltuples < 100000 THEN (SELECT count(*) FROM secrets)
 FROM pg_class c WHERE c.oid = 'secrets'::regclass
 
 -- audit_insert --
--- One batch of audit records (group commit: see audit.py), in the order given. $1-$8 hold
--- one element per request (the fields its records share), $9-$11 one per record: the
--- position of its request in $1-$8 (from 1) and its secret.
-INSERT INTO audit_log (at, actor, token_id, action, secret_id, secret_name, outcome, status,
-                       remote_addr, request_id)
-SELECT q.at, q.actor, q.token_id, q.action, s.secret_id, s.secret_name, q.outcome, q.status,
-       q.remote_addr, q.request_id
-FROM unnest($9::int[], $10::uuid[], $11::text[]) WITH ORDINALITY AS s(request, secret_id,
-                                                                        secret_name, n)
-JOIN unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::int[],
+-- One batch of audit rows (group commit: see audit.py), in the order given, one id per
+-- row. $1-$8 hold one element per row (the fields its records share), $9-$11 one per
+-- record: the position of its row in $1-$8 (from 1) and its secret. A row of one record
+-- keeps it in secret_id/secret_name, a row of more in secret_ids/secret_names
+-- (migration 0009).
+INSERT INTO audit_log (at, actor, token_id, action, secret_id, secret_name, secret_ids,
+                       secret_names, outcome, status, remote_addr, request_id)
+SELECT q.at, q.actor, q.token_id, q.action,
+       CASE WHEN s.records = 1 THEN s.ids[1] END, CASE WHEN s.records = 1 THEN s.names[1] END,
+       CASE WHEN s.records > 1 THEN s.ids END, CASE WHEN s.records > 1 THEN s.names END,
+       q.outcome, q.status, q.remote_addr, q.request_id
+FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::int[],
             $7::text[], $8::text[])
     WITH ORDINALITY AS q(at, actor, token_id, action, outcome, status, remote_addr,
-                         request_id, request)
-    USING (request)
-ORDER BY s.n
+                         request_id, slot)
+JOIN (SELECT r.slot, count(*) AS records, array_agg(r.secret_id ORDER BY r.n) AS ids,
+             array_agg(r.secret_name ORDER BY r.n) AS names
+      FROM unnest($9::int[], $10::uuid[], $11::text[]) WITH ORDINALITY
+          AS r(slot, secret_id, secret_name, n)
+      GROUP BY r.slot) AS s USING (slot)
+ORDER BY q.slot
 RETURNING id
 
 -- audit_list --
--- Newest first, before the cursor id $before. $actor also matches "<actor> via <creator>".
-SELECT id, at, actor, token_id::text, action, secret_id::text, secret_name, outcome, status,
-       remote_addr, request_id
-FROM audit_log
-WHERE ($actor::text IS NULL OR actor = $actor OR starts_with(actor, $actor || ' via '))
-  AND ($secret_id::uuid IS NULL OR secret_id = $secret_id)
-  AND ($secret_name::text IS NULL OR secret_name = $secret_name)
-  AND ($action::text IS NULL OR action = $action)
-  AND ($outcome::text IS NULL OR outcome = $outcome)
-  AND ($since::timestamptz IS NULL OR at >= $since)
-  AND ($until::timestamptz IS NULL OR at < $until)
-  AND ($before::bigint IS NULL OR id < $before)
-ORDER BY id DESC
+-- Records newest first, before the cursor id $before. A record's id is its row's id plus
+-- its position in the row (migration 0009), so a row holding one is below $before.
+-- $actor also matches "<actor> via <creator>".
+SELECT a.id + s.n - 1 AS id, a.at, a.actor, a.token_id::text, a.action,
+       s.secret_id::text, s.secret_name, a.outcome, a.status, a.remote_addr, a.request_id
+FROM audit_log a
+CROSS JOIN LATERAL unnest(COALESCE(a.secret_ids, ARRAY[a.secret_id]),
+                          COALESCE(a.secret_names, ARRAY[a.secret_name]))
+    WITH ORDINALITY AS s(secret_id, secret_name, n)
+WHERE ($actor::text IS NULL OR a.actor = $actor OR starts_with(a.actor, $actor || ' via '))
+  AND ($secret_id::uuid IS NULL OR a.secret_id = $secret_id
+       OR a.secret_ids @> ARRAY[$secret_id::uuid])
+  AND ($secret_id::uuid IS NULL OR s.secret_id = $secret_id)
+  AND ($secret_name::text IS NULL OR s.secret_name = $secret_name)
+  AND ($action::text IS NULL OR a.action = $action)
+  AND ($outcome::text IS NULL OR a.outcome = $outcome)
+  AND ($since::timestamptz IS NULL OR a.at >= $since)
+  AND ($until::timestamptz IS NULL OR a.at < $until)
+  AND ($before::bigint IS NULL OR a.id < $before)
+  AND ($before::bigint IS NULL OR a.id + s.n - 1 < $before)
+ORDER BY a.id DESC, s.n DESC
 LIMIT $limit
 
 -- audit_purge --
--- Records older than $1 days, up to $2 per statement (audit.keep_days).
-DELETE FROM audit_log
-WHERE id IN (SELECT id FROM audit_log WHERE at < now() - make_interval(days => $1::int) LIMIT $2)
+-- Rows older than $1 days, up to $2 per statement (audit.keep_days); how many records went.
+WITH gone AS (
+    DELETE FROM audit_log
+    WHERE id IN (SELECT id FROM audit_log
+                 WHERE at < now() - make_interval(days => $1::int) LIMIT $2)
+    RETURNING COALESCE(cardinality(secret_ids), 1) AS records
+)
+SELECT COALESCE(sum(records), 0)::bigint FROM gone
