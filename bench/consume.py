@@ -16,7 +16,10 @@ to its arrival. Target: p99 <= 100 ms.
 
 The daemon is one ``secretmirror serve`` subprocess (sql primary in the main
 database, no backup) on a pgserver PostgreSQL, as bench/api.py runs it.
-``SECRETMIRROR_BENCH_CONSUME_ROUNDS`` sets the storm rounds (default 3).
+``SECRETMIRROR_BENCH_CONSUME_ROUNDS`` sets the storm rounds (default 15, quick 3). A
+storm lasts about 0.2 s and one storm to the next swings by half on this machine, so the
+median of 15 is the figure; one storm of each kind first is a warm-up, reported apart
+(the first bulk storm after the single ones was the slowest in every run of three).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from secretmirror.queries import Q
 NAME = "consume"
 CLIENTS = 200
 PER_CLIENT = 20
-ROUNDS = knob("SECRETMIRROR_BENCH_CONSUME_ROUNDS", 3, 1)
+ROUNDS = knob("SECRETMIRROR_BENCH_CONSUME_ROUNDS", 15, 3)
 FEED_CLIENTS = 100
 FEED_EVENTS = knob(None, 60, 20)
 FEED_GAP_S = 0.1
@@ -173,13 +176,16 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             seeded = time.perf_counter()
             await seed(api)
             out["seed_s"] = round(time.perf_counter() - seeded, 1)
+            warmup = {"single": await storm(daemon.url, bulk=False)}
             single = [await storm(daemon.url, bulk=False) for _ in range(ROUNDS)]
+            warmup["bulk"] = await storm(daemon.url, bulk=True)
             bulk: list[float] = []
             http: list[float] = []
             bulk_cpu: list[dict[str, float]] = []
             http_cpu: list[dict[str, float]] = []
             bare = await asyncio.to_thread(BareServer, PER_CLIENT)
             try:
+                warmup["bare_http"] = await storm(bare.base_url, bulk=True)
                 for _ in range(ROUNDS):  # alternated, so both see the same machine
                     cpu = Cpu({"daemon": daemon.pid}, pg.postmaster_pid)
                     cpu.start()
@@ -193,6 +199,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                 bare.stop()
             pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
             try:
+                warmup["raw_asyncpg"] = await raw_storm(dsn, pool)
                 raw = [await raw_storm(dsn, pool) for _ in range(ROUNDS)]
             finally:
                 await pool.close()
@@ -206,6 +213,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                 "raw_median": round(statistics.median(raw)),
                 "bare_http_median": round(statistics.median(http)),
                 "bulk_to_bare_http": round(statistics.median(bulk) / statistics.median(http), 2),
+                "warmup_values_per_s": {k: round(v) for k, v in warmup.items()},
                 "bulk_cpu_ms_per_request": cpu_per_request(bulk_cpu),
                 "bare_http_cpu_ms_per_request": cpu_per_request(http_cpu),
             }
@@ -240,10 +248,15 @@ def _targets(out: dict[str, Any]) -> dict[str, Any]:
 def print_summary(out: dict[str, Any]) -> None:
     storm_out = out.get("storm") or {}
     print(f"restart storm: {CLIENTS} clients x {PER_CLIENT} secrets, {ROUNDS} rounds (values/s)")
-    print(f"  single GETs   {storm_out.get('single_values_per_s')}")
-    print(f"  bulk read     {storm_out.get('bulk_values_per_s')}")
-    print(f"  raw asyncpg   {storm_out.get('raw_asyncpg_values_per_s')}")
-    print(f"  bare aiohttp  {storm_out.get('bare_http_values_per_s')} (canned body: the ceiling)")
+    for label, key in (
+        ("single GETs ", "single"),
+        ("bulk read   ", "bulk"),
+        ("raw asyncpg ", "raw"),
+        ("bare aiohttp", "bare_http"),
+    ):
+        rounds = storm_out.get(f"{key}_values_per_s", storm_out.get(f"{key}_asyncpg_values_per_s"))
+        print(f"  {label}  median {storm_out.get(f'{key}_median')}  rounds {rounds}")
+    print(f"  warm-up storms (not counted)  {storm_out.get('warmup_values_per_s')}")
     print(f"  CPU ms per bulk request    {storm_out.get('bulk_cpu_ms_per_request')}")
     print(f"  CPU ms per bare request    {storm_out.get('bare_http_cpu_ms_per_request')}")
     feed = out.get("feed") or {}
