@@ -234,28 +234,43 @@ def test_cli_audit_filters(daemon: DaemonProcess, admin: Http) -> None:
 async def test_unwritable_audit_log_fails_closed_with_503(
     daemon: DaemonProcess, admin: Http
 ) -> None:
-    """With the audit table unwritable a read answers 503 without its values, a write 503;
-    both work again once it is back."""
+    """With the audit table unwritable a read answers 503 without its values, and a
+    create, an update, a rename and a delete answer 503 having changed nothing (a change
+    and its record commit together); all work again once it is back."""
     created = admin.create(unique("closed"), {"k": CANARY})
+    path = f"{SECRETS}/{created['id']}"
+    refused = unique("x")
     conn = await asyncpg.connect(daemon.env["SECRETMIRROR_DATABASE_URL"])
     try:
         await conn.execute("ALTER TABLE audit_log RENAME TO audit_log_away")
         try:
-            status, body = await asyncio.to_thread(admin, "GET", f"{SECRETS}/{created['id']}")
+            status, body = await asyncio.to_thread(admin, "GET", path)
             assert (status, body["error"]["code"]) == (503, "unavailable")
             assert CANARY not in json.dumps(body)
-            status, _ = await asyncio.to_thread(
-                admin, "POST", SECRETS, {"name": unique("x"), "values": {"k": "v"}}
-            )
-            assert status == 503
+            changes = [
+                ("POST", SECRETS, {"name": refused, "values": {"k": "v"}}),
+                ("PATCH", path, {"values": {"k": "changed"}}),
+                ("PATCH", path, {"name": unique("renamed")}),
+                ("DELETE", path, None),
+            ]
+            for method, where, sent in changes:
+                status, body = await asyncio.to_thread(admin, method, where, sent)
+                assert (status, body["error"]["code"]) == (503, "unavailable"), method
             # Not audited: a metadata listing still works.
             assert (await asyncio.to_thread(admin, "GET", SECRETS))[0] == 200
         finally:
             await conn.execute("ALTER TABLE audit_log_away RENAME TO audit_log")
+        events = await conn.fetchval(
+            "SELECT count(*) FROM events WHERE secret_id = $1", uuid.UUID(created["id"])
+        )
+        assert events == 1  # the create only
     finally:
         await conn.close()
-    status, body = await asyncio.to_thread(admin, "GET", f"{SECRETS}/{created['id']}")
-    assert (status, body["values"]) == (200, {"k": CANARY})
+    status, body = await asyncio.to_thread(admin, "GET", path)
+    assert (status, body["name"], body["version"]) == (200, created["name"], 1)
+    assert body["values"] == {"k": CANARY}
+    assert (await asyncio.to_thread(admin, "GET", f"{SECRETS}/by-name/{refused}"))[0] == 404
+    assert admin.create(refused, {"k": "v"})["version"] == 1
     assert "audit.write_failed" in daemon.log_path.read_text()
 
 

@@ -18,6 +18,11 @@ and its index entries per record were about half of PostgreSQL's work in a
 storm of bulk reads. A record's id is its row's id plus its position in the
 row; row ids step by ``ROW_SECRETS``, the most records a row holds.
 
+A change to a secret is not group-committed: its record is one more row of the
+statement that commits the change (``Pending``), so the change and its record
+commit together or not at all, and a 503 for an unwritable log means nothing
+changed.
+
 ``audit.file`` also appends each committed record as a JSON line to a file
 (mode 0600). The file is a copy for shipping: PostgreSQL is the record of
 truth, and a failed file write is logged, never a failed request.
@@ -27,10 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -147,6 +153,70 @@ class Entry:
         ]
 
 
+@dataclass(slots=True)
+class Pending:
+    """The record of a change a request is about to commit, written by the statement that
+    commits it (``Q.secret_create``/``Q.secret_change``): the request's own fields here,
+    the actor and the secret from the change. ``statuses`` is the answer each action gives
+    when it succeeds; ``written`` the record once committed (None: nothing was)."""
+
+    remote_addr: str | None
+    request_id: str | None
+    statuses: Mapping[str, int]
+    written: tuple[int, Record] | None = field(default=None)
+
+    def params(self, action: str, token_id: str | None) -> dict[str, Any]:
+        return {
+            "audit_action": action,
+            "audit_status": self.statuses[action],
+            "audit_token_id": token_id,
+            "audit_remote_addr": self.remote_addr,
+            "audit_request_id": self.request_id,
+        }
+
+
+_CHANGE_PARAMS = (
+    "audit_action",
+    "audit_status",
+    "audit_token_id",
+    "audit_remote_addr",
+    "audit_request_id",
+)
+#: The change a request running in this context may commit with its record (set by the
+#: audit middleware around the handlers of changes).
+PENDING: contextvars.ContextVar[Pending | None] = contextvars.ContextVar(
+    "audit_pending", default=None
+)
+
+
+def change_params(action: str, token_id: str | None) -> dict[str, Any]:
+    """The audit parameters of a change statement: the pending request's record, or none."""
+    pending = PENDING.get()
+    if pending is None:
+        return dict.fromkeys(_CHANGE_PARAMS)
+    return pending.params(action, token_id)
+
+
+def changed(action: str, actor: str, token_id: str | None, row: Any) -> None:
+    """Note the record a change statement committed (``row``: its result)."""
+    pending = PENDING.get()
+    if pending is None or row["audit_id"] is None:
+        return
+    record = Record(
+        at=row["audit_at"],
+        actor=actor,
+        token_id=token_id,
+        action=action,
+        secret_id=row["id"],
+        secret_name=row["name"],
+        outcome="ok",
+        status=pending.statuses[action],
+        remote_addr=pending.remote_addr,
+        request_id=pending.request_id,
+    )
+    pending.written = (int(row["audit_id"]), record)
+
+
 def row_json(row: Any) -> dict[str, Any]:
     return {
         "id": row["id"],
@@ -184,6 +254,12 @@ class AuditLog:
             self._flusher = asyncio.create_task(self._flush(), name="audit-flush")
         # Shielded: a client that goes away must not cancel the insert others wait on.
         await asyncio.shield(done)
+
+    async def written(self, record_id: int, record: Record) -> None:
+        """A record committed with its change (``Pending``): counted, copied to the file."""
+        metrics.audit_records.inc()
+        if self._file_path is not None:
+            await self._append_file([record], [record_id])
 
     async def _flush(self) -> None:
         while self._queue:

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from secretmirror import deliveries, metrics
+from secretmirror import audit, deliveries, metrics
 from secretmirror.crypto import secret_aad
 from secretmirror.errors import (
     AmbiguousName,
@@ -89,20 +89,19 @@ class SecretService:
         secret_id = str(uuid.uuid4())
         snapshot, content_hash = self._seal(secret_id, 1, blob)
         token = deliveries.new_token(self.rt.node)
-        try:
-            row = await self.rt.pool.fetchrow(
-                Q.secret_create,
-                secret_id=secret_id,
-                name=name,
-                owner=principal.user_id,
-                private=private,
-                hash=content_hash,
-                actor=principal.actor,
-                snapshot=snapshot,
-                **self._deliveries(token, self.rt.targets_for((name, private))),
-            )
-        except asyncpg.UniqueViolationError:
-            raise NameTaken() from None
+        row = await self._commit(
+            Q.secret_create,
+            "secret.create",
+            principal,
+            secret_id=secret_id,
+            name=name,
+            owner=principal.user_id,
+            private=private,
+            hash=content_hash,
+            actor=principal.actor,
+            snapshot=snapshot,
+            **self._deliveries(token, self.rt.targets_for((name, private))),
+        )
         meta = SecretMeta.from_row(row)
         self.rt.committed()
         await self._write_inline(meta, values, content_hash, token, self._leased(row))
@@ -221,27 +220,26 @@ class SecretService:
         if blob is not None:
             snapshot, content_hash = self._seal(meta.id, version, blob)
         token = deliveries.new_token(self.rt.node)
-        try:
-            row = await self.rt.pool.fetchrow(
-                Q.secret_change,
-                secret_id=meta.id,
-                version_read=meta.version,
-                name=name,
-                private=private,
-                hash=content_hash,
-                kind=kind,
-                actor=principal.actor,
-                snapshot=snapshot,
-                **self._deliveries(
-                    token,
-                    self.rt.targets_for(
-                        (meta.name, meta.private),
-                        (None, None) if kind == "delete" else (name, private),
-                    ),
+        row = await self._commit(
+            Q.secret_change,
+            f"secret.{kind}",
+            principal,
+            secret_id=meta.id,
+            version_read=meta.version,
+            name=name,
+            private=private,
+            hash=content_hash,
+            kind=kind,
+            actor=principal.actor,
+            snapshot=snapshot,
+            **self._deliveries(
+                token,
+                self.rt.targets_for(
+                    (meta.name, meta.private),
+                    (None, None) if kind == "delete" else (name, private),
                 ),
-            )
-        except asyncpg.UniqueViolationError:
-            raise NameTaken() from None
+            ),
+        )
         if row is None:
             return None
         new_meta = SecretMeta.from_row(row)
@@ -249,6 +247,25 @@ class SecretService:
         await self._write_inline(new_meta, values, content_hash, token, self._leased(row))
         log.info(f"secret.{kind}d", secret_id=meta.id, version=version)
         return ReadResult(new_meta, values or {}, "primary", kind)
+
+    async def _commit(self, query: str, action: str, principal: Principal, **params: Any) -> Any:
+        """Run a change statement with the request's audit record (``audit.Pending``): the
+        change and its record commit together, and an unwritable log fails both (503)."""
+        try:
+            row = await self.rt.pool.fetchrow(
+                query, **params, **audit.change_params(action, principal.token_id)
+            )
+        except asyncpg.UniqueViolationError:
+            raise NameTaken() from None
+        except (asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError) as exc:
+            if "audit_log" not in str(exc):
+                raise
+            metrics.audit_write_failures.inc()
+            log.error("audit.write_failed", error=type(exc).__name__, records=1)
+            raise Unavailable("the audit log cannot be written") from None
+        if row is not None:
+            audit.changed(action, principal.actor, principal.token_id, row)
+        return row
 
     def _seal(self, secret_id: str, version: int, blob: bytes) -> tuple[bytes, str]:
         snapshot = self.rt.keyring.encrypt(blob, secret_aad(secret_id, version))

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from secretmirror.access import Principal
-from secretmirror.audit import AuditLog, Entry, outcome_of
+from secretmirror.audit import PENDING, AuditLog, Entry, Pending, outcome_of
 from secretmirror.errors import SecretMirrorError
 
 AUDIT = web.AppKey("audit", AuditLog)
@@ -49,6 +49,14 @@ _ACTIONS = {
     ("POST", "/admin/v1/jobs/{id}/cancel"): "job.cancel",
     ("POST", "/admin/v1/dead-letters/retry"): "dead_letters.retry",
     ("POST", "/admin/v1/keys/rotate"): "keys.rotate",
+}
+#: The changes whose record the statement committing them writes (``audit.Pending``), and
+#: the answer each gives when it succeeds.
+_COMMITTED_WITH_CHANGE = {
+    "secret.create": 201,
+    "secret.update": 200,
+    "secret.rename": 200,
+    "secret.delete": 204,
 }
 #: The list route is audited only as a bulk read (``values=true``).
 _BULK_READ = ("GET", "/api/v1/secrets")
@@ -92,8 +100,18 @@ def _route(request: web.Request) -> str | None:
 
 @web.middleware
 async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Write the request's audit records, then let the response go (or answer 503)."""
+    """Write the request's audit records, then let the response go (or answer 503).
+
+    A change to a secret writes its record in the statement that commits it
+    (``audit.Pending``); this writes the record of every other audited request, and
+    of a change that committed nothing (refused, failed, or nothing to change)."""
     error: BaseException | None = None
+    log = request.app[AUDIT]
+    route_action = _action(request, _route(request))
+    pending = None
+    if log.enabled and route_action in _COMMITTED_WITH_CHANGE:
+        pending = Pending(request.remote, request.get(REQUEST_ID), _COMMITTED_WITH_CHANGE)
+    reset = PENDING.set(pending)
     try:
         response = await handler(request)
         status = response.status
@@ -103,9 +121,14 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
         error, status = exc, exc.status
     except Exception as exc:
         error, status = exc, 500
-    action = "auth.failed" if status == 401 else _action(request, _route(request))
-    if action is not None:
-        await request.app[AUDIT].write(_entry(request, action, status))
+    finally:
+        PENDING.reset(reset)
+    if pending is not None and pending.written is not None:
+        await log.written(*pending.written)
+    else:
+        action = "auth.failed" if status == 401 else route_action
+        if action is not None:
+            await log.write(_entry(request, action, status))
     if error is not None:
         raise error
     return response

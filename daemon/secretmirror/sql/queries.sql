@@ -114,8 +114,9 @@ WHERE id = $1 AND revoked IS NULL AND ($2::uuid IS NULL OR user_id = $2)
 RETURNING id
 
 -- secret_create --
--- One statement: metadata, event, sql-store value and deliveries commit together
--- (the wake-up NOTIFY follows separately: see notify_deliveries).
+-- One statement: metadata, event, sql-store value, deliveries and, for a request
+-- ($audit_action not NULL: audit.Pending), its audit record commit together (the
+-- wake-up NOTIFY follows separately: see notify_deliveries).
 -- $outbox_deployment is the deployment whose sql store value commits here too (the
 -- snapshot is its ciphertext), NULL when no store is written in the outbox
 -- (``stores.base.WrittenInOutbox``). $inline names the targets whose delivery the
@@ -145,9 +146,17 @@ WITH s AS (
            CASE WHEN t = ANY($inline::text[]) THEN $token END
     FROM s, e, unnest($targets::text[]) AS t
     RETURNING target, leased_by
+), a AS (
+    INSERT INTO audit_log (at, actor, token_id, action, secret_id, secret_name, outcome,
+                           status, remote_addr, request_id)
+    SELECT now(), $actor, $audit_token_id, $audit_action, s.id, s.name, 'ok', $audit_status,
+           $audit_remote_addr, $audit_request_id
+    FROM s WHERE $audit_action::text IS NOT NULL
+    RETURNING id
 )
 SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq,
-       ARRAY(SELECT target FROM d WHERE leased_by = $token) AS leased
+       ARRAY(SELECT target FROM d WHERE leased_by = $token) AS leased,
+       (SELECT id FROM a) AS audit_id, now() AS audit_at
 FROM s, e
 
 -- secret_change --
@@ -156,7 +165,7 @@ FROM s, e
 -- tombstone. $outbox_deployment as in secret_create. $inline names the targets the
 -- caller would write inline: each row is leased with $token only where its lease is
 -- free or expired, never taken from a worker or another request mid-write; ``leased``
--- lists the targets the caller got.
+-- lists the targets the caller got. The audit record as in secret_create.
 WITH upd AS (
     UPDATE secrets
     SET name = $name, private = $private, version = version + 1, hash = $hash, updated = now()
@@ -200,9 +209,17 @@ WITH upd AS (
                           AND (dl.leased_until IS NULL OR dl.leased_until < now())
                          THEN excluded.leased_by ELSE dl.leased_by END
     RETURNING dl.target, dl.leased_by
+), a AS (
+    INSERT INTO audit_log (at, actor, token_id, action, secret_id, secret_name, outcome,
+                           status, remote_addr, request_id)
+    SELECT now(), $actor, $audit_token_id, $audit_action, s.id, s.name, 'ok', $audit_status,
+           $audit_remote_addr, $audit_request_id
+    FROM s WHERE $audit_action::text IS NOT NULL
+    RETURNING id
 )
 SELECT s.id::text, s.name, s.owner::text, s.private, s.version, s.created, s.updated, e.seq,
-       ARRAY(SELECT target FROM d WHERE leased_by = $token) AS leased
+       ARRAY(SELECT target FROM d WHERE leased_by = $token) AS leased,
+       (SELECT id FROM a) AS audit_id, now() AS audit_at
 FROM s, e
 
 -- notify_deliveries --
