@@ -111,10 +111,12 @@ async def _hook(outcome: Awaitable[Any]) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def _answering(place: Place, fault: Fault) -> AsyncIterator[float | None]:
-    """``place.answering(fault)``; skips the case where the kind has no such answer."""
+async def _answering(
+    place: Place, fault: Fault, count: int | None = None
+) -> AsyncIterator[float | None]:
+    """``place.answering(fault, count)``; skips the case where the kind has no such answer."""
     try:
-        hook = place.answering(fault)
+        hook = place.answering(fault, count)
         hint = await hook.__aenter__()
     except NoEquivalent as exc:
         pytest.skip(str(exc))
@@ -462,6 +464,18 @@ async def test_refused_credentials_and_server_errors_are_unavailable(
     got = await store.get(held)
     assert got is not None
     assert (got.version, got.values) == (2, {"a": "2"})
+
+
+async def test_a_listing_asks_a_failed_read_again(place: Place, store: SecretStore) -> None:
+    """A 5xx (or its equivalent) answering one read of a listing: the read is asked again
+    and the listing completes as if nothing had failed (a verify or repair used to end at
+    the first failed page)."""
+    ids = [_sid() for _ in range(3)]
+    for n, sid in enumerate(ids):
+        await _put(store, sid, 1, {"a": str(n)})
+    async with _answering(place, Fault.SERVER_ERROR, count=1):
+        listed = await _listed(store)
+    assert {sid: listed[sid].version for sid in ids} == dict.fromkeys(ids, 1)
 
 
 async def test_not_found_reads_as_missing(place: Place, store: SecretStore) -> None:

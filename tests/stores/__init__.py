@@ -26,6 +26,13 @@ class NoEquivalent(Exception):
     """This kind has no native equivalent of the fault or situation; the message says why."""
 
 
+#: Why a local kind has no fault that answers only a number of requests.
+LASTING = (
+    "a local kind's faults are conditions that last (a revoked grant, a moved directory); "
+    "none answers a given number of requests and then passes"
+)
+
+
 class Fault(enum.Enum):
     """A provider answer a hook makes the store see (``Place.answering``)."""
 
@@ -64,12 +71,15 @@ class Place(Protocol):
         """A store of this kind whose back-end does not answer, not opened yet."""
         ...
 
-    def answering(self, fault: Fault) -> AbstractAsyncContextManager[float | None]:
+    def answering(
+        self, fault: Fault, count: int | None = None
+    ) -> AbstractAsyncContextManager[float | None]:
         """Within the block the provider answers ``fault`` as it documents it.
 
         ``CONTENDED`` answers writes only (reads are served); the others answer
-        every request. Yields the Retry-After hint sent with ``THROTTLED`` (None
-        where the provider sends none). Raises ``NoEquivalent`` where the kind has
-        no such answer.
+        every request, or only the first ``count`` of them. Yields the Retry-After
+        hint sent with ``THROTTLED`` (None where the provider sends none). Raises
+        ``NoEquivalent`` where the kind has no such answer (a local kind's faults are
+        conditions that last: none answers a given number of requests).
         """
         ...

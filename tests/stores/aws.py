@@ -95,7 +95,9 @@ class AwsPlace:
         return AwsStore(AwsStoreSettings(**settings), ctx)
 
     @contextlib.asynccontextmanager
-    async def answering(self, fault: Fault) -> AsyncIterator[float | None]:
+    async def answering(
+        self, fault: Fault, count: int | None = None
+    ) -> AsyncIterator[float | None]:
         status, code, message = ANSWERS[fault]
         body = json.dumps({"__type": code, "message": message}).encode()
         headers = {
@@ -103,7 +105,7 @@ class AwsPlace:
             "x-amzn-RequestId": "9b5a9a52-6f2e-4d1a-8c9a-0c1e2d3f4a5b",
         }
         when = {Fault.CONTENDED: _is_create}.get(fault)
-        self.proxy.answer(status, body, headers, when=when)
+        self.proxy.answer(status, body, headers, when=when, count=count)
         try:
             yield None
         finally:

@@ -64,10 +64,15 @@ class AzurePlace:
         )
 
     @contextlib.asynccontextmanager
-    async def answering(self, fault: Fault) -> AsyncIterator[float | None]:
+    async def answering(
+        self, fault: Fault, count: int | None = None
+    ) -> AsyncIterator[float | None]:
         hint = RETRY_AFTER_S if fault is Fault.THROTTLED else None
         self.fake.inject(
-            STATUSES[fault], 1_000_000, retry_after_s=hint, writes_only=fault is Fault.CONTENDED
+            STATUSES[fault],
+            count or 1_000_000,
+            retry_after_s=hint,
+            writes_only=fault is Fault.CONTENDED,
         )
         try:
             yield hint

@@ -18,7 +18,7 @@ from typing import Any
 from secretmirror.settings import CustomStoreSettings
 from secretmirror.stores import build_store
 from secretmirror.stores.base import SecretStore, StoreContext
-from tests.stores import Fault, NoEquivalent
+from tests.stores import LASTING, Fault, NoEquivalent
 
 _NO_EQUIVALENT = {
     Fault.UNAUTHENTICATED: "custom (SQLite): an embedded database takes no credentials",
@@ -72,7 +72,11 @@ class CustomPlace:
         return custom_store(blocker / "s.db", ctx)
 
     @contextlib.asynccontextmanager
-    async def answering(self, fault: Fault) -> AsyncIterator[float | None]:
+    async def answering(
+        self, fault: Fault, count: int | None = None
+    ) -> AsyncIterator[float | None]:
+        if count is not None:
+            raise NoEquivalent(LASTING)
         if fault is not Fault.CONTENDED:
             raise NoEquivalent(_NO_EQUIVALENT[fault])
         connect = functools.partial(sqlite3.connect, check_same_thread=False, isolation_level=None)

@@ -17,7 +17,7 @@ from typing import Any
 from secretmirror.settings import FileStoreSettings
 from secretmirror.stores.base import StoreContext
 from secretmirror.stores.file import FileStore
-from tests.stores import Fault, NoEquivalent
+from tests.stores import LASTING, Fault, NoEquivalent
 
 _NO_EQUIVALENT = {
     Fault.UNAUTHENTICATED: "file: a local directory takes no credentials",
@@ -57,7 +57,11 @@ class FilePlace:
         return FileStore(FileStoreSettings(path=blocker / "store"), ctx)
 
     @contextlib.asynccontextmanager
-    async def answering(self, fault: Fault) -> AsyncIterator[float | None]:
+    async def answering(
+        self, fault: Fault, count: int | None = None
+    ) -> AsyncIterator[float | None]:
+        if count is not None:
+            raise NoEquivalent(LASTING)
         if fault is Fault.FORBIDDEN:
             self.directory.chmod(0o000)
             try:

@@ -95,12 +95,14 @@ class GcpPlace:
         return GcpStore(GcpStoreSettings(**fields), ctx)
 
     @contextlib.asynccontextmanager
-    async def answering(self, fault: Fault) -> AsyncIterator[float | None]:
+    async def answering(
+        self, fault: Fault, count: int | None = None
+    ) -> AsyncIterator[float | None]:
         status, code, message = ANSWERS[fault]
         hint = RETRY_AFTER_S if fault is Fault.THROTTLED else None
         headers = {} if hint is None else {"Retry-After": f"{hint:g}"}
         error = ApiError(status, code, message, headers)
-        self.fake.inject(1_000_000, error, writes_only=fault is Fault.CONTENDED)
+        self.fake.inject(count or 1_000_000, error, writes_only=fault is Fault.CONTENDED)
         try:
             yield hint
         finally:

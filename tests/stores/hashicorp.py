@@ -82,7 +82,9 @@ class HashicorpPlace:
         return HashicorpStore(settings, ctx)
 
     @contextlib.asynccontextmanager
-    async def answering(self, fault: Fault) -> AsyncIterator[float | None]:
+    async def answering(
+        self, fault: Fault, count: int | None = None
+    ) -> AsyncIterator[float | None]:
         status, errors = ANSWERS[fault]
         headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
         hint = None
@@ -90,7 +92,8 @@ class HashicorpPlace:
             hint = RETRY_AFTER_S
             headers["Retry-After"] = f"{RETRY_AFTER_S:g}"
         when = _is_write if fault is Fault.CONTENDED else None
-        self.proxy.answer(status, json.dumps({"errors": errors}).encode(), headers, when=when)
+        body = json.dumps({"errors": errors}).encode()
+        self.proxy.answer(status, body, headers, when=when, count=count)
         try:
             yield hint
         finally:

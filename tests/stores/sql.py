@@ -22,7 +22,7 @@ from secretmirror.stores.base import StoreContext
 from secretmirror.stores.sql import SqlStore
 from tests.net import free_port
 from tests.pg import TestPostgres
-from tests.stores import Fault, NoEquivalent
+from tests.stores import LASTING, Fault, NoEquivalent
 
 MAIN_DSN = "postgresql://main/db"
 
@@ -62,7 +62,11 @@ class SqlPlace:
         return SqlStore(SqlStoreSettings(database_url=dsn), ctx, main_dsn=MAIN_DSN)
 
     @contextlib.asynccontextmanager
-    async def answering(self, fault: Fault) -> AsyncIterator[float | None]:
+    async def answering(
+        self, fault: Fault, count: int | None = None
+    ) -> AsyncIterator[float | None]:
+        if count is not None:
+            raise NoEquivalent(LASTING)
         db, role = f'"{self.name}"', f'"{self.role}"'
         change = {
             Fault.UNAUTHENTICATED: (f"ALTER ROLE {role} NOLOGIN", f"ALTER ROLE {role} LOGIN"),

@@ -86,7 +86,14 @@ from secretmirror.errors import (
 )
 from secretmirror.settings import AwsStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
-from secretmirror.stores.fenced import FencedStore, Stale, Write, a_hash, moves_forward
+from secretmirror.stores.fenced import (
+    FencedStore,
+    Stale,
+    Write,
+    a_hash,
+    listing_read,
+    moves_forward,
+)
 from secretmirror.stores.http import POOL, retry_after_s
 
 if TYPE_CHECKING:
@@ -430,7 +437,8 @@ class AwsStore(FencedStore[_State]):
             "MaxResults": _PAGE,
         }
         while True:
-            page = await self._call("ListSecrets", functools.partial(client.list_secrets, **query))
+            ask = functools.partial(client.list_secrets, **query)
+            page = await listing_read(functools.partial(self._call, "ListSecrets", ask))
             yield page.get("SecretList", [])
             if not page.get("NextToken"):
                 return

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import importlib
 import ipaddress
 import re
@@ -49,7 +50,15 @@ from secretmirror.errors import (
 from secretmirror.remote_clock import local_sleep
 from secretmirror.settings import AzureStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
-from secretmirror.stores.fenced import FencedStore, Stale, Write, a_hash, int_or_zero, moves_forward
+from secretmirror.stores.fenced import (
+    FencedStore,
+    Stale,
+    Write,
+    a_hash,
+    int_or_zero,
+    listing_read,
+    moves_forward,
+)
 from secretmirror.stores.http import Reply, Token, TokenSource, error_for, open_session, send
 
 if TYPE_CHECKING:
@@ -457,7 +466,7 @@ class AzureStore(FencedStore[_State]):
     async def _listing(self, path: str, op: str) -> AsyncIterator[builtins.list[dict[str, Any]]]:
         url: URL | None = self._url(path, {"maxresults": str(_PAGE)})
         while url is not None:
-            reply = await self._request("GET", url, op)
+            reply = await listing_read(functools.partial(self._request, "GET", url, op))
             _expect(reply, 200, f"list {path}")
             yield [item for item in reply.body.get("value") or [] if isinstance(item, dict)]
             url = self._next(reply.body.get("nextLink"))

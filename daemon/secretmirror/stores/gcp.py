@@ -73,6 +73,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import re
 import uuid
@@ -105,6 +106,7 @@ from secretmirror.stores.fenced import (
     a_hash,
     covers_delete,
     int_or_zero,
+    listing_read,
     moves_forward,
 )
 from secretmirror.stores.http import (
@@ -410,7 +412,8 @@ class GcpStore(FencedStore[_State]):
     async def _pages(self) -> AsyncIterator[Sequence[Any]]:
         params = {"filter": self._filter, "pageSize": str(_PAGE)}
         while True:
-            page = await self._call("GET", "secrets", "secrets.list", params=params)
+            ask = functools.partial(self._call, "GET", "secrets", "secrets.list", params=params)
+            page = await listing_read(ask)
             yield page.get("secrets") or []
             if not page.get("nextPageToken"):
                 return
