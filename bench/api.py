@@ -1,35 +1,4 @@
-"""The core API benchmark: a real ``secretmirror serve`` subprocess against real PostgreSQL.
-
-What it measures, at 1 and at 32 concurrent clients (one aiohttp ``ClientSession``
-whose connection limit is the concurrency), each for a fixed duration:
-
-* ``create``  POST /api/v1/secrets
-* ``get``     GET /api/v1/secrets/{id}
-* ``update``  PATCH /api/v1/secrets/{id} with new values
-* ``list``    GET /api/v1/secrets?limit=100
-
-and, in the same run, the *raw limit*: the SQL work the API does per request,
-issued directly with asyncpg over one dedicated connection per client (the same
-``sql/queries.sql`` blocks, the same parameter shapes, the same encryption):
-
-* ``create``     ``authenticate`` + ``secret_create`` with canonical JSON, AES-GCM and HMAC
-* ``create_sql`` the same statements with a ciphertext computed once (SQL only)
-* ``get``        ``authenticate`` + ``secret_get_with_value`` + decrypt
-* ``get_sql``    the same statements without decrypting
-* ``update``     ``authenticate`` + ``secret_get_with_value`` + decrypt + ``secret_change``
-* ``list``       ``authenticate`` + ``secret_list`` (limit 101, as the API asks)
-
-It also fills the database to 10,000 secrets through the API and reads the
-daemon's RSS (psutil), and records where the CPU went in every phase (daemon,
-PostgreSQL, this load generator, everything else on the machine).
-
-PostgreSQL: ``SECRETMIRROR_BENCH_DATABASE_URL`` (a fresh database is created on
-that server and dropped afterwards) or a ``pgserver`` instance in a temp dir.
-``SECRETMIRROR_BENCH_DURATION_S`` sets the length of each phase (default 5),
-``SECRETMIRROR_BENCH_API_SECRETS`` the fill (default 10,000).
-
-A measurement, not a test: targets are recorded as pass/miss and never fail the run.
-"""
+"""The core API benchmark: a real ``secretmirror serve`` subprocess against real PostgreSQL."""
 
 from __future__ import annotations
 

@@ -1,16 +1,4 @@
-"""The audit log's cost: gets/s at 32 clients with the audit log on and off, same run.
-
-Two ``secretmirror serve`` subprocesses on one database (the same secrets, the same
-key): one with the audit log (every GET writes its record, group-committed, before
-the answer), one with ``audit.enabled = false``. Phases alternate between them
-(on, off, on, off, ...) so a change in the machine's load hits both alike; the
-figure per side is the median of its phases. The raw limit is the same API without
-the audit log, measured in the same run: the target is on/off >= 0.8, and >= 1,500
-gets/s with the audit on.
-
-PostgreSQL and ``SECRETMIRROR_BENCH_DURATION_S`` as in bench/api.py;
-``SECRETMIRROR_BENCH_AUDIT_ROUNDS`` sets the rounds (default 5).
-"""
+"""The audit log's cost: gets/s at 32 clients with the audit log on and off, same run."""
 
 from __future__ import annotations
 

@@ -1,48 +1,4 @@
-"""The Azure benchmark: a real daemon replicating to the in-repo Key Vault fake.
-
-Everything runs on 127.0.0.1: PostgreSQL (``pgserver``, or a fresh database on
-``SECRETMIRROR_BENCH_DATABASE_URL``), the Key Vault fake as a subprocess of
-its own (``tests/azurefake.py``: HTTPS with a throwaway CA, Entra ID token
-endpoint), and ``secretmirror serve`` subprocesses (sql primary in the main
-database, ``azure`` backup on the fake with a service principal, configured
-only through ``SECRETMIRROR_*`` plus ``SSL_CERT_FILE`` and
-``AZURE_AUTHORITY_HOST``, the scheduled verify off).
-
-Phases, in one run (each figure beside the raw limit measured in the same run):
-
-1. **raw**: a bare write loop of the official SDK (``azure-keyvault-secrets``
-   aio ``set_secret`` on ``azure-identity``'s ``ClientSecretCredential``) at
-   ``replication.concurrency`` (16) against the same fake, on pre-created
-   names: one Key Vault set per call, what one replicated update costs. The
-   loop's own CPU per call is recorded: the SDK's pipeline is what bounds it
-   on a small machine. For context only, a bare aiohttp PUT loop (one token,
-   no SDK) shows what the fake itself takes.
-2. **seed**: N secrets created through the API at 32 clients with the write
-   limit lifted; first touches cost a read (404) and a set each.
-3. **alongside** (limit lifted, ``max_writes_per_s`` = 100000, recorded):
-   one PATCH per secret (N) at 32 clients while the worker replicates; events
-   applied per second from the first PATCH until ``/admin/v1/status`` shows
-   all applied (as ``bench/replication.py`` measures AWS). The daemon serves
-   the API and replicates in one process, and the load generator shares the
-   cores, so this mixes the API's cost into the figure; CPU per update is
-   recorded. The fake's call log gives the calls per applied update (1 set
-   when the store knows the entry, nothing else).
-4. **throughput** (limit lifted, the target): the vault answers 503 while N
-   more PATCHes commit (the worker only probes a store that is down, so a
-   backlog builds), then comes back; events applied per second from its
-   return until all are applied: replication alone. Target: >= 80% of the
-   raw SDK loop, run again right after this phase; the limit is the mean of
-   the two loops (the machine is shared). The daemon runs with a 0.2 s poll
-   and a 0.5 s backoff cap so that it resumes within a poll.
-5. **limiter** (the default ``max_writes_per_s``, 25, not set in the
-   environment): a fresh daemon on the same database, a burst of PATCHes,
-   events applied per second and sets per second reaching the fake in the
-   steady part of the drain, with the fake enforcing Key Vault's documented
-   quota (300 secret sets per 10 s per vault): target >= 90% of 25/s and no
-   429 at all.
-
-A measurement, not a test: targets are recorded as pass/miss and never fail the run.
-"""
+"""The Azure benchmark: a real daemon replicating to the in-repo Key Vault fake."""
 
 from __future__ import annotations
 

@@ -1,26 +1,4 @@
-"""Consuming secrets: a restart storm (single vs bulk reads) and the change feed's latency.
-
-Restart storm: 200 clients start at once, each reading its own 20 secrets, once
-with 20 single GETs (``/api/v1/secrets/by-name/{name}``, one keep-alive
-connection per client) and once with one bulk read (``?values=true``). Beside
-them, the raw limit: the same rows read by 200 tasks straight from PostgreSQL
-with asyncpg (the daemon's bulk query, a pool of 20 connections, no HTTP, no
-decryption), and the HTTP ceiling: the same storm against a bare aiohttp server
-answering a canned 20-item body (bench/http_ceiling.py). Target: bulk >= 20,000
-values/s.
-
-Change feed: 100 clients long-poll ``/api/v1/events``; a writer creates secrets
-one at a time; each client records when each event reaches it. Latency is from
-the event's ``recorded_at`` (taken in the writing transaction, same host clock)
-to its arrival. Target: p99 <= 100 ms.
-
-The daemon is one ``secretmirror serve`` subprocess (sql primary in the main
-database, no backup) on a pgserver PostgreSQL, as bench/api.py runs it.
-``SECRETMIRROR_BENCH_CONSUME_ROUNDS`` sets the storm rounds (default 15, quick 3). A
-storm lasts about 0.2 s and one storm to the next swings by half on this machine, so the
-median of 15 is the figure; one storm of each kind first is a warm-up, reported apart
-(the first bulk storm after the single ones was the slowest in every run of three).
-"""
+"""Consuming secrets: a restart storm (single vs bulk reads) and the change feed's latency."""
 
 from __future__ import annotations
 

@@ -1,32 +1,4 @@
-"""The GCP benchmark: a real daemon replicating to the Secret Manager fake, beside the SDK.
-
-Everything runs on 127.0.0.1: PostgreSQL (``pgserver``, or fresh databases on
-``SECRETMIRROR_BENCH_DATABASE_URL``), the Secret Manager fake
-(``tests/gcpfake.py``) in a process of its own (response checking off; request
-checking, routing by the discovery document and token checks on, as in the
-tests), and ``secretmirror serve`` subprocesses (sql primary in the main
-database, ``gcp`` backup on the fake with a throwaway service-account key,
-configured only through ``SECRETMIRROR_*`` variables, the scheduled verify
-off). Phases, in one run, each figure beside its raw limit:
-
-1. **raw**: a bare write loop of the official SDK (``google-cloud-secret-manager``,
-   REST transport, one client per thread, ``replication.concurrency`` = 16
-   threads): ``add_secret_version`` on pre-created secrets for ``RAW_S``
-   seconds, right before and right after the unlimited phase; the limit is
-   the mean of the two (the machine is shared: bracketing the phase follows
-   its load; both rates are recorded).
-2. **unlimited**: a daemon with ``max_writes_per_s`` = 100000. N secrets are
-   created through the API and replicated (first writes), then each is
-   PATCHed once; the write calls the fake served while the updates drained
-   (its call log: the time from the first to the last write) give writes/s,
-   and the status ``applied`` counter gives changes/s.
-3. **limited**: a daemon at the default ``max_writes_per_s`` (8); a burst of
-   creates far above what 8 writes/s can carry; writes/s at the fake while it
-   drains, against the limit.
-
-Targets (issue 7): limited writes/s >= 90% of 8; unlimited writes/s >= 80% of
-the SDK loop's. A measurement, not a test: targets are recorded as pass/miss.
-"""
+"""The GCP benchmark: a real daemon replicating to the Secret Manager fake, beside the SDK."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""The HTTP ceiling of a restart storm: a bare aiohttp server answering a canned bulk body.
-
-A second raw limit beside raw asyncpg for ``bench/consume.py``: the same storm
-client against an aiohttp server in its own process that does nothing but
-return 20 items shaped like a bulk read's (no auth, no database, no
-decryption, no audit). What the daemon cannot beat on this machine with this
-client: the figure a bulk read is held against.
-"""
+"""The HTTP ceiling of a restart storm: a bare aiohttp server answering a canned bulk body."""
 
 from __future__ import annotations
 

@@ -1,38 +1,4 @@
-"""The reconcile benchmark: backup and verify jobs of 5,000 secrets to AWS on moto.
-
-Everything runs on 127.0.0.1: PostgreSQL (``pgserver`` or a fresh database on
-``SECRETMIRROR_BENCH_DATABASE_URL``), a moto server subprocess whose request
-recorder is on for the whole run (so every loop pays its cost alike), and
-``secretmirror serve`` subprocesses configured through ``SECRETMIRROR_*``
-(sql primary in the main database, scheduled verify off).
-
-How the first backup is isolated: a daemon *without* a backup creates the
-5,000 secrets through the API, so their events carry no delivery to any
-backup; it stops, and a daemon with the ``aws`` backup (a fresh, empty name
-prefix; ``max_writes_per_s`` 100000 since moto has no quota) starts on the
-same database. Its worker has nothing to deliver, so ``POST
-/admin/v1/reconcile {"mode": "backup"}`` alone writes the backup; the JSON
-shows the worker's pending/applied counters staying at 0 and the calls moto
-saw. Then, with nothing changed, a second backup and a verify.
-
-The raw limit, in the same run: a bare aiobotocore ``CreateSecret`` loop (the
-call that fills an empty backup) of the same 5,000 secrets at
-``reconcile.concurrency`` (16), into a region of its own (``us-west-2``): moto
-scans every secret of a region per lookup, so this loop fills an empty region
-from 0 to 5,000 exactly as the backup job fills ``us-east-1``. A bare
-``PutSecretValue`` loop (the issue's wording) runs after it, with the region
-holding 5,000 secrets, and a bare ``ListSecrets`` pagination of the filled
-backup shows what one listing costs on this moto: the floor of the second
-backup and of verify, which each list the backup once.
-
-Targets (issue 4): first backup >= 80% of the raw loop's rate; second backup
->= 50x faster per secret than the first, with at most N/100 + 10 AWS calls;
-verify at most N/100 + 10 AWS calls and at most 50 MB of daemon RSS growth
-(psutil every 10 ms while it runs). ZenML's figures from the issue are
-reported beside ours.
-
-A measurement, not a test: targets are recorded as pass/miss and never fail the run.
-"""
+"""The reconcile benchmark: backup and verify jobs of 5,000 secrets to AWS on moto."""
 
 from __future__ import annotations
 

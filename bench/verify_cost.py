@@ -1,19 +1,4 @@
-"""What verify's per-entry checks cost where a listing cannot see a hand edit (issue #11 part 5).
-
-A GCP listing carries no version information, and a Key Vault listing shows
-tags a hand-made version may have copied; so a scan (verify, repair, backup,
-restore) asks per entry: GCP one access of ``latest`` (tombstones included),
-Azure one get of each live entry's latest value. This module puts 1,000
-entries through each store on its in-repo fake and measures a full listing,
-the calls the fake served and the wall time, against the raw limit measured
-in the same run: the same listing without the checks (GCP: a store whose
-per-entry check is skipped, the listing as it was before; Azure: no content
-hash, which turns its check off). Calls are exact; times are the fakes' on
-this machine, so only their ratio means anything.
-
-``python -m bench.verify_cost`` (or ``make bench``) writes
-``bench/results/verify_cost.json``.
-"""
+"""What verify's per-entry checks cost where a listing cannot see a hand edit (issue #11 part 5)."""
 
 from __future__ import annotations
 
