@@ -93,6 +93,12 @@ def latency_summary(latencies_s: list[float]) -> dict[str, float | None]:
     }
 
 
+def mean(values: list[float | None]) -> float | None:
+    """The mean of the figures that were measured (not None, not 0), to 0.1; None of none."""
+    found = [v for v in values if v]
+    return round(sum(found) / len(found), 1) if found else None
+
+
 def ratio(value: float | None, limit: float | None, digits: int = 3) -> float | None:
     """``value / limit`` rounded, None when either is missing or zero."""
     return round(value / limit, digits) if value and limit else None

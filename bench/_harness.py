@@ -251,6 +251,16 @@ class Api:
         body = {"name": name, "values": values_for(n)}
         return str((await self.call("POST", "/api/v1/secrets", body, ok=201))["id"])
 
+    def creates(self, name: str, ids: list[str] | None = None) -> Op:
+        """``run_ops``'s op creating secret ``{name}-{n}`` (its id appended to ``ids``)."""
+
+        async def create(_worker: int, n: int) -> None:
+            secret_id = await self.create(f"{name}-{n}", n)
+            if ids is not None:
+                ids.append(secret_id)
+
+        return create
+
     async def update(self, secret_id: str, values: dict[str, str]) -> None:
         body = {"values": values}
         await self.call("PATCH", f"/api/v1/secrets/{secret_id}", body, parse=False)
@@ -573,15 +583,24 @@ async def replicated_phase(
     return result
 
 
+def print_replicated(out: dict[str, Any]) -> None:
+    """The summary lines of ``out["first_writes"]`` and ``out["throughput"]`` (``updates``)."""
+    for key in ("first_writes", "throughput"):
+        if r := out.get(key):
+            print(
+                f"{key:<14} applied {r['applied_per_s']}/s overall (while writing"
+                f" {r['applied_per_s_while_writing']}/s, after {r['applied_per_s_after_writes']}/s,"
+                f" peak 1 s {r['peak_applied_per_s_1s']}/s); API {r['api_writes']['ops_per_s']}/s;"
+                f" others used {r['cpu'].get('others_share_of_machine')} of the machine"
+            )
+
+
 async def first_writes(
     api: Api, progress: Progress, cpu: Cpu, count: int, tag: str, ids: list[str]
 ) -> dict[str, Any]:
     """``replicated_phase`` of ``count`` creates (``ids`` gets each new secret's id)."""
     print(f"first writes: {count} creates at 32 clients")
-
-    async def create(_worker: int, n: int) -> None:
-        ids.append(await api.create(f"bulk-{tag}-{n}", n))
-
+    create = api.creates(f"bulk-{tag}", ids)
     return await replicated_phase("first writes", api, progress, cpu, count, create)
 
 

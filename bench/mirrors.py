@@ -22,7 +22,7 @@ from tests.moto import REGION, MotoServer
 from tests.openbao import OpenBao, bao_settings, start_bao
 from tests.prometheus import Outage
 
-from bench._common import check, knob, measured, ratio, run_standalone
+from bench._common import check, knob, mean, measured, ratio, run_standalone
 from bench._harness import (
     VERIFY_OFF,
     Api,
@@ -59,6 +59,7 @@ MIRRORS = ("aws", "vault", "gcp", "files")
 RAW_OF = {"aws": "aws_put", "vault": "vault_write", "gcp": "gcp_add_version", "files": "file_write"}
 #: ... and its create rate.
 RAW_CREATE_OF = {**RAW_OF, "aws": "aws_create"}
+RAW_SIDES = ("raw_before", "raw_after")
 
 
 # -- configuration ------------------------------------------------------------------------
@@ -347,9 +348,7 @@ async def drain(api: Api, backlog: int, paused: Paused) -> dict[str, Any]:
 
 
 async def api_creates(api: Api, tag: str, label: str, cpu: Cpu | None = None) -> dict[str, Any]:
-    async def create(_worker: int, n: int) -> None:
-        await api.create(f"{tag}-{label.replace(' ', '-')}-{n}", n)
-
+    create = api.creates(f"{tag}-{label.replace(' ', '-')}")
     return await run_ops(
         create, API_CLIENTS, duration_s=API_S, cpu=cpu, label=f"API creates ({label})"
     )
@@ -407,9 +406,7 @@ async def _fan_out(
 ) -> None:
     """The backlogs built with the stores paused (creates, then updates), and their drains."""
     ids: list[str] = []
-
-    async def create(_worker: int, n: int) -> None:
-        ids.append(await api.create(f"{tag}-fan-{n}", n))
+    create = api.creates(f"{tag}-fan", ids)
 
     async def update(_worker: int, n: int) -> None:
         # A new password every time: a PATCH that changes nothing writes nothing.
@@ -452,12 +449,7 @@ async def _fan_out(
 
 
 def raw_mean(out: dict[str, Any], loop: str) -> float | None:
-    rates = [
-        out[side][loop]["ops_per_s"]
-        for side in ("raw_before", "raw_after")
-        if side in out and out[side].get(loop, {}).get("ops_per_s")
-    ]
-    return round(sum(rates) / len(rates), 1) if rates else None
+    return mean([out.get(side, {}).get(loop, {}).get("ops_per_s") for side in RAW_SIDES])
 
 
 def targets(out: dict[str, Any]) -> dict[str, Any]:

@@ -186,12 +186,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
 
         print(f"fill: {SECRETS} secrets through a daemon without a backup")
         api = await stack.serve("fill, no backup", {})
-        ids: list[str] = []
-
-        async def create(_worker: int, n: int) -> None:
-            ids.append(await api.create(f"rec-{tag}-{n}", n))
-
-        fill = await run_ops(create, API_CLIENTS, count=SECRETS)
+        fill = await run_ops(api.creates(f"rec-{tag}"), API_CLIENTS, count=SECRETS)
         out["fill"] = fill
         print(f"  {fill['ops']} created at {fill['ops_per_s']}/s, {fill['errors']} errors")
 

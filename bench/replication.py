@@ -23,7 +23,7 @@ from tests.prometheus import (
     histogram_quantile,
 )
 
-from bench._common import check, knob, latency_summary, measured, ratio, run_standalone
+from bench._common import check, knob, latency_summary, mean, measured, ratio, run_standalone
 from bench._harness import (
     LOG_EVENTS,
     VERIFY_OFF,
@@ -39,6 +39,7 @@ from bench._harness import (
     count_calls,
     counted_phases,
     first_writes,
+    print_replicated,
     run_ops,
     serving,
     updates,
@@ -183,9 +184,7 @@ async def _calls(
     moto = stack.moto
     moto.recording(True)
     try:
-
-        async def create(_worker: int, n: int) -> None:
-            await api.create(f"calls-{tag}-{n}", n)
+        create = api.creates(f"calls-{tag}")
 
         async def update(_worker: int, n: int) -> None:
             await api.update(ids[n % len(ids)], patch_values(20_000_000 + n))
@@ -349,8 +348,9 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             raw["put_after"] = await _raw(
                 moto, prefix + "raw-put/", operation="put", duration_s=RAW_S, create_secrets=False
             )
-            rates = [raw[k]["ops_per_s"] for k in ("put_before", "put_after") if raw[k]["ops"]]
-            raw["put_ops_per_s_mean"] = round(sum(rates) / len(rates), 1) if rates else None
+            raw["put_ops_per_s_mean"] = mean(
+                [raw[k]["ops_per_s"] for k in ("put_before", "put_after")]
+            )
 
             out["latency"] = await _steady_latency(api, progress, cpu, ids)
             out["calls"] = await _calls(api, progress, stack, needles, ids, tag)
@@ -635,15 +635,7 @@ def print_summary(out: dict[str, Any]) -> None:
         r = raw.get(key)
         if r:
             print(f"raw {key:<15} {r['ops_per_s']:>8.1f}/s at {r['concurrency']}")
-    for key in ("first_writes", "throughput"):
-        r = out.get(key)
-        if r:
-            print(
-                f"{key:<14} applied {r['applied_per_s']}/s overall"
-                f" (while writing {r['applied_per_s_while_writing']}/s, after"
-                f" {r['applied_per_s_after_writes']}/s, peak 1 s {r['peak_applied_per_s_1s']}/s);"
-                f" API {r['api_writes']['ops_per_s']}/s; cpu {r['cpu']}"
-            )
+    print_replicated(out)
     print(f"ratios to the raw limits: {out.get('ratios')}")
     for daemon in out.get("daemons", []):
         print(f"daemon {daemon['label']!r}: log events {daemon['log_events']}")

@@ -13,7 +13,7 @@ from typing import Any
 from tests.daemon_proc import store_env
 from tests.openbao import BaoProcess, OpenBao, bao_settings, start_bao
 
-from bench._common import check, knob, measured, ratio, run_standalone
+from bench._common import check, knob, mean, measured, ratio, run_standalone
 from bench._harness import (
     VERIFY_OFF,
     Api,
@@ -23,6 +23,7 @@ from bench._harness import (
     counted_phases,
     first_writes,
     postgres,
+    print_replicated,
     run_ops,
     serving,
     updates,
@@ -183,9 +184,6 @@ async def calls_phase(
     async def update(_worker: int, n: int) -> None:
         await api.update(updated[n], update_values(40_000 + n))
 
-    async def create(_worker: int, n: int) -> None:
-        fresh.append(await api.create(f"calls-{tag}-{n}", n))
-
     async def delete(_worker: int, n: int) -> None:
         await api.call("DELETE", f"/api/v1/secrets/{fresh[n]}", ok=204)
 
@@ -195,7 +193,7 @@ async def calls_phase(
             progress,
             [
                 ("update", len(updated), update),
-                ("create", COUNTED_CREATES, create),
+                ("create", COUNTED_CREATES, api.creates(f"calls-{tag}", fresh)),
                 ("delete", COUNTED_CREATES, delete),
             ],
             lambda: log.stat().st_size,
@@ -247,9 +245,8 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
 
 
 def _raw_write_per_s(out: dict[str, Any]) -> float | None:
-    runs = [out.get("raw", {}).get(k, {}).get("ops_per_s") for k in ("write_before", "write_after")]
-    found = [r for r in runs if r]
-    return round(sum(found) / len(found), 1) if found else None
+    raw = out.get("raw", {})
+    return mean([raw.get(k, {}).get("ops_per_s") for k in ("write_before", "write_after")])
 
 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
@@ -312,14 +309,7 @@ def print_summary(out: dict[str, Any]) -> None:
                 f"raw {key:<13} {r['ops_per_s']:>8.1f} ops/s at {r['concurrency']}"
                 f" ({r['vault_calls_per_s']} Vault calls/s), p50 {r['p50_ms']} ms"
             )
-    for key in ("first_writes", "throughput"):
-        r = out.get(key)
-        if r:
-            print(
-                f"{key:<13} applied {r['applied_per_s']}/s overall, while writing"
-                f" {r['applied_per_s_while_writing']}/s, draining"
-                f" {r['applied_per_s_after_writes']}/s; API {r['api_writes']['ops_per_s']}/s"
-            )
+    print_replicated(out)
     for label, counted in out.get("calls", {}).items():
         print(f"calls {label:<7} {counted['calls_per_change']}/change  {counted['by_kind']}")
 
