@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from tests.blackbox import log_lines
 
 from bench._common import check, knob, measured, ratio, run_standalone
 from bench._harness import (
@@ -220,7 +221,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         finally:
             await daemon.close()
             out["daemon"].update(daemon.stopped())
-            out["daemon"]["log_lines"] = _count_lines(daemon.log_path)
+            out["daemon"]["log_lines"] = sum(1 for _ in log_lines(daemon.log_path))
 
 
 async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -> None:
@@ -283,14 +284,6 @@ async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -
 
     rss["end_mib"] = daemon.rss_mib()
     rss["secrets_at_end"] = await fetchval(dsn, Q.secret_count)
-
-
-def _count_lines(path: Path) -> int | None:
-    try:
-        with path.open("rb") as handle:
-            return sum(1 for _ in handle)
-    except OSError:
-        return None
 
 
 def _ratios(out: dict[str, Any]) -> dict[str, Any]:

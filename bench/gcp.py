@@ -11,14 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from tests.daemon_proc import store_env
 from tests.gcpfake import gcp_settings, sdk_client
 from tests.net import LineServer
 
-from bench._common import check, knob, measured, run_standalone
+from bench._common import check, knob, mean, measured, run_standalone
 from bench._harness import (
     VERIFY_OFF,
+    Api,
     Daemon,
     Postgres,
     Progress,
@@ -52,11 +52,8 @@ class FakeProcess(LineServer):
         self.key_file = Path(started["key_file"])
 
     async def stats(self, since: int = 0) -> dict[str, Any]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"{self.url}/_fake/stats", params={"since": str(since)}) as resp,
-        ):
-            found: dict[str, Any] = await resp.json()
+        async with Api(self.url, 1, {}) as api:
+            found: dict[str, Any] = await api.call("GET", f"/_fake/stats?since={since}")
             return found
 
 
@@ -206,8 +203,7 @@ def targets(out: dict[str, Any]) -> dict[str, Any]:
             "limit_writes_per_s": DEFAULT_WRITES_PER_S,
         }
     unlimited = out.get("unlimited", {}).get("updates", {}).get("writes_per_s")
-    rates = [r["writes_per_s"] for r in out.get("raw", [])]
-    raw = round(sum(rates) / len(rates), 1) if rates else None
+    raw = mean([r["writes_per_s"] for r in out.get("raw", [])])
     if unlimited is not None and raw:
         found["unlimited_writes_vs_sdk_loop"] = {
             **check(">=", 0.8, round(unlimited / raw, 3), "of the SDK's bare write loop"),
