@@ -1,9 +1,4 @@
-"""Helpers shared by the bench modules: results, machine facts, statistics, the run wrapper.
-
-Modules whose name starts with ``_`` are helpers; ``run_all`` never runs them.
-The processes and clients (PostgreSQL, daemons, moto, the API) live in
-``bench/_harness.py``, on top of the tests' harness (``tests/``).
-"""
+"""Helpers shared by the bench modules: results, machine facts, statistics, the run wrapper."""
 
 from __future__ import annotations
 
@@ -140,13 +135,8 @@ async def measured(
     targets: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     summary: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """A module's ``main()``: ``measure(out, workdir)`` between the machine facts.
-
-    A failure is recorded as ``"error"`` (``run_all`` then exits 1) after
-    ``measure`` cleaned up; the targets and the summary are computed from
-    whatever it measured, then the closing lines are printed. Standard output is line
-    buffered from here on: every line a bench prints shows as it happens.
-    """
+    """A module's ``main()``: ``measure(out, workdir)`` between the machine facts, a failure
+    recorded as ``"error"``; then the targets and the summary of whatever it measured."""
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
     out: dict[str, Any] = {

@@ -1,17 +1,4 @@
-"""Each run's figures against the committed baseline (``bench/baseline/<name>.json``).
-
-``run_all`` and ``python -m bench.<name>`` print, after writing the results, every
-headline figure of the run beside the baseline's with their ratio (run / baseline):
-each target's ``measured`` value, then every throughput and latency figure the two
-results share (keys named like ``*per_s*``, ``ops_s``, ``*_median``, ``p50_ms``,
-``p99_ms``; CPU accounting, samples and histograms left out). A line is marked
-``<<`` when the run is worse than the baseline by more than ``NOISE`` (lower for a
-rate, higher for a latency or a duration): on a shared machine read that as "look", not as
-"regressed": the load of both runs is printed alongside.
-
-``python -m bench._compare NAME...`` compares ``bench/results/NAME.json`` without
-running anything; ``--update NAME...`` copies the results over the baseline.
-"""
+"""Each run's figures against the committed baseline (``bench/baseline/<name>.json``)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,4 @@
-"""What the bench modules start and drive, on top of the tests' harness.
-
-PostgreSQL is ``tests/pg.py``'s ``TestPostgres`` (``SECRETMIRROR_BENCH_DATABASE_URL``
-instead of the tests' variable), a daemon is ``tests/daemon_proc.py``'s
-``DaemonProcess``, moto is ``tests/moto.py``'s ``MotoServer``; OpenBao, the GCP
-and Azure fakes and the fault proxy are used straight from ``tests/``. Here: the
-one API client, the one phase loop, CPU accounting and the replication progress.
-"""
+"""What the bench modules start and drive, on top of the tests' harness (bench/README.md)."""
 
 from __future__ import annotations
 
@@ -698,21 +691,12 @@ async def aws_raw_loop(
     create_secrets: bool = True,
     ready: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
-    """The raw limit: a bare aiobotocore loop against ``endpoint_url`` at ``concurrency``,
-    for ``duration_s`` or ``count`` calls, whichever comes first.
-
-    ``operation`` "put": PutSecretValue with a unique ClientRequestToken per put,
-    round robin over ``secrets_per_worker`` pre-created secrets per worker (so no
-    secret piles up versions; ``create_secrets`` False reuses the ones an earlier
-    loop with this prefix made). "create": CreateSecret of new names with the
-    two tags the aws store sets. One client, ``max_pool_connections`` 64 as the
-    store's; each worker waits for its answer before the next call. ``ready``, if
-    given, is called (in a thread: it may block) between the setup and the timed loop.
-
-    moto looks a secret up by scanning every secret of its region, so a call
-    costs more the more secrets the region holds: compare loops and daemons at
-    the same fill (or give the raw loop a ``region`` of its own).
-    """
+    """The raw limit: a bare aiobotocore loop (one client, 64 connections as the store's)
+    at ``concurrency`` for ``duration_s`` or ``count`` calls, whichever comes first.
+    ``operation`` "put": PutSecretValue (a unique ClientRequestToken each) round robin over
+    ``secrets_per_worker`` secrets per worker, made first unless ``create_secrets`` is False;
+    "create": CreateSecret of new names with the aws store's two tags. ``ready``, if given,
+    is called in a thread between the setup and the timed loop."""
     from aiobotocore.config import AioConfig
 
     config = AioConfig(

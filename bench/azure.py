@@ -121,11 +121,7 @@ def _raw_result(found: dict[str, Any], cpu: float) -> dict[str, Any]:
 
 
 async def raw_rest_loop(fake: AzureFake, prefix: str, seconds: float) -> dict[str, Any]:
-    """For context, not a target: bare aiohttp PUTs (one token) at ``CONCURRENCY``.
-
-    What the fake itself can take on this machine; the SDK loop above is the
-    target's reference, as the issue asks.
-    """
+    """For context, not a target: bare aiohttp PUTs (one token) at ``CONCURRENCY``."""
     from azure.identity.aio import ClientSecretCredential
 
     credential = ClientSecretCredential(

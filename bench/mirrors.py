@@ -503,12 +503,9 @@ def analysis(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def api_ceiling(out: dict[str, Any]) -> dict[str, Any] | None:
-    """The most creates/s this machine could take if each create were also written to the
-    four stores as it is made, with a worker and a bench client that cost nothing for
-    those writes: its cores over (a create's CPU with no mirrors: client, daemon,
-    PostgreSQL) plus (each store server's CPU per write, from the loops run together).
-    An upper bound: the daemon's create with four delivery rows costs more than with
-    none, a mirrored create to aws is a DescribeSecret and a CreateSecret, not one put."""
+    """The most creates/s this machine could take with four mirrors (bench/README.md): its
+    cores over a create's CPU with none (client, daemon, PostgreSQL) plus the store servers'
+    CPU per write, from the loops run together."""
     per_create = out.get("api_no_mirrors", {}).get("cpu_ms_per_op", {})
     together = out.get("raw_together", {})
     stores = [together.get(RAW_OF[n], {}).get("server_cpu_ms_per_write") for n in MIRRORS]

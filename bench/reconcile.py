@@ -63,13 +63,7 @@ async def run_job(api: Api, mode: str) -> dict[str, Any]:
 async def aws_scan_floor(
     endpoint_url: str, name_prefix: str, pages: int, region: str = REGION
 ) -> dict[str, Any]:
-    """The least ``pages`` listing calls can cost on this server: each matches nothing.
-
-    moto evaluates the filters on every secret of the region for every page, so
-    ``pages`` calls with a name filter that matches no entry (``name_prefix`` +
-    a suffix no id takes) cost that scan alone, without building any answer:
-    a floor under any listing of ``pages`` pages, whatever its filters.
-    """
+    """The least ``pages`` listing calls can cost on this server: each matches nothing."""
     filters = [{"Key": "name", "Values": [name_prefix + "zz-no-such-entry-"]}]
     async with secrets_client(endpoint_url, region) as client:
         started = time.perf_counter()
@@ -87,11 +81,7 @@ async def aws_scan_floor(
 async def aws_list_loop(
     endpoint_url: str, filters: list[dict[str, Any]], region: str = REGION
 ) -> dict[str, Any]:
-    """The raw limit of a listing: every page of ``ListSecrets`` with ``filters``, in turn.
-
-    The same request the aws store sends (100 per page, pending deletions
-    included); one page after the other, as a listing must.
-    """
+    """The raw limit of a listing: every page of ``ListSecrets`` with ``filters``, in turn."""
     pages = entries = 0
     page_s: list[float] = []
     async with secrets_client(endpoint_url, region) as client:

@@ -407,20 +407,8 @@ async def _poll_versions(
 
 
 async def _two_daemons(workdir: Path, tag: str) -> dict[str, Any]:
-    """Two daemons on one database PATCH the same secrets; both stores AWS behind a proxy.
-
-    The primary and the backup are AWS on moto with different prefixes, reached
-    through ``tests/faultproxy.py`` adding ``TWO_DAEMONS_LATENCY_S`` to every
-    request, so each daemon's API writes the primary inline while both workers
-    deliver to both stores: the interleavings of issue #11 part 1 (AWS has no
-    conditional write). A poller reads every entry's current version straight
-    from moto the whole time; afterwards verify runs.
-
-    Both daemons reach the stores through the same endpoint URL: it is part of a
-    store's location, which keys the delivery rows and so their leases. Two
-    proxies (say, to give one daemon more latency) would make two locations for
-    the same entries: two delivery streams that never wait for each other.
-    """
+    """Two daemons on one database PATCH the same secrets; both stores AWS behind one proxy
+    (one endpoint URL: it is part of the stores' locations, bench/README.md)."""
     result: dict[str, Any] = {
         "secrets": TWO_DAEMONS_SECRETS,
         "clients_per_daemon": TWO_DAEMONS_CLIENTS,

@@ -1,18 +1,4 @@
-"""``make bench``: run every bench module and write ``bench/results/<module>.json``.
-
-A bench module is any ``bench/<name>.py`` (not starting with ``_``, not this
-file) that defines ``async def main() -> dict``. Each runs in turn in its own
-event loop; the dict it returns is written as JSON. Names on the command line
-pick modules (``python -m bench.run_all api``); none means all of them. ``--quick``
-runs each at a small size (it proves the module runs; see ``bench._common.knob``).
-
-After each module its figures are printed beside the committed baseline
-(``bench/baseline/<module>.json``, see ``bench/_compare.py``).
-
-The exit code is 0 when every module returned results (missed targets included:
-these are measurements, not tests), 1 when a module raised or reported an
-``"error"`` key, 2 when a named module does not exist.
-"""
+"""``make bench``: run every bench module and write ``bench/results/<module>.json``."""
 
 from __future__ import annotations
 
