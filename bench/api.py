@@ -31,6 +31,7 @@ from bench._harness import (
     values_for,
 )
 from secretmirror import crypto
+from secretmirror.audit import Pending
 from secretmirror.crypto import secret_aad
 from secretmirror.model import canonical
 from secretmirror.queries import Q
@@ -106,6 +107,8 @@ class RawOps:
             "token": self.node,
             "lease_s": 6.0,
         }
+        #: The audit record a change writes in its own statement, as through the API.
+        self.audited = Pending("127.0.0.1", None, {"secret.create": 201, "secret.update": 200})
 
     async def _auth(self, conn: asyncpg.Connection) -> Any:
         row = await conn.fetchrow(Q.authenticate, crypto.token_hash(ADMIN_TOKEN))
@@ -134,6 +137,7 @@ class RawOps:
             actor=principal["name"],
             snapshot=snapshot,
             **self.outbox,
+            **self.audited.params("secret.create", str(principal["token_id"])),
         )
         await conn.fetchrow(Q.secret_create, *args)
 
@@ -181,6 +185,7 @@ class RawOps:
             actor=principal["name"],
             snapshot=snapshot,
             **self.outbox,
+            **self.audited.params("secret.update", str(principal["token_id"])),
         )
         changed = await self.conns[worker].fetchrow(Q.secret_change, *args)
         if changed is None:
