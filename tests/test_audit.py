@@ -234,12 +234,14 @@ def test_cli_audit_filters(daemon: DaemonProcess, admin: Http) -> None:
 async def test_unwritable_audit_log_fails_closed_with_503(
     daemon: DaemonProcess, admin: Http
 ) -> None:
-    """With the audit table unwritable a read answers 503 without its values, and a
-    create, an update, a rename and a delete answer 503 having changed nothing (a change
-    and its record commit together); all work again once it is back."""
+    """With the audit table unwritable a read answers 503 without its values, and every
+    change to a secret, a user or a token answers 503 having changed nothing (a change and
+    its record commit together); all work again once it is back."""
     created = admin.create(unique("closed"), {"k": CANARY})
     path = f"{SECRETS}/{created['id']}"
     refused = unique("x")
+    user_id, user_token = admin.user(unique("kept"), "reader")
+    minted = admin.ok("POST", "/api/v1/tokens", {"name": unique("kept")})
     conn = await asyncpg.connect(daemon.env["SECRETMIRROR_DATABASE_URL"])
     try:
         await conn.execute("ALTER TABLE audit_log RENAME TO audit_log_away")
@@ -252,6 +254,11 @@ async def test_unwritable_audit_log_fails_closed_with_503(
                 ("PATCH", path, {"values": {"k": "changed"}}),
                 ("PATCH", path, {"name": unique("renamed")}),
                 ("DELETE", path, None),
+                ("POST", "/api/v1/users", {"name": refused, "role": "reader"}),
+                ("PATCH", f"/api/v1/users/{user_id}", {"disabled": True}),
+                ("DELETE", f"/api/v1/users/{user_id}", None),
+                ("POST", "/api/v1/tokens", {"name": refused}),
+                ("DELETE", f"/api/v1/tokens/{minted['id']}", None),
             ]
             for method, where, sent in changes:
                 status, body = await asyncio.to_thread(admin, method, where, sent)
@@ -271,6 +278,13 @@ async def test_unwritable_audit_log_fails_closed_with_503(
     assert body["values"] == {"k": CANARY}
     assert (await asyncio.to_thread(admin, "GET", f"{SECRETS}/by-name/{refused}"))[0] == 404
     assert admin.create(refused, {"k": "v"})["version"] == 1
+    # The user is still there and enabled, its token and the admin's work, no new ones.
+    users = {u["name"]: u for u in admin.ok("GET", "/api/v1/users")["items"]}
+    assert refused not in users
+    assert [u["disabled"] for u in users.values() if u["id"] == user_id] == [False]
+    assert admin.as_token(user_token)("GET", SECRETS)[0] == 200
+    assert admin.as_token(minted["token"])("GET", SECRETS)[0] == 200
+    assert refused not in {t["name"] for t in admin.ok("GET", "/api/v1/tokens")["items"]}
     assert "audit.write_failed" in daemon.log_path.read_text()
 
 

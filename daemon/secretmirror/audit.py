@@ -18,10 +18,10 @@ and its index entries per record were about half of PostgreSQL's work in a
 storm of bulk reads. A record's id is its row's id plus its position in the
 row; row ids step by ``ROW_SECRETS``, the most records a row holds.
 
-A change to a secret is not group-committed: its record is one more row of the
-statement that commits the change (``Pending``), so the change and its record
-commit together or not at all, and a 503 for an unwritable log means nothing
-changed.
+A change to a secret, a user or a token is not group-committed: its record is
+one more row of the statement or transaction that commits the change
+(``Pending``), so the change and its record commit together or not at all, and
+a 503 for an unwritable log means nothing changed.
 
 ``audit.file`` also appends each committed record as a JSON line to a file
 (mode 0600). The file is a copy for shipping: PostgreSQL is the record of
@@ -202,19 +202,58 @@ def changed(action: str, actor: str, token_id: str | None, row: Any) -> None:
     pending = PENDING.get()
     if pending is None or row["audit_id"] is None:
         return
+    secret = (row["id"], row["name"])
+    _note(pending, action, actor, token_id, row["audit_id"], row["audit_at"], *secret)
+
+
+async def record_change(
+    conn: asyncpg.Connection, action: str, actor: str, token_id: str | None
+) -> None:
+    """Write the pending request's record of ``action`` on ``conn``, inside the transaction
+    of the change (a user's or a token's), so that both commit or neither does."""
+    pending = PENDING.get()
+    if pending is None:
+        return
+    args = Q.args(Q.audit_insert_one, actor=actor, **pending.params(action, token_id))
+    row = await conn.fetchrow(Q.audit_insert_one, *args)
+    _note(pending, action, actor, token_id, row["id"], row["at"], None, None)
+
+
+def unwritable(exc: BaseException) -> Unavailable | None:
+    """The 503 for a change whose record could not be written with it (the log's table
+    missing or not granted), None for any other failure."""
+    if not isinstance(exc, (asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError)):
+        return None
+    if "audit_log" not in str(exc):
+        return None
+    metrics.audit_write_failures.inc()
+    log.error("audit.write_failed", error=type(exc).__name__, records=1)
+    return Unavailable("the audit log cannot be written")
+
+
+def _note(
+    pending: Pending,
+    action: str,
+    actor: str,
+    token_id: str | None,
+    record_id: int,
+    at: datetime,
+    secret_id: str | None,
+    secret_name: str | None,
+) -> None:
     record = Record(
-        at=row["audit_at"],
+        at=at,
         actor=actor,
         token_id=token_id,
         action=action,
-        secret_id=row["id"],
-        secret_name=row["name"],
+        secret_id=secret_id,
+        secret_name=secret_name,
         outcome="ok",
         status=pending.statuses[action],
         remote_addr=pending.remote_addr,
         request_id=pending.request_id,
     )
-    pending.written = (int(row["audit_id"]), record)
+    pending.written = (int(record_id), record)
 
 
 def row_json(row: Any) -> dict[str, Any]:

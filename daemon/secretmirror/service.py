@@ -257,12 +257,10 @@ class SecretService:
             )
         except asyncpg.UniqueViolationError:
             raise NameTaken() from None
-        except (asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError) as exc:
-            if "audit_log" not in str(exc):
-                raise
-            metrics.audit_write_failures.inc()
-            log.error("audit.write_failed", error=type(exc).__name__, records=1)
-            raise Unavailable("the audit log cannot be written") from None
+        except asyncpg.PostgresError as exc:
+            if (refused := audit.unwritable(exc)) is not None:
+                raise refused from None
+            raise
         if row is not None:
             audit.changed(action, principal.actor, principal.token_id, row)
         return row

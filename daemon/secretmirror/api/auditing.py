@@ -57,6 +57,11 @@ _COMMITTED_WITH_CHANGE = {
     "secret.update": 200,
     "secret.rename": 200,
     "secret.delete": 204,
+    "user.create": 201,
+    "user.update": 200,
+    "user.delete": 204,
+    "token.create": 201,
+    "token.revoke": 204,
 }
 #: The list route is audited only as a bulk read (``values=true``).
 _BULK_READ = ("GET", "/api/v1/secrets")

@@ -730,6 +730,14 @@ JOIN (SELECT r.slot, count(*) AS records, array_agg(r.secret_id ORDER BY r.n) AS
 ORDER BY q.slot
 RETURNING id
 
+-- audit_insert_one --
+-- The record of a change to a user or a token, in the change's own transaction
+-- (audit.record_change).
+INSERT INTO audit_log (at, actor, token_id, action, outcome, status, remote_addr, request_id)
+VALUES (now(), $actor, $audit_token_id, $audit_action, 'ok', $audit_status, $audit_remote_addr,
+        $audit_request_id)
+RETURNING id, at
+
 -- audit_list --
 -- Records newest first, before the cursor id $before. A record's id is its row's id plus
 -- its position in the row (migration 0009), so a row holding one is below $before.
