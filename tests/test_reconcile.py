@@ -292,6 +292,35 @@ async def test_failures_are_reported(api: Api, runtime: Runtime) -> None:
     ]
 
 
+async def test_a_job_asks_a_failed_write_again(api: Api, runtime: Runtime) -> None:
+    """A write that fails once (a timeout, a 5xx) is asked again and the job succeeds; one
+    that keeps failing fails its secret after three tries (the listings' waits between)."""
+    from secretmirror.errors import StoreUnavailable
+
+    ids = [(await api.create(f"again{i}", {"k": "v"}))["id"] for i in range(3)]
+    assert runtime.backup is not None
+    real_put = runtime.backup.store.put
+    tries: dict[str, int] = {}
+
+    async def flaky_put(sid: str, *args: Any) -> Any:
+        tries[sid] = tries.get(sid, 0) + 1
+        if sid == ids[2] or (sid == ids[1] and tries[sid] == 1):
+            raise StoreUnavailable("AWS PutSecretValue failed: HTTP 503")
+        return await real_put(sid, *args)
+
+    runtime.backup.store.put = flaky_put  # type: ignore[method-assign]
+    job = await run_job(api, "backup")
+    assert job["counts"]["copied"] == 2
+    assert (tries[ids[0]], tries[ids[1]], tries[ids[2]]) == (1, 2, 3)
+    assert job["failures"] == [
+        {
+            "secret_id": ids[2],
+            "store": "backup",
+            "reason": "unavailable: AWS PutSecretValue failed: HTTP 503",
+        }
+    ]
+
+
 async def test_a_job_a_store_stops_says_what_stopped_it(api: Api, runtime: Runtime) -> None:
     """A listing that fails ends the job with the store's own message, not only a class name
     (an operator at 3 a.m. needs the operation and the provider's answer)."""

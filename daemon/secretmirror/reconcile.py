@@ -62,6 +62,7 @@ from secretmirror.errors import (
     StoreError,
     StoreRejected,
     StoreThrottled,
+    StoreUnavailable,
     Unavailable,
     echoed,
 )
@@ -70,6 +71,7 @@ from secretmirror.model import canonical
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
 from secretmirror.stores.base import Entry, StoredValue
+from secretmirror.stores.fenced import LISTING_RETRY_WAITS_S
 from secretmirror.stores.instrumented import RoleStore
 
 log = structlog.get_logger("secretmirror.reconcile")
@@ -887,7 +889,12 @@ class Job:
 
 
 async def _retrying(call: Callable[[], Awaitable[Any]], attempts: int = 5) -> Any:
-    """Honour throttling: wait as told and try again, a few times."""
+    """A job's write to a store: throttling is waited out as told, a few times; a failure
+    that may pass (a timeout, a 5xx, a dropped connection) is asked again after the
+    listings' waits. A job copies hundreds of secrets and one slow answer used to fail
+    one of them; a store that stays down still fails it. Safe to repeat: the job holds
+    the secret's delivery lease and the store's put and delete are idempotent."""
+    waits = iter(LISTING_RETRY_WAITS_S)
     for attempt in range(attempts):
         try:
             return await call()
@@ -895,6 +902,11 @@ async def _retrying(call: Callable[[], Awaitable[Any]], attempts: int = 5) -> An
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(exc.retry_after_s or 0.5 * 2**attempt)
+        except StoreUnavailable:
+            wait = next(waits, None)
+            if wait is None or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(wait)
     raise AssertionError("unreachable")
 
 
