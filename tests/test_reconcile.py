@@ -420,6 +420,37 @@ async def test_listed_foreign_write_stays_a_mismatch_when_get_serves_ours(
     assert job["samples"]["backup"] == {"mismatch": [ids[0]]}
 
 
+async def test_a_second_look_that_fails_once_is_asked_again(api: Api, runtime: Runtime) -> None:
+    """Verify looks again at an entry the listing shows drifting (a stale page under
+    writes); that read failing once is asked again, so an entry in sync is not reported."""
+    from dataclasses import replace
+
+    from secretmirror.errors import StoreUnavailable
+    from secretmirror.stores.base import Entry
+
+    ids = await seeded(api, runtime, 3)
+    assert runtime.backup is not None
+    real_list, real_get = runtime.backup.store.list, runtime.backup.store.get
+    reads: list[str] = []
+
+    async def a_stale_page() -> AsyncIterator[Entry]:
+        async for entry in real_list():
+            yield replace(entry, version=entry.version - 1) if entry.secret_id == ids[0] else entry
+
+    async def get_failing_once(sid: str) -> Any:
+        reads.append(sid)
+        if len(reads) == 1:
+            raise StoreUnavailable("AWS GetSecretValue failed: HTTP 503")
+        return await real_get(sid)
+
+    runtime.backup.store.list = a_stale_page  # type: ignore[method-assign]
+    runtime.backup.store.get = get_failing_once  # type: ignore[method-assign]
+    job = await run_job(api, "verify")
+    assert reads == [ids[0], ids[0]]
+    assert job["counts"]["stores"]["backup"]["in_sync"] == 3
+    assert job["status"] == "succeeded"
+
+
 async def test_verify_of_an_empty_deployment_reports_zeros(api: Api) -> None:
     """With no secrets, verify still reports both stores, all in sync, and status shows it."""
     job = await run_job(api, "verify")

@@ -71,7 +71,7 @@ from secretmirror.model import canonical
 from secretmirror.queries import Q
 from secretmirror.runtime import Runtime
 from secretmirror.stores.base import Entry, StoredValue
-from secretmirror.stores.fenced import LISTING_RETRY_WAITS_S
+from secretmirror.stores.fenced import LISTING_RETRY_WAITS_S, listing_read
 from secretmirror.stores.instrumented import RoleStore
 
 log = structlog.get_logger("secretmirror.reconcile")
@@ -286,7 +286,8 @@ class Scanner:
         and one read of the entry) can only clear a finding, never change its
         class: an entry that now holds the expected version, or whose delivery
         is in flight, is in sync; an orphan whose secret or entry is gone is
-        dropped. Costs one read per drifting entry, none per entry in sync.
+        dropped. Costs one read per drifting entry, none per entry in sync; a read
+        that fails in a way that may pass is asked again (``listing_read``).
         """
         rows = await self.conn.fetch(
             Q.scan_expected, [uuid.UUID(finding.secret_id)], self.rt.key_of(finding.store)
@@ -295,7 +296,7 @@ class Scanner:
         live = row is not None and row["version"] is not None
         in_flight = row is not None and bool(row["in_flight"])
         try:
-            stored = await self._role.get(finding.secret_id)
+            stored = await listing_read(lambda: self._role.get(finding.secret_id))
         except (StoreError, DecryptionError):
             return finding  # cannot look again (or cannot read it): report what was listed
         if not live:
@@ -330,7 +331,7 @@ class Scanner:
                 await self.conn.fetchval(Q.mirror_name_in_flight, finding.secret_id, target)
             )
         try:
-            stored = await self._role.get(finding.secret_id)
+            stored = await listing_read(lambda: self._role.get(finding.secret_id))
         except (StoreError, DecryptionError):
             return finding
         if not selected:
