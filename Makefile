@@ -31,6 +31,7 @@ pytest: $(STAMP)
 
 ## make bench: run bench/ and write bench/results/*.json
 bench: $(STAMP)
+	tests/ensure-tools wrk
 	$(BIN)/python -m bench.run_all
 
 clean:
