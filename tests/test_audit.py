@@ -235,8 +235,9 @@ async def test_unwritable_audit_log_fails_closed_with_503(
     daemon: DaemonProcess, admin: Http
 ) -> None:
     """With the audit table unwritable a read answers 503 without its values, and every
-    change to a secret, a user or a token answers 503 having changed nothing (a change and
-    its record commit together); all work again once it is back."""
+    change (a secret, a user, a token, a job, the dead letters, a key rotation) answers
+    503 having changed nothing (a change and its record commit together); all work again
+    once it is back."""
     created = admin.create(unique("closed"), {"k": CANARY})
     path = f"{SECRETS}/{created['id']}"
     refused = unique("x")
@@ -244,6 +245,13 @@ async def test_unwritable_audit_log_fails_closed_with_503(
     minted = admin.ok("POST", "/api/v1/tokens", {"name": unique("kept")})
     conn = await asyncpg.connect(daemon.env["SECRETMIRROR_DATABASE_URL"])
     try:
+        # A job that stays queued (no process runs it), so a cancel would change it.
+        job = await conn.fetchrow(
+            "INSERT INTO jobs (id, mode, status, owner) VALUES ($1, 'backup', 'queued', 'gone')"
+            " RETURNING id::text",
+            uuid.uuid4(),
+        )
+        jobs = await conn.fetchval("SELECT count(*) FROM jobs")
         await conn.execute("ALTER TABLE audit_log RENAME TO audit_log_away")
         try:
             status, body = await asyncio.to_thread(admin, "GET", path)
@@ -259,6 +267,10 @@ async def test_unwritable_audit_log_fails_closed_with_503(
                 ("DELETE", f"/api/v1/users/{user_id}", None),
                 ("POST", "/api/v1/tokens", {"name": refused}),
                 ("DELETE", f"/api/v1/tokens/{minted['id']}", None),
+                ("POST", "/admin/v1/reconcile", {"mode": "verify"}),
+                ("POST", f"/admin/v1/jobs/{job['id']}/cancel", None),
+                ("POST", "/admin/v1/dead-letters/retry", None),
+                ("POST", "/admin/v1/keys/rotate", None),
             ]
             for method, where, sent in changes:
                 status, body = await asyncio.to_thread(admin, method, where, sent)
@@ -271,6 +283,12 @@ async def test_unwritable_audit_log_fails_closed_with_503(
             "SELECT count(*) FROM events WHERE secret_id = $1", uuid.UUID(created["id"])
         )
         assert events == 1  # the create only
+        # No job started (a verify, a rekey), the queued one not cancelled.
+        assert await conn.fetchval("SELECT count(*) FROM jobs") == jobs
+        assert (
+            await conn.fetchval("SELECT status FROM jobs WHERE id = $1", uuid.UUID(job["id"]))
+            == "queued"
+        )
     finally:
         await conn.close()
     status, body = await asyncio.to_thread(admin, "GET", path)
@@ -285,6 +303,8 @@ async def test_unwritable_audit_log_fails_closed_with_503(
     assert admin.as_token(user_token)("GET", SECRETS)[0] == 200
     assert admin.as_token(minted["token"])("GET", SECRETS)[0] == 200
     assert refused not in {t["name"] for t in admin.ok("GET", "/api/v1/tokens")["items"]}
+    cancelled = admin.ok("POST", f"/admin/v1/jobs/{job['id']}/cancel")
+    assert cancelled["status"] == "cancelled"
     assert "audit.write_failed" in daemon.log_path.read_text()
 
 

@@ -35,7 +35,7 @@ import contextlib
 import contextvars
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +45,7 @@ import asyncpg
 import structlog
 
 from secretmirror import metrics
+from secretmirror.access import Principal
 from secretmirror.errors import Unavailable
 from secretmirror.queries import Q
 
@@ -217,6 +218,24 @@ async def record_change(
     args = Q.args(Q.audit_insert_one, actor=actor, **pending.params(action, token_id))
     row = await conn.fetchrow(Q.audit_insert_one, *args)
     _note(pending, action, actor, token_id, row["id"], row["at"], None, None)
+
+
+@contextlib.asynccontextmanager
+async def changing(
+    pool: asyncpg.Pool, principal: Principal | None, action: str
+) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction for a change (a user, a token, a job, the dead letters) that commits
+    the pending request's record of ``action`` with it (``record_change``): an unwritable
+    log refuses the change (503). No principal (the scheduler's own job): no record."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            yield conn
+            if principal is not None:
+                await record_change(conn, action, principal.actor, principal.token_id)
+    except asyncpg.PostgresError as exc:
+        if (refused := unwritable(exc)) is not None:
+            raise refused from None
+        raise
 
 
 def unwritable(exc: BaseException) -> Unavailable | None:

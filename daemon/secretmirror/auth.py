@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -219,24 +218,11 @@ class Accounts:
         name = check_name(name)
         role = check_role(role)
         try:
-            async with self._change(principal, "user.create") as conn:
+            async with audit.changing(self.pool, principal, "user.create") as conn:
                 row = await conn.fetchrow(Q.user_create, uuid.uuid4(), name, role)
         except asyncpg.UniqueViolationError:
             raise Conflict("a user with this name already exists") from None
         return user_json(row)
-
-    @contextlib.asynccontextmanager
-    async def _change(self, principal: Principal, action: str) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction for a change to users or tokens that commits its audit record with
-        it (``audit.record_change``): an unwritable log refuses the change (503)."""
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                yield conn
-                await audit.record_change(conn, action, principal.actor, principal.token_id)
-        except asyncpg.PostgresError as exc:
-            if (refused := audit.unwritable(exc)) is not None:
-                raise refused from None
-            raise
 
     async def list_users(self, principal: Principal) -> list[dict[str, Any]]:
         _require_admin(principal)
@@ -259,7 +245,7 @@ class Accounts:
             disabled is True or (role is not None and role != "admin")
         ):
             raise BuiltinUser()
-        async with self._change(principal, "user.update") as conn:
+        async with audit.changing(self.pool, principal, "user.update") as conn:
             row = await conn.fetchrow(Q.user_update, uid, role, disabled)
             if row is None:
                 raise NotFound("no such user")
@@ -276,7 +262,7 @@ class Accounts:
         _require_admin(principal)
         uid = _user_uuid(user_id)
         try:
-            async with self._change(principal, "user.delete") as conn:
+            async with audit.changing(self.pool, principal, "user.delete") as conn:
                 name = await conn.fetchval(Q.user_lock, uid)
                 if name is None:
                     raise NotFound("no such user")
@@ -323,7 +309,7 @@ class Accounts:
                 raise NotFound("no such user")
             owner_id, owner_name = row["id"], row["name"]
         token = crypto.new_token()
-        async with self._change(principal, "token.create") as conn:
+        async with audit.changing(self.pool, principal, "token.create") as conn:
             row = await conn.fetchrow(
                 Q.token_create,
                 uuid.uuid4(),
@@ -351,7 +337,7 @@ class Accounts:
         except ValueError:
             raise NotFound("no such token") from None
         scope = None if principal.is_admin else uuid.UUID(principal.user_id)
-        async with self._change(principal, "token.revoke") as conn:
+        async with audit.changing(self.pool, principal, "token.revoke") as conn:
             if await conn.fetchval(Q.token_revoke, tid, scope) is None:
                 raise NotFound("no such token")
         if self.cache is not None:

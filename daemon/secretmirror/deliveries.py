@@ -229,9 +229,9 @@ async def dead_reasons(pool: Any, targets: Mapping[str, str]) -> dict[str, dict[
     return {role: by_key.get(key, {}) for role, key in targets.items()}
 
 
-async def retry_dead(pool: asyncpg.Pool, keys: list[str]) -> int:
+async def retry_dead(conn: asyncpg.Connection, keys: list[str]) -> int:
     """Requeue the dead deliveries of the delivery ``keys``; how many."""
-    rows = await pool.fetch(Q.delivery_retry_dead, keys)
+    rows = await conn.fetch(Q.delivery_retry_dead, keys)
     return len(rows)
 
 

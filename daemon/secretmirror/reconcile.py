@@ -51,7 +51,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from secretmirror import db, deliveries, metrics
+from secretmirror import audit, db, deliveries, metrics
+from secretmirror.access import Principal
 from secretmirror.crypto import secret_aad
 from secretmirror.errors import (
     DecryptionError,
@@ -952,10 +953,12 @@ class Jobs:
         dry_run: bool,
         delete_secrets: bool,
         stores: list[str] | None = None,
+        principal: Principal | None = None,
+        action: str = "job.start",
     ) -> dict[str, Any]:
         """Start a job. ``stores`` (verify and repair): the stores it covers, by name (default
         every store); an unknown name, or more names than stores, is ``Invalid`` and no job
-        is made."""
+        is made. A job a request starts commits with its audit record (``action``)."""
         if mode in ("verify", "repair"):
             names = store_names(self.rt)
             if stores is not None and len(stores) > len(names):
@@ -974,12 +977,13 @@ class Jobs:
             raise Invalid("stores applies to verify and repair only")
         else:
             chosen = None
-        try:
-            row = await self.rt.pool.fetchrow(
-                Q.job_create, uuid.uuid4(), mode, dry_run, delete_secrets, self.rt.node, chosen
-            )
-        except asyncpg.UniqueViolationError:
-            raise JobRunning(f"a {mode} job is already running") from None
+        async with audit.changing(self.rt.pool, principal, action) as conn:
+            try:
+                row = await conn.fetchrow(
+                    Q.job_create, uuid.uuid4(), mode, dry_run, delete_secrets, self.rt.node, chosen
+                )
+            except asyncpg.UniqueViolationError:
+                raise JobRunning(f"a {mode} job is already running") from None
         self._launch(row)
         return job_json(row)
 
@@ -1011,8 +1015,9 @@ class Jobs:
         rows = await self.rt.pool.fetch(Q.job_list, limit)
         return [job_json(r) for r in rows]
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
-        row = await self.rt.pool.fetchrow(Q.job_cancel, _job_uuid(job_id))
+    async def cancel(self, job_id: str, principal: Principal | None = None) -> dict[str, Any]:
+        async with audit.changing(self.rt.pool, principal, "job.cancel") as conn:
+            row = await conn.fetchrow(Q.job_cancel, _job_uuid(job_id))
         local = self._jobs.get(str(_job_uuid(job_id)))
         if local is not None:
             local.cancel()  # at once here; another process's runner sees the flag

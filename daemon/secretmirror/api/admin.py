@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from secretmirror import deliveries
+from secretmirror import audit, deliveries
 from secretmirror.api.keys import RUNTIME
 from secretmirror.api.routes import check_query, principal_of
 from secretmirror.errors import Forbidden
@@ -90,9 +90,10 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def retry_dead_letters(request: web.Request) -> web.Response:
-    await admin_of(request)
+    principal = await admin_of(request)
     rt = request.app[RUNTIME]
-    count = await deliveries.retry_dead(rt.pool, rt.keys_of(rt.targets))
+    async with audit.changing(rt.pool, principal, "dead_letters.retry") as conn:
+        count = await deliveries.retry_dead(conn, rt.keys_of(rt.targets))
     rt.wake.set()
     return web.json_response({"requeued": count})
 

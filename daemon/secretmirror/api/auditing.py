@@ -62,6 +62,10 @@ _COMMITTED_WITH_CHANGE = {
     "user.delete": 204,
     "token.create": 201,
     "token.revoke": 204,
+    "job.start": 202,
+    "job.cancel": 200,
+    "dead_letters.retry": 200,
+    "keys.rotate": 202,
 }
 #: The list route is audited only as a bulk read (``values=true``).
 _BULK_READ = ("GET", "/api/v1/secrets")
@@ -107,9 +111,10 @@ def _route(request: web.Request) -> str | None:
 async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Write the request's audit records, then let the response go (or answer 503).
 
-    A change to a secret writes its record in the statement that commits it
-    (``audit.Pending``); this writes the record of every other audited request, and
-    of a change that committed nothing (refused, failed, or nothing to change)."""
+    A change writes its record in the transaction that commits it (``audit.Pending``:
+    the statement of a secret's change, ``audit.changing`` for the others); this writes
+    the record of every other audited request, and of a change that committed nothing
+    (refused, failed, or nothing to change)."""
     error: BaseException | None = None
     log = request.app[AUDIT]
     route_action = _action(request, _route(request))

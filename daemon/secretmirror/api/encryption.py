@@ -21,8 +21,10 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def rotate(request: web.Request) -> web.Response:
     """Start the rekey job: re-encrypt everything under the first configured key."""
-    await admin_of(request)
-    job = await request.app[JOBS].start("rekey", dry_run=False, delete_secrets=False)
+    principal = await admin_of(request)
+    job = await request.app[JOBS].start(
+        "rekey", dry_run=False, delete_secrets=False, principal=principal, action="keys.rotate"
+    )
     return web.json_response(job, status=202)
 
 

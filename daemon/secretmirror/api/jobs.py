@@ -19,7 +19,7 @@ JOBS: web.AppKey[Jobs] = web.AppKey("jobs")
 
 
 async def start_reconcile(request: web.Request) -> web.Response:
-    await admin_of(request)
+    principal = await admin_of(request)
     body = await json_body(request)
     _allowed(body, {"mode", "delete_secrets", "dry_run", "stores"})
     mode = body.get("mode")
@@ -39,7 +39,7 @@ async def start_reconcile(request: web.Request) -> web.Response:
     ):
         raise Invalid("stores must be a non-empty list of store names")
     job = await request.app[JOBS].start(
-        mode, dry_run=dry_run, delete_secrets=delete_secrets, stores=stores
+        mode, dry_run=dry_run, delete_secrets=delete_secrets, stores=stores, principal=principal
     )
     return web.json_response(job, status=202)
 
@@ -84,8 +84,8 @@ def _uuid_or_none(text: str) -> uuid.UUID | None:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    await admin_of(request)
-    return web.json_response(await request.app[JOBS].cancel(request.match_info["id"]))
+    principal = await admin_of(request)
+    return web.json_response(await request.app[JOBS].cancel(request.match_info["id"], principal))
 
 
 def add_routes(app: web.Application) -> None:
