@@ -98,6 +98,7 @@ def test_every_action_and_outcome_leaves_a_record_without_values_or_tokens(
     admin.ok("DELETE", f"/api/v1/tokens/{minted['id']}")
     job = admin.ok("POST", "/admin/v1/reconcile", {"mode": "verify"})
     admin("POST", f"/admin/v1/jobs/{job['id']}/cancel")
+    assert admin("POST", f"/admin/v1/jobs/{uuid.uuid4()}/cancel")[0] == 404
     admin.ok("POST", "/admin/v1/dead-letters/retry")
     admin.ok("POST", "/admin/v1/keys/rotate")
     admin.ok("DELETE", f"{SECRETS}/{sid}")
@@ -137,6 +138,7 @@ def test_every_action_and_outcome_leaves_a_record_without_values_or_tokens(
         ("token.revoke", "ok"),
         ("job.start", "ok"),
         ("job.cancel", "ok"),
+        ("job.cancel", "not_found"),
         ("dead_letters.retry", "ok"),
         ("keys.rotate", "ok"),
     } <= outcomes

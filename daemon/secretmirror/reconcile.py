@@ -1016,13 +1016,15 @@ class Jobs:
         return [job_json(r) for r in rows]
 
     async def cancel(self, job_id: str, principal: Principal | None = None) -> dict[str, Any]:
+        """Cancel a queued or running job; one that has ended is shown as it is."""
+        key = _job_uuid(job_id)
         async with audit.changing(self.rt.pool, principal, "job.cancel") as conn:
-            row = await conn.fetchrow(Q.job_cancel, _job_uuid(job_id))
-        local = self._jobs.get(str(_job_uuid(job_id)))
+            row = await conn.fetchrow(Q.job_cancel, key) or await conn.fetchrow(Q.job_get, key)
+            if row is None:
+                raise NotFound("no such job")  # inside: no record of a cancel that was not
+        local = self._jobs.get(str(key))
         if local is not None:
             local.cancel()  # at once here; another process's runner sees the flag
-        if row is None:
-            return await self.get(job_id)
         return job_json(row)
 
     async def last_verify(self) -> dict[str, Any] | None:
