@@ -253,6 +253,20 @@ async def test_an_older_delete_leaves_a_newer_version(store: SecretStore) -> Non
     assert (got.version, got.values) == (3, {"a": "three"})
 
 
+async def test_a_delete_at_the_held_version_leaves_a_tombstone(store: SecretStore) -> None:
+    """A delete at the version the entry holds deletes it (a backup job with
+    ``delete_secrets`` empties the source at the version it copied), and that version
+    put again does not bring it back."""
+    sid = _sid()
+    await _put(store, sid, 4, {"a": "four"})
+    await store.delete(sid, 4)
+    assert await store.get(sid) is None
+    assert await _put(store, sid, 4, {"a": "four"}) is PutOutcome.UNCHANGED
+    assert await store.get(sid) is None
+    listed = [e async for e in store.list() if e.secret_id == sid]
+    assert [(e.version, e.deleted) for e in listed] in ([], [(4, True)])
+
+
 async def test_a_tombstone_lists_as_deleted_at_its_version(store: SecretStore) -> None:
     """A tombstone lists as deleted at the delete's version; a revived entry lists live."""
     gone, back = _sid(), _sid()

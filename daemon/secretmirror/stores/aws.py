@@ -530,7 +530,7 @@ class AwsStore(FencedStore[_State]):
             raise Stale from None  # the label moved since we looked: look again
 
     async def _delete_as(self, secret_id: str, name: str, state: _State, version: int) -> None:
-        if not state.exists or state.pending_deletion or (state.current or 0) >= version:
+        if not state.exists or state.pending_deletion or (state.current or 0) > version:
             # Gone, already deleted, or newer: only remember the tombstone, to fence late puts.
             if version > state.tombstone:
                 self._remembered.remember(secret_id, replace(state, tombstone=version))

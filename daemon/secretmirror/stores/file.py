@@ -375,7 +375,8 @@ class FileStore:
             os.close(fd)  # closing the descriptor releases the lock
 
     def _write_fenced(self, header: _Header, body: bytes) -> bool:
-        """Replace the file unless it holds ``header.version`` or newer; True when written."""
+        """Replace the file unless it holds ``header.version`` or newer (a tombstone at the
+        version a live entry holds replaces it, as every store's delete does); True when written."""
         path = self._path(header.secret_id)
         with self._flock(header.secret_id):
             current, current_body = self._read_entry(path)
@@ -386,7 +387,9 @@ class FileStore:
                     )
                 # A file copied over from another secret fences nothing: it is replaced.
                 # Nor does one whose header is not authentic (a forged version or tombstone).
-                if current.secret_id == header.secret_id and current.version >= header.version:
+                held = (current.version, current.deleted)
+                newer = held >= (header.version, header.deleted)
+                if current.secret_id == header.secret_id and newer:
                     if self._authentic(header.secret_id, current, current_body):
                         return False
                     log.warning(
