@@ -62,17 +62,15 @@ from secretmirror.errors import (
     StoreContended,
     StoreError,
     StoreRejected,
-    StoreThrottled,
-    StoreUnavailable,
     Unavailable,
     echoed,
 )
 from secretmirror.mirrors import Mirror
 from secretmirror.model import canonical
 from secretmirror.queries import Q
+from secretmirror.retry import asked_again
 from secretmirror.runtime import Runtime
 from secretmirror.stores.base import Entry, StoredValue
-from secretmirror.stores.fenced import LISTING_RETRY_WAITS_S, listing_read
 from secretmirror.stores.instrumented import RoleStore
 
 log = structlog.get_logger("secretmirror.reconcile")
@@ -288,7 +286,7 @@ class Scanner:
         class: an entry that now holds the expected version, or whose delivery
         is in flight, is in sync; an orphan whose secret or entry is gone is
         dropped. Costs one read per drifting entry, none per entry in sync; a read
-        that fails in a way that may pass is asked again (``listing_read``).
+        that fails in a way that may pass is asked again (``asked_again``).
         """
         rows = await self.conn.fetch(
             Q.scan_expected, [uuid.UUID(finding.secret_id)], self.rt.key_of(finding.store)
@@ -297,7 +295,7 @@ class Scanner:
         live = row is not None and row["version"] is not None
         in_flight = row is not None and bool(row["in_flight"])
         try:
-            stored = await listing_read(lambda: self._role.get(finding.secret_id))
+            stored = await asked_again(lambda: self._role.get(finding.secret_id))
         except (StoreError, DecryptionError):
             return finding  # cannot look again (or cannot read it): report what was listed
         if not live:
@@ -332,7 +330,7 @@ class Scanner:
                 await self.conn.fetchval(Q.mirror_name_in_flight, finding.secret_id, target)
             )
         try:
-            stored = await listing_read(lambda: self._role.get(finding.secret_id))
+            stored = await asked_again(lambda: self._role.get(finding.secret_id))
         except (StoreError, DecryptionError):
             return finding
         if not selected:
@@ -603,7 +601,9 @@ class Job:
             if f.cls == "orphan":
                 assert f.entry is not None
                 tombstone = f.entry.version + 1
-                await _retrying(lambda: store.delete(f.secret_id, tombstone))
+                await asked_again(
+                    lambda: store.delete(f.secret_id, tombstone), waits_out_throttling=True
+                )
                 self.report.add("deleted")
             elif f.cls in _REISSUE:
                 await self._reissue(f.secret_id)
@@ -670,7 +670,9 @@ class Job:
         try:
             # Keyed by name, the name is leased instead, as a delivery writing it holds it.
             async with self._name_held(store, rule, f.secret_id):
-                await _retrying(lambda: store.delete(f.secret_id, tombstone))
+                await asked_again(
+                    lambda: store.delete(f.secret_id, tombstone), waits_out_throttling=True
+                )
         finally:
             if leased:
                 await self._release(store, f.secret_id, token, 0)
@@ -692,7 +694,9 @@ class Job:
             key = rule.key(secret_id, row["name"])
             fence = row["seq"] if rule.by_name else row["version"]
             async with self._name_held(store, rule, key):
-                await _retrying(lambda: store.put(key, fence, values, row["hash"]))
+                await asked_again(
+                    lambda: store.put(key, fence, values, row["hash"]), waits_out_throttling=True
+                )
             written = row["version"]  # the delivery row counts secret versions
         finally:
             await self._release(store, secret_id, token, written)
@@ -734,7 +738,9 @@ class Job:
         written = 0
         try:
             values, version, hash_ = await self._values_from(read, secret_id)
-            await _retrying(lambda: dest.put(secret_id, version, values, hash_))
+            await asked_again(
+                lambda: dest.put(secret_id, version, values, hash_), waits_out_throttling=True
+            )
             written = version
         finally:
             await self._release(dest, secret_id, token, written)
@@ -837,7 +843,9 @@ class Job:
             if token is None:
                 raise StoreContended("a delivery kept the entry busy; run the job again")
             try:
-                await _retrying(lambda: source.delete(f.secret_id, version))
+                await asked_again(
+                    lambda: source.delete(f.secret_id, version), waits_out_throttling=True
+                )
             finally:
                 await self._release(source, f.secret_id, token, 0)
             self.report.add("deleted")
@@ -888,28 +896,6 @@ class Job:
             targets=self.rt.keys_of(self.rt.targets_for((row["name"], row["private"]))),
         )
         self.rt.committed()
-
-
-async def _retrying(call: Callable[[], Awaitable[Any]], attempts: int = 5) -> Any:
-    """A job's write to a store: throttling is waited out as told, a few times; a failure
-    that may pass (a timeout, a 5xx, a dropped connection) is asked again after the
-    listings' waits. A job copies hundreds of secrets and one slow answer used to fail
-    one of them; a store that stays down still fails it. Safe to repeat: the job holds
-    the secret's delivery lease and the store's put and delete are idempotent."""
-    waits = iter(LISTING_RETRY_WAITS_S)
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except StoreThrottled as exc:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(exc.retry_after_s or 0.5 * 2**attempt)
-        except StoreUnavailable:
-            wait = next(waits, None)
-            if wait is None or attempt == attempts - 1:
-                raise
-            await asyncio.sleep(wait)
-    raise AssertionError("unreachable")
 
 
 async def _log_only(secret_id: str) -> StoredValue | None:

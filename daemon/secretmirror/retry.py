@@ -1,11 +1,30 @@
-"""When to try a failed delivery again: a small pure object (attempts live in the database)."""
+"""When to try a failed store call again.
+
+``RetryPolicy``: a delivery's next attempt, a small pure object (attempts live in the
+database). ``asked_again``: one call asked again in place, by a listing or a job.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from secretmirror.errors import StoreForeignEntry, StoreRejected, StoreThrottled
+from secretmirror.errors import (
+    StoreForeignEntry,
+    StoreRejected,
+    StoreThrottled,
+    StoreUnavailable,
+)
+
+T = TypeVar("T")
+
+#: The waits before a call that failed in a way that may pass is asked again.
+AGAIN_WAITS_S = (0.25, 1.0)
+#: How often ``asked_again(..., waits_out_throttling=True)`` waits a throttle hint out.
+THROTTLED_WAITS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +56,36 @@ class RetryPolicy:
         if isinstance(error, StoreThrottled) and error.retry_after_s is not None:
             delay = max(delay, min(error.retry_after_s, self.max_s))
         return Decision(delay, dead=False)
+
+
+async def asked_again(call: Callable[[], Awaitable[T]], *, waits_out_throttling: bool = False) -> T:
+    """``call``, asked again after a failure that may pass (a timeout, a 5xx, a dropped
+    connection: ``StoreUnavailable``) after each of ``AGAIN_WAITS_S``; a store that stays
+    down still fails it. ``StoreThrottled`` counts as such a failure (the store holds its
+    next call for the hint itself), or with ``waits_out_throttling`` is waited out as the
+    hint says, ``THROTTLED_WAITS`` times.
+
+    For reads (a listing's pages, verify's second look) and for a job's writes, which hold
+    the secret's delivery lease and whose puts and deletes are idempotent. A delivery's
+    write is retried by ``RetryPolicy`` instead.
+    """
+    waits = iter(AGAIN_WAITS_S)
+    hints = iter(range(THROTTLED_WAITS))
+    while True:
+        try:
+            return await call()
+        except StoreThrottled as exc:
+            if not waits_out_throttling:
+                wait = next(waits, None)
+            elif (hinted := next(hints, None)) is not None:
+                wait = exc.retry_after_s or 0.5 * 2**hinted
+            else:
+                wait = None
+            if wait is None:
+                raise
+            await asyncio.sleep(wait)
+        except StoreUnavailable:
+            wait = next(waits, None)
+            if wait is None:
+                raise
+            await asyncio.sleep(wait)

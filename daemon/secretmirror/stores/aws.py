@@ -84,6 +84,7 @@ from secretmirror.errors import (
     StoreThrottled,
     StoreUnavailable,
 )
+from secretmirror.retry import asked_again
 from secretmirror.settings import AwsStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
 from secretmirror.stores.fenced import (
@@ -91,7 +92,6 @@ from secretmirror.stores.fenced import (
     Stale,
     Write,
     a_hash,
-    listing_read,
     moves_forward,
 )
 from secretmirror.stores.http import POOL, retry_after_s
@@ -438,7 +438,7 @@ class AwsStore(FencedStore[_State]):
         }
         while True:
             ask = functools.partial(client.list_secrets, **query)
-            page = await listing_read(functools.partial(self._call, "ListSecrets", ask))
+            page = await asked_again(functools.partial(self._call, "ListSecrets", ask))
             yield page.get("SecretList", [])
             if not page.get("NextToken"):
                 return

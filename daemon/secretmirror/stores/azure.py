@@ -48,6 +48,7 @@ from secretmirror.errors import (
     StoreUnavailable,
 )
 from secretmirror.remote_clock import local_sleep
+from secretmirror.retry import asked_again
 from secretmirror.settings import AzureStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
 from secretmirror.stores.fenced import (
@@ -56,7 +57,6 @@ from secretmirror.stores.fenced import (
     Write,
     a_hash,
     int_or_zero,
-    listing_read,
     moves_forward,
 )
 from secretmirror.stores.http import Reply, Token, TokenSource, error_for, open_session, send
@@ -466,7 +466,7 @@ class AzureStore(FencedStore[_State]):
     async def _listing(self, path: str, op: str) -> AsyncIterator[builtins.list[dict[str, Any]]]:
         url: URL | None = self._url(path, {"maxresults": str(_PAGE)})
         while url is not None:
-            reply = await listing_read(functools.partial(self._request, "GET", url, op))
+            reply = await asked_again(functools.partial(self._request, "GET", url, op))
             _expect(reply, 200, f"list {path}")
             yield [item for item in reply.body.get("value") or [] if isinstance(item, dict)]
             url = self._next(reply.body.get("nextLink"))

@@ -9,7 +9,7 @@ behaviour once for every provider: names and the checks before any call, the
 remembered state and the per-entry writer lock, the retry on a stale view
 (``Stale``, then ``StoreContended``), the fence (``moves_forward``), the one
 listing rule (``_observe``: learn what is unknown, forget what a listing
-contradicts, never adopt it; ``listing_read``: a failed read of a listing is
+contradicts, never adopt it; ``asked_again``: a failed read of a listing is
 asked again) and the one throttling rule (``ratelimit.Throttle``). A provider
 fills in the hooks below and keeps its write protocol, auth and error codes.
 """
@@ -28,11 +28,10 @@ from secretmirror.errors import (
     StoreContended,
     StoreForeignEntry,
     StoreRejected,
-    StoreThrottled,
-    StoreUnavailable,
 )
 from secretmirror.model import canonical
 from secretmirror.ratelimit import Throttle, TokenBucket
+from secretmirror.retry import asked_again
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext
 from secretmirror.stores.remembered import Remembered
 
@@ -41,26 +40,9 @@ ATTEMPTS = 3
 #: The write rate of a provider without a write quota: the bucket never makes a write wait.
 UNPACED = 1e6
 
-#: The waits before a failed read of a listing is asked again (``listing_read``).
-LISTING_RETRY_WAITS_S = (0.25, 1.0)
-
 _HASH = re.compile(r"[0-9a-f]{32}")
 
 T = TypeVar("T")
-
-
-async def listing_read(read: Callable[[], Awaitable[T]]) -> T:
-    """One read of a listing (a page, or an entry the listing checks), asked again after
-    a failure that may pass (a 5xx, a dropped connection, a throttle hold the store then
-    waits out). A verify or repair reads hundreds of pages, and one failed read used to
-    end the job; a store that stays down still fails it, after the waits. Reads only: a
-    write is retried by the worker's policy."""
-    for wait in LISTING_RETRY_WAITS_S:
-        try:
-            return await read()
-        except (StoreUnavailable, StoreThrottled):
-            await asyncio.sleep(wait)
-    return await read()
 
 
 class FencedState(Protocol):
@@ -242,7 +224,7 @@ class FencedStore(Generic[S]):
         async for page in self._pages():
             found: list[tuple[str, str, S]] = []
             for item in page:
-                listed = await listing_read(functools.partial(self._listed, item))
+                listed = await asked_again(functools.partial(self._listed, item))
                 if listed is None:
                     continue
                 self._observe(listed[0], listed[2])
@@ -252,9 +234,7 @@ class FencedStore(Generic[S]):
             # One chunk per step of the iteration: each stays a few round trips long.
             for start in range(0, len(found), self._check_at_once):
                 chunk = found[start : start + self._check_at_once]
-                checks = (
-                    listing_read(functools.partial(self._listed_entry, *one)) for one in chunk
-                )
+                checks = (asked_again(functools.partial(self._listed_entry, *one)) for one in chunk)
                 for entry in await asyncio.gather(*checks):
                     if entry is not None:
                         yield entry

@@ -96,6 +96,7 @@ from secretmirror.errors import (
     StoreUnavailable,
 )
 from secretmirror.remote_clock import local_sleep
+from secretmirror.retry import asked_again
 from secretmirror.settings import GcpStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
 from secretmirror.stores.fenced import (
@@ -106,7 +107,6 @@ from secretmirror.stores.fenced import (
     a_hash,
     covers_delete,
     int_or_zero,
-    listing_read,
     moves_forward,
 )
 from secretmirror.stores.http import (
@@ -413,7 +413,7 @@ class GcpStore(FencedStore[_State]):
         params = {"filter": self._filter, "pageSize": str(_PAGE)}
         while True:
             ask = functools.partial(self._call, "GET", "secrets", "secrets.list", params=params)
-            page = await listing_read(ask)
+            page = await asked_again(ask)
             yield page.get("secrets") or []
             if not page.get("nextPageToken"):
                 return

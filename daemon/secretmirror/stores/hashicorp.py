@@ -47,9 +47,10 @@ from secretmirror.errors import (
     StoreRejected,
     StoreUnavailable,
 )
+from secretmirror.retry import asked_again
 from secretmirror.settings import HashicorpStoreSettings
 from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
-from secretmirror.stores.fenced import FencedStore, Stale, Write, covers_delete, listing_read
+from secretmirror.stores.fenced import FencedStore, Stale, Write, covers_delete
 from secretmirror.stores.http import Reply, Token, TokenSource, error_for, open_session, send
 
 log = structlog.get_logger("secretmirror.stores")
@@ -483,7 +484,7 @@ class HashicorpStore(FencedStore[_State]):
                 params=_list_params(after),
                 refused_ok=detailed,
             )
-            reply = await listing_read(ask)
+            reply = await asked_again(ask)
             errors = reply.body.get("errors")
             if detailed and (reply.status in (403, 405) or (reply.status == 404 and errors)):
                 raise _NoDetailedListing
@@ -505,7 +506,7 @@ class HashicorpStore(FencedStore[_State]):
         async def one(key: str) -> tuple[str, dict[str, Any]] | None:
             path = self._folder + key
             async with gate:
-                reply = await listing_read(functools.partial(self._kv, "GET", "metadata", path))
+                reply = await asked_again(functools.partial(self._kv, "GET", "metadata", path))
             if reply.status == 404 and not _says(reply, _NO_ROUTE):
                 return None  # deleted since it was listed
             _expect(reply, 200, "read the metadata of", path)
