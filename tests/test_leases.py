@@ -9,6 +9,7 @@ has no conditional write: whichever ``PutSecretValue`` lands last is current.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -109,12 +110,14 @@ async def _row(rt: Runtime, sid: str) -> tuple[int, int, str | None]:
 async def _deliver_once(rt: Runtime) -> int:
     """One claim-and-deliver round of ``rt``'s worker code for the backup; how many it claimed."""
     replicator = Replicator(rt)
+    lease_ends = time.monotonic() + rt.settings.replication.lease_s
     claims = await deliveries.claim(
         rt.worker_pool, rt.node, 10, [rt.key_of("backup")], rt.settings.replication.lease_s
     )
     events = await deliveries.events_for(rt.worker_pool, claims)
     for claim in claims:
-        await replicator._deliver(claim, events.get((claim.secret_id, claim.version)))
+        event = events.get((claim.secret_id, claim.version))
+        await replicator._deliver(claim, event, lease_ends)
     await replicator._flush_done()
     return len(claims)
 

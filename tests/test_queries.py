@@ -20,8 +20,8 @@ def test_args_put_the_values_in_dollar_order() -> None:
     names = Q.params(Q.delivery_fail)
     values = {name: f"value of {name}" for name in reversed(names)}
     assert Q.args(Q.delivery_fail, **values) == tuple(f"value of {n}" for n in names)
-    assert len(names) == 8
-    assert "$8" in Q.delivery_fail
+    assert len(names) == 9
+    assert "$9" in Q.delivery_fail
 
 
 def test_args_refuse_a_missing_or_unknown_name() -> None:
@@ -37,6 +37,7 @@ def test_args_refuse_a_missing_or_unknown_name() -> None:
             version=1,
             tokn="x",
             hold_s=0.0,
+            counted=True,
         )
 
 

@@ -14,6 +14,7 @@ import pytest
 from secretmirror import deliveries, retention
 from secretmirror.errors import StoreRejected
 from secretmirror.queries import Q
+from secretmirror.remote_clock import waiting_locally
 from secretmirror.replication import Replicator
 from secretmirror.runtime import Runtime
 from secretmirror.stores.base import PutOutcome
@@ -149,6 +150,51 @@ async def test_pending_versions_coalesce(api: Api, runtime: Runtime) -> None:
     async with worker(runtime):
         await until(lambda: drained(runtime))
     assert calls == [6]
+
+
+async def test_a_write_queued_past_its_lease_is_never_sent(api: Api, runtime: Runtime) -> None:
+    """A delivery's write that waits locally (a pacing slot, a throttle hold) until its lease
+    is nearly gone is given up before it is sent, never sent late: by then another process
+    may hold the lease and have written a newer version, which the late write would bury in
+    a store without a conditional write. Held back here, it is not counted as an attempt,
+    and the next attempt delivers it."""
+    assert runtime.backup is not None
+    created = await api.create("queued", {"k": "v"})
+    lease_s, started = 3.0, asyncio.get_running_loop().time
+    runtime.backup.timeout_s = 1.0  # lease_s / 3, as the daemon sets it
+    real_put = runtime.backup.store.put
+    tries = 0
+    sent_after_s: list[float] = []
+
+    async def queued_put(sid: str, version: int, values: dict[str, str], h: str) -> PutOutcome:
+        nonlocal tries
+        tries += 1
+        began = started()
+        if tries <= 2:
+            with waiting_locally():  # as a pacing slot 4 s ahead waits
+                await asyncio.sleep(2 * lease_s)
+        sent_after_s.append(started() - began)
+        return await real_put(sid, version, values, h)
+
+    runtime.backup.store.put = queued_put  # type: ignore[method-assign]
+    replicator = Replicator(runtime)
+    replicator.cfg = replicator.cfg.model_copy(update={"lease_s": lease_s})
+    stop = asyncio.Event()
+    task = asyncio.create_task(replicator.run(stop))
+    try:
+        await until(lambda: drained(runtime))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert tries == 3
+    assert len(sent_after_s) == 1
+    assert sent_after_s[0] < lease_s - runtime.backup.timeout_s
+    row = await runtime.pool.fetchrow(
+        "SELECT attempts, applied_version FROM deliveries WHERE secret_id = $1",
+        uuid.UUID(created["id"]),
+    )
+    assert row is not None
+    assert (row["attempts"], row["applied_version"]) == (1, 1)
 
 
 async def test_rejected_value_is_dead_lettered_and_superseded(api: Api, runtime: Runtime) -> None:

@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from secretmirror import metrics
-from secretmirror.errors import StoreRejected, StoreThrottled, StoreUnavailable
+from secretmirror.errors import (
+    StoreCutOff,
+    StoreRejected,
+    StoreThrottled,
+    StoreUnavailable,
+    may_have_landed,
+)
 from secretmirror.ratelimit import KeyedLock, TokenBucket
 from secretmirror.stores.base import Entry, PutOutcome, StoredValue
 from secretmirror.stores.instrumented import RoleStore
@@ -129,9 +135,22 @@ async def test_a_callers_limit_spent_queueing_is_throttling_not_an_outage() -> N
     role = RoleStore("primary", store, timeout_s=10)  # type: ignore[arg-type]
     ahead = asyncio.create_task(role.put("s", 1, {"k": "v"}, "h"))
     await asyncio.sleep(0.05)  # it holds the entry's lock now
-    with pytest.raises(StoreThrottled, match="queued locally"):
+    with pytest.raises(StoreThrottled, match="queued locally") as raised:
         await role.put("s", 2, {"k": "v"}, "h", timeout_s=0.1)
+    assert raised.value.local  # nothing was sent: not an attempt of the write
     assert await ahead is PutOutcome.WRITTEN
+    assert (role.up, store_up_metric("primary")) == (True, 1)
+
+
+async def test_a_callers_limit_that_cuts_a_request_off_is_a_write_that_may_land() -> None:
+    """The caller's limit running out while the request is in flight, after queueing (the
+    store's own time not spent): throttled, the store stays up, but a write that may still
+    land, so its caller keeps the lease as after a timeout."""
+    role = RoleStore("primary", Queued(queue_s=0.2, remote_s=3600), timeout_s=10)  # type: ignore[arg-type]
+    with pytest.raises(StoreCutOff, match="cut off by the time limit") as raised:
+        await role.put("s", 1, {"k": "v"}, "h", timeout_s=0.5)
+    assert may_have_landed(raised.value)
+    assert not raised.value.local
     assert (role.up, store_up_metric("primary")) == (True, 1)
 
 
@@ -141,8 +160,9 @@ async def test_a_slot_beyond_the_callers_limit_is_refused_at_once() -> None:
     store = Queued(queue_s=5.0, remote_s=0.0)
     role = RoleStore("primary", store, timeout_s=10)  # type: ignore[arg-type]
     started = asyncio.get_running_loop().time()
-    with pytest.raises(StoreThrottled, match="past the time limit"):
+    with pytest.raises(StoreThrottled, match="past the time limit") as raised:
         await role.put("s", 1, {"k": "v"}, "h", timeout_s=2)
+    assert raised.value.local
     assert asyncio.get_running_loop().time() - started < 2
     assert role.up is True
     assert 4 < store.bucket.reserve() <= 5  # the slot given back, not one behind it

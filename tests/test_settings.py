@@ -159,3 +159,13 @@ def test_retry_policy_honours_retry_after_and_rejections() -> None:
     policy = RetryPolicy(initial_s=0.01, max_s=30.0, max_attempts=20)
     assert policy.decide(1, StoreThrottled("slow", retry_after_s=7.0)).retry_in_s >= 7.0
     assert policy.decide(1, StoreRejected("no")).dead
+
+
+def test_a_write_held_back_before_it_was_sent_is_never_the_last_attempt() -> None:
+    """Throttled here (a pacing slot or the lease too far off, nothing sent): retried after
+    the hint whatever the count, never dead-lettered, unlike the store's own throttling."""
+    policy = RetryPolicy(initial_s=0.5, max_s=30.0, max_attempts=3)
+    held = policy.decide(99, StoreThrottled("booked ahead", retry_after_s=4.0, local=True))
+    assert (held.dead, held.retry_in_s) == (False, 4.0)
+    assert policy.decide(99, StoreThrottled("held", local=True)).retry_in_s == 0.5
+    assert policy.decide(3, StoreThrottled("429 from the store")).dead

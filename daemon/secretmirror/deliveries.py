@@ -174,9 +174,11 @@ async def fail(
     retry_in_s: float,
     dead: bool,
     hold_s: float = 0.0,
+    counted: bool = True,
 ) -> None:
     """Record a failed attempt. ``hold_s`` > 0: the write may still land (it timed out
-    mid-request), so the claim keeps its lease that long before anyone writes again."""
+    mid-request), so the claim keeps its lease that long before anyone writes again.
+    ``counted`` False: held back before it was sent, so not an attempt."""
     args = Q.args(
         Q.delivery_fail,
         target=claim_.target,
@@ -187,6 +189,7 @@ async def fail(
         version=claim_.version,
         token=claim_.token,
         hold_s=hold_s,
+        counted=counted,
     )
     await pool.execute(Q.delivery_fail, *args)
 

@@ -183,9 +183,25 @@ class StoreThrottled(StoreError):
 
     reason = "throttled"
 
-    def __init__(self, message: str | None = None, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, retry_after_s: float | None = None, *, local: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        #: This process held the call back before its write was sent (its own pacing,
+        #: a time limit spent queueing): not an attempt of the write, never dead-lettered.
+        self.local = local
+
+
+class StoreCutOff(StoreThrottled):
+    """The caller's time limit ran out with a request in flight, after the call queued
+    locally (the store had time left): throttling, as the queue spent the time, but a
+    write that may still land, so its lease is kept as after a timeout."""
+
+
+def may_have_landed(exc: BaseException) -> bool:
+    """A write that failed with ``exc`` may land yet: it timed out or was cut off mid-request."""
+    return isinstance(exc, StoreUnavailable | StoreCutOff)
 
 
 class StoreRejected(StoreError):

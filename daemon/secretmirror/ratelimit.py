@@ -96,6 +96,7 @@ class TokenBucket:
             raise StoreThrottled(
                 f"the store's write pace is booked {delay:.1f}s ahead, past the time limit",
                 retry_after_s=delay,
+                local=True,
             )
         try:
             with waiting_locally():

@@ -14,8 +14,10 @@ stops that clock while it lasts (``waiting_locally``, used by the pacing and
 locking primitives and the stores' own sleeps). The clock finds the store
 unresponsive only when its own requests used up the whole budget. A caller may
 also bound the whole call, queueing included (``wall_s``: the API's inline
-writes and reads, which must answer quickly); running out of that while
-queued is throttling, never an outage.
+writes and reads, which must answer quickly, and the worker's, which must end
+inside their lease); running out of that while queued is throttling, never an
+outage, and nothing was in flight. Running out of it while a request ran cuts
+that request off: it may still land (``ran_out_queued`` tells the two apart).
 
 The clock is found through a context variable, so the waits need no
 parameter threaded through every store method, and tasks a store call spawns
@@ -50,6 +52,8 @@ class RemoteClock:
         self.queued_s = 0.0
         #: The clock ran out (as opposed to a ``TimeoutError`` raised by the body itself).
         self.expired = False
+        #: It ran out while the call waited locally, with no request of it in flight.
+        self.ran_out_queued = False
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -92,6 +96,9 @@ class RemoteClock:
         self._reschedule()
 
     def _resume(self) -> None:
+        if self._timeout is not None and self._timeout.expired():
+            # Only ``wall_s`` runs while paused: it ran out during this local wait.
+            self.ran_out_queued = True
         self._paused -= 1
         if self._paused == 0:
             now = self._loop.time()

@@ -28,8 +28,9 @@ from secretmirror.errors import (
     DecryptionError,
     StoreError,
     StoreRejected,
-    StoreUnavailable,
+    StoreThrottled,
     Unavailable,
+    may_have_landed,
 )
 from secretmirror.mirrors import Mirror, Version, plan
 from secretmirror.queries import Q
@@ -141,6 +142,8 @@ class Replicator:
         free = self._free()
         if not free:
             return 0
+        # Before the claim: its leases end no sooner than lease_s from here.
+        lease_ends = time.monotonic() + self.cfg.lease_s
         try:
             claims = await deliveries.claim(
                 self.rt.worker_pool,
@@ -161,9 +164,8 @@ class Replicator:
             if not self.rt.store_for(self.rt.role_of(claim.target)).up:
                 self._probed[claim.target] = now
             key = (claim.target, claim.secret_id)
-            task = asyncio.create_task(
-                self._deliver(claim, events.get((claim.secret_id, claim.version)))
-            )
+            event = events.get((claim.secret_id, claim.version))
+            task = asyncio.create_task(self._deliver(claim, event, lease_ends))
             self._in_flight[key] = task
             self._claims[key] = claim
             task.add_done_callback(functools.partial(self._finished, key))
@@ -176,9 +178,9 @@ class Replicator:
 
     # -- one delivery -------------------------------------------------------
 
-    async def _deliver(self, claim: Claim, event: Event | None) -> None:
+    async def _deliver(self, claim: Claim, event: Event | None, lease_ends: float) -> None:
         role = self.rt.role_of(claim.target)
-        store = self.rt.store_for(role)
+        store = _Leased(self.rt.store_for(role), lease_ends)
         bound = log.bind(secret_id=claim.secret_id, target=role, version=claim.version)
         try:
             if event is None:
@@ -219,7 +221,7 @@ class Replicator:
             replace(event, version=version, hash=row["hash"], snapshot=row["snapshot"])
         )
 
-    async def _mirror(self, rule: Mirror, store: RoleStore, claim: Claim, event: Event) -> None:
+    async def _mirror(self, rule: Mirror, store: _Leased, claim: Claim, event: Event) -> None:
         """Deliver to a mirror: the writes ``mirrors.plan`` makes of the secret's events
         since the version the mirror applied (a rename writes the new name first)."""
         now = Version(event.version, event.seq, event.kind, event.name, event.private)
@@ -268,7 +270,7 @@ class Replicator:
             )
         # A write cut off mid-request may still land: keep the lease until it must have.
         store = self.rt.store_for(self.rt.role_of(claim.target))
-        hold_s = store.timeout_s if isinstance(exc, StoreUnavailable) else 0.0
+        hold_s = store.timeout_s if may_have_landed(exc) else 0.0
         for attempt in range(5):
             try:
                 await deliveries.fail(
@@ -278,6 +280,7 @@ class Replicator:
                     retry_in_s=decision.retry_in_s,
                     dead=decision.dead,
                     hold_s=hold_s,
+                    counted=not (isinstance(exc, StoreThrottled) and exc.local),
                 )
                 return
             except Unavailable:
@@ -342,6 +345,36 @@ class Replicator:
             woken, _ = self.rt.changes.waiter()
             await woken.wait()
             self.rt.wake.set()
+
+
+class _Leased:
+    """A delivery's writes to its store, each bounded by what is left of the lease.
+
+    A write that waits locally (a pacing slot, a throttle hold, the entry's lock) past
+    its lease would land while another process, holding the lease now, writes a newer
+    version: in a store without a conditional write (AWS, Azure) the late one could stay
+    current. So each call must end ``timeout_s`` before the lease does (a write cut off
+    mid-request may land up to that later, and ``_failed`` keeps the lease that long);
+    a pacing slot or a hold beyond that is ``StoreThrottled`` at once, no request sent.
+    """
+
+    def __init__(self, store: RoleStore, lease_ends: float) -> None:
+        self._store = store
+        self._lease_ends = lease_ends
+
+    def _left(self) -> float:
+        left = self._lease_ends - time.monotonic() - self._store.timeout_s
+        if left <= 0:
+            raise StoreThrottled(
+                "the delivery's lease ran out before the store was free", local=True
+            )
+        return left
+
+    async def put(self, secret_id: str, version: int, values: dict[str, str], hash_: str) -> None:
+        await self._store.put(secret_id, version, values, hash_, timeout_s=self._left())
+
+    async def delete(self, secret_id: str, version: int) -> None:
+        await self._store.delete(secret_id, version, timeout_s=self._left())
 
 
 async def notify_others(rt: Runtime, stop: asyncio.Event, coalesce_s: float = 0.02) -> None:

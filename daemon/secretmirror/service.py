@@ -32,8 +32,8 @@ from secretmirror.errors import (
     NotFound,
     PreconditionFailed,
     StoreError,
-    StoreUnavailable,
     Unavailable,
+    may_have_landed,
 )
 from secretmirror.model import Principal, SecretMeta, check_key, check_name, check_values
 from secretmirror.queries import Q
@@ -328,7 +328,7 @@ class SecretService:
                     reason=exc.reason,
                 )
                 metrics.replication_errors.labels(target, exc.reason).inc()
-                if isinstance(exc, StoreUnavailable):
+                if may_have_landed(exc):
                     unsure.append(target)  # timed out or cut off mid-request: may land yet
                 continue
             done.append(target)

@@ -216,7 +216,9 @@ class ReplicationSettings(BaseModel):
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=300, gt=0)
     poll_interval_s: float = Field(default=1, gt=0)
-    lease_s: float = Field(default=30, gt=0)
+    #: A store call gets lease_s / 3 (at least 1 s) of the store's time and must end that
+    #: long before the lease does: below 3 s a delivery would have no time left to write.
+    lease_s: float = Field(default=30, ge=3)
     inline_timeout_s: float = Field(default=2, gt=0)
 
 

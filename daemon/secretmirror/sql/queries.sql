@@ -560,9 +560,11 @@ SELECT target, secret_id::text FROM done
 -- Release after a failed attempt: retry at $retry_in_s seconds from now, or dead-letter
 -- when $dead and no newer version arrived meanwhile. Only while the token $token holds it.
 -- A write that may still land (it timed out mid-request) keeps its lease $hold_s seconds
--- more, so no other writer starts before it landed or died.
+-- more, so no other writer starts before it landed or died. NOT $counted: the write was
+-- held back before it was sent, and the claim's attempt is given back.
 UPDATE deliveries
-SET leased_until = CASE WHEN $hold_s::float8 > 0 THEN now() + make_interval(secs => $hold_s) END,
+SET attempts = CASE WHEN $counted THEN attempts ELSE GREATEST(attempts - 1, 0) END,
+    leased_until = CASE WHEN $hold_s::float8 > 0 THEN now() + make_interval(secs => $hold_s) END,
     leased_by = CASE WHEN $hold_s::float8 > 0 THEN leased_by END,
     last_error = $error,
     next_attempt_at = now() + make_interval(secs => $retry_in_s),

@@ -8,7 +8,9 @@ waiting locally (a pacing slot, the entry's lock, a throttle pause) stops its
 ``RemoteClock``. Queueing is reported as such, in
 ``secretmirror_store_queue_seconds``, and a caller's time limit that runs out
 while the call queued raises ``StoreThrottled`` (``reason="throttled"``) and
-leaves ``store_up`` alone.
+leaves ``store_up`` alone. One that runs out while a request is in flight, the
+store's own time not spent, cuts it off: ``StoreCutOff``, throttled too, but a
+write that may still land (``may_have_landed``), so callers keep its lease.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import structlog
 from secretmirror import metrics
 from secretmirror.errors import (
     DecryptionError,
+    StoreCutOff,
     StoreError,
     StoreNotFound,
     StoreThrottled,
@@ -55,22 +58,32 @@ class RoleStore:
         return self.store.location
 
     async def _call(self, operation: str, call: Awaitable[T], timeout_s: float | None) -> T:
-        """Run ``call``: the store has ``timeout_s`` (else the role's) of its own time.
+        """Run ``call``: the store has the role's timeout of its own time, less when the
+        caller gives a shorter ``timeout_s``.
 
         A ``timeout_s`` given by the caller also bounds the whole call, local
-        queueing included (the API's inline writes must answer quickly).
+        queueing included (the API's inline writes must answer quickly; a worker's
+        write must end inside its lease).
         """
         started = time.perf_counter()
-        clock = RemoteClock(timeout_s or self.timeout_s, wall_s=timeout_s)
+        remote_s = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
+        clock = RemoteClock(remote_s, wall_s=timeout_s)
         outcome = "ok"
         try:
             async with clock.running():
                 result = await call
         except TimeoutError:
-            if clock.expired and not clock.remote_exhausted:
+            if clock.ran_out_queued:
                 outcome = "throttled"
                 raise StoreThrottled(
-                    f"the {self.role} store's requests queued locally past the time limit"
+                    f"the {self.role} store's requests queued locally past the time limit",
+                    local=True,
+                ) from None
+            if clock.expired and not clock.remote_exhausted:
+                outcome = "throttled"
+                raise StoreCutOff(
+                    f"the {self.role} store's request was cut off by the time limit after "
+                    "queueing locally"
                 ) from None
             outcome = "unavailable"
             self._down("the store did not answer in time")
