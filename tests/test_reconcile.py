@@ -321,6 +321,36 @@ async def test_a_job_asks_a_failed_write_again(api: Api, runtime: Runtime) -> No
     ]
 
 
+async def test_a_job_never_retries_a_write_past_its_lease(api: Api, runtime: Runtime) -> None:
+    """A throttled write is waited out as the store says, but only while the job's lease on
+    the secret lasts (less the store's timeout): a retry after it could bury a newer version
+    another process's worker wrote once the lease passed to it. That secret fails, throttled,
+    at once; one whose hint fits is asked again and copied."""
+    from secretmirror.errors import StoreThrottled
+
+    ids = [(await api.create(f"hinted{i}", {"k": "v"}))["id"] for i in range(2)]
+    assert runtime.backup is not None
+    lease_s = runtime.settings.replication.lease_s
+    real_put = runtime.backup.store.put
+    tries: dict[str, int] = {}
+
+    async def throttled_put(sid: str, *args: Any) -> Any:
+        tries[sid] = tries.get(sid, 0) + 1
+        if sid == ids[0]:
+            raise StoreThrottled("AWS PutSecretValue failed: ThrottlingException", lease_s)
+        if tries[sid] == 1:
+            raise StoreThrottled("AWS PutSecretValue failed: ThrottlingException", 0.05)
+        return await real_put(sid, *args)
+
+    runtime.backup.store.put = throttled_put  # type: ignore[method-assign]
+    job = await run_job(api, "backup")
+    assert (tries[ids[0]], tries[ids[1]]) == (1, 2)
+    assert job["counts"]["copied"] == 1
+    assert [(f["secret_id"], f["reason"].split(":")[0]) for f in job["failures"]] == [
+        (ids[0], "throttled")
+    ]
+
+
 async def test_a_job_a_store_stops_says_what_stopped_it(api: Api, runtime: Runtime) -> None:
     """A listing that fails ends the job with the store's own message, not only a class name
     (an operator at 3 a.m. needs the operation and the provider's answer)."""

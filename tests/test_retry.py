@@ -3,6 +3,7 @@ it waits between (pure logic: the sleeps are recorded, not slept)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -75,3 +76,12 @@ async def test_a_write_throttled_past_its_waits_fails(slept: list[float]) -> Non
     with pytest.raises(StoreThrottled):
         await retry.asked_again(call, waits_out_throttling=True)
     assert (calls[0], slept) == (retry.THROTTLED_WAITS + 1, [1.5] * retry.THROTTLED_WAITS)
+
+
+async def test_no_try_starts_after_until(slept: list[float]) -> None:
+    """A wait that would end after ``until`` (a job's lease) is not waited: the failure stands."""
+    calls, call = failing(StoreThrottled("429", retry_after_s=0.5), StoreThrottled("429", 60.0))
+    with pytest.raises(StoreThrottled) as raised:
+        await retry.asked_again(call, waits_out_throttling=True, until=time.monotonic() + 30)
+    assert raised.value.retry_after_s == 60.0
+    assert (calls[0], slept) == (2, [0.5])

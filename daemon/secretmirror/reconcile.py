@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
@@ -448,6 +449,8 @@ class Job:
         self._cancelled = asyncio.Event()
         #: Names this job in the lease tokens it takes (each lease gets a fresh token).
         self._holder = f"{rt.node}/job-{self.id}"
+        #: When each lease this job holds ends (``time.monotonic``), by its token.
+        self._lease_ends: dict[str, float] = {}
         self.log = log.bind(job_id=self.id, mode=self.mode)
 
     async def run(self) -> None:
@@ -670,9 +673,7 @@ class Job:
         try:
             # Keyed by name, the name is leased instead, as a delivery writing it holds it.
             async with self._name_held(store, rule, f.secret_id):
-                await asked_again(
-                    lambda: store.delete(f.secret_id, tombstone), waits_out_throttling=True
-                )
+                await self._leased_write(store, token, lambda: store.delete(f.secret_id, tombstone))
         finally:
             if leased:
                 await self._release(store, f.secret_id, token, 0)
@@ -694,8 +695,8 @@ class Job:
             key = rule.key(secret_id, row["name"])
             fence = row["seq"] if rule.by_name else row["version"]
             async with self._name_held(store, rule, key):
-                await asked_again(
-                    lambda: store.put(key, fence, values, row["hash"]), waits_out_throttling=True
+                await self._leased_write(
+                    store, token, lambda: store.put(key, fence, values, row["hash"])
                 )
             written = row["version"]  # the delivery row counts secret versions
         finally:
@@ -738,8 +739,8 @@ class Job:
         written = 0
         try:
             values, version, hash_ = await self._values_from(read, secret_id)
-            await asked_again(
-                lambda: dest.put(secret_id, version, values, hash_), waits_out_throttling=True
+            await self._leased_write(
+                dest, token, lambda: dest.put(secret_id, version, values, hash_)
             )
             written = version
         finally:
@@ -765,16 +766,30 @@ class Job:
         lease_s = self.rt.settings.replication.lease_s
         token = deliveries.new_token(self._holder)
         for wait_s in (*_LEASE_WAITS_S, None):
+            asked_at = time.monotonic()
             row = await self.rt.pool.fetchrow(Q.delivery_lease_for_job, *row_key, token, lease_s)
             if row is not None:
+                self._lease_ends[token] = asked_at + lease_s
                 return token
             if wait_s is not None:
                 await asyncio.sleep(wait_s)
         return None
 
+    async def _leased_write(
+        self, store: RoleStore, token: str, call: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """A write of this job under its lease ``token``, asked again after a failure that
+        may pass, but no try starts later than the store's timeout before the lease ends:
+        past it another process's worker may hold the lease and have written a newer
+        version, which a late try could bury (in a store with no conditional write)."""
+        ends = self._lease_ends.get(token)
+        until = None if ends is None else ends - store.timeout_s
+        await asked_again(call, waits_out_throttling=True, until=until)
+
     async def _release(self, store: RoleStore, secret_id: str, token: str, written: int) -> None:
         """Record ``written`` (0: nothing) as applied and give the lease back, if the job's
         ``token`` still holds it (a lease that expired mid-write records nothing)."""
+        self._lease_ends.pop(token, None)
         row_key = self._row_key(store, secret_id)
         if row_key is None:
             return
@@ -843,9 +858,7 @@ class Job:
             if token is None:
                 raise StoreContended("a delivery kept the entry busy; run the job again")
             try:
-                await asked_again(
-                    lambda: source.delete(f.secret_id, version), waits_out_throttling=True
-                )
+                await self._leased_write(source, token, lambda: source.delete(f.secret_id, version))
             finally:
                 await self._release(source, f.secret_id, token, 0)
             self.report.add("deleted")

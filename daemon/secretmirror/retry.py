@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -61,7 +62,12 @@ class RetryPolicy:
         return Decision(delay, dead=False)
 
 
-async def asked_again(call: Callable[[], Awaitable[T]], *, waits_out_throttling: bool = False) -> T:
+async def asked_again(
+    call: Callable[[], Awaitable[T]],
+    *,
+    waits_out_throttling: bool = False,
+    until: float | None = None,
+) -> T:
     """``call``, asked again after a failure that may pass (a timeout, a 5xx, a dropped
     connection: ``StoreUnavailable``) after each of ``AGAIN_WAITS_S``; a store that stays
     down still fails it. ``StoreThrottled`` counts as such a failure (the store holds its
@@ -69,8 +75,9 @@ async def asked_again(call: Callable[[], Awaitable[T]], *, waits_out_throttling:
     hint says, ``THROTTLED_WAITS`` times.
 
     For reads (a listing's pages, verify's second look) and for a job's writes, which hold
-    the secret's delivery lease and whose puts and deletes are idempotent. A delivery's
-    write is retried by ``RetryPolicy`` instead.
+    the secret's delivery lease and whose puts and deletes are idempotent. ``until``
+    (``time.monotonic``): no try starts after it (a job's lease less the store's timeout),
+    the last failure is raised instead. A delivery's write is retried by ``RetryPolicy``.
     """
     waits = iter(AGAIN_WAITS_S)
     hints = iter(range(THROTTLED_WAITS))
@@ -84,11 +91,15 @@ async def asked_again(call: Callable[[], Awaitable[T]], *, waits_out_throttling:
                 wait = exc.retry_after_s or 0.5 * 2**hinted
             else:
                 wait = None
-            if wait is None:
+            if wait is None or _past(until, wait):
                 raise
             await asyncio.sleep(wait)
         except StoreUnavailable:
             wait = next(waits, None)
-            if wait is None:
+            if wait is None or _past(until, wait):
                 raise
             await asyncio.sleep(wait)
+
+
+def _past(until: float | None, wait: float) -> bool:
+    return until is not None and time.monotonic() + wait > until
