@@ -78,8 +78,10 @@ class DaemonProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 30.0) -> float:
-        """Start and wait until ``/readyz`` answers 200; the seconds that took."""
+    def start(self, timeout: float = 120.0) -> float:
+        """Start and wait until ``/readyz`` answers 200; the seconds that took. The wait is
+        long: a restart under load on a busy 2-core machine opens every store first, and a
+        daemon that exits early fails at once anyway."""
         self.start_no_wait()
         assert self.proc is not None
         started = time.monotonic()
