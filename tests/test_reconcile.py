@@ -204,6 +204,44 @@ async def test_backup_delete_secrets_moves(api: Api, runtime: Runtime) -> None:
     )
 
 
+async def test_a_backup_over_a_differing_entry_replaces_it_and_keeps_the_source(
+    api: Api, runtime: Runtime, backup_dsn: str
+) -> None:
+    """A backup entry at the current version with other content, or ahead of the database
+    (restored from an older dump), fences a copy into a no-op: the job re-issues the secret
+    past it instead, and with delete_secrets never empties the primary on its word (it
+    counted the no-op as copied and deleted the only good copy)."""
+    edited, ahead, _clean = await seeded(api, runtime, 3)
+    conn = await asyncpg.connect(backup_dsn)
+    try:
+        await conn.execute(
+            "UPDATE secretmirror_values SET hash = 'edited' WHERE secret_id = $1",
+            uuid.UUID(edited),
+        )
+        await conn.execute(
+            "UPDATE secretmirror_values SET version = 3 WHERE secret_id = $1", uuid.UUID(ahead)
+        )
+    finally:
+        await conn.close()
+    job = await run_job(api, "backup", delete_secrets=True)
+    assert job["status"] == "succeeded", job
+    assert (job["counts"]["copied"], job["counts"]["deleted"]) == (2, 1)
+    live = await runtime.pool.fetch(
+        "SELECT secret_id::text FROM secretmirror_values WHERE NOT deleted"
+    )
+    assert sorted(r["secret_id"] for r in live) == sorted([edited, ahead])
+    async with worker(runtime):
+        await until(lambda: drained(runtime))
+    assert runtime.backup is not None
+    for sid, past, index in ((edited, 1, 0), (ahead, 3, 1)):
+        got = await runtime.backup.get(sid)
+        assert got is not None
+        assert (got.version > past, got.values) == (True, {"k": f"v{index}"})
+    after = await run_job(api, "verify")
+    counts = after["counts"]["stores"]["backup"]
+    assert sum(v for k, v in counts.items() if k != "in_sync") == 0, counts
+
+
 async def test_admin_routes_need_admin(api: Api) -> None:
     """Non-admins get 403 on every admin route."""
     token = await api.make_user("w1", "writer")

@@ -609,7 +609,7 @@ class Job:
                 )
                 self.report.add("deleted")
             elif f.cls in _REISSUE:
-                await self._reissue(f.secret_id)
+                await self._reissue_past(None, f.secret_id, f.entry)
                 self.report.add("copied")
             else:
                 await self._write_current(store, f.secret_id, _log_only)
@@ -644,19 +644,22 @@ class Job:
         except (StoreError, DecryptionError, Unavailable) as exc:
             self.report.fail(f.secret_id, f.store, _reason(exc))
 
-    async def _reissue_past(self, rule: Mirror, secret_id: str, entry: Entry | None) -> None:
+    async def _reissue_past(self, rule: Mirror | None, secret_id: str, entry: Entry | None) -> None:
         """Re-issue the secret until its fence passes the entry's: a write at or below what
-        the entry holds (a tombstone a repair or a hand left above the current version) is a
-        no-op. By id that is a version per step; by name one new event passes any seq."""
+        the entry holds (a tombstone a repair or a hand left above the current version, an
+        entry ahead of a database restored from an older dump, a value edited by hand at
+        the current version) is a no-op. By id (``rule`` None: a base store) that is a
+        version per step; a mirror by name passes any seq with one new event."""
+        by_name = rule is not None and rule.by_name
         for _ in range(_REISSUES):
             await self._reissue(secret_id)
             row = await self._current_row(secret_id)
-            if entry is None or (row["seq"] if rule.by_name else row["version"]) > entry.version:
+            if entry is None or (row["seq"] if by_name else row["version"]) > entry.version:
                 return
         assert entry is not None
         raise StoreRejected(
             f"the entry is fenced at {entry.version}, above the secret's version; "
-            "run the repair again"
+            "run the job again"
         )
 
     async def _delete_orphan(self, store: RoleStore, rule: Mirror, f: Finding) -> None:
@@ -832,10 +835,11 @@ class Job:
 
     async def _copy_one(self, source: RoleStore, dest: RoleStore, f: Finding) -> None:
         try:
-            if f.cls == "unreadable":
-                # ``dest`` holds the current version already, so a copy would be a no-op:
-                # a new version through the outbox replaces the entry (and is not evacuated).
-                await self._reissue(f.secret_id)
+            if f.cls in _REISSUE:
+                # ``dest`` holds the current version (or a newer one) with other content, or
+                # one that does not decrypt, so a copy would be a no-op: new versions through
+                # the outbox replace the entry, and the source is not evacuated on its word.
+                await self._reissue_past(None, f.secret_id, f.entry)
                 self.report.add("copied")
                 return
             if not await self._write_current(dest, f.secret_id, source.get):
