@@ -183,7 +183,8 @@ async def test_restore_into_emptied_primary(api: Api, runtime: Runtime) -> None:
 
 
 async def test_backup_delete_secrets_moves(api: Api, runtime: Runtime) -> None:
-    """delete_secrets empties the primary; reads come from the backup; nothing copies back."""
+    """delete_secrets empties the primary; reads come from the backup; a repair does not copy
+    them back, a restore does."""
     ids = [(await api.create(f"m{i}", {"k": f"v{i}"}))["id"] for i in range(6)]
     job = await run_job(api, "backup", delete_secrets=True)
     assert job["status"] == "succeeded", job
@@ -202,6 +203,19 @@ async def test_backup_delete_secrets_moves(api: Api, runtime: Runtime) -> None:
         await runtime.pool.fetchval("SELECT count(*) FROM secretmirror_values WHERE NOT deleted")
         == 0
     )
+    # A restore brings them back: a copy over the tombstone at the current version would be
+    # a no-op (it was skipped as "moved", and nothing came back), so each is re-issued.
+    restored = await run_job(api, "restore")
+    assert (restored["status"], restored["counts"]["copied"]) == ("succeeded", 6), restored
+    async with worker(runtime):
+        await until(lambda: drained(runtime))
+    for i, sid in enumerate(ids):
+        status, body, headers = await api.request("GET", f"/api/v1/secrets/{sid}")
+        assert (status, body["values"], headers["X-Secret-Source"]) == (
+            200,
+            {"k": f"v{i}"},
+            "primary",
+        )
 
 
 async def test_a_backup_over_a_differing_entry_replaces_it_and_keeps_the_source(

@@ -658,8 +658,7 @@ class Job:
                 return
         assert entry is not None
         raise StoreRejected(
-            f"the entry is fenced at {entry.version}, above the secret's version; "
-            "run the job again"
+            f"the entry is fenced at {entry.version}, above the secret's version; run the job again"
         )
 
     async def _delete_orphan(self, store: RoleStore, rule: Mirror, f: Finding) -> None:
@@ -822,9 +821,9 @@ class Job:
         async def act(finding: Finding) -> None:
             if finding.cls == "orphan":
                 return
-            if finding.cls in ("in_sync", "moved"):
+            if finding.cls == "in_sync":
                 self.report.add("skipped")
-                if finding.cls == "in_sync" and self.delete_secrets and not self.dry_run:
+                if self.delete_secrets and not self.dry_run:
                     await self._spawn(self._evacuate(source, finding))
                 return
             if self.dry_run:
@@ -835,10 +834,12 @@ class Job:
 
     async def _copy_one(self, source: RoleStore, dest: RoleStore, f: Finding) -> None:
         try:
-            if f.cls in _REISSUE:
-                # ``dest`` holds the current version (or a newer one) with other content, or
-                # one that does not decrypt, so a copy would be a no-op: new versions through
-                # the outbox replace the entry, and the source is not evacuated on its word.
+            if f.cls in _REISSUE or f.cls == "moved":
+                # ``dest`` holds the current version (or a newer one) with other content, one
+                # that does not decrypt, or a tombstone (a restore after a backup with
+                # delete_secrets, or the other way round), so a copy would be a no-op: new
+                # versions through the outbox replace the entry, and the source is not
+                # evacuated on its word.
                 await self._reissue_past(None, f.secret_id, f.entry)
                 self.report.add("copied")
                 return
