@@ -472,6 +472,24 @@ async def test_newer_put_restores_pending_deletion(
     assert described.get("DeletedDate") is None
 
 
+async def test_a_console_delete_lists_as_missing_and_a_put_restores_it(
+    store: AwsStore, raw: Any, aws_prefix: str
+) -> None:
+    """A delete made in the console (a recovery window, no tombstone tag of ours) is drift:
+    it lists below the version the entry held, so verify counts it missing rather than a
+    tombstone left on purpose, and a put of that version restores the entry."""
+    sid = _sid()
+    await _put(store, sid, 2, {"a": "2"})
+    await raw.delete_secret(SecretId=aws_prefix + sid, RecoveryWindowInDays=7)
+    entry = (await _listed(store))[sid]
+    assert (entry.deleted, entry.version) == (True, 0)
+    assert await _put(store, sid, 2, {"a": "2"}) is PutOutcome.WRITTEN
+    got = await store.get(sid)
+    assert got is not None
+    assert (got.version, got.values) == (2, {"a": "2"})
+    assert (await _listed(store))[sid] == Entry(sid, 2, _hash(sid, {"a": "2"}))
+
+
 async def test_force_delete_without_recovery_window(
     open_store: OpenStore, raw: Any, aws_prefix: str
 ) -> None:

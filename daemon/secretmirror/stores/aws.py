@@ -235,10 +235,12 @@ class _State:
     guessed: bool = False
 
     def should_write(self, version: int) -> bool:
-        """The fence; where AWSCURRENT is someone else's, ours goes back on top."""
+        """The fence; where AWSCURRENT is someone else's, or the entry was deleted by hand
+        (pending deletion above our tombstone), ours goes back on top."""
         if self.current is None:
             return moves_forward(version, held=self.newest, tombstone=self.tombstone, again=True)
-        return moves_forward(version, held=self.current, tombstone=self.tombstone)
+        again = self.pending_deletion
+        return moves_forward(version, held=self.current, tombstone=self.tombstone, again=again)
 
     def written(self, token: str, write: Write) -> _State:
         """The entry once ``write`` holds AWSCURRENT under ``token``."""
@@ -280,6 +282,10 @@ class _State:
         )
 
     def entry(self, secret_id: str) -> Entry:
+        if self.pending_deletion:
+            # At our delete's version: one made in the console carries none (0), so verify
+            # counts it missing, where a delete of ours is a tombstone at its version.
+            return Entry(secret_id, self.tombstone, None, deleted=True)
         if self.deleted:
             return Entry(secret_id, max(self.tombstone, self.newest), None, deleted=True)
         if self.current is None:
