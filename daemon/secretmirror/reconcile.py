@@ -727,17 +727,18 @@ class Job:
         dest: RoleStore,
         secret_id: str,
         read: Callable[[str], Awaitable[StoredValue | None]],
-    ) -> bool:
-        """Put the secret's current version into ``dest``, under its delivery lease.
+    ) -> int:
+        """Put the secret's current version into ``dest``, under its delivery lease; the
+        version put (it may be newer than the scan's).
 
         ``read`` may serve the values (the source store of a copy; the log is
-        the fallback). False when a delivery holds the lease: the worker is
+        the fallback). 0 when a delivery holds the lease: the worker is
         writing the secret right now, so the job leaves it (``skipped``).
         """
         token = await self._lease(dest, secret_id)
         if token is None:
             self.report.add("skipped")
-            return False
+            return 0
         written = 0
         try:
             values, version, hash_ = await self._values_from(read, secret_id)
@@ -748,7 +749,7 @@ class Job:
         finally:
             await self._release(dest, secret_id, token, written)
         self.report.add("copied")
-        return True
+        return written
 
     async def _lease(self, store: RoleStore, secret_id: str) -> str | None:
         """Take the delivery lease of (``store``, secret) for one write of this job.
@@ -843,7 +844,8 @@ class Job:
                 await self._reissue_past(None, f.secret_id, f.entry)
                 self.report.add("copied")
                 return
-            if not await self._write_current(dest, f.secret_id, source.get):
+            written = await self._write_current(dest, f.secret_id, source.get)
+            if not written:
                 return
         except _Deleted:
             self.report.add("skipped")
@@ -852,12 +854,13 @@ class Job:
             self.report.fail(f.secret_id, dest.role, _reason(exc))
             return
         if self.delete_secrets:
-            await self._evacuate(source, f)
+            await self._evacuate(source, f, written)
 
-    async def _evacuate(self, source: RoleStore, f: Finding) -> None:
-        """Remove a secret from ``source`` once confirmed in the other store (a tombstone)."""
+    async def _evacuate(self, source: RoleStore, f: Finding, version: int = 0) -> None:
+        """Remove a secret from ``source`` once ``version`` (else the scanned one) is in the
+        other store: a tombstone at it (the source may hold it already, or get it next)."""
         assert f.expected_version is not None
-        version = f.expected_version
+        version = version or f.expected_version
         try:
             token = await self._lease(source, f.secret_id)
             if token is None:
