@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from secretmirror.crypto import content_hash
+from secretmirror.model import canonical
 from secretmirror.runtime import Runtime
 from tests.conftest import Api
 from tests.pg import TestPostgres
@@ -254,6 +257,38 @@ async def test_a_backup_over_a_differing_entry_replaces_it_and_keeps_the_source(
     after = await run_job(api, "verify")
     counts = after["counts"]["stores"]["backup"]
     assert sum(v for k, v in counts.items() if k != "in_sync") == 0, counts
+
+
+async def test_a_reissue_hashes_under_the_current_key(
+    api: Api, runtime: Runtime, backup_dsn: str
+) -> None:
+    """After a lost hash key was replaced (``allow_unknown_keys``) the recorded hashes are
+    under the old one, which a store that hashes what it holds (azure) never matches: the
+    new version a repair issues records the values' hash under the current key."""
+    (sid,) = await seeded(api, runtime, 1)
+    conn = await asyncpg.connect(backup_dsn)
+    try:
+        await conn.execute(
+            "UPDATE secretmirror_values SET hash = 'edited' WHERE secret_id = $1", uuid.UUID(sid)
+        )
+    finally:
+        await conn.close()
+    new_key = secrets.token_bytes(32)
+    runtime.set_hash_key(new_key)
+    repaired = await run_job(api, "repair")
+    assert repaired["status"] == "succeeded", repaired
+    expected = content_hash(new_key, sid, canonical({"k": "v0"}))
+    row = await runtime.pool.fetchrow(
+        "SELECT version, hash FROM secrets WHERE id = $1", uuid.UUID(sid)
+    )
+    assert row is not None
+    assert (row["version"], row["hash"]) == (2, expected)
+    async with worker(runtime):
+        await until(lambda: drained(runtime))
+    assert runtime.backup is not None
+    got = await runtime.backup.get(sid)
+    assert got is not None
+    assert (got.version, got.hash) == (2, expected)
 
 
 async def test_admin_routes_need_admin(api: Api) -> None:

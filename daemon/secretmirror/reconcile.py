@@ -912,6 +912,9 @@ class Job:
             secret_id=uuid.UUID(secret_id),
             version_read=version,
             snapshot=snapshot,
+            # Under the current hash key: after a lost one was replaced, the hash every
+            # store (azure) recomputes from the value, which the old hash never matches.
+            hash=self.rt.content_hash(secret_id, blob),
             outbox_deployment=self.rt.outbox_deployment,
             # The base targets and the mirrors selecting the secret (as every write).
             targets=self.rt.keys_of(self.rt.targets_for((row["name"], row["private"]))),

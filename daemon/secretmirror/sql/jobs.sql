@@ -183,8 +183,9 @@ WHERE s.id = $1
 -- Repair of a mismatch: the same values as a new version through the outbox, so
 -- every store is overwritten by a fenced write it has never seen. The event records
 -- the name and visibility like every other (mirrors and the change feed read them).
+-- $hash is the values' hash under the current hash key (a replaced one changes it).
 WITH s AS (
-    UPDATE secrets SET version = version + 1, updated = now()
+    UPDATE secrets SET version = version + 1, hash = $hash, updated = now()
     WHERE id = $secret_id AND version = $version_read
     RETURNING id, version, hash, name, owner, private
 ), e AS (
