@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,28 @@ def test_option_values_are_never_echoed(ctx: StoreContext, tmp_path: Path) -> No
         _build(EXAMPLE, ctx, path=str(tmp_path / "v.db"), token=canary)
     assert "unknown option(s): token" in raised.value.message
     assert canary not in raised.value.message
+
+
+async def test_the_example_lists_an_entry_that_does_not_decrypt_as_unreadable(
+    ctx: StoreContext, tmp_path: Path
+) -> None:
+    """A ciphertext flipped on disk, or another entry's copied in, lists as unreadable (verify
+    reports it, repair re-issues it), never as in sync on the strength of its row."""
+    path = tmp_path / "v.db"
+    store = _build(EXAMPLE, ctx, path=str(path))
+    await store.open()
+    try:
+        for sid, value in (("a", "1"), ("b", "2"), ("c", "3")):
+            await store.put(sid, 1, {"k": value}, "0" * 32)
+        with sqlite3.connect(path) as db:
+            blob = db.execute("SELECT ciphertext FROM entries WHERE secret_id = 'a'").fetchone()[0]
+            flipped = blob[:-1] + bytes([blob[-1] ^ 1])
+            db.execute("UPDATE entries SET ciphertext = ? WHERE secret_id = 'a'", (flipped,))
+            db.execute(
+                "UPDATE entries SET ciphertext = (SELECT ciphertext FROM entries"
+                " WHERE secret_id = 'c') WHERE secret_id = 'b'"
+            )
+        listed = {e.secret_id: e.unreadable async for e in store.list()}
+        assert listed == {"a": True, "b": True, "c": False}
+    finally:
+        await store.close()

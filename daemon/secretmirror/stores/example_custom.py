@@ -23,7 +23,8 @@ back the disk up. Everything a real back-end must do is here in small form:
   (read one entry's state), ``_put_as`` / ``_delete_as`` (one *conditional*
   write each: here an ``UPDATE`` that matches only the row as it was read,
   so a concurrent writer makes it ``Stale`` instead of being overwritten),
-  ``_pages`` / ``_listed`` (the listing);
+  ``_pages`` / ``_listed`` (the listing, which opens each ciphertext so that a
+  corrupted entry is reported ``unreadable``, as the sql and file stores do);
 - the provider's errors (here ``sqlite3``) are translated into
   ``secretmirror.errors.Store*`` in one place, and blocking calls run in a
   worker thread so the event loop never waits on disk.
@@ -79,7 +80,7 @@ WHERE deployment = ? AND secret_id = ? AND version = ? AND deleted = ?
 """
 
 _LIST = """
-SELECT secret_id, version, hash, deleted FROM entries
+SELECT secret_id, version, hash, deleted, ciphertext FROM entries
 WHERE deployment = ? AND secret_id > ?
 ORDER BY secret_id
 LIMIT ?
@@ -94,9 +95,12 @@ class _State:
     version: int = 0
     hash: str | None = None
     deleted: bool = False
+    #: A listing found its ciphertext does not decrypt (corrupted, or another entry's).
+    unreadable: bool = False
 
     def entry(self, secret_id: str) -> Entry:
-        return Entry(secret_id, self.version, None if self.deleted else self.hash, self.deleted)
+        hash_ = None if self.deleted else self.hash
+        return Entry(secret_id, self.version, hash_, self.deleted, unreadable=self.unreadable)
 
 
 class SqliteStore(FencedStore[_State]):
@@ -197,8 +201,12 @@ class SqliteStore(FencedStore[_State]):
             after = rows[-1][0]
 
     async def _listed(self, item: Any) -> tuple[str, str, _State] | None:
-        secret_id, version, hash_, deleted = item
-        return secret_id, secret_id, _State(True, version, hash_, bool(deleted))
+        # The ciphertext is opened, as the sql and file stores do: an entry that does not
+        # decrypt is reported (verify: unreadable), never taken as in sync on its header.
+        secret_id, version, hash_, deleted, blob = item
+        aad = secret_aad(secret_id, version)
+        unreadable = not deleted and (blob is None or not self._keyring.opens(blob, aad))
+        return secret_id, secret_id, _State(True, version, hash_, bool(deleted), unreadable)
 
     # -- SQLite --
 
