@@ -13,6 +13,7 @@ import pytest
 
 from secretmirror.crypto import content_hash
 from secretmirror.model import canonical
+from secretmirror.remote_clock import waiting_locally
 from secretmirror.runtime import Runtime
 from tests.conftest import Api
 from tests.pg import TestPostgres
@@ -436,6 +437,38 @@ async def test_a_job_never_retries_a_write_past_its_lease(api: Api, runtime: Run
     assert [(f["secret_id"], f["reason"].split(":")[0]) for f in job["failures"]] == [
         (ids[0], "throttled")
     ]
+
+
+async def test_a_job_write_never_outlives_its_lease(api: Api, runtime: Runtime) -> None:
+    """A job's write must end the store's timeout before its lease does: one that would
+    queue locally past that is never sent, and one cut off mid-request, which may still
+    land, keeps the lease instead of giving it back (a worker writing a newer version
+    meanwhile could be buried by either)."""
+    queued = (await api.create("queued", {"k": "v"}))["id"]
+    hanging = (await api.create("hanging", {"k": "v"}))["id"]
+    assert runtime.backup is not None
+    replication = runtime.settings.replication.model_copy(update={"lease_s": 3.0})
+    runtime.settings = runtime.settings.model_copy(update={"replication": replication})
+    runtime.backup.timeout_s = 1.0  # lease_s / 3, as the daemon sets it
+    sent: list[str] = []
+
+    async def slow_put(sid: str, *_args: Any) -> Any:
+        if sid == queued:
+            with waiting_locally():  # as a pacing slot far ahead waits
+                await asyncio.sleep(10)
+        sent.append(sid)
+        await asyncio.sleep(3600)  # the request never answers
+
+    runtime.backup.store.put = slow_put  # type: ignore[method-assign]
+    job = await run_job(api, "backup")
+    assert sorted(f["secret_id"] for f in job["failures"]) == sorted([queued, hanging])
+    assert queued not in sent
+    rows = await runtime.pool.fetch(
+        "SELECT secret_id::text, leased_by FROM deliveries WHERE target = $1",
+        runtime.key_of("backup"),
+    )
+    leased = {r["secret_id"]: r["leased_by"] for r in rows}
+    assert "/job-" in (leased[hanging] or "")  # held, not given back
 
 
 async def test_a_job_a_store_stops_says_what_stopped_it(api: Api, runtime: Runtime) -> None:

@@ -154,6 +154,15 @@ async def test_a_callers_limit_that_cuts_a_request_off_is_a_write_that_may_land(
     assert (role.up, store_up_metric("primary")) == (True, 1)
 
 
+async def test_a_limit_on_the_whole_call_leaves_the_store_its_own_time() -> None:
+    """``within_s`` (a worker's lease) cutting off a request that never queued: the store had
+    not used its own timeout, so it stays up, and the write may still land."""
+    role = RoleStore("backup", Scripted("hang"), timeout_s=10)  # type: ignore[arg-type]
+    with pytest.raises(StoreCutOff):
+        await role.put("s", 1, {"k": "v"}, "h", within_s=0.2)
+    assert (role.up, store_up_metric("backup")) == (True, 1)
+
+
 async def test_a_slot_beyond_the_callers_limit_is_refused_at_once() -> None:
     """A pacing slot further ahead than the caller's limit: throttled now, and the slot given
     back for the next caller."""

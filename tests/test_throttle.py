@@ -75,10 +75,20 @@ async def test_a_hold_past_the_callers_limit_is_throttled_not_a_timeout() -> Non
     throttle = Throttle()
     throttle.hold(1.0)
     clock = RemoteClock(10.0, wall_s=0.5)
-    with pytest.raises(StoreThrottled):
+    with pytest.raises(StoreThrottled) as raised:
         async with clock.running():
             await throttle.wait()
     assert not clock.expired
+    assert raised.value.local  # waited out but for the caller's limit: nothing was sent
+
+
+async def test_a_hold_past_what_is_ever_waited_is_the_stores_throttling() -> None:
+    """A hold longer than this process ever waits is the store's answer (an attempt)."""
+    throttle = Throttle()
+    throttle.hold(60.0)
+    with pytest.raises(StoreThrottled) as raised:
+        await throttle.wait()
+    assert not raised.value.local
 
 
 async def test_waiting_out_a_hold_does_not_count_against_the_store() -> None:

@@ -160,6 +160,9 @@ class Throttle:
             raise StoreThrottled(
                 f"the store asked to slow down; calls are held {left:.1f}s more",
                 retry_after_s=left,
+                # A hold this process would have waited out but for the caller's time
+                # limit: nothing was sent, so not an attempt of the write.
+                local=left <= self._wait_max_s,
             )
         with waiting_locally():
             await asyncio.sleep(left)

@@ -17,9 +17,12 @@ to write it, so it counts as ``in_sync``.
 
 Repairs: missing and stale entries get the current version written directly
 (fenced, so racing the worker is harmless); a mismatch or an unreadable entry
-is re-issued through the outbox as a new version with the same values, which
-every store accepts over what it holds at the current version; orphans are
-deleted.
+is re-issued through the outbox as new versions with the same values until one
+passes what the entry holds, which every store then accepts; orphans are
+deleted. Backup and restore copy the same way, and re-issue where the
+destination differs at (or above) the current version or holds a tombstone
+there (``moved``: a restore after a backup with ``delete_secrets``). A job's
+write, like a delivery's, must end the store's timeout before its lease does.
 
 Mirrors (spec section 16) are scanned the same way against their own expected
 state: the live secrets the mirror's rule selects, keyed by secret id (fence:
@@ -63,8 +66,10 @@ from secretmirror.errors import (
     StoreContended,
     StoreError,
     StoreRejected,
+    StoreThrottled,
     Unavailable,
     echoed,
+    may_have_landed,
 )
 from secretmirror.mirrors import Mirror
 from secretmirror.model import canonical
@@ -451,6 +456,8 @@ class Job:
         self._holder = f"{rt.node}/job-{self.id}"
         #: When each lease this job holds ends (``time.monotonic``), by its token.
         self._lease_ends: dict[str, float] = {}
+        #: Leases whose write may still land, by token: held this long more, not released.
+        self._unsure: dict[str, float] = {}
         self.log = log.bind(job_id=self.id, mode=self.mode)
 
     async def run(self) -> None:
@@ -609,7 +616,7 @@ class Job:
                 )
                 self.report.add("deleted")
             elif f.cls in _REISSUE:
-                await self._reissue_past(None, f.secret_id, f.entry)
+                await self._reissue_past(None, f.secret_id, _fence_of(f))
                 self.report.add("copied")
             else:
                 await self._write_current(store, f.secret_id, _log_only)
@@ -675,7 +682,11 @@ class Job:
         try:
             # Keyed by name, the name is leased instead, as a delivery writing it holds it.
             async with self._name_held(store, rule, f.secret_id):
-                await self._leased_write(store, token, lambda: store.delete(f.secret_id, tombstone))
+                await self._leased_write(
+                    store,
+                    token,
+                    lambda within: store.delete(f.secret_id, tombstone, within_s=within),
+                )
         finally:
             if leased:
                 await self._release(store, f.secret_id, token, 0)
@@ -698,7 +709,9 @@ class Job:
             fence = row["seq"] if rule.by_name else row["version"]
             async with self._name_held(store, rule, key):
                 await self._leased_write(
-                    store, token, lambda: store.put(key, fence, values, row["hash"])
+                    store,
+                    token,
+                    lambda within: store.put(key, fence, values, row["hash"], within_s=within),
                 )
             written = row["version"]  # the delivery row counts secret versions
         finally:
@@ -743,7 +756,9 @@ class Job:
         try:
             values, version, hash_ = await self._values_from(read, secret_id)
             await self._leased_write(
-                dest, token, lambda: dest.put(secret_id, version, values, hash_)
+                dest,
+                token,
+                lambda within: dest.put(secret_id, version, values, hash_, within_s=within),
             )
             written = version
         finally:
@@ -779,24 +794,45 @@ class Job:
         return None
 
     async def _leased_write(
-        self, store: RoleStore, token: str, call: Callable[[], Awaitable[Any]]
+        self, store: RoleStore, token: str, call: Callable[[float | None], Awaitable[Any]]
     ) -> None:
-        """A write of this job under its lease ``token``, asked again after a failure that
-        may pass, but no try starts later than the store's timeout before the lease ends:
-        past it another process's worker may hold the lease and have written a newer
-        version, which a late try could bury (in a store with no conditional write)."""
+        """A write of this job under its lease ``token``: ``call(within_s)``, each try bounded
+        to end the store's timeout before the lease does and asked again after a failure
+        that may pass while that lasts. Past it another process's worker may hold the lease
+        and have written a newer version, which a late write could bury (in a store with no
+        conditional write). A write that may still land keeps the lease (``_release``)."""
         ends = self._lease_ends.get(token)
         until = None if ends is None else ends - store.timeout_s
-        await asked_again(call, waits_out_throttling=True, until=until)
+
+        async def attempt() -> Any:
+            if until is None:
+                return await call(None)
+            within = until - time.monotonic()
+            if within <= 0:
+                raise StoreThrottled(
+                    "the job's lease on the secret ran out before the store was free", local=True
+                )
+            return await call(within)
+
+        try:
+            await asked_again(attempt, waits_out_throttling=True, until=until)
+        except StoreError as exc:
+            if may_have_landed(exc):
+                self._unsure[token] = store.timeout_s
+            raise
 
     async def _release(self, store: RoleStore, secret_id: str, token: str, written: int) -> None:
         """Record ``written`` (0: nothing) as applied and give the lease back, if the job's
         ``token`` still holds it (a lease that expired mid-write records nothing)."""
         self._lease_ends.pop(token, None)
+        hold_s = self._unsure.pop(token, None)
         row_key = self._row_key(store, secret_id)
         if row_key is None:
             return
         with contextlib.suppress(Unavailable):  # else the lease expires by itself
+            if hold_s is not None:  # cut off mid-request: no one writes before it lands or dies
+                await self.rt.pool.execute(Q.delivery_hold, *row_key, token, hold_s)
+                return
             await self.rt.pool.execute(Q.delivery_release_for_job, *row_key, token, written)
 
     def _name_held(
@@ -841,7 +877,7 @@ class Job:
                 # delete_secrets, or the other way round), so a copy would be a no-op: new
                 # versions through the outbox replace the entry, and the source is not
                 # evacuated on its word.
-                await self._reissue_past(None, f.secret_id, f.entry)
+                await self._reissue_past(None, f.secret_id, _fence_of(f))
                 self.report.add("copied")
                 return
             written = await self._write_current(dest, f.secret_id, source.get)
@@ -866,7 +902,11 @@ class Job:
             if token is None:
                 raise StoreContended("a delivery kept the entry busy; run the job again")
             try:
-                await self._leased_write(source, token, lambda: source.delete(f.secret_id, version))
+                await self._leased_write(
+                    source,
+                    token,
+                    lambda within: source.delete(f.secret_id, version, within_s=within),
+                )
             finally:
                 await self._release(source, f.secret_id, token, 0)
             self.report.add("deleted")
@@ -920,6 +960,17 @@ class Job:
             targets=self.rt.keys_of(self.rt.targets_for((row["name"], row["private"]))),
         )
         self.rt.committed()
+
+
+def _fence_of(f: Finding) -> Entry | None:
+    """The entry a re-issue must pass. An unreadable entry's version may be forged: one out
+    of the re-issues' reach is not chased (None: one re-issue), since the file store
+    replaces an entry whose header is not authentic on the next write anyway; within
+    reach it is (the sql store fences on its version column, readable or not)."""
+    entry, expected = f.entry, f.expected_version
+    if f.cls == "unreadable" and entry is not None and expected is not None:
+        return None if entry.version >= expected + _REISSUES else entry
+    return entry
 
 
 async def _log_only(secret_id: str) -> StoredValue | None:

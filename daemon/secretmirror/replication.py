@@ -371,10 +371,10 @@ class _Leased:
         return left
 
     async def put(self, secret_id: str, version: int, values: dict[str, str], hash_: str) -> None:
-        await self._store.put(secret_id, version, values, hash_, timeout_s=self._left())
+        await self._store.put(secret_id, version, values, hash_, within_s=self._left())
 
     async def delete(self, secret_id: str, version: int) -> None:
-        await self._store.delete(secret_id, version, timeout_s=self._left())
+        await self._store.delete(secret_id, version, within_s=self._left())
 
 
 async def notify_others(rt: Runtime, stop: asyncio.Event, coalesce_s: float = 0.02) -> None:

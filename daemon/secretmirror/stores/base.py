@@ -2,9 +2,9 @@
 
 A store holds, per secret id, the newest *secretmirror version* it was given,
 with the values and a keyed content hash, or a versioned tombstone after a
-delete. Every write is fenced: applying version ``v`` where the store already
-holds ``v`` or newer is a no-op, so redelivery is harmless and a store never
-goes back to an older version.
+delete. Every write is fenced: a put of version ``v`` where the store already
+holds ``v`` or newer is a no-op, as is a delete below the version held, so
+redelivery is harmless and a store never goes back to an older version.
 
 Back-ends translate provider errors into ``secretmirror.errors.Store*``:
 ``StoreNotFound`` (no such entry), ``StoreUnavailable`` (the whole store is

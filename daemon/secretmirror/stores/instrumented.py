@@ -57,17 +57,23 @@ class RoleStore:
     def location(self) -> str:
         return self.store.location
 
-    async def _call(self, operation: str, call: Awaitable[T], timeout_s: float | None) -> T:
-        """Run ``call``: the store has the role's timeout of its own time, less when the
-        caller gives a shorter ``timeout_s``.
+    async def _call(
+        self,
+        operation: str,
+        call: Awaitable[T],
+        timeout_s: float | None,
+        within_s: float | None = None,
+    ) -> T:
+        """Run ``call``: the store has ``timeout_s`` (else the role's) of its own time.
 
         A ``timeout_s`` given by the caller also bounds the whole call, local
-        queueing included (the API's inline writes must answer quickly; a worker's
-        write must end inside its lease).
+        queueing included (the API's inline writes must answer quickly).
+        ``within_s`` bounds the whole call only, the store keeping the role's timeout
+        of its own (a worker's write must end inside its lease).
         """
         started = time.perf_counter()
-        remote_s = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
-        clock = RemoteClock(remote_s, wall_s=timeout_s)
+        wall_s = timeout_s if timeout_s is not None else within_s
+        clock = RemoteClock(timeout_s or self.timeout_s, wall_s=wall_s)
         outcome = "ok"
         try:
             async with clock.running():
@@ -139,16 +145,24 @@ class RoleStore:
         values: dict[str, str],
         content_hash: str,
         timeout_s: float | None = None,
+        *,
+        within_s: float | None = None,
     ) -> PutOutcome:
-        return await self._call(
-            "put", self.store.put(secret_id, version, values, content_hash), timeout_s
-        )
+        write = self.store.put(secret_id, version, values, content_hash)
+        return await self._call("put", write, timeout_s, within_s)
 
     async def get(self, secret_id: str, timeout_s: float | None = None) -> StoredValue | None:
         return await self._call("get", self.store.get(secret_id), timeout_s)
 
-    async def delete(self, secret_id: str, version: int, timeout_s: float | None = None) -> None:
-        await self._call("delete", self.store.delete(secret_id, version), timeout_s)
+    async def delete(
+        self,
+        secret_id: str,
+        version: int,
+        timeout_s: float | None = None,
+        *,
+        within_s: float | None = None,
+    ) -> None:
+        await self._call("delete", self.store.delete(secret_id, version), timeout_s, within_s)
 
     async def list(self) -> AsyncIterator[Entry]:
         """The back-end's listing, each page's wait timed and counted as one ``list`` request."""
