@@ -226,6 +226,7 @@ async def test_unknown_or_misplaced_stores_are_refused_and_no_job_is_made(api: A
     for body, message in (
         ({"mode": "verify", "stores": ["named", "nope"]}, "unknown store 'nope'"),
         ({"mode": "repair", "stores": []}, "non-empty list"),
+        ({"mode": "repair", "stores": None}, "non-empty list"),
         ({"mode": "verify", "stores": "named"}, "non-empty list"),
         ({"mode": "verify", "stores": ["named", 3]}, "non-empty list"),
         ({"mode": "verify", "stores": {"named": True}}, "non-empty list"),

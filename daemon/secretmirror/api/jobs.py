@@ -31,8 +31,9 @@ async def start_reconcile(request: web.Request) -> web.Response:
         raise Invalid("dry_run and delete_secrets must be true or false")
     if delete_secrets and mode not in ("backup", "restore"):
         raise Invalid("delete_secrets applies to backup and restore only")
+    # Absent means every store; null is refused, as the OpenAPI document says (an array).
     stores = body.get("stores")
-    if stores is not None and (
+    if "stores" in body and (
         not isinstance(stores, list)
         or not stores
         or not all(isinstance(name, str) for name in stores)
