@@ -222,3 +222,23 @@ async def wait_job(daemon: DaemonProcess, job_id: str) -> dict[str, Any]:
             return job
         await asyncio.sleep(0.1)
     raise AssertionError("job did not finish")
+
+
+class TestForceDelete:
+    @pytest.fixture
+    def settings_overrides(self, moto_server: str, aws_prefix: str) -> dict[str, Any]:
+        fields = aws_settings(moto_server, aws_prefix, recovery_window_days=0)
+        return {"backup": {"type": "aws", **fields}, "reconcile": {"verify_interval_s": 0}}
+
+    async def test_emptying_a_store_that_keeps_no_tombstone_is_refused(self, api: Api) -> None:
+        """A restore with delete_secrets would force-delete the aws backup's entries: AWS
+        keeps nothing of them, so verify would count each missing and repair would write it
+        back. Refused with 422 and no job made; without delete_secrets it runs."""
+        before = (await api.request("GET", "/admin/v1/jobs"))[1]["items"]
+        body = {"mode": "restore", "delete_secrets": True}
+        status, answer, _ = await api.request("POST", "/admin/v1/reconcile", json=body)
+        assert status == 422, answer
+        assert "recovery_window_days = 0" in json.dumps(answer)
+        assert (await api.request("GET", "/admin/v1/jobs"))[1]["items"] == before
+        job = await run_job(api, "restore")
+        assert job["status"] == "succeeded", job

@@ -962,6 +962,11 @@ class Job:
         self.rt.committed()
 
 
+def _keeps_tombstones(role: RoleStore) -> bool:
+    """The store remembers a delete (an optional store attribute; aws: a recovery window)."""
+    return bool(getattr(role.store, "keeps_tombstones", True))
+
+
 def _fence_of(f: Finding) -> Entry | None:
     """The entry a re-issue must pass. An unreadable entry's version may be forged: one out
     of the re-issues' reach is not chased (None: one re-issue), since the file store
@@ -1038,6 +1043,13 @@ class Jobs:
             raise Invalid("stores applies to verify and repair only")
         else:
             chosen = None
+        source = {"backup": self.rt.primary, "restore": self.rt.backup}.get(mode)
+        if delete_secrets and source is not None and not _keeps_tombstones(source):
+            raise Invalid(
+                f"delete_secrets: the {source.role} store keeps no tombstone of a delete (aws "
+                "with recovery_window_days = 0), so verify would count every secret it empties "
+                "missing and repair would write it back; give it a recovery window first"
+            )
         async with audit.changing(self.rt.pool, principal, action) as conn:
             try:
                 row = await conn.fetchrow(

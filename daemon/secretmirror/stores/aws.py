@@ -333,6 +333,11 @@ class AwsStore(FencedStore[_State]):
         s = self._settings
         return f"aws:{s.endpoint_url or 'aws'}/{s.region}/{s.name_prefix}"
 
+    @property
+    def keeps_tombstones(self) -> bool:
+        """False with ``recovery_window_days = 0``: a force delete leaves nothing in AWS."""
+        return self._settings.recovery_window_days > 0
+
     # -- lifecycle --
 
     async def open(self) -> None:
