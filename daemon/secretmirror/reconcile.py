@@ -803,21 +803,25 @@ class Job:
         conditional write). A write that may still land keeps the lease (``_release``)."""
         ends = self._lease_ends.get(token)
         until = None if ends is None else ends - store.timeout_s
+        cut_off = False  # a try that may still land, whatever the later ones did
 
         async def attempt() -> Any:
-            if until is None:
-                return await call(None)
-            within = until - time.monotonic()
-            if within <= 0:
+            nonlocal cut_off
+            within = None if until is None else until - time.monotonic()
+            if within is not None and within <= 0:
                 raise StoreThrottled(
                     "the job's lease on the secret ran out before the store was free", local=True
                 )
-            return await call(within)
+            try:
+                return await call(within)
+            except StoreError as exc:
+                cut_off = cut_off or may_have_landed(exc)
+                raise
 
         try:
             await asked_again(attempt, waits_out_throttling=True, until=until)
-        except StoreError as exc:
-            if may_have_landed(exc):
+        except StoreError:
+            if cut_off:
                 self._unsure[token] = store.timeout_s
             raise
 
