@@ -64,6 +64,13 @@ async def seeded(api: Api, runtime: Runtime, n: int) -> list[str]:
     return ids
 
 
+async def served_from(api: Api, ids: list[str], source: str) -> None:
+    """Each secret reads its seeded values ({"k": "v<i>"}), served by ``source``."""
+    for i, sid in enumerate(ids):
+        status, body, headers = await api.request("GET", f"/api/v1/secrets/{sid}")
+        assert (status, body["values"], headers["X-Secret-Source"]) == (200, {"k": f"v{i}"}, source)
+
+
 async def test_verify_clean_after_replication(api: Api, runtime: Runtime) -> None:
     """After the drain every secret is in sync in both stores."""
     await seeded(api, runtime, 12)
@@ -177,13 +184,7 @@ async def test_restore_into_emptied_primary(api: Api, runtime: Runtime) -> None:
     assert status == 200  # served from the backup meanwhile
     job = await run_job(api, "restore")
     assert (job["status"], job["counts"]["copied"]) == ("succeeded", 8)
-    for i, sid in enumerate(ids):
-        status, body, headers = await api.request("GET", f"/api/v1/secrets/{sid}")
-        assert (status, body["values"], headers["X-Secret-Source"]) == (
-            200,
-            {"k": f"v{i}"},
-            "primary",
-        )
+    await served_from(api, ids, "primary")
 
 
 async def test_backup_delete_secrets_moves(api: Api, runtime: Runtime) -> None:
@@ -195,13 +196,7 @@ async def test_backup_delete_secrets_moves(api: Api, runtime: Runtime) -> None:
     assert job["counts"]["deleted"] == 6
     live = await runtime.pool.fetchval("SELECT count(*) FROM secretmirror_values WHERE NOT deleted")
     assert live == 0
-    for i, sid in enumerate(ids):
-        status, body, headers = await api.request("GET", f"/api/v1/secrets/{sid}")
-        assert (status, body["values"], headers["X-Secret-Source"]) == (
-            200,
-            {"k": f"v{i}"},
-            "backup",
-        )
+    await served_from(api, ids, "backup")
     await run_job(api, "repair")
     assert (
         await runtime.pool.fetchval("SELECT count(*) FROM secretmirror_values WHERE NOT deleted")
@@ -213,13 +208,7 @@ async def test_backup_delete_secrets_moves(api: Api, runtime: Runtime) -> None:
     assert (restored["status"], restored["counts"]["copied"]) == ("succeeded", 6), restored
     async with worker(runtime):
         await until(lambda: drained(runtime))
-    for i, sid in enumerate(ids):
-        status, body, headers = await api.request("GET", f"/api/v1/secrets/{sid}")
-        assert (status, body["values"], headers["X-Secret-Source"]) == (
-            200,
-            {"k": f"v{i}"},
-            "primary",
-        )
+    await served_from(api, ids, "primary")
 
 
 async def test_a_backup_over_a_differing_entry_replaces_it_and_keeps_the_source(
