@@ -460,6 +460,38 @@ async def test_a_job_write_never_outlives_its_lease(api: Api, runtime: Runtime) 
     assert "/job-" in (leased[hanging] or "")  # held, not given back
 
 
+async def test_a_job_write_cut_off_once_keeps_its_lease_after_it_succeeds(
+    api: Api, runtime: Runtime
+) -> None:
+    """A try that timed out may land after a later try succeeded: until it lands or dies, a
+    worker writing a newer version could be buried by it, so the lease is held, not given
+    back, and a secret written at the first try gives its lease back."""
+    from secretmirror.errors import StoreUnavailable
+
+    once, clean = [(await api.create(name, {"k": "v"}))["id"] for name in ("once", "clean")]
+    assert runtime.backup is not None
+    real_put = runtime.backup.store.put
+    tries: dict[str, int] = {}
+
+    async def timed_out_once(sid: str, *args: Any) -> Any:
+        tries[sid] = tries.get(sid, 0) + 1
+        if sid == once and tries[sid] == 1:
+            raise StoreUnavailable("the backup store did not answer in time")
+        return await real_put(sid, *args)
+
+    runtime.backup.store.put = timed_out_once  # type: ignore[method-assign]
+    job = await run_job(api, "backup")
+    assert job["counts"]["copied"] == 2
+    assert tries[once] == 2
+    rows = await runtime.pool.fetch(
+        "SELECT secret_id::text, leased_by FROM deliveries WHERE target = $1",
+        runtime.key_of("backup"),
+    )
+    leased = {r["secret_id"]: r["leased_by"] for r in rows}
+    assert "/job-" in (leased[once] or "")  # held, not given back
+    assert leased.get(clean) is None
+
+
 async def test_a_job_a_store_stops_says_what_stopped_it(api: Api, runtime: Runtime) -> None:
     """A listing that fails ends the job with the store's own message, not only a class name
     (an operator at 3 a.m. needs the operation and the provider's answer)."""

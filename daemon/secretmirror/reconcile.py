@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -66,11 +67,10 @@ from secretmirror.errors import (
     StoreContended,
     StoreError,
     StoreRejected,
-    StoreThrottled,
     Unavailable,
     echoed,
-    may_have_landed,
 )
+from secretmirror.leased import Lease, LeasedStore
 from secretmirror.mirrors import Mirror
 from secretmirror.model import canonical
 from secretmirror.queries import Q
@@ -454,10 +454,6 @@ class Job:
         self._cancelled = asyncio.Event()
         #: Names this job in the lease tokens it takes (each lease gets a fresh token).
         self._holder = f"{rt.node}/job-{self.id}"
-        #: When each lease this job holds ends (``time.monotonic``), by its token.
-        self._lease_ends: dict[str, float] = {}
-        #: Leases whose write may still land, by token: held this long more, not released.
-        self._unsure: dict[str, float] = {}
         self.log = log.bind(job_id=self.id, mode=self.mode)
 
     async def run(self) -> None:
@@ -675,28 +671,26 @@ class Job:
         tombstone = f.entry.version + 1
         # Keyed by secret id, the entry's delivery row is leased like any job write.
         leased = not rule.by_name and _uuid_or_none(f.secret_id) is not None
-        token = await self._lease(store, f.secret_id) if leased else ""
-        if token is None:
+        lease = await self._lease(store, f.secret_id) if leased else Lease("", None)
+        if lease is None:
             self.report.add("skipped")
             return
         try:
             # Keyed by name, the name is leased instead, as a delivery writing it holds it.
             async with self._name_held(store, rule, f.secret_id):
                 await self._leased_write(
-                    store,
-                    token,
-                    lambda within: store.delete(f.secret_id, tombstone, within_s=within),
+                    store, lease, lambda leased: leased.delete(f.secret_id, tombstone)
                 )
         finally:
             if leased:
-                await self._release(store, f.secret_id, token, 0)
+                await self._release(store, f.secret_id, lease, 0)
         self.report.add("deleted")
 
     async def _write_mirror(self, store: RoleStore, rule: Mirror, secret_id: str) -> None:
         """Put the secret's current version into a mirror under its key and fence (by name:
         its current name at its current event's seq), under the delivery lease."""
-        token = await self._lease(store, secret_id)
-        if token is None:
+        lease = await self._lease(store, secret_id)
+        if lease is None:
             self.report.add("skipped")
             return
         written = 0
@@ -709,13 +703,11 @@ class Job:
             fence = row["seq"] if rule.by_name else row["version"]
             async with self._name_held(store, rule, key):
                 await self._leased_write(
-                    store,
-                    token,
-                    lambda within: store.put(key, fence, values, row["hash"], within_s=within),
+                    store, lease, lambda leased: leased.put(key, fence, values, row["hash"])
                 )
             written = row["version"]  # the delivery row counts secret versions
         finally:
-            await self._release(store, secret_id, token, written)
+            await self._release(store, secret_id, lease, written)
         self.report.add("copied")
 
     async def _values_of(self, secret_id: str, row: Any) -> dict[str, str]:
@@ -748,29 +740,27 @@ class Job:
         the fallback). 0 when a delivery holds the lease: the worker is
         writing the secret right now, so the job leaves it (``skipped``).
         """
-        token = await self._lease(dest, secret_id)
-        if token is None:
+        lease = await self._lease(dest, secret_id)
+        if lease is None:
             self.report.add("skipped")
             return 0
         written = 0
         try:
             values, version, hash_ = await self._values_from(read, secret_id)
             await self._leased_write(
-                dest,
-                token,
-                lambda within: dest.put(secret_id, version, values, hash_, within_s=within),
+                dest, lease, lambda leased: leased.put(secret_id, version, values, hash_)
             )
             written = version
         finally:
-            await self._release(dest, secret_id, token, written)
+            await self._release(dest, secret_id, lease, written)
         self.report.add("copied")
         return written
 
-    async def _lease(self, store: RoleStore, secret_id: str) -> str | None:
+    async def _lease(self, store: RoleStore, secret_id: str) -> Lease | None:
         """Take the delivery lease of (``store``, secret) for one write of this job.
 
-        Returns the lease's fresh token (``_release`` presents it; empty for
-        a store no lease guards), or None when someone else kept the lease.
+        Returns the lease, with a fresh token (``_release`` presents it; empty
+        for a store no lease guards), or None when someone else kept the lease.
 
         Jobs then write an entry one at a time with the replication worker of
         every process, as deliveries do among themselves: a store's memory of
@@ -780,64 +770,44 @@ class Job:
         """
         row_key = self._row_key(store, secret_id)
         if row_key is None:
-            return ""
+            return Lease("", None)
         lease_s = self.rt.settings.replication.lease_s
         token = deliveries.new_token(self._holder)
         for wait_s in (*_LEASE_WAITS_S, None):
             asked_at = time.monotonic()
             row = await self.rt.pool.fetchrow(Q.delivery_lease_for_job, *row_key, token, lease_s)
             if row is not None:
-                self._lease_ends[token] = asked_at + lease_s
-                return token
+                return Lease(token, asked_at + lease_s)
             if wait_s is not None:
                 await asyncio.sleep(wait_s)
         return None
 
     async def _leased_write(
-        self, store: RoleStore, token: str, call: Callable[[float | None], Awaitable[Any]]
+        self, store: RoleStore, lease: Lease, write: Callable[[LeasedStore], Awaitable[None]]
     ) -> None:
-        """A write of this job under its lease ``token``: ``call(within_s)``, each try bounded
-        to end the store's timeout before the lease does and asked again after a failure
-        that may pass while that lasts. Past it another process's worker may hold the lease
-        and have written a newer version, which a late write could bury (in a store with no
-        conditional write). A write that may still land keeps the lease (``_release``)."""
-        ends = self._lease_ends.get(token)
-        until = None if ends is None else ends - store.timeout_s
-        cut_off = False  # a try that may still land, whatever the later ones did
+        """``write`` of this job under ``lease``, asked again after a failure that may pass
+        while the lease lasts (``leased``: each try ends the store's timeout before the
+        lease does). Past it another process's worker may hold the lease and have written
+        a newer version, which a late write could bury (in a store with no conditional
+        write). A try that may still land keeps the lease (``_release``)."""
+        leased = LeasedStore(store, lease)
+        await asked_again(
+            functools.partial(write, leased), waits_out_throttling=True, until=leased.until
+        )
 
-        async def attempt() -> Any:
-            nonlocal cut_off
-            within = None if until is None else until - time.monotonic()
-            if within is not None and within <= 0:
-                raise StoreThrottled(
-                    "the job's lease on the secret ran out before the store was free", local=True
-                )
-            try:
-                return await call(within)
-            except StoreError as exc:
-                cut_off = cut_off or may_have_landed(exc)
-                raise
-
-        try:
-            await asked_again(attempt, waits_out_throttling=True, until=until)
-        except StoreError:
-            if cut_off:
-                self._unsure[token] = store.timeout_s
-            raise
-
-    async def _release(self, store: RoleStore, secret_id: str, token: str, written: int) -> None:
-        """Record ``written`` (0: nothing) as applied and give the lease back, if the job's
-        ``token`` still holds it (a lease that expired mid-write records nothing)."""
-        self._lease_ends.pop(token, None)
-        hold_s = self._unsure.pop(token, None)
+    async def _release(self, store: RoleStore, secret_id: str, lease: Lease, written: int) -> None:
+        """Record ``written`` (0: nothing) as applied and give the lease back, if the job
+        still holds it (a lease that expired mid-write records nothing). A lease one of
+        whose tries was cut off mid-request is held instead, even when a later try
+        succeeded: the cut-off request may land late over a newer write of a worker."""
         row_key = self._row_key(store, secret_id)
         if row_key is None:
             return
         with contextlib.suppress(Unavailable):  # else the lease expires by itself
-            if hold_s is not None:  # cut off mid-request: no one writes before it lands or dies
-                await self.rt.pool.execute(Q.delivery_hold, *row_key, token, hold_s)
+            if lease.unsure:  # cut off mid-request: no one writes before it lands or dies
+                await self.rt.pool.execute(Q.delivery_hold, *row_key, lease.token, store.timeout_s)
                 return
-            await self.rt.pool.execute(Q.delivery_release_for_job, *row_key, token, written)
+            await self.rt.pool.execute(Q.delivery_release_for_job, *row_key, lease.token, written)
 
     def _name_held(
         self, store: RoleStore, rule: Mirror, key: str
@@ -902,17 +872,15 @@ class Job:
         assert f.expected_version is not None
         version = version or f.expected_version
         try:
-            token = await self._lease(source, f.secret_id)
-            if token is None:
+            lease = await self._lease(source, f.secret_id)
+            if lease is None:
                 raise StoreContended("a delivery kept the entry busy; run the job again")
             try:
                 await self._leased_write(
-                    source,
-                    token,
-                    lambda within: source.delete(f.secret_id, version, within_s=within),
+                    source, lease, lambda leased: leased.delete(f.secret_id, version)
                 )
             finally:
-                await self._release(source, f.secret_id, token, 0)
+                await self._release(source, f.secret_id, lease, 0)
             self.report.add("deleted")
         except (StoreError, Unavailable) as exc:
             self.report.fail(f.secret_id, source.role, _reason(exc))

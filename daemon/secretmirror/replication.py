@@ -32,6 +32,7 @@ from secretmirror.errors import (
     Unavailable,
     may_have_landed,
 )
+from secretmirror.leased import Lease, LeasedStore
 from secretmirror.mirrors import Mirror, Version, plan
 from secretmirror.queries import Q
 from secretmirror.retry import RetryPolicy
@@ -180,7 +181,7 @@ class Replicator:
 
     async def _deliver(self, claim: Claim, event: Event | None, lease_ends: float) -> None:
         role = self.rt.role_of(claim.target)
-        store = _Leased(self.rt.store_for(role), lease_ends)
+        store = LeasedStore(self.rt.store_for(role), Lease(claim.token, lease_ends))
         bound = log.bind(secret_id=claim.secret_id, target=role, version=claim.version)
         try:
             if event is None:
@@ -221,7 +222,7 @@ class Replicator:
             replace(event, version=version, hash=row["hash"], snapshot=row["snapshot"])
         )
 
-    async def _mirror(self, rule: Mirror, store: _Leased, claim: Claim, event: Event) -> None:
+    async def _mirror(self, rule: Mirror, store: LeasedStore, claim: Claim, event: Event) -> None:
         """Deliver to a mirror: the writes ``mirrors.plan`` makes of the secret's events
         since the version the mirror applied (a rename writes the new name first)."""
         now = Version(event.version, event.seq, event.kind, event.name, event.private)
@@ -345,36 +346,6 @@ class Replicator:
             woken, _ = self.rt.changes.waiter()
             await woken.wait()
             self.rt.wake.set()
-
-
-class _Leased:
-    """A delivery's writes to its store, each bounded by what is left of the lease.
-
-    A write that waits locally (a pacing slot, a throttle hold, the entry's lock) past
-    its lease would land while another process, holding the lease now, writes a newer
-    version: in a store without a conditional write (AWS, Azure) the late one could stay
-    current. So each call must end ``timeout_s`` before the lease does (a write cut off
-    mid-request may land up to that later, and ``_failed`` keeps the lease that long);
-    a pacing slot or a hold beyond that is ``StoreThrottled`` at once, no request sent.
-    """
-
-    def __init__(self, store: RoleStore, lease_ends: float) -> None:
-        self._store = store
-        self._lease_ends = lease_ends
-
-    def _left(self) -> float:
-        left = self._lease_ends - time.monotonic() - self._store.timeout_s
-        if left <= 0:
-            raise StoreThrottled(
-                "the delivery's lease ran out before the store was free", local=True
-            )
-        return left
-
-    async def put(self, secret_id: str, version: int, values: dict[str, str], hash_: str) -> None:
-        await self._store.put(secret_id, version, values, hash_, within_s=self._left())
-
-    async def delete(self, secret_id: str, version: int) -> None:
-        await self._store.delete(secret_id, version, within_s=self._left())
 
 
 async def notify_others(rt: Runtime, stop: asyncio.Event, coalesce_s: float = 0.02) -> None:
