@@ -140,6 +140,15 @@ def test_token_encodes_version_and_hash() -> None:
     assert parse_token(token) == (42, "0123456789abcdef0123456789abcdef")
 
 
+def test_a_version_past_the_token_is_refused() -> None:
+    """The token has ten digits for the version: one beyond is rejected, never truncated
+    into another version's token."""
+    hash_ = "0123456789abcdef0123456789abcdef"
+    assert parse_token(make_token(9_999_999_999, hash_)) == (9_999_999_999, hash_)
+    with pytest.raises(StoreRejected, match="does not fit"):
+        make_token(10_000_000_000, hash_)
+
+
 def test_foreign_version_ids_do_not_parse() -> None:
     """A VersionId AWS generated (a UUID) is not taken for secretmirror's."""
     assert parse_token(str(uuid.uuid4())) is None

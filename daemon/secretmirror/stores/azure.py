@@ -157,7 +157,8 @@ class _State:
 class AzureStore(FencedStore[_State]):
     type = "azure"
     provider = "Key Vault"
-    max_bytes = MAX_VALUE_BYTES
+    max_value_bytes = MAX_VALUE_BYTES
+    absent = _State(exists=False)
     name_pattern = _NAME
     name_rule = "secret name (letters, digits and dashes, at most 127)"
     names_ignore_case = True
@@ -227,10 +228,7 @@ class AzureStore(FencedStore[_State]):
         reply = await self._request("GET", "secrets", "list", params={"maxresults": "1"})
         _expect(reply, 200, "list secrets")
 
-    async def get(self, secret_id: str) -> StoredValue | None:
-        name = self._name_of_existing(secret_id)
-        if name is None:
-            return None
+    async def _get(self, secret_id: str, name: str) -> StoredValue | None:
         reply = await self._request("GET", f"secrets/{name}/", "get")
         if reply.status == 404 or _disabled(reply):
             self._read_nothing(secret_id)
@@ -264,9 +262,6 @@ class AzureStore(FencedStore[_State]):
         if state is None:
             raise self._foreign(name)
         return state
-
-    def _absent(self) -> _State:
-        return _State(exists=False)
 
     def _agrees(self, known: _State, listed: _State) -> bool:
         # A tombstone newer than Key Vault's tag is one only this process holds.

@@ -27,12 +27,13 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 from secretmirror.errors import (
     StoreContended,
     StoreForeignEntry,
+    StoreNotFound,
     StoreRejected,
 )
 from secretmirror.model import canonical
 from secretmirror.ratelimit import Throttle, TokenBucket
 from secretmirror.retry import asked_again
-from secretmirror.stores.base import Entry, PutOutcome, StoreContext
+from secretmirror.stores.base import Entry, PutOutcome, StoreContext, StoredValue
 from secretmirror.stores.remembered import Remembered
 
 #: A put or delete reads the entry again at most this often when it changed under it.
@@ -121,7 +122,9 @@ class FencedStore(Generic[S]):
     #: The provider as messages name it ("AWS", "GCP", "Key Vault").
     provider: ClassVar[str]
     #: The provider's limit on one entry's canonical JSON.
-    max_bytes: ClassVar[int]
+    max_value_bytes: int
+    #: The state of an entry the provider does not hold.
+    absent: S
     #: Names the provider accepts (the prefix included).
     name_pattern: ClassVar[re.Pattern[str]]
     #: What a valid name is, for the refusal message.
@@ -145,10 +148,6 @@ class FencedStore(Generic[S]):
         #: processes write under other secrets' leases: ``StoreContext.shared_entries``).
         self._remembers = self.remembers and not ctx.shared_entries
 
-    @property
-    def max_value_bytes(self) -> int | None:
-        return self.max_bytes
-
     # -- provider hooks --
 
     async def _load(self, secret_id: str, name: str) -> S | None:
@@ -158,8 +157,9 @@ class FencedStore(Generic[S]):
         """
         raise NotImplementedError
 
-    def _absent(self) -> S:
-        """The state of an entry the provider does not hold."""
+    async def _get(self, secret_id: str, name: str) -> StoredValue | None:
+        """Read the entry's current value; None when it is missing or not served (a
+        tombstone, someone else's value). ``StoreNotFound`` reads as missing."""
         raise NotImplementedError
 
     async def _put_as(self, secret_id: str, name: str, state: S, write: Write) -> PutOutcome:
@@ -196,6 +196,16 @@ class FencedStore(Generic[S]):
         return state.exists
 
     # -- the store interface --
+
+    async def get(self, secret_id: str) -> StoredValue | None:
+        name = self._name_of_existing(secret_id)
+        if name is None:
+            return None
+        try:
+            return await self._get(secret_id, name)
+        except StoreNotFound:
+            self._read_nothing(secret_id)
+            return None
 
     async def put(
         self, secret_id: str, version: int, values: dict[str, str], content_hash: str
@@ -283,7 +293,7 @@ class FencedStore(Generic[S]):
                 return known
         state = await self._load(secret_id, name)
         if state is None:
-            return self._absent()
+            return self.absent
         if self._remembers:
             self._remembered.remember(secret_id, state)
         return state
@@ -307,9 +317,9 @@ class FencedStore(Generic[S]):
 
     def _checked_write(self, version: int, values: dict[str, str], content_hash: str) -> Write:
         blob = canonical(values)
-        if len(blob) > self.max_bytes:
+        if len(blob) > self.max_value_bytes:
             raise StoreRejected(
-                f"the values are {len(blob)} bytes; {self.provider} takes {self.max_bytes}"
+                f"the values are {len(blob)} bytes; {self.provider} takes {self.max_value_bytes}"
             )
         if version < 1:
             raise StoreRejected(f"version {version} is not a secretmirror version")

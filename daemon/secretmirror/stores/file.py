@@ -165,6 +165,8 @@ def file_name(secret_id: str) -> str:
 
 class FileStore:
     type = "file"
+    #: No limit of its own: secretmirror's cap on a secret applies.
+    max_value_bytes: int | None = None
 
     def __init__(self, settings: FileStoreSettings, ctx: StoreContext) -> None:
         if settings.path is not None:
@@ -183,10 +185,6 @@ class FileStore:
     @property
     def location(self) -> str:
         return str(self._dir)
-
-    @property
-    def max_value_bytes(self) -> int | None:
-        return None
 
     async def open(self) -> None:
         await self._run(self._prepare)

@@ -264,7 +264,8 @@ class GcpStore(FencedStore[_State]):
     provider = "GCP"
     name_rule = "secret id"
     name_pattern = _SECRET_ID
-    max_bytes = MAX_VALUE_BYTES
+    max_value_bytes = MAX_VALUE_BYTES
+    absent = _State(exists=False)
 
     def __init__(self, settings: GcpStoreSettings, ctx: StoreContext) -> None:
         if _MISSING is not None:
@@ -347,18 +348,12 @@ class GcpStore(FencedStore[_State]):
 
     # -- reads --
 
-    async def get(self, secret_id: str) -> StoredValue | None:
-        name = self._name_of_existing(secret_id)
-        if name is None:
-            return None
+    async def _get(self, secret_id: str, name: str) -> StoredValue | None:
         # A remembered tombstone answers nothing: another process of the deployment
         # may have written since, and a tombstone's latest version reads as destroyed.
         known = self._remembered.peek(secret_id)
         try:
             number, data = await self._access(name, "latest")
-        except StoreNotFound:
-            self._read_nothing(secret_id)
-            return None
         except _Precondition:
             return await self._get_claimed(secret_id, name)
         state = known
@@ -402,9 +397,6 @@ class GcpStore(FencedStore[_State]):
             return await self._fetch(secret_id, name)
         except StoreNotFound:
             return None
-
-    def _absent(self) -> _State:
-        return _State(exists=False)
 
     def _agrees(self, known: _State, listed: _State) -> bool:
         return known.claim == listed.claim

@@ -160,7 +160,8 @@ class HashicorpStore(FencedStore[_State]):
     provider = "Vault"
     # Consul storage refuses entries over 512 KiB (integrated storage: 1 MiB by
     # default); keep room for the KV wrapper and the barrier's encryption.
-    max_bytes = 384 * 1024
+    max_value_bytes = 384 * 1024
+    absent = _ABSENT
     remembers = False
 
     def __init__(self, settings: HashicorpStoreSettings, ctx: StoreContext) -> None:
@@ -235,10 +236,7 @@ class HashicorpStore(FencedStore[_State]):
         if reply.status != 200:
             raise StoreUnavailable(f"hashicorp store: health check failed (HTTP {reply.status})")
 
-    async def get(self, secret_id: str) -> StoredValue | None:
-        path = self._name_of_existing(secret_id)
-        if path is None:
-            return None
+    async def _get(self, secret_id: str, path: str) -> StoredValue | None:
         await self._ready()
         reply = await self._kv("GET", "data", path)
         if reply.status == 404 and not _says(reply, _NO_ROUTE):
@@ -272,9 +270,6 @@ class HashicorpStore(FencedStore[_State]):
         # whose ``cas`` alone cannot tell this entry from a foreign one re-created here.
         await self._ready()
         return await self._read_state(name)
-
-    def _absent(self) -> _State:
-        return _ABSENT
 
     async def _put_as(self, secret_id: str, name: str, state: _State, write: Write) -> PutOutcome:
         if state.holds(write.version):

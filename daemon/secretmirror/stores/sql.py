@@ -32,6 +32,8 @@ log = structlog.get_logger("secretmirror.stores.sql")
 
 class SqlStore:
     type = "sql"
+    #: No limit of its own: secretmirror's cap on a secret applies.
+    max_value_bytes: int | None = None
 
     def __init__(self, settings: SqlStoreSettings, ctx: StoreContext, main_dsn: str) -> None:
         self._settings = settings
@@ -61,10 +63,6 @@ class SqlStore:
     def pool(self) -> Any:
         """The pool the values live in (None before ``open``): the key inventory counts there."""
         return self._pool
-
-    @property
-    def max_value_bytes(self) -> int | None:
-        return None
 
     async def open(self) -> None:
         if self._own_dsn is None:
