@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -50,14 +51,11 @@ def now_iso() -> str:
 def machine_load() -> dict[str, Any]:
     """What else the machine is doing: ``uptime`` and the load averages."""
     uptime = None
-    exe = shutil.which("uptime")
-    if exe:
-        try:
+    if exe := shutil.which("uptime"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             uptime = subprocess.run(
                 [exe], capture_output=True, text=True, timeout=5, check=False
             ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            uptime = None
     load1, load5, load15 = os.getloadavg()
     return {
         "at": now_iso(),
@@ -99,6 +97,11 @@ def ratio(value: float | None, limit: float | None, digits: int = 3) -> float | 
     return round(value / limit, digits) if value and limit else None
 
 
+def rounded(value: float | None, digits: int = 1) -> float | None:
+    """``value`` rounded, None for None."""
+    return None if value is None else round(value, digits)
+
+
 def check(op: str, target: float, measured: float | None, what: str = "") -> dict[str, Any]:
     """One entry of ``"targets"``: ``op`` is ``">="`` or ``"<="``."""
     ok = measured is not None and (measured >= target if op == ">=" else measured <= target)
@@ -108,7 +111,7 @@ def check(op: str, target: float, measured: float | None, what: str = "") -> dic
     return found
 
 
-def print_targets(out: dict[str, Any], *, show_what: bool = False) -> None:
+def print_targets(out: dict[str, Any]) -> None:
     """The closing table every bench prints: each target, pass or MISS, and the figure."""
     targets = out.get("targets", {})
     width = max((len(name) for name in targets), default=0)
@@ -116,7 +119,7 @@ def print_targets(out: dict[str, Any], *, show_what: bool = False) -> None:
     for name, found in targets.items():
         verdict = "pass" if found["pass"] else "MISS"
         print(f"  {verdict:<5} {name:<{width}} {found['target']:<10} measured {found['measured']}")
-        if show_what and found.get("what"):
+        if found.get("what"):
             print(f"        {found['what']}")
 
 
@@ -170,7 +173,7 @@ async def measured(
         except (KeyError, TypeError) as exc:
             print(f"(summary incomplete: {type(exc).__name__}: {exc}; error: {with_error})")
     print_load(out)
-    print_targets(out, show_what=True)
+    print_targets(out)
     return out
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import inspect
 import itertools
 import json
 import os
@@ -13,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import asyncpg
@@ -24,7 +26,7 @@ from tests.daemon_proc import DaemonProcess, store_env
 from tests.moto import REGION, MotoServer, aws_settings, secrets_client
 from tests.pg import TestPostgres
 
-from bench._common import latency_summary
+from bench._common import latency_summary, rounded
 
 #: Verify neither at start-up nor on a timer: it would list a backup mid-measurement.
 VERIFY_OFF = {"SECRETMIRROR_RECONCILE__VERIFY_INTERVAL_S": "0"}
@@ -157,6 +159,47 @@ async def fetchval(dsn: str, query: str, *args: Any) -> Any:
     return rows[0][0] if rows else None
 
 
+@contextlib.asynccontextmanager
+async def every(interval_s: float, sample: Callable[[], object]) -> AsyncIterator[None]:
+    """Call ``sample`` (a plain or an async function) at once and every ``interval_s`` while
+    the block runs; the last call has ended when the block is left."""
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        while not stop.is_set():
+            if inspect.isawaitable(called := sample()):
+                await called
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+class Stoppable(Protocol):
+    """A server a test fixture started (moto, bao, a fake): ``stop`` ends it."""
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Stoppable)
+
+
+@contextlib.asynccontextmanager
+async def running(start: Callable[..., S], *args: Any, **kwargs: Any) -> AsyncIterator[S]:
+    """A server process made by ``start(*args, **kwargs)`` in a thread, stopped (in a thread)
+    on the way out."""
+    server = await asyncio.to_thread(start, *args, **kwargs)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
 class RssPeak:
     """A process's RSS every ``interval_s``: baseline before, peak during."""
 
@@ -166,24 +209,18 @@ class RssPeak:
         self.baseline = self.proc.memory_info().rss
         self.peak = self.baseline
         self.samples = 0
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._sampling = contextlib.AsyncExitStack()
 
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-                self.samples += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+    def _sample(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.samples += 1
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+    async def start(self) -> None:
+        await self._sampling.enter_async_context(every(self.interval_s, self._sample))
 
     async def stop(self) -> dict[str, Any]:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
+        await self._sampling.aclose()
         end = None
         with contextlib.suppress(psutil.Error):
             end = mib(self.proc.memory_info().rss)
@@ -506,7 +543,7 @@ class Progress:
                     rate = (a1 - a0) / (t1 - t0)
                     best = rate if best is None else max(best, rate)
                     break
-        return None if best is None else round(best, 1)
+        return rounded(best)
 
 
 def steady_rate(samples: list[tuple[float, int]], total: int) -> float | None:
@@ -529,22 +566,10 @@ async def replicated_phase(
     """``count`` API writes at ``clients``, then until every resulting event is applied:
     applied/s overall, while writing and after the writes (the backlog alone)."""
     start_applied = (await progress.sample())[1]
-    stop_sampling = asyncio.Event()
-
-    async def sample_while_writing() -> None:
-        while not stop_sampling.is_set():
-            await progress.sample()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop_sampling.wait(), 0.1)
-
     cpu.start()
-    sampler = asyncio.create_task(sample_while_writing())
-    first = time.perf_counter()
-    try:
+    async with every(0.1, progress.sample):
+        first = time.perf_counter()
         writes = await run_ops(op, clients, count=count)
-    finally:
-        stop_sampling.set()
-        await sampler
     writes_end = time.perf_counter()
     drained = await progress.until_applied(start_applied + writes["ops"])
     cpu_used = cpu.stop(writes["ops"])
@@ -557,7 +582,7 @@ async def replicated_phase(
         "api_writes": writes,
         "events_applied": applied,
         "drained": drained is not None,
-        "seconds_first_write_to_applied": None if total_s is None else round(total_s, 3),
+        "seconds_first_write_to_applied": rounded(total_s, 3),
         "applied_per_s": _rate(applied, total_s),
         "applied_per_s_while_writing": _rate(at_writes_end, writes_end - first),
         "backlog_when_writes_ended": backlog,
@@ -666,9 +691,7 @@ def write_limit(writes_per_s: float | None) -> dict[str, float]:
 
 def count_calls(calls: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals of ``MotoServer.read_calls``: by operation, with and without health probes."""
-    by_operation: dict[str, int] = {}
-    for call in calls:
-        by_operation[call["operation"]] = by_operation.get(call["operation"], 0) + 1
+    by_operation = collections.Counter(call["operation"] for call in calls)
     probes = sum(1 for call in calls if call["health_probe"])
     return {
         "total": len(calls),
@@ -808,8 +831,7 @@ class Stack:
 @contextlib.asynccontextmanager
 async def aws_stack(out: dict[str, Any], workdir: Path) -> AsyncIterator[Stack]:
     """A ``Stack``; on the way out the daemon stops and moto's 500 answers are recorded."""
-    async with postgres() as pg:
-        moto = await asyncio.to_thread(MotoServer, record=False)
+    async with postgres() as pg, running(MotoServer, record=False) as moto:
         stack = Stack(out, workdir, pg, moto)
         try:
             stack.dsn = await pg.database()
@@ -818,4 +840,3 @@ async def aws_stack(out: dict[str, Any], workdir: Path) -> AsyncIterator[Stack]:
             with contextlib.suppress(Exception):
                 await stack.stop_daemon()
             out["moto_500_answers"] = moto.server_errors()
-            await asyncio.to_thread(moto.stop)

@@ -218,7 +218,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
         try:
             out["daemon"]["ready_after_s"] = round(await daemon.ready(), 3)
             sampler = RssPeak(daemon.pid)
-            sampler.start()
+            await sampler.start()
             try:
                 await _phases(pg, dsn, daemon, out)
             finally:
@@ -242,12 +242,9 @@ async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -
 
     # 1. Fill to 10,000 secrets through the API at 32 clients, then read the RSS.
     print(f"fill: {RSS_SECRETS} secrets through the API at 32 clients")
-    api = Api(daemon.url, 32)
-    try:
+    async with Api(daemon.url, 32) as api:
         create = api_ops(api, ids, run_tag + "f")["create"]
         fill = await run_ops(create, 32, count=RSS_SECRETS, cpu=cpu, label="fill(create)")
-    finally:
-        await api.close()
     await asyncio.sleep(1.0)
     rss = out.setdefault("rss", {})
     rss["secrets_at_reading"] = await fetchval(dsn, Q.secret_count)
@@ -259,9 +256,8 @@ async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -
     for concurrency in CONCURRENCY:
         key = f"c{concurrency}"
         print(f"API at {concurrency} client(s), {DURATION_S:g} s per operation")
-        api = Api(daemon.url, concurrency)
         results: dict[str, Any] = {}
-        try:
+        async with Api(daemon.url, concurrency) as api:
             ops = api_ops(api, ids, f"{run_tag}c{concurrency}")
             for op in API_OPS:
                 results[op] = await run_ops(
@@ -269,8 +265,6 @@ async def _phases(pg: Postgres, dsn: str, daemon: Daemon, out: dict[str, Any]) -
                 )
                 if op == "get" and concurrency == max(CONCURRENCY):
                     results["db_connections_in_use"] = await fetchval(dsn, BACKENDS)
-        finally:
-            await api.close()
         out["api"][key] = results
 
         print(f"raw asyncpg at {concurrency} connection(s)")
@@ -323,6 +317,8 @@ def _others_fraction(out: dict[str, Any]) -> float | None:
 
 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
+    out["ratios"] = _ratios(out)
+    out["others_cpu_fraction"] = _others_fraction(out)
     c32 = out.get("api", {}).get("c32", {})
     return {
         "api_create_c32_ops_s": check(">=", 800, c32.get("create", {}).get("ops_per_s")),
@@ -363,8 +359,7 @@ def print_summary(out: dict[str, Any]) -> None:
             )
     for key in out.get("raw", {}):
         for op, what in RAW_EXTRA.items():
-            raw = out["raw"][key].get(op)
-            if raw:
+            if raw := out["raw"][key].get(op):
                 print(
                     f"raw {op:<16} c={raw['concurrency']:<3} {raw['ops_per_s']:>9.1f} ops/s"
                     f"  p50 {num(raw['p50_ms'], '{:.2f}')} ms  p99 {num(raw['p99_ms'], '{:.2f}')}"
@@ -382,12 +377,6 @@ def print_summary(out: dict[str, Any]) -> None:
     )
 
 
-def _finish(out: dict[str, Any]) -> dict[str, Any]:
-    out["ratios"] = _ratios(out)
-    out["others_cpu_fraction"] = _others_fraction(out)
-    return _targets(out)
-
-
 async def main() -> dict[str, Any]:
     config = {
         "concurrency": list(CONCURRENCY),
@@ -397,7 +386,7 @@ async def main() -> dict[str, Any]:
         "client": "aiohttp, one ClientSession, TCPConnector(limit=concurrency)",
         "raw": "asyncpg, one dedicated connection per client, same Q blocks",
     }
-    return await measured(NAME, _measure, config=config, targets=_finish, summary=print_summary)
+    return await measured(NAME, _measure, config=config, targets=_targets, summary=print_summary)
 
 
 if __name__ == "__main__":

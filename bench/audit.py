@@ -52,7 +52,6 @@ async def _phases(
     ids: list[str] = []
     fill = api_ops(apis["on"], ids, "audit")["create"]
     await run_ops(fill, CLIENTS, count=SECRETS, label="fill(create)")
-    rates: dict[str, list[float]] = {"on": [], "off": []}
     phases: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
     before = await _batch_stats(apis["on"])
     for _ in range(ROUNDS):
@@ -62,9 +61,9 @@ async def _phases(
             result = await run_ops(
                 get, CLIENTS, duration_s=DURATION_S, cpu=cpu, label=f"get audit {side}"
             )
-            rates[side].append(result["ops_per_s"])
             phases[side].append(result)
     after = await _batch_stats(apis["on"])
+    rates = {side: [p["ops_per_s"] for p in found] for side, found in phases.items()}
     inserts = after["count"] - before["count"]
     records = after["sum"] - before["sum"]
     stored = await fetchval(dsn, "SELECT count(*) FROM audit_records WHERE action = 'secret.read'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +20,7 @@ from tests.azurefake import (
 )
 from tests.daemon_proc import store_env
 
-from bench._common import check, knob, measured, ratio, run_standalone
+from bench._common import check, knob, measured, ratio, rounded, run_standalone
 from bench._harness import (
     VERIFY_OFF,
     Api,
@@ -31,6 +32,7 @@ from bench._harness import (
     cpu_seconds,
     postgres,
     run_ops,
+    running,
     serving,
     steady_rate,
     values_for,
@@ -102,13 +104,14 @@ async def raw_sdk_loop(fake: AzureFake, prefix: str, seconds: float) -> dict[str
                 tags={"bench": "raw", "n": str(n)},
             )
 
-        cpu = time.process_time()
-        found = await run_ops(set_secret, CONCURRENCY, duration_s=seconds, failures=(Exception,))
-        cpu = time.process_time() - cpu
-    return _raw_result(found, cpu)
+        return await _raw_run(set_secret, seconds, failures=(Exception,))
 
 
-def _raw_result(found: dict[str, Any], cpu: float) -> dict[str, Any]:
+async def _raw_run(op: Op, seconds: float, **run: Any) -> dict[str, Any]:
+    """``run_ops`` of ``op`` at ``CONCURRENCY`` for ``seconds``, with this process's CPU."""
+    cpu = time.process_time()
+    found = await run_ops(op, CONCURRENCY, duration_s=seconds, **run)
+    cpu = time.process_time() - cpu
     return {
         "concurrency": CONCURRENCY,
         "seconds": found["seconds"],
@@ -130,7 +133,6 @@ async def raw_rest_loop(fake: AzureFake, prefix: str, seconds: float) -> dict[st
     async with credential:
         token = (await credential.get_token("https://vault.azure.net/.default")).token
     headers = {"Authorization": f"Bearer {token}"}
-    cpu = time.process_time()
     async with Api(fake.url, CONCURRENCY, headers, ssl=fake.ssl_context()) as rest:
 
         async def put(_worker: int, n: int) -> None:
@@ -138,8 +140,7 @@ async def raw_rest_loop(fake: AzureFake, prefix: str, seconds: float) -> dict[st
             body = {"value": "{}", "contentType": "application/json", "tags": {"n": str(n)}}
             await rest.call("PUT", path, body, parse=False)
 
-        found = await run_ops(put, CONCURRENCY, duration_s=seconds)
-    return _raw_result(found, time.process_time() - cpu)
+        return await _raw_run(put, seconds)
 
 
 # -- the daemon's progress ------------------------------------------------------------------
@@ -203,8 +204,7 @@ def sets_per_second(calls: list[dict[str, Any]]) -> float | None:
 
 
 async def _measure(out: dict[str, Any], workdir: Path) -> None:
-    fake = await asyncio.to_thread(AzureFake)
-    try:
+    async with running(AzureFake) as fake:
         out["fake"] = {"url": fake.url}
         prefix = f"b{uuid.uuid4().hex[:10]}-"
         print("raw: the official SDK's bare set loop ...")
@@ -245,8 +245,6 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                     out["limiter"] = await _limiter(fake, api, ids[:LIMITED_UPDATES], prefix)
             finally:
                 fake.quota(None)
-    finally:
-        await asyncio.to_thread(fake.stop)
 
 
 async def _lifted(
@@ -284,8 +282,8 @@ async def _lifted(
         "api_updates_per_s": round(SECRETS / api_s, 1),
         "wall_s": drained["wall_s"],
         "applied_per_s": round(rate, 1),
-        "applied_per_s_steady": _round(steady_rate(drained["samples"], SECRETS)),
-        "sets_per_s_at_fake": _round(sets_per_second(calls)),
+        "applied_per_s_steady": rounded(steady_rate(drained["samples"], SECRETS)),
+        "sets_per_s_at_fake": rounded(sets_per_second(calls)),
         "dead": drained["dead"],
     }
     out["calls_per_update"] = {
@@ -312,8 +310,8 @@ async def _lifted(
         "max_writes_per_s": UNLIMITED_WRITES_PER_S,
         "drain_s": drained["wall_s"],
         "applied_per_s": round(rate, 1),
-        "applied_per_s_steady": _round(steady_rate(drained["samples"], SECRETS)),
-        "sets_per_s_at_fake": _round(sets_per_second(calls)),
+        "applied_per_s_steady": rounded(steady_rate(drained["samples"], SECRETS)),
+        "sets_per_s_at_fake": rounded(sets_per_second(calls)),
         "calls": _count(calls),
         "dead": drained["dead"],
         "note": OUTAGE_NOTE,
@@ -335,8 +333,8 @@ async def _limiter(fake: AzureFake, api: Api, chosen: list[str], prefix: str) ->
         "max_writes_per_s": DEFAULT_WRITES_PER_S,
         "key_vault_quota": f"{KEY_VAULT_SETS_PER_10_S} sets per 10 s",
         "drain_s": drained["wall_s"],
-        "applied_per_s_steady": _round(steady),
-        "sets_per_s_at_fake": _round(at_fake),
+        "applied_per_s_steady": rounded(steady),
+        "sets_per_s_at_fake": rounded(at_fake),
         "throttled_answers": throttled,
         "dead": drained["dead"],
         "calls": _count(calls),
@@ -373,15 +371,11 @@ def _targets(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def _count(calls: list[dict[str, Any]]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for call in calls:
-        key = call["op"] if call["status"] < 400 else f"{call['op']}:{call['status']}"
-        found[key] = found.get(key, 0) + 1
+    """The fake's calls by operation, a failed one by operation and status."""
+    found = collections.Counter(
+        c["op"] if c["status"] < 400 else f"{c['op']}:{c['status']}" for c in calls
+    )
     return dict(sorted(found.items()))
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 async def main() -> dict[str, Any]:

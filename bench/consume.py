@@ -13,12 +13,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 from tests.conftest import ADMIN_TOKEN
 
 from bench._common import check, knob, latency_summary, measured, run_standalone
-from bench._harness import AUTH, Api, Cpu, Daemon, postgres, run_ops, serving, values_for
+from bench._harness import Api, Cpu, Daemon, postgres, run_ops, running, serving
 from bench.http_ceiling import BareServer
 from secretmirror.queries import Q
 
@@ -30,6 +29,8 @@ FEED_CLIENTS = 100
 FEED_EVENTS = knob(None, 60, 20)
 FEED_GAP_S = 0.1
 WRK_SECONDS = knob(None, 2, 1)
+#: Each round's bulk storms in turn: the daemon and the bare server, from aiohttp, then wrk.
+STORMS = ("bulk", "bare_http", "wrk_bulk", "wrk_bare_http")
 
 
 def secret_name(client: int, i: int) -> str:
@@ -40,8 +41,7 @@ async def seed(api: Api) -> None:
     """CLIENTS x PER_CLIENT secrets through the API, 32 at a time."""
 
     async def one(_worker: int, n: int) -> None:
-        body = {"name": secret_name(*divmod(n, PER_CLIENT)), "values": values_for(n)}
-        await api.call("POST", "/api/v1/secrets", body, ok=201, parse=False)
+        await api.create(secret_name(*divmod(n, PER_CLIENT)), n)
 
     seeded = await run_ops(one, 32, count=CLIENTS * PER_CLIENT)
     if seeded["errors"]:
@@ -53,24 +53,16 @@ async def storm(base_url: str, bulk: bool) -> float:
     start = asyncio.Event()
 
     async def client(c: int) -> int:
-        connector = aiohttp.TCPConnector(limit=1)
-        async with aiohttp.ClientSession(headers=AUTH, connector=connector) as session:
+        async with Api(base_url, 1) as api:
             await start.wait()
             if bulk:
-                params = {"values": "true", "name_prefix": f"app{c:03d}-", "limit": "1000"}
-                async with session.get(base_url + "/api/v1/secrets", params=params) as resp:
-                    body = await resp.json()
-                    if resp.status != 200:
-                        raise RuntimeError(f"bulk read answered {resp.status}")
-                    return sum(1 for item in body["items"] if item["values"])
+                query = f"?values=true&name_prefix=app{c:03d}-&limit=1000"
+                body = await api.call("GET", "/api/v1/secrets" + query)
+                return sum(1 for item in body["items"] if item["values"])
             read = 0
             for i in range(PER_CLIENT):
-                path = f"/api/v1/secrets/by-name/{secret_name(c, i)}"
-                async with session.get(base_url + path) as resp:
-                    body = await resp.json()
-                    if resp.status != 200:
-                        raise RuntimeError(f"single read answered {resp.status}")
-                    read += 1 if body["values"] else 0
+                body = await api.call("GET", f"/api/v1/secrets/by-name/{secret_name(c, i)}")
+                read += 1 if body["values"] else 0
             return read
 
     tasks = [asyncio.create_task(client(c)) for c in range(CLIENTS)]
@@ -151,18 +143,14 @@ async def feed_latency(base_url: str) -> dict[str, Any]:
     latencies: list[float] = []
     missed = 0
     stop = asyncio.Event()
-    async with aiohttp.ClientSession(
-        headers=AUTH, connector=aiohttp.TCPConnector(limit=FEED_CLIENTS + 8)
-    ) as session:
-        async with session.get(base_url + "/api/v1/events") as resp:
-            head = (await resp.json())["last_seq"]
+    async with Api(base_url, FEED_CLIENTS + 8) as api:
+        head = (await api.call("GET", "/api/v1/events"))["last_seq"]
 
         async def poller() -> int:
             position, seen = head, 0
             while not stop.is_set():
-                params = {"after": str(position), "wait": "5", "name_prefix": "feed-"}
-                async with session.get(base_url + "/api/v1/events", params=params) as resp:
-                    body = await resp.json()
+                query = f"?after={position}&wait=5&name_prefix=feed-"
+                body = await api.call("GET", "/api/v1/events" + query)
                 arrived = time.time()
                 for event in body["events"]:
                     recorded = datetime.fromisoformat(event["recorded_at"]).timestamp()
@@ -175,9 +163,7 @@ async def feed_latency(base_url: str) -> dict[str, Any]:
         await asyncio.sleep(1.0)  # every poller is waiting
         for n in range(FEED_EVENTS):
             body = {"name": f"feed-{n:04d}", "values": {"k": "v"}}
-            async with session.post(base_url + "/api/v1/secrets", json=body) as resp:
-                if resp.status != 201:
-                    raise RuntimeError(f"a feed write answered {resp.status}")
+            await api.call("POST", "/api/v1/secrets", body, ok=201, parse=False)
             await asyncio.sleep(FEED_GAP_S)
         await asyncio.sleep(1.0)
         stop.set()
@@ -198,41 +184,32 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             warmup = {"single": await storm(daemon.url, bulk=False)}
             single = [await storm(daemon.url, bulk=False) for _ in range(ROUNDS)]
             warmup["bulk"] = await storm(daemon.url, bulk=True)
-            bulk: list[float] = []
-            http: list[float] = []
-            bulk_cpu: list[dict[str, float]] = []
-            http_cpu: list[dict[str, float]] = []
-            wrk: list[float] = []
-            wrk_http: list[float] = []
-            wrk_cpu: list[dict[str, float]] = []
-            wrk_http_cpu: list[dict[str, float]] = []
+            rates: dict[str, list[float]] = {k: [] for k in STORMS}
+            cpus: dict[str, list[dict[str, float]]] = {k: [] for k in STORMS}
             socket_errors = 0
-            bare = await asyncio.to_thread(BareServer, PER_CLIENT)
-            try:
+            async with running(BareServer, PER_CLIENT) as bare:
                 warmup["bare_http"] = await storm(bare.base_url, bulk=True)
                 warmup["wrk_bulk"] = (await wrk_storm(daemon.url))["values_per_s"]
+                served = {
+                    "bulk": (daemon.url, {"daemon": daemon.pid}),
+                    "bare_http": (bare.base_url, {"bare": bare.pid}),
+                }
                 for _ in range(ROUNDS):  # alternated, so both see the same machine
-                    cpu = Cpu({"daemon": daemon.pid}, pg.postmaster_pid)
-                    cpu.start()
-                    bulk.append(await storm(daemon.url, bulk=True))
-                    bulk_cpu.append(cpu.stop(CLIENTS)["ms_per_op"])
-                    cpu = Cpu({"bare": bare.pid})
-                    cpu.start()
-                    http.append(await storm(bare.base_url, bulk=True))
-                    http_cpu.append(cpu.stop(CLIENTS)["ms_per_op"])
-                    for url, rates, cpus, pids in (
-                        (daemon.url, wrk, wrk_cpu, {"daemon": daemon.pid}),
-                        (bare.base_url, wrk_http, wrk_http_cpu, {"bare": bare.pid}),
-                    ):
+                    for key in STORMS:
+                        url, pids = served[key.removeprefix("wrk_")]
                         cpu = Cpu(pids, pg.postmaster_pid if url == daemon.url else None)
                         cpu.start()
+                        if not key.startswith("wrk_"):
+                            rates[key].append(await storm(url, bulk=True))
+                            cpus[key].append(cpu.stop(CLIENTS)["ms_per_op"])
+                            continue
                         run = await wrk_storm(url)
-                        rates.append(run["values_per_s"])
+                        rates[key].append(run["values_per_s"])
                         socket_errors += run["socket_errors"]
                         used = cpu.stop(run["ok"])["ms_per_op"]
-                        cpus.append({**used, "wrk": run["cpu_s"] * 1e3 / run["ok"]})
-            finally:
-                bare.stop()
+                        cpus[key].append({**used, "wrk": run["cpu_s"] * 1e3 / run["ok"]})
+            bulk, http, wrk, wrk_http = rates.values()
+            bulk_cpu, http_cpu, wrk_cpu, wrk_http_cpu = cpus.values()
             pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
             try:
                 warmup["raw_asyncpg"] = await raw_storm(dsn, pool)

@@ -15,7 +15,7 @@ from tests.daemon_proc import store_env
 from tests.gcpfake import gcp_settings, sdk_client
 from tests.net import LineServer
 
-from bench._common import check, knob, mean, measured, run_standalone
+from bench._common import check, knob, mean, measured, rounded, run_standalone
 from bench._harness import (
     VERIFY_OFF,
     Api,
@@ -24,6 +24,7 @@ from bench._harness import (
     Progress,
     postgres,
     run_ops,
+    running,
     serving,
     values_for,
     write_limit,
@@ -57,13 +58,15 @@ class FakeProcess(LineServer):
             return found
 
 
-def gcp_env(fake: FakeProcess, writes_per_s: float | None) -> dict[str, str]:
-    """A gcp backup on the fake (a fresh name prefix), the verify schedule off."""
-    prefix = f"b{uuid.uuid4().hex[:8]}-"
+def gcp_env(
+    fake: FakeProcess, writes_per_s: float | None, prefix: str = "", role: str = "backup"
+) -> dict[str, str]:
+    """A gcp store on the fake (``prefix`` or a fresh one), the verify schedule off."""
+    prefix = prefix or f"b{uuid.uuid4().hex[:8]}-"
     fields = gcp_settings(
         fake.url, fake.key_file, prefix, project_id=PROJECT, **write_limit(writes_per_s)
     )
-    return {**store_env("backup", {"type": "gcp", **fields}), **VERIFY_OFF}
+    return {**store_env(role, {"type": "gcp", **fields}), **VERIFY_OFF}
 
 
 # -- the SDK's bare write loop ---------------------------------------------------------
@@ -184,7 +187,7 @@ def _summary(stats: dict[str, Any], changes: int, took_s: float) -> dict[str, An
         "changes_per_s": round(changes / took_s, 1),
         "write_calls": writes,
         "writes_per_change": round(writes / changes, 2),
-        "writes_per_s": None if rate is None else round(rate, 1),
+        "writes_per_s": rounded(rate),
         "calls": stats["ops"],
         "throttled": stats["throttled"],
     }
@@ -222,8 +225,7 @@ def print_summary(out: dict[str, Any]) -> None:
         )
     for phase in ("unlimited", "limited"):
         for step in ("first_writes", "updates"):
-            got = out.get(phase, {}).get(step)
-            if got:
+            if got := out.get(phase, {}).get(step):
                 print(
                     f"{phase:9} {step:12}: {got['writes_per_s']} writes/s, "
                     f"{got['changes_per_s']} changes/s, {got['writes_per_change']} writes/change"
@@ -232,22 +234,16 @@ def print_summary(out: dict[str, Any]) -> None:
 
 async def _measure(out: dict[str, Any], workdir: Path) -> None:
     out["raw"] = []
-    fake = FakeProcess(workdir)
-    try:
-        async with postgres() as pg:
-            # The SDK loop right before and right after the unlimited phase.
-            for phase, writes_per_s, count, update in (
-                ("unlimited", UNLIMITED_WRITES_PER_S, SECRETS, True),
-                ("limited", None, LIMITED_SECRETS, False),
-            ):
-                out["raw"].append(
-                    await asyncio.to_thread(
-                        sdk_write_loop, fake.url, fake.key_file, RAW_S, CONCURRENCY
-                    )
-                )
-                out[phase] = await replication_phase(pg, fake, workdir, writes_per_s, count, update)
-    finally:
-        await asyncio.to_thread(fake.stop)
+    async with running(FakeProcess, workdir) as fake, postgres() as pg:
+        # The SDK loop right before and right after the unlimited phase.
+        for phase, writes_per_s, count, update in (
+            ("unlimited", UNLIMITED_WRITES_PER_S, SECRETS, True),
+            ("limited", None, LIMITED_SECRETS, False),
+        ):
+            out["raw"].append(
+                await asyncio.to_thread(sdk_write_loop, fake.url, fake.key_file, RAW_S, CONCURRENCY)
+            )
+            out[phase] = await replication_phase(pg, fake, workdir, writes_per_s, count, update)
 
 
 async def main() -> dict[str, Any]:

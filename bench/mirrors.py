@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import multiprocessing
 import os
-import resource
 import secrets
 import signal
 import time
@@ -17,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.daemon_proc import store_env
-from tests.gcpfake import gcp_settings
 from tests.moto import REGION, MotoServer
-from tests.openbao import OpenBao, bao_settings, start_bao
+from tests.openbao import OpenBao, start_bao
 from tests.prometheus import Outage
 
-from bench._common import check, knob, mean, measured, ratio, run_standalone
+from bench._common import check, knob, mean, measured, ratio, rounded, run_standalone
 from bench._harness import (
     VERIFY_OFF,
     Api,
@@ -31,16 +29,19 @@ from bench._harness import (
     aws_env,
     aws_raw_loop,
     cpu_seconds,
+    every,
     fetch,
     machine_busy_s,
     postgres,
     run_ops,
+    running,
     serving,
     steady_rate,
     values_for,
 )
-from bench.gcp import PROJECT, FakeProcess, sdk_write_loop
+from bench.gcp import FakeProcess, gcp_env, sdk_write_loop
 from bench.vault import raw_loop as vault_raw_loop
+from bench.vault import vault_env
 
 NAME = "mirrors"
 SECRETS = knob("SECRETMIRROR_BENCH_MIRRORS_SECRETS", 1500, 150)
@@ -68,15 +69,10 @@ RAW_SIDES = ("raw_before", "raw_after")
 def mirrors_env(
     moto: MotoServer, bao: OpenBao, fake: FakeProcess, files: Path, tag: str
 ) -> dict[str, str]:
-    gcp = gcp_settings(
-        fake.url, fake.key_file, f"m{tag}-", project_id=PROJECT, max_writes_per_s=UNLIMITED
-    )
     return {
         **aws_env(moto.endpoint_url, f"smbench-{tag}/aws/", UNLIMITED, role="MIRRORS__AWS"),
-        **store_env(
-            "mirrors__vault", {"type": "hashicorp", **bao_settings(bao, f"smbench-{tag}/mirror/")}
-        ),
-        **store_env("mirrors__gcp", {"type": "gcp", **gcp}),
+        **vault_env(bao, f"smbench-{tag}/mirror/", "mirrors__vault"),
+        **gcp_env(fake, UNLIMITED, f"m{tag}-", "mirrors__gcp"),
         **store_env("mirrors__files", {"type": "file", "path": files}),
     }
 
@@ -186,15 +182,12 @@ def _one_raw_loop(loop: str, where: dict[str, str], start: Any, seconds: float) 
     """One raw loop in a process of its own (spawned): it makes its entries, waits at the
     ``start`` barrier for the other three, then runs: the four at once, each with its own
     interpreter, as if each store had a client of its own."""
-    before = resource.getrusage(resource.RUSAGE_SELF)
+    before = time.process_time()
     found = asyncio.run(raw_loop(loop, where, seconds, start.wait))
     found.setdefault("ops", found.get("calls"))  # the SDK loop counts calls
-    after = resource.getrusage(resource.RUSAGE_SELF)
+    found["client_cpu_s"] = round(time.process_time() - before, 3)
     ended = time.time()
     found["window"] = [round(ended - found["seconds"], 3), round(ended, 3)]
-    found["client_cpu_s"] = round(
-        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3
-    )
     return found
 
 
@@ -231,31 +224,25 @@ async def together_phase(
     ceiling of a fan-out here), and each store server's CPU per write in that window."""
     stores = locations(moto, bao, fake, workdir / "raw-files-together", f"smbench-{tag}/together/")
     samples: list[tuple[float, dict[str, float | None]]] = []
-    done = asyncio.Event()
 
     def take() -> None:
         got = {who: cpu_seconds(pid) for who, pid in pids.items()}
         samples.append((time.time(), {**got, "machine_busy": machine_busy_s()}))
 
-    async def sample() -> None:
-        while not done.is_set():
-            take()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), 0.2)
-        take()
-
-    sampler = asyncio.create_task(sample())
     loop = asyncio.get_running_loop()
     spawn = multiprocessing.get_context("spawn")
-    with spawn.Manager() as manager, ProcessPoolExecutor(len(TOGETHER), mp_context=spawn) as pool:
-        start = manager.Barrier(len(TOGETHER))
-        runs = [
-            loop.run_in_executor(pool, _one_raw_loop, name, stores, start, TOGETHER_S)
-            for name in TOGETHER
-        ]
-        results = await asyncio.gather(*runs)
-    done.set()
-    await sampler
+    async with every(0.2, take):
+        with (
+            spawn.Manager() as manager,
+            ProcessPoolExecutor(len(TOGETHER), mp_context=spawn) as pool,
+        ):
+            start = manager.Barrier(len(TOGETHER))
+            runs = [
+                loop.run_in_executor(pool, _one_raw_loop, name, stores, start, TOGETHER_S)
+                for name in TOGETHER
+            ]
+            results = await asyncio.gather(*runs)
+    take()
     found: dict[str, Any] = {"seconds": TOGETHER_S}
     for name, result in zip(TOGETHER, results, strict=True):
         t0, t1 = result["window"]
@@ -333,9 +320,9 @@ async def drain(api: Api, backlog: int, paused: Paused) -> dict[str, Any]:
         result[name] = {
             "drained": done is not None,
             "applied": applied[-1][1] if applied else 0,
-            "first_applied_after_s": None if first is None else round(first, 2),
-            "drained_after_s": None if done is None else round(done, 2),
-            "applied_per_s_10_90": None if steady is None else round(steady, 1),
+            "first_applied_after_s": rounded(first, 2),
+            "drained_after_s": rounded(done, 2),
+            "applied_per_s_10_90": rounded(steady),
             "applied_per_s_whole": None
             if done is None or first is None or done <= first
             else round(backlog / (done - first), 1),
@@ -357,10 +344,12 @@ async def api_creates(api: Api, tag: str, label: str, cpu: Cpu | None = None) ->
 async def _measure(out: dict[str, Any], workdir: Path) -> None:
     tag = secrets.token_hex(3)
     files = workdir / "mirror-files"
-    async with postgres() as pg:
-        moto = await asyncio.to_thread(MotoServer, record=False)
-        server = await asyncio.to_thread(start_bao)
-        fake = FakeProcess(workdir)
+    async with (
+        postgres() as pg,
+        running(MotoServer, record=False) as moto,
+        running(start_bao) as server,
+        running(FakeProcess, workdir) as fake,
+    ):
         try:
             bao = OpenBao(server.url, server.root_token)
             servers = {"moto": moto.pid, "bao": server.process.pid, "gcp_fake": fake.pid}
@@ -395,10 +384,7 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
             print("raw (after)")
             out["raw_after"] = await raw_phase(moto, bao, fake, workdir, tag, 2)
         finally:
-            fake.stop()
-            await asyncio.to_thread(server.stop)
             out["moto_500_answers"] = moto.server_errors()
-            await asyncio.to_thread(moto.stop)
 
 
 async def _fan_out(

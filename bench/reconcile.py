@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.moto import REGION, secrets_client
 
-from bench._common import check, knob, latency_summary, measured, run_standalone
+from bench._common import check, knob, latency_summary, measured, rounded, run_standalone
 from bench._harness import (
     Api,
     Cpu,
@@ -55,7 +55,7 @@ async def run_job(api: Api, mode: str) -> dict[str, Any]:
         "error": job.get("error"),
         "counts": job.get("counts"),
         "failures_sample": (job.get("failures") or [])[:3],
-        "seconds": None if job["seconds"] is None else round(job["seconds"], 3),
+        "seconds": rounded(job["seconds"], 3),
         "seconds_wall_from_post": job["seconds_wall_from_post"],
     }
 
@@ -130,7 +130,7 @@ async def _job_phase(
     before = await api.backup_status()
     sampler = RssPeak(stack.daemon.pid, RSS_INTERVAL_S) if rss else None
     if sampler is not None:
-        sampler.start()
+        await sampler.start()
     mark = moto.mark()
     cpu.start()
     try:
@@ -308,8 +308,7 @@ def print_summary(out: dict[str, Any]) -> None:
     print()
     raw = out.get("raw", {})
     for key in ("create", "put"):
-        r = raw.get(key)
-        if r:
+        if r := raw.get(key):
             print(f"raw {r['operation']:<15} {r['ops_per_s']:>8.1f}/s at {r['concurrency']}")
     if raw.get("list"):
         print(f"raw ListSecrets of the backup: {raw['list']['seconds']} s")
@@ -317,8 +316,7 @@ def print_summary(out: dict[str, Any]) -> None:
         floor = raw["scan_floor"]
         print(f"scan floor, {floor['pages']} pages matching nothing: {floor['seconds']} s")
     for key in ("first_backup", "second_backup", "verify"):
-        job = out.get(key)
-        if job:
+        if job := out.get(key):
             print(
                 f"{key:<14} {job.get('secrets_per_s')} secrets/s ({job['seconds']} s),"
                 f" {job['aws_calls']['work']} AWS calls, worker applied"

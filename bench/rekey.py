@@ -23,10 +23,6 @@ WRITERS = 4
 IDLE_WRITES = knob(None, 400, 100)
 
 
-def _key() -> bytes:
-    return secrets.token_bytes(32)
-
-
 async def _fill(dsn: str, key_a: Keyring, deployment_id: str) -> None:
     """N/2 event snapshots and N/2 sql values under A, by COPY."""
     half = N // 2
@@ -116,7 +112,7 @@ async def _writers(api: Api, ids: list[str], stop: asyncio.Event, limit: int | N
 
 
 async def _measure(out: dict[str, Any], workdir: Path) -> None:
-    raw_a, raw_b = _key(), _key()
+    raw_a, raw_b = secrets.token_bytes(32), secrets.token_bytes(32)
     key_a = Keyring([raw_a])
     async with postgres() as pg:
         dsn = await pg.database()

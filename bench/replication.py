@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import secrets
@@ -23,7 +22,16 @@ from tests.prometheus import (
     histogram_quantile,
 )
 
-from bench._common import check, knob, latency_summary, mean, measured, ratio, run_standalone
+from bench._common import (
+    check,
+    knob,
+    latency_summary,
+    mean,
+    measured,
+    ratio,
+    rounded,
+    run_standalone,
+)
 from bench._harness import (
     LOG_EVENTS,
     VERIFY_OFF,
@@ -38,9 +46,11 @@ from bench._harness import (
     aws_stack,
     count_calls,
     counted_phases,
+    every,
     first_writes,
     print_replicated,
     run_ops,
+    running,
     serving,
     updates,
     values_for,
@@ -156,8 +166,8 @@ async def _steady_latency(api: Api, progress: Progress, cpu: Cpu, ids: list[str]
         "p50_ms": ms(0.50),
         "p90_ms": ms(0.90),
         "p99_ms": ms(0.99),
-        "share_le_50ms": _round(histogram_fraction_le(buckets, 0.05)),
-        "share_le_250ms": _round(histogram_fraction_le(buckets, 0.25)),
+        "share_le_50ms": rounded(histogram_fraction_le(buckets, 0.05), 4),
+        "share_le_250ms": rounded(histogram_fraction_le(buckets, 0.25), 4),
         "buckets": [[le, count] for le, count in buckets],
         "cpu": cpu_used,
         "backup_store": (await api.status())["stores"].get("backup"),
@@ -170,10 +180,6 @@ async def _steady_latency(api: Api, progress: Progress, cpu: Cpu, ids: list[str]
         f" others used {cpu_used.get('others_share_of_machine')} of the machine"
     )
     return result
-
-
-def _round(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 async def _calls(
@@ -216,19 +222,14 @@ async def _limiter(
         position = moto.mark()
         points: list[tuple[float, int]] = []
         writes_seen = 0
-        done = asyncio.Event()
 
-        async def watch() -> None:
+        def watch() -> None:
             nonlocal position, writes_seen
-            while not done.is_set():
-                calls, position = moto.read_calls(position, needles)
-                writes_seen += sum(1 for c in calls if c["operation"] in WRITE_OPERATIONS)
-                points.append((time.perf_counter(), writes_seen))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), 0.1)
+            calls, position = moto.read_calls(position, needles)
+            writes_seen += sum(1 for c in calls if c["operation"] in WRITE_OPERATIONS)
+            points.append((time.perf_counter(), writes_seen))
 
-        watcher = asyncio.create_task(watch())
-        try:
+        async with every(0.1, watch):
             writes = await run_ops(
                 lambda _w, n: api.update(ids[n % len(ids)], patch_values(30_000_000 + n)),
                 API_CLIENTS,
@@ -236,12 +237,7 @@ async def _limiter(
             )
             drained = await progress.until_applied(applied0 + writes["ops"], timeout_s=90)
             await asyncio.sleep(0.3)
-        finally:
-            done.set()
-            await watcher
-        calls, position = moto.read_calls(position, needles)
-        writes_seen += sum(1 for c in calls if c["operation"] in WRITE_OPERATIONS)
-        points.append((time.perf_counter(), writes_seen))
+        watch()
     finally:
         moto.recording(False)
     first = next((t for t, n in points if n > 0), None)
@@ -293,15 +289,10 @@ async def _backup_latency(api: Api, proxy: ProxyProcess, tag: str) -> dict[str, 
                 f"  errors {result['errors']}"
             )
     proxy.pass_through()
-    ratios: dict[str, Any] = {}
-    for clients in PROXY_CLIENTS:
-        key = f"c{clients}"
-        row = {}
-        for stat in ("p50_ms", "p99_ms"):
-            base, slow = found["without"][key][stat], found["with"][key][stat]
-            row[stat] = round(slow / base, 3) if base and slow is not None else None
-        ratios[key] = row
-    found["ratio_with_over_without"] = ratios
+    found["ratio_with_over_without"] = {
+        key: {s: ratio(slow[s], found["without"][key][s]) for s in ("p50_ms", "p99_ms")}
+        for key, slow in found["with"].items()
+    }
     found["added_latency"] = (
         f"{PROXY_LATENCY_S * 1000:g} ms on every request to the backup (proxy direction"
         " 'upstream'); both sides measured through the proxy, in this order"
@@ -317,58 +308,47 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
     prefix = f"smbench-{tag}/"
     backup_prefix = prefix + "backup/"
     out["config"]["name_prefix"] = backup_prefix
-    proxy: ProxyProcess | None = None
     async with aws_stack(out, workdir) as stack:
-        try:
-            moto = stack.moto
-            url = moto.endpoint_url
-            api = await stack.serve(
-                "throughput", aws_env(url, backup_prefix, UNLIMITED_WRITES_PER_S)
-            )
-            assert stack.daemon is not None
-            needles = (backup_prefix, (await api.status())["deployment_id"])
-            progress = Progress(api, DRAIN_TIMEOUT_S)
-            cpu = Cpu({"daemon": stack.daemon.pid, "moto": moto.pid}, stack.pg.postmaster_pid)
+        moto = stack.moto
+        url = moto.endpoint_url
+        api = await stack.serve("throughput", aws_env(url, backup_prefix, UNLIMITED_WRITES_PER_S))
+        assert stack.daemon is not None
+        needles = (backup_prefix, (await api.status())["deployment_id"])
+        progress = Progress(api, DRAIN_TIMEOUT_S)
+        cpu = Cpu({"daemon": stack.daemon.pid, "moto": moto.pid}, stack.pg.postmaster_pid)
 
-            ids: list[str] = []
-            out["first_writes"] = await first_writes(api, progress, cpu, SECRETS, tag, ids)
-            # moto scans every secret of the region per lookup: the raw loops run now, at
-            # the fill the throughput phase sees, and again after it (the machine is shared).
-            print(f"raw: bare aiobotocore loops at {CONCURRENCY}, moto holding {len(ids)}+ secrets")
-            raw: dict[str, Any] = {
-                "create": await _raw(
-                    moto, prefix + "raw-create/", operation="create", duration_s=RAW_CREATE_S
-                ),
-                "put_before": await _raw(
-                    moto, prefix + "raw-put/", operation="put", duration_s=RAW_S
-                ),
-            }
-            out["raw"] = raw
-            out["throughput"] = await updates(api, progress, cpu, ids, patch_values)
-            raw["put_after"] = await _raw(
-                moto, prefix + "raw-put/", operation="put", duration_s=RAW_S, create_secrets=False
-            )
-            raw["put_ops_per_s_mean"] = mean(
-                [raw[k]["ops_per_s"] for k in ("put_before", "put_after")]
-            )
+        ids: list[str] = []
+        out["first_writes"] = await first_writes(api, progress, cpu, SECRETS, tag, ids)
+        # moto scans every secret of the region per lookup: the raw loops run now, at
+        # the fill the throughput phase sees, and again after it (the machine is shared).
+        print(f"raw: bare aiobotocore loops at {CONCURRENCY}, moto holding {len(ids)}+ secrets")
+        raw: dict[str, Any] = {
+            "create": await _raw(
+                moto, prefix + "raw-create/", operation="create", duration_s=RAW_CREATE_S
+            ),
+            "put_before": await _raw(moto, prefix + "raw-put/", operation="put", duration_s=RAW_S),
+        }
+        out["raw"] = raw
+        out["throughput"] = await updates(api, progress, cpu, ids, patch_values)
+        raw["put_after"] = await _raw(
+            moto, prefix + "raw-put/", operation="put", duration_s=RAW_S, create_secrets=False
+        )
+        raw["put_ops_per_s_mean"] = mean([raw[k]["ops_per_s"] for k in ("put_before", "put_after")])
 
-            out["latency"] = await _steady_latency(api, progress, cpu, ids)
-            out["calls"] = await _calls(api, progress, stack, needles, ids, tag)
+        out["latency"] = await _steady_latency(api, progress, cpu, ids)
+        out["calls"] = await _calls(api, progress, stack, needles, ids, tag)
 
-            api = await stack.serve("limiter", aws_env(url, backup_prefix, None))
-            limiter_progress = Progress(api, DRAIN_TIMEOUT_S)
-            out["limiter"] = await _limiter(api, limiter_progress, stack, needles, ids)
+        api = await stack.serve("limiter", aws_env(url, backup_prefix, None))
+        limiter_progress = Progress(api, DRAIN_TIMEOUT_S)
+        out["limiter"] = await _limiter(api, limiter_progress, stack, needles, ids)
 
-            print("backup latency: the backup behind a fault proxy")
-            proxy = await asyncio.to_thread(ProxyProcess, moto.port)
+        print("backup latency: the backup behind a fault proxy")
+        async with running(ProxyProcess, moto.port) as proxy:
             api = await stack.serve(
                 "backup latency", aws_env(proxy.url, backup_prefix, UNLIMITED_WRITES_PER_S)
             )
             out["backup_latency"] = await _backup_latency(api, proxy, tag)
             out["backup_latency"]["backup_status_at_end"] = await api.backup_status()
-        finally:
-            if proxy is not None:
-                await asyncio.to_thread(proxy.stop)
     out["two_daemons"] = await _two_daemons(workdir, tag)
 
 
@@ -415,28 +395,27 @@ async def _two_daemons(workdir: Path, tag: str) -> dict[str, Any]:
         "load_s": TWO_DAEMONS_LOAD_S,
         "added_latency_s": TWO_DAEMONS_LATENCY_S,
     }
-    async with aws_stack(result, workdir / "two") as stack:
-        proxy = await asyncio.to_thread(ProxyProcess, stack.moto.port)
+    async with (
+        aws_stack(result, workdir / "two") as stack,
+        running(ProxyProcess, stack.moto.port) as proxy,
+    ):
+        await asyncio.to_thread(proxy.latency, TWO_DAEMONS_LATENCY_S, "upstream")
+        prefixes = {
+            "primary": f"smbench-{tag}/two-primary/",
+            "backup": f"smbench-{tag}/two-backup/",
+        }
+        env = {
+            **aws_env(proxy.url, prefixes["primary"], UNLIMITED_WRITES_PER_S, "PRIMARY"),
+            **aws_env(proxy.url, prefixes["backup"], UNLIMITED_WRITES_PER_S),
+            **VERIFY_OFF,
+        }
+        a = Daemon(stack.dsn, workdir / "two-a", env, label="a")
+        b = Daemon(stack.dsn, workdir / "two-b", env, key=a.key, label="b")
         try:
-            await asyncio.to_thread(proxy.latency, TWO_DAEMONS_LATENCY_S, "upstream")
-            prefixes = {
-                "primary": f"smbench-{tag}/two-primary/",
-                "backup": f"smbench-{tag}/two-backup/",
-            }
-            env = {
-                **aws_env(proxy.url, prefixes["primary"], UNLIMITED_WRITES_PER_S, "PRIMARY"),
-                **aws_env(proxy.url, prefixes["backup"], UNLIMITED_WRITES_PER_S),
-                **VERIFY_OFF,
-            }
-            a = Daemon(stack.dsn, workdir / "two-a", env, label="a")
-            b = Daemon(stack.dsn, workdir / "two-b", env, key=a.key, label="b")
-            try:
-                async with serving(a) as api_a, serving(b) as api_b:
-                    await _two_daemons_load(result, stack, proxy, [api_a, api_b], prefixes, tag)
-            finally:
-                result["log_events"] = [daemon.log_events(LOG_EVENTS) for daemon in (a, b)]
+            async with serving(a) as api_a, serving(b) as api_b:
+                await _two_daemons_load(result, stack, proxy, [api_a, api_b], prefixes, tag)
         finally:
-            await asyncio.to_thread(proxy.stop)
+            result["log_events"] = [daemon.log_events(LOG_EVENTS) for daemon in (a, b)]
     return result
 
 
@@ -566,6 +545,7 @@ def _print_two_daemons(two: dict[str, Any]) -> None:
 
 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
+    out["ratios"] = _ratios(out)
     raw_put = out.get("raw", {}).get("put_ops_per_s_mean")
     throughput = out.get("throughput", {}).get("applied_per_s")
     latency = out.get("latency", {})
@@ -620,8 +600,7 @@ def print_summary(out: dict[str, Any]) -> None:
     print()
     raw = out.get("raw", {})
     for key in ("create", "put_before", "put_after"):
-        r = raw.get(key)
-        if r:
+        if r := raw.get(key):
             print(f"raw {key:<15} {r['ops_per_s']:>8.1f}/s at {r['concurrency']}")
     print_replicated(out)
     print(f"ratios to the raw limits: {out.get('ratios')}")
@@ -629,11 +608,6 @@ def print_summary(out: dict[str, Any]) -> None:
         print(f"daemon {daemon['label']!r}: log events {daemon['log_events']}")
     print(f"moto answered {out.get('moto_500_answers')} requests with a 500")
     _print_two_daemons(out.get("two_daemons", {}))
-
-
-def _finish(out: dict[str, Any]) -> dict[str, Any]:
-    out["ratios"] = _ratios(out)
-    return _targets(out)
 
 
 async def main() -> dict[str, Any]:
@@ -648,7 +622,7 @@ async def main() -> dict[str, Any]:
         "values_bytes": len(json.dumps(values_for(0))),
         "verify_interval_s": 0,
     }
-    return await measured(NAME, _measure, config=config, targets=_finish, summary=print_summary)
+    return await measured(NAME, _measure, config=config, targets=_targets, summary=print_summary)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
-from bench._common import write_results
+from bench._common import BENCH_DIR, write_results
 from bench._compare import compare
 
-BENCH_DIR = Path(__file__).resolve().parent
 Main = Callable[[], Coroutine[Any, Any, dict[str, Any]]]
 
 

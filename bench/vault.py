@@ -25,6 +25,7 @@ from bench._harness import (
     postgres,
     print_replicated,
     run_ops,
+    running,
     serving,
     updates,
     values_for,
@@ -46,8 +47,8 @@ MOUNT = "secret"
 AUDIT_DEVICE = "bench/"
 
 
-def vault_backup_env(bao: OpenBao, prefix: str) -> dict[str, str]:
-    return store_env("backup", {"type": "hashicorp", **bao_settings(bao, prefix, mount=MOUNT)})
+def vault_env(bao: OpenBao, prefix: str, role: str = "backup") -> dict[str, str]:
+    return store_env(role, {"type": "hashicorp", **bao_settings(bao, prefix, mount=MOUNT)})
 
 
 # -- the raw limit ---------------------------------------------------------------------
@@ -214,12 +215,11 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
     out["config"]["path_prefix"] = prefix
     async with postgres() as pg:
         dsn = await pg.database()
-        server = await asyncio.to_thread(start_bao, config="")
-        try:
+        async with running(start_bao, config="") as server:
             bao = OpenBao(server.url, server.root_token)
             out["openbao"] = bao.ok("GET", "sys/health")["version"]
             backup_prefix = prefix + "backup/"
-            env = {**vault_backup_env(bao, backup_prefix), **VERIFY_OFF}
+            env = {**vault_env(bao, backup_prefix), **VERIFY_OFF}
             daemon = Daemon(dsn, workdir / "daemon", env)
             async with serving(daemon) as api:
                 cpu = Cpu({"daemon": daemon.pid, "bao": server.process.pid}, pg.postmaster_pid)
@@ -240,8 +240,6 @@ async def _measure(out: dict[str, Any], workdir: Path) -> None:
                 )
                 out["backup_status_at_end"] = await api.backup_status()
             out["daemon"] = daemon.stopped()
-        finally:
-            await asyncio.to_thread(server.stop)
 
 
 def _raw_write_per_s(out: dict[str, Any]) -> float | None:
@@ -303,8 +301,7 @@ def print_summary(out: dict[str, Any]) -> None:
     print()
     raw = out.get("raw", {})
     for key in ("write_before", "store_update", "write_after"):
-        r = raw.get(key)
-        if r:
+        if r := raw.get(key):
             print(
                 f"raw {key:<13} {r['ops_per_s']:>8.1f} ops/s at {r['concurrency']}"
                 f" ({r['vault_calls_per_s']} Vault calls/s), p50 {r['p50_ms']} ms"

@@ -7,7 +7,6 @@ import collections
 import functools
 import secrets
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from tests.gcpfake import GcpFake, gcp_settings
 from tests.stores.azure import azure_store
 
 from bench._common import knob, measured, run_standalone
+from bench._harness import running
 from secretmirror.crypto import Keyring, content_hash
 from secretmirror.model import canonical
 from secretmirror.settings import GcpStoreSettings
@@ -87,22 +87,18 @@ async def _both(
             await store.close()
 
 
-async def _gcp() -> dict[str, Any]:
-    fake = GcpFake().start()
+async def _gcp(workdir: Path) -> dict[str, Any]:
     ctx = StoreContext(str(uuid.uuid4()), Keyring([secrets.token_bytes(32)]))
-    try:
-        key_file = fake.service_account_file(Path(tempfile.mkdtemp()))
+    async with running(GcpFake().start) as fake:
+        key_file = fake.service_account_file(workdir)
         settings = GcpStoreSettings(
             **gcp_settings(fake.url, key_file, "bench-", max_writes_per_s=5000)
         )
         checked, raw = GcpStore(settings, ctx), _UncheckedGcp(settings, ctx)
         return await _both(checked, raw, secrets.token_bytes(32), fake.ops, fake.mark)
-    finally:
-        fake.stop()
 
 
 async def _azure() -> dict[str, Any]:
-    fake = AzureFake()
     hash_key = secrets.token_bytes(32)
     ctx = StoreContext(
         str(uuid.uuid4()),
@@ -110,12 +106,10 @@ async def _azure() -> dict[str, Any]:
         content_hash=functools.partial(content_hash, hash_key),
     )
     prefix = f"b{uuid.uuid4().hex[:8]}-"
-    try:
+    async with running(AzureFake) as fake:
         checked = azure_store(fake, ctx, prefix, max_writes_per_s=5000)
         raw = azure_store(fake, StoreContext(ctx.deployment_id, ctx.keyring), prefix)
         return await _both(checked, raw, hash_key, lambda since: fake.calls(since), fake.mark)
-    finally:
-        fake.stop()
 
 
 def _target(name: str, expected: int, found: dict[str, Any]) -> dict[str, Any]:
@@ -128,9 +122,9 @@ def _target(name: str, expected: int, found: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _measure(out: dict[str, Any], _workdir: Path) -> None:
+async def _measure(out: dict[str, Any], workdir: Path) -> None:
     out["entries"] = ENTRIES
-    out["gcp"] = await _gcp()
+    out["gcp"] = await _gcp(workdir)
     out["azure"] = await _azure()
 
 
