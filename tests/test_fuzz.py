@@ -255,9 +255,10 @@ async def test_cli_run_with_every_phase_finds_nothing(
     # in this time-boxed run. On a loaded machine one to three operations now and then end
     # up there although they work (seen: GET /api/v1/tokens, GET .../history; every 401 the
     # server logged in those runs was one of schemathesis' own no-token probes). A token
-    # the server refuses would put every operation (27) in the warning.
+    # the server refuses would put every operation (27) in the warning: the bound leaves
+    # room for a slower machine and still tells the two apart.
     warned = re.search(r"Authentication failed: (\d+) operations?", report)
-    assert warned is None or int(warned.group(1)) <= 3, report
+    assert warned is None or int(warned.group(1)) <= 9, report
 
 
 async def test_openapi_document_is_served_and_valid(base_url: str) -> None:

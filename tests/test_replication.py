@@ -182,7 +182,8 @@ async def test_a_write_queued_past_its_lease_is_never_sent(api: Api, runtime: Ru
     stop = asyncio.Event()
     task = asyncio.create_task(replicator.run(stop))
     try:
-        await until(lambda: drained(runtime))
+        # Two tries given up near their leases' end, then backoff: 7 to 13 s when idle.
+        await until(lambda: drained(runtime), timeout=60)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

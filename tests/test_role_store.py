@@ -113,7 +113,8 @@ def queue_observations(role: str) -> float:
 
 async def test_queueing_for_a_slot_does_not_count_against_the_store() -> None:
     """A put queued locally past the timeout still succeeds: only the remote's time counts."""
-    role = RoleStore("backup", Queued(queue_s=0.5, remote_s=0.05), timeout_s=0.2)  # type: ignore[arg-type]
+    # Queued twice the budget; the remote's 0.05 s leaves 0.55 s to a stalled machine.
+    role = RoleStore("backup", Queued(queue_s=1.2, remote_s=0.05), timeout_s=0.6)  # type: ignore[arg-type]
     before = queue_observations("backup")
     assert await role.put("s", 1, {"k": "v"}, "h") is PutOutcome.WRITTEN
     assert (role.up, store_up_metric("backup")) == (True, 1)
@@ -122,8 +123,9 @@ async def test_queueing_for_a_slot_does_not_count_against_the_store() -> None:
 
 async def test_waiting_for_the_entry_lock_does_not_count_against_the_store() -> None:
     """Puts of one entry queued behind each other each get the whole budget for themselves."""
+    # The last waits 0.6 s, past the 0.5 s budget; each remote's 0.15 s leaves 0.35 s.
     store = Queued(queue_s=0.001, remote_s=0.15)
-    role = RoleStore("backup", store, timeout_s=0.3)  # type: ignore[arg-type]
+    role = RoleStore("backup", store, timeout_s=0.5)  # type: ignore[arg-type]
     outcomes = await asyncio.gather(*(role.put("same", 1, {"k": "v"}, "h") for _ in range(4)))
     assert outcomes == [PutOutcome.WRITTEN] * 4
     assert role.up is True
@@ -131,10 +133,11 @@ async def test_waiting_for_the_entry_lock_does_not_count_against_the_store() -> 
 
 async def test_a_callers_limit_spent_queueing_is_throttling_not_an_outage() -> None:
     """The caller's time limit running out behind the entry lock: throttled, the store stays up."""
-    store = Queued(queue_s=0.001, remote_s=0.3)
+    store = Queued(queue_s=0.001, remote_s=1.0)
     role = RoleStore("primary", store, timeout_s=10)  # type: ignore[arg-type]
     ahead = asyncio.create_task(role.put("s", 1, {"k": "v"}, "h"))
-    await asyncio.sleep(0.05)  # it holds the entry's lock now
+    while not len(store.lock):  # until it holds the entry's lock
+        await asyncio.sleep(0.001)
     with pytest.raises(StoreThrottled, match="queued locally") as raised:
         await role.put("s", 2, {"k": "v"}, "h", timeout_s=0.1)
     assert raised.value.local  # nothing was sent: not an attempt of the write
