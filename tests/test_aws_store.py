@@ -36,6 +36,7 @@ from secretmirror.errors import (
     StoreRejected,
     StoreThrottled,
     StoreUnavailable,
+    may_have_landed,
 )
 from secretmirror.model import canonical
 from secretmirror.ratelimit import KeyedLock, TokenBucket
@@ -692,6 +693,24 @@ def _client_error(
 def test_aws_failures_map_to_store_errors(error: Exception, expected: type[StoreError]) -> None:
     """Each AWS failure becomes the store error the replicator acts on."""
     assert type(map_error(error, "PutSecretValue")) is expected
+
+
+@pytest.mark.parametrize(
+    ("status", "retries", "settled"),
+    [(503, 0, True), (500, 0, True), (503, 1, False), (504, 0, False), (502, 0, False)],
+)
+def test_an_answer_to_the_only_attempt_cannot_land_later(
+    status: int, retries: int, settled: bool
+) -> None:
+    """AWS's own 5xx answer ends the request, so the delivery need not hold its lease for a
+    late landing; after botocore's retry an earlier attempt (a read timeout) still may, and a
+    gateway's timeout ends nothing."""
+    error = _client_error("SomethingNew", status)
+    error.response["ResponseMetadata"]["RetryAttempts"] = retries
+    mapped = map_error(error, "PutSecretValue")
+    assert isinstance(mapped, StoreUnavailable)
+    assert may_have_landed(mapped) is not settled
+    assert may_have_landed(map_error(ReadTimeoutError(endpoint_url="http://x"), "Put"))
 
 
 def test_throttling_defaults_to_one_second() -> None:

@@ -231,3 +231,25 @@ async def test_a_worker_write_that_timed_out_keeps_its_lease(api: Api, runtime: 
     assert await _deliver_once(runtime) == 1
     assert await _leased_until_later(runtime, "backup", created["id"])
     assert await _deliver_once(runtime) == 0
+
+
+async def test_a_worker_write_the_store_answered_gives_its_lease_back(
+    api: Api, runtime: Runtime
+) -> None:
+    """A delivery the store answered with an error (an HTTP 503) did whatever it did before
+    the answer: nothing of it can land later, so its lease is given back, not held the
+    store's timeout (which delayed every such delivery after an outage)."""
+    created = await api.create("answered-worker", {"k": "v1"})
+    assert runtime.backup is not None
+
+    async def answered(*_args: Any) -> Any:
+        raise StoreUnavailable("Key Vault set failed (HTTP 503)", settled=True)
+
+    runtime.backup.store.put = answered  # type: ignore[method-assign]
+    assert await _deliver_once(runtime) == 1
+    held = await runtime.pool.fetchval(
+        "SELECT leased_by FROM deliveries WHERE target = $1 AND secret_id = $2",
+        runtime.key_of("backup"),
+        uuid.UUID(created["id"]),
+    )
+    assert held is None

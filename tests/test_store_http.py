@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import socket
 import time
 
+import aiohttp
 import pytest
 
 from secretmirror.errors import (
@@ -13,8 +15,10 @@ from secretmirror.errors import (
     StoreRejected,
     StoreThrottled,
     StoreUnavailable,
+    may_have_landed,
 )
-from secretmirror.stores.http import MAX_RETRY_AFTER_S, Reply, error_for, retry_after_s
+from secretmirror.stores.http import MAX_RETRY_AFTER_S, Reply, error_for, retry_after_s, send
+from tests.net import free_port
 
 
 def test_retry_after_in_seconds() -> None:
@@ -66,3 +70,36 @@ def test_status_map(status: int, expected: type) -> None:
     assert f"HTTP {status} Code" in error.message
     if isinstance(error, StoreThrottled):
         assert error.retry_after_s == 3.0
+
+
+@pytest.mark.parametrize(
+    ("status", "may_land"),
+    [
+        (401, False),
+        (403, False),
+        (408, False),
+        (500, False),
+        (503, False),
+        (502, True),
+        (504, True),
+    ],
+)
+def test_an_answer_cannot_land_later_but_a_gateway_timeout_may(status: int, may_land: bool) -> None:
+    """The store's own answer ends the request (a delivery need not hold its lease for a late
+    landing); a gateway's timeout answers while the store may still be writing."""
+    assert may_have_landed(error_for(Reply(status, {}, {}), "X set")) is may_land
+
+
+async def test_a_refused_connection_sent_nothing_a_silent_store_may_write_yet() -> None:
+    """No connection: nothing was sent. Connected and no answer in time: it may land yet."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # connects, never answers
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as session:
+            with pytest.raises(StoreUnavailable) as refused:
+                await send(session, "PUT", f"http://127.0.0.1:{free_port()}/", "X set")
+            port = silent.getsockname()[1]
+            with pytest.raises(StoreUnavailable) as timed_out:
+                await send(session, "PUT", f"http://127.0.0.1:{port}/", "X set")
+    assert not may_have_landed(refused.value)
+    assert may_have_landed(timed_out.value)

@@ -177,6 +177,12 @@ class StoreUnavailable(StoreError):
 
     reason = "unavailable"
 
+    def __init__(self, message: str | None = None, *, settled: bool = False) -> None:
+        super().__init__(message)
+        #: The store answered the request with an error status (not a gateway's timeout)
+        #: or it was never sent: whatever it did is done, it cannot land later.
+        self.settled = settled
+
 
 class StoreThrottled(StoreError):
     """The secrets store is throttling requests."""
@@ -200,8 +206,11 @@ class StoreCutOff(StoreThrottled):
 
 
 def may_have_landed(exc: BaseException) -> bool:
-    """A write that failed with ``exc`` may land yet: it timed out or was cut off mid-request."""
-    return isinstance(exc, StoreUnavailable | StoreCutOff)
+    """A write that failed with ``exc`` may land yet: it timed out or was cut off mid-request
+    (not a request the store answered, nor one never sent)."""
+    if isinstance(exc, StoreUnavailable):
+        return not exc.settled
+    return isinstance(exc, StoreCutOff)
 
 
 class StoreRejected(StoreError):

@@ -190,10 +190,14 @@ def map_error(exc: BaseException, operation: str) -> StoreError:
             return StoreNotFound(what)
         if code == "ResourceExistsException":
             return StoreContended(what)
+        # AWS's own answer to the only attempt ends the request; after botocore's retry an
+        # earlier attempt may land yet, and a gateway's timeout (502, 504) ends nothing.
+        meta = exc.response.get("ResponseMetadata", {})
+        settled = meta.get("RetryAttempts", 1) == 0 and status not in (502, 504)
         if code in _CREDENTIALS:
-            return StoreUnavailable(f"{what} (credentials or permissions)")
+            return StoreUnavailable(f"{what} (credentials or permissions)", settled=settled)
         if code in _TRANSIENT or status >= 500:
-            return StoreUnavailable(what)
+            return StoreUnavailable(what, settled=settled)
         return StoreRejected(what)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
         return StoreUnavailable(f"AWS {operation} failed: no usable credentials")

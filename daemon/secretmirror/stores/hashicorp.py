@@ -688,9 +688,10 @@ def _expect(reply: Reply, status: int | tuple[int, ...], action: str, path: str)
 def _error(reply: Reply, what: str) -> StoreError:
     """Vault's statuses; its error texts name paths and parameters, so they stay out."""
     if reply.status == 412:
-        return StoreUnavailable(f"{what} failed (HTTP 412): a standby has not caught up yet")
+        said = f"{what} failed (HTTP 412): a standby has not caught up yet"
+        return StoreUnavailable(said, settled=True)
     if reply.status == 404 and _says(reply, _NO_ROUTE):
-        return StoreUnavailable(f"{what} failed (HTTP 404): no such mount or path")
+        return StoreUnavailable(f"{what} failed (HTTP 404): no such mount or path", settled=True)
     return error_for(reply, what, check=_CHECK)
 
 

@@ -91,7 +91,9 @@ async def send(
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         where = URL(url).origin()
         raise StoreUnavailable(
-            f"{what} failed: {where} is unreachable ({type(exc).__name__})"
+            f"{what} failed: {where} is unreachable ({type(exc).__name__})",
+            # No connection was made: nothing was sent. Anything else may land yet.
+            settled=isinstance(exc, aiohttp.ClientConnectorError),
         ) from exc
 
 
@@ -126,15 +128,16 @@ def error_for(
         hint = retry_after if retry_after is not None else retry_after_s(reply.headers)
         return StoreThrottled(f"{said}: throttled", retry_after_s=hint)
     if status == 401:
-        return StoreUnavailable(f"{said}: the store refused the token; check {check}")
+        return StoreUnavailable(f"{said}: the store refused the token; check {check}", settled=True)
     if status == 403:
-        return StoreUnavailable(f"{said}: permission denied; check {check}")
+        return StoreUnavailable(f"{said}: permission denied; check {check}", settled=True)
     if status == 404:
         return StoreNotFound(said)
     if status in (409, 412):
         return StoreContended(said)
     if status == 408 or status >= 500:
-        return StoreUnavailable(said)
+        # The store's own answer ends the request; a gateway's timeout (502, 504) does not.
+        return StoreUnavailable(said, settled=status not in (502, 504))
     return StoreRejected(said)
 
 
