@@ -92,7 +92,6 @@ from secretmirror.stores.fenced import (
     Stale,
     Write,
     a_hash,
-    int_or_zero,
     moves_forward,
 )
 from secretmirror.stores.http import POOL, retry_after_s
@@ -275,13 +274,14 @@ class _State:
         current_id = next((vid for vid, labels in stages.items() if CURRENT in labels), None)
         ours = [parsed for vid in stages if (parsed := parse_token(vid)) is not None]
         current = parse_token(current_id)
+        tombstone = _tags(described).get(TAG_TOMBSTONE, "0")
         return cls(
             exists=True,
             current_id=current_id,
             current=current[0] if current else None,
             current_hash=current[1] if current else None,
             newest=max((version for version, _ in ours), default=0),
-            tombstone=int_or_zero(_tags(described).get(TAG_TOMBSTONE)),
+            tombstone=int(tombstone) if tombstone.isdigit() else 0,
             pending_deletion=described.get("DeletedDate") is not None,
         )
 
@@ -319,7 +319,6 @@ class AwsStore(FencedStore[_State]):
     type = "aws"
     provider = "AWS"
     max_value_bytes = MAX_VALUE_BYTES
-    absent = _State(exists=False)
     name_pattern = _NAME
 
     def __init__(self, settings: AwsStoreSettings, ctx: StoreContext) -> None:
@@ -425,6 +424,9 @@ class AwsStore(FencedStore[_State]):
         if not self._owns(described):
             raise self._foreign(name)
         return _State.of(described)
+
+    def _absent(self) -> _State:
+        return _State(exists=False)
 
     def _unlisted(self) -> _State:
         # CreateSecret never overwrites an entry: if one appeared, DescribeSecret decides.

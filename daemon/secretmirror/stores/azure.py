@@ -158,7 +158,6 @@ class AzureStore(FencedStore[_State]):
     type = "azure"
     provider = "Key Vault"
     max_value_bytes = MAX_VALUE_BYTES
-    absent = _State(exists=False)
     name_pattern = _NAME
     name_rule = "secret name (letters, digits and dashes, at most 127)"
     names_ignore_case = True
@@ -262,6 +261,9 @@ class AzureStore(FencedStore[_State]):
         if state is None:
             raise self._foreign(name)
         return state
+
+    def _absent(self) -> _State:
+        return _State(exists=False)
 
     def _agrees(self, known: _State, listed: _State) -> bool:
         # A tombstone newer than Key Vault's tag is one only this process holds.

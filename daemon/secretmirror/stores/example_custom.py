@@ -110,7 +110,6 @@ class SqliteStore(FencedStore[_State]):
     provider = "SQLite"
     #: secretmirror's own cap on a secret is at most 1 MiB; SQLite takes far more.
     max_value_bytes = 1024 * 1024
-    absent = _State(exists=False)
     name_pattern = re.compile(r".{1,1024}", re.DOTALL)
 
     def __init__(self, options: dict[str, Any], ctx: StoreContext) -> None:
@@ -170,6 +169,9 @@ class SqliteStore(FencedStore[_State]):
         args = (self._deployment_id, secret_id)
         row = await self._run(lambda db: db.execute(_ROW, args).fetchone())
         return None if row is None else _State(True, row[0], row[1], bool(row[2]))
+
+    def _absent(self) -> _State:
+        return _State(exists=False)
 
     def _unlisted(self) -> _State:
         # After a complete listing an entry not remembered did not exist; if one appeared

@@ -123,8 +123,6 @@ class FencedStore(Generic[S]):
     provider: ClassVar[str]
     #: The provider's limit on one entry's canonical JSON.
     max_value_bytes: int
-    #: The state of an entry the provider does not hold.
-    absent: S
     #: Names the provider accepts (the prefix included).
     name_pattern: ClassVar[re.Pattern[str]]
     #: What a valid name is, for the refusal message.
@@ -155,6 +153,10 @@ class FencedStore(Generic[S]):
 
         Raises ``StoreForeignEntry`` for an entry that is not this deployment's.
         """
+        raise NotImplementedError
+
+    def _absent(self) -> S:
+        """The state of an entry the provider does not hold."""
         raise NotImplementedError
 
     async def _get(self, secret_id: str, name: str) -> StoredValue | None:
@@ -293,7 +295,7 @@ class FencedStore(Generic[S]):
                 return known
         state = await self._load(secret_id, name)
         if state is None:
-            return self.absent
+            return self._absent()
         if self._remembers:
             self._remembered.remember(secret_id, state)
         return state

@@ -265,7 +265,6 @@ class GcpStore(FencedStore[_State]):
     name_rule = "secret id"
     name_pattern = _SECRET_ID
     max_value_bytes = MAX_VALUE_BYTES
-    absent = _State(exists=False)
 
     def __init__(self, settings: GcpStoreSettings, ctx: StoreContext) -> None:
         if _MISSING is not None:
@@ -397,6 +396,9 @@ class GcpStore(FencedStore[_State]):
             return await self._fetch(secret_id, name)
         except StoreNotFound:
             return None
+
+    def _absent(self) -> _State:
+        return _State(exists=False)
 
     def _agrees(self, known: _State, listed: _State) -> bool:
         return known.claim == listed.claim

@@ -161,7 +161,6 @@ class HashicorpStore(FencedStore[_State]):
     # Consul storage refuses entries over 512 KiB (integrated storage: 1 MiB by
     # default); keep room for the KV wrapper and the barrier's encryption.
     max_value_bytes = 384 * 1024
-    absent = _ABSENT
     remembers = False
 
     def __init__(self, settings: HashicorpStoreSettings, ctx: StoreContext) -> None:
@@ -270,6 +269,9 @@ class HashicorpStore(FencedStore[_State]):
         # whose ``cas`` alone cannot tell this entry from a foreign one re-created here.
         await self._ready()
         return await self._read_state(name)
+
+    def _absent(self) -> _State:
+        return _ABSENT
 
     async def _put_as(self, secret_id: str, name: str, state: _State, write: Write) -> PutOutcome:
         if state.holds(write.version):
