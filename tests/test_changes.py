@@ -69,10 +69,21 @@ async def listen_connections(rt: Runtime) -> int:
 async def test_worker_and_feed_share_one_listen_connection(
     api: Api, runtime: Runtime, worker: None
 ) -> None:
-    """With the API and the worker running, the process holds exactly one LISTEN."""
+    """With the API and the worker running, the process holds exactly one LISTEN, once
+    both have used it: a delivery the worker was woken for and a change-feed wait."""
     deadline = time.monotonic() + 30
     while await listen_connections(runtime) < 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    created = await api.create(f"one-listen-{uuid.uuid4().hex[:8]}", {"k": "v"})
+    applied = "SELECT applied_version FROM deliveries WHERE secret_id = $1"
+    while not await runtime.pool.fetchval(applied, uuid.UUID(created["id"])):
+        assert time.monotonic() < deadline, "the worker did not deliver"
+        await asyncio.sleep(0.05)
+    _, start, _ = await api.request("GET", "/api/v1/events")
+    status, waited, _ = await api.request(
+        "GET", "/api/v1/events", params={"after": str(start["last_seq"]), "wait": "0.2"}
+    )
+    assert (status, waited["events"]) == (200, [])
     assert await listen_connections(runtime) == 1
 
 
