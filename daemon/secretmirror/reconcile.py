@@ -670,8 +670,8 @@ class Job:
         assert f.entry is not None
         tombstone = f.entry.version + 1
         # Keyed by secret id, the entry's delivery row is leased like any job write.
-        leased = not rule.by_name and _uuid_or_none(f.secret_id) is not None
-        lease = await self._lease(store, f.secret_id) if leased else Lease("", None)
+        by_id = not rule.by_name and _uuid_or_none(f.secret_id) is not None
+        lease = await self._lease(store, f.secret_id) if by_id else Lease("", None)
         if lease is None:
             self.report.add("skipped")
             return
@@ -682,7 +682,7 @@ class Job:
                     store, lease, lambda leased: leased.delete(f.secret_id, tombstone)
                 )
         finally:
-            if leased:
+            if by_id:
                 await self._release(store, f.secret_id, lease, 0)
         self.report.add("deleted")
 
