@@ -259,8 +259,8 @@ async def test_a_name_another_process_holds_is_written_only_once_it_is_free(
 ) -> None:
     """A mirror by name leases each entry name a delivery writes (``name_leases``, under the
     delivery's token): while another process's delivery holds a name, a delivery to it is
-    contended and tried again, never written; an expired hold is taken over; every name
-    is given back after the write."""
+    contended and tried again, not counted as an attempt, never written; an expired hold
+    is taken over; every name is given back after the write."""
     target = runtime.keys_of(["named"])[0]
     hold = (
         "INSERT INTO name_leases (target, name, holder, leased_until)"
@@ -286,6 +286,14 @@ async def test_a_name_another_process_holds_is_written_only_once_it_is_free(
         await until(contended)
         await until(lapsed_written)
         assert "app-held" not in await holdings(runtime, "named")
+        # Held back here, nothing sent: not an attempt, so a holder that died (its lease
+        # lapses) never gets the delivery dead-lettered meanwhile.
+        attempts = await runtime.pool.fetchval(
+            "SELECT attempts FROM deliveries WHERE target = $1 AND secret_id = $2",
+            target,
+            uuid.UUID(held["id"]),
+        )
+        assert attempts == 0
         await runtime.pool.execute("DELETE FROM name_leases WHERE name = 'app-held'")
         await until(lambda: drained(runtime))
         named = await holdings(runtime, "named")

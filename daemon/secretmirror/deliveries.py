@@ -117,7 +117,9 @@ async def names_held(
     got = [r["name"] for r in rows]
     try:
         if len(got) < len(wanted):
-            raise StoreContended("another delivery is writing an entry of the same name")
+            raise StoreContended(
+                "another delivery is writing an entry of the same name", local=True
+            )
         yield
     finally:
         if got:

@@ -224,6 +224,12 @@ class StoreContended(StoreError):
 
     reason = "contended"
 
+    def __init__(self, message: str | None = None, *, local: bool = False) -> None:
+        super().__init__(message)
+        #: Another writer here holds the entry (a name lease) and nothing was sent: not an
+        #: attempt of the write, never dead-lettered (a dead holder's lease lapses).
+        self.local = local
+
 
 class StoreForeignEntry(StoreError):
     """The store holds an entry at this name that is not this deployment's: never touched.

@@ -26,6 +26,7 @@ from secretmirror.crypto import secret_aad
 from secretmirror.deliveries import Claim, Event
 from secretmirror.errors import (
     DecryptionError,
+    StoreContended,
     StoreError,
     StoreRejected,
     StoreThrottled,
@@ -281,7 +282,7 @@ class Replicator:
                     retry_in_s=decision.retry_in_s,
                     dead=decision.dead,
                     hold_s=hold_s,
-                    counted=not (isinstance(exc, StoreThrottled) and exc.local),
+                    counted=not (isinstance(exc, StoreThrottled | StoreContended) and exc.local),
                 )
                 return
             except Unavailable:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from secretmirror.errors import (
+    StoreContended,
     StoreForeignEntry,
     StoreRejected,
     StoreThrottled,
@@ -51,9 +52,10 @@ class RetryPolicy:
     def decide(self, attempts: int, error: BaseException) -> Decision:
         if isinstance(error, StoreRejected | StoreForeignEntry):
             return Decision(0.0, dead=True)
-        if isinstance(error, StoreThrottled) and error.local:
+        if isinstance(error, StoreThrottled | StoreContended) and error.local:
             # Held back here, nothing sent: not an attempt, so never the last one.
-            return Decision(min(error.retry_after_s or self.initial_s, self.max_s), dead=False)
+            hint = error.retry_after_s if isinstance(error, StoreThrottled) else None
+            return Decision(min(hint or self.initial_s, self.max_s), dead=False)
         if attempts >= self.max_attempts:
             return Decision(0.0, dead=True)
         delay = self.backoff(attempts)
